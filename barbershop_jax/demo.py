@@ -1,0 +1,42 @@
+"""The embedded default: a tiny generator with fixed random weights, so the whole program
+runs on a CPU in seconds with nothing downloaded. Real results need the converted official
+weights (README: "Real weights")."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+
+from barbershop_jax import image_io
+from barbershop_jax.models import stylegan2
+
+EMBEDDED_SEED = 20211119  # fixed: the embedded weights are the same on every machine
+
+
+def embedded_generator() -> stylegan2.StyleGAN2:
+    """The embedded default generator (64 px, see stylegan2.tiny_config)."""
+    return stylegan2.init(stylegan2.tiny_config(), jax.random.PRNGKey(EMBEDDED_SEED))
+
+
+def render_samples(model: stylegan2.StyleGAN2, n: int, seed: int, truncation: float = 1.0):
+    """n images from z ~ N(0, 1) with per-call random noise; (n, size, size, 3) in [-1, 1]."""
+    k_z, k_noise = jax.random.split(jax.random.PRNGKey(seed))
+    z = jax.random.normal(k_z, (n, model.config.style_dim))
+
+    @jax.jit
+    def sample(model, z, key):
+        w_plus = model.w_plus_from_w(model.map(z, truncation))
+        return model.render(w_plus, noise="random", key=key)
+
+    return sample(model, z, k_noise)
+
+
+def run(out_dir, n: int = 16, seed: int = 0, weights=None, truncation: float = 1.0, log=print) -> Path:
+    """`barbershop-jax demo`: render a grid of samples to OUT/samples.png."""
+    model = stylegan2.load(weights) if weights else embedded_generator()
+    images = image_io.to_uint8(render_samples(model, n, seed, truncation))
+    cols = int(n ** 0.5 + 0.999)
+    path = image_io.save_png(Path(out_dir) / "samples.png", image_io.grid(images, cols))
+    which = f"weights {weights}" if weights else "the embedded random-weight generator"
+    log(f"wrote {path}: {n} samples, {model.config.size} px, from {which}")
+    return path

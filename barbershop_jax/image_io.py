@@ -1,0 +1,50 @@
+"""Image files in and out. Writes are atomic: a temporary file renamed into place."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(image) -> np.ndarray:
+    """A generator image (H, W, 3), about [-1, 1], to uint8 as the official code saves it:
+    (x + 1) / 2 clamped to [0, 1], times 255, truncated (torchvision's ToPILImage)."""
+    x = np.clip((np.asarray(image, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+    return (x * 255.0).astype(np.uint8)
+
+
+def save_png(path, image_uint8) -> Path:
+    """Write a uint8 (H, W, 3) array as PNG atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(np.asarray(image_uint8)).save(f, format="PNG")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def grid(images, cols: int) -> np.ndarray:
+    """(N, H, W, C) -> one (rows * H, cols * W, C) mosaic, padded with black."""
+    images = np.asarray(images)
+    n, h, w, c = images.shape
+    rows = -(-n // cols)
+    out = np.zeros((rows * h, cols * w, c), images.dtype)
+    for i, im in enumerate(images):
+        r, q = divmod(i, cols)
+        out[r * h:(r + 1) * h, q * w:(q + 1) * w] = im
+    return out

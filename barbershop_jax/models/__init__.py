@@ -1,0 +1,1 @@
+"""Flax models: one file per architecture, each with a strict load()."""
