@@ -3,6 +3,7 @@ runs on a CPU in seconds with nothing downloaded. Real results need the converte
 weights (README: "Real weights")."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -18,17 +19,13 @@ def embedded_generator() -> stylegan2.StyleGAN2:
     return stylegan2.init(stylegan2.tiny_config(), jax.random.PRNGKey(EMBEDDED_SEED))
 
 
-def render_samples(model: stylegan2.StyleGAN2, n: int, seed: int, truncation: float = 1.0):
+@functools.partial(jax.jit, static_argnames=("n",))
+def render_samples(model: stylegan2.StyleGAN2, n: int, seed, truncation=1.0):
     """n images from z ~ N(0, 1) with per-call random noise; (n, size, size, 3) in [-1, 1]."""
     k_z, k_noise = jax.random.split(jax.random.PRNGKey(seed))
     z = jax.random.normal(k_z, (n, model.config.style_dim))
-
-    @jax.jit
-    def sample(model, z, key):
-        w_plus = model.w_plus_from_w(model.map(z, truncation))
-        return model.render(w_plus, noise="random", key=key)
-
-    return sample(model, z, k_noise)
+    w = model.latent_avg + truncation * (model.map(z) - model.latent_avg)
+    return model.render(model.w_plus_from_w(w), noise="random", key=k_noise)
 
 
 def run(out_dir, n: int = 16, seed: int = 0, weights=None, truncation: float = 1.0, log=print) -> Path:

@@ -201,3 +201,13 @@ def test_config_validation():
     model = stylegan2.init(stylegan2.tiny_config(size=16), jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="block must be"):
         model.features(model.mean_w_plus(), block=3, noise="const")
+
+
+def test_conv_transpose_matches_torch():
+    x = np.random.default_rng(0).normal(size=(2, 5, 7, 4)).astype(np.float32)
+    k = np.random.default_rng(1).normal(size=(3, 3, 4, 6)).astype(np.float32)
+    ref = torch.nn.functional.conv_transpose2d(torch.from_numpy(x.transpose(0, 3, 1, 2)),
+                                               torch.from_numpy(k.transpose(2, 3, 0, 1)), stride=2)
+    out = stylegan2.conv_transpose_2x(jnp.asarray(x), jnp.asarray(k))
+    assert out.shape == (2, 11, 15, 6)
+    assert rel_err(out, nhwc(ref)) <= 1e-5

@@ -31,6 +31,9 @@ from flax import struct, traverse_util
 # The [1, 3, 3, 1] binomial filter of every StyleGAN2 blur and upsample, normalised to sum 1.
 BLUR_TAPS = np.array([1.0, 3.0, 3.0, 1.0]) / 8.0
 NOISE_MODES = ("random", "const", "none")
+# Dense layers (mapping, modulation, demodulation) run in full float32, as PyTorch's default
+# matmul does; they are cheap. Convolutions follow GeneratorConfig.precision.
+HIGHEST = jax.lax.Precision.HIGHEST
 
 
 # ----------------------------------------------------------------------------- resampling
@@ -71,6 +74,23 @@ def upsample_2x(x):
     return upfirdn2d(x, BLUR_TAPS * 2.0, up=2, pad=(2, 1))
 
 
+def _conv(x, kernel, padding, precision, lhs_dilation=(1, 1)):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, lhs_dilation=lhs_dilation,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+
+
+def conv_transpose_2x(x, kernel, precision=None):
+    """PyTorch's conv_transpose2d(stride=2, padding=0): (H, W) -> (2H+1, 2W+1), HWIO kernel.
+
+    Written as a stride-1 convolution of the zero-inserted input with the flipped kernel,
+    which XLA hands to cuDNN as a transposed convolution. A polyphase form (four small dense
+    convolutions of the phases, no zero multiplications) was measured: as fast on CPU and
+    13% slower on an H100 (benchmarks/README.md), so it was dropped.
+    """
+    k = kernel.shape[0]
+    return _conv(x, kernel[::-1, ::-1], [(k - 1, k - 1)] * 2, precision, lhs_dilation=(2, 2))
+
+
 def fused_leaky_relu(x, bias, negative_slope=0.2, gain=math.sqrt(2.0)):
     return jax.nn.leaky_relu(x + bias, negative_slope) * gain
 
@@ -97,7 +117,7 @@ class EqualDense(nn.Module):
         n_in = x.shape[-1]
         kernel = self.param("kernel", nn.initializers.normal(1.0 / self.lr_mul), (n_in, self.features))
         bias = self.param("bias", nn.initializers.constant(self.bias_init), (self.features,))
-        y = x @ (kernel * (self.lr_mul / math.sqrt(n_in)))
+        y = jnp.matmul(x, kernel * (self.lr_mul / math.sqrt(n_in)), precision=HIGHEST)
         if self.activation:
             return fused_leaky_relu(y, bias * self.lr_mul)
         return y + bias * self.lr_mul
@@ -127,20 +147,13 @@ class ModulatedConv2d(nn.Module):
         x = x.astype(self.dtype)
         kern = kernel.astype(self.dtype)
         if self.upsample:
-            # conv_transpose2d(stride 2, padding 0) == a stride-1 convolution of the
-            # zero-inserted input with the spatially flipped kernel and k-1 padding.
-            out = jax.lax.conv_general_dilated(
-                x, kern[::-1, ::-1], window_strides=(1, 1), padding=[(k - 1, k - 1)] * 2,
-                lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                precision=self.precision)
+            out = conv_transpose_2x(x, kern, self.precision)
         else:
-            out = jax.lax.conv_general_dilated(
-                x, kern, window_strides=(1, 1), padding=[(k // 2, k // 2)] * 2,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=self.precision)
+            out = _conv(x, kern, [(k // 2, k // 2)] * 2, self.precision)
         out = out.astype(jnp.float32)
         if self.demodulate:
             kernel_sq = jnp.sum(jnp.square(kernel), axis=(0, 1))  # (in, out)
-            demod = jax.lax.rsqrt((style * style) @ kernel_sq * scale ** 2 + 1e-8)  # (B, out)
+            demod = jax.lax.rsqrt(jnp.matmul(style * style, kernel_sq, precision=HIGHEST) * scale ** 2 + 1e-8)
             out = out * demod[:, None, None, :]
         if self.upsample:
             out = blur(out, pad=(1, 1))
@@ -191,12 +204,16 @@ class GeneratorConfig:
     channel_max: int = 512          # cap on the channels (official: 512); smaller for tests
     lr_mlp: float = 0.01            # equalised learning-rate multiplier of the mapping network
     dtype: str = "float32"          # compute dtype of the convolutions: float32 or bfloat16
+    precision: str | None = None    # XLA conv precision; None is the backend default (TF32 on
+                                    # recent NVIDIA GPUs, like PyTorch's cudnn default), "highest" is strict fp32
 
     def __post_init__(self):
         if self.size < 8 or self.size > 1024 or self.size & (self.size - 1):
             raise ValueError(f"size must be a power of two from 8 to 1024, got {self.size}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.precision not in (None, "default", "high", "highest"):
+            raise ValueError(f"precision must be None, default, high or highest, got {self.precision!r}")
 
     @property
     def log_size(self) -> int:
@@ -262,16 +279,16 @@ class Generator(nn.Module):
 
     def setup(self):
         c = self.config
-        dtype = jnp.dtype(c.dtype)
+        opts = dict(dtype=jnp.dtype(c.dtype), precision=c.precision)
         self.mapping = MappingNetwork(c.style_dim, c.n_mlp, c.lr_mlp)
         self.const_input = self.param("input", nn.initializers.normal(1.0), (1, 4, 4, c.channels(4)))
-        self.conv1 = StyledConv(c.channels(4), dtype=dtype)
-        self.to_rgb1 = ToRGB(dtype=dtype)
+        self.conv1 = StyledConv(c.channels(4), **opts)
+        self.to_rgb1 = ToRGB(**opts)
         convs, to_rgbs = [], []
         for b in range(1, c.n_blocks + 1):
             ch = c.channels(2 ** (b + 2))
-            convs += [StyledConv(ch, upsample=True, dtype=dtype), StyledConv(ch, dtype=dtype)]
-            to_rgbs.append(ToRGB(dtype=dtype))
+            convs += [StyledConv(ch, upsample=True, **opts), StyledConv(ch, **opts)]
+            to_rgbs.append(ToRGB(**opts))
         self.convs = convs
         self.to_rgbs = to_rgbs
 
@@ -427,7 +444,7 @@ def init(config: GeneratorConfig, key) -> StyleGAN2:
     noise = [jax.random.normal(jax.random.fold_in(k_noise, i), config.noise_shape(i))
              for i in range(config.num_noises)]
     w0 = jnp.zeros((1, config.n_latent, config.style_dim))
-    params = Generator(config).init(k_params, w0, noise)["params"]
+    params = jax.jit(Generator(config).init)(k_params, w0, noise)["params"]
     flat = traverse_util.flatten_dict(params)
     for i, (path, value) in enumerate(sorted(flat.items())):
         if path[-1] in ("noise_strength",) or (path[-1] == "bias" and "modulation" not in path and "mapping" not in path):
@@ -436,7 +453,7 @@ def init(config: GeneratorConfig, key) -> StyleGAN2:
     model = StyleGAN2(params=params, noise_const=tuple(noise),
                       latent_avg=jnp.zeros((config.style_dim,)), config=config)
     z = jax.random.normal(k_avg, (4096, config.style_dim))
-    return model.replace(latent_avg=jnp.mean(model.map(z), axis=0))
+    return model.replace(latent_avg=jnp.mean(jax.jit(StyleGAN2.map)(model, z), axis=0))
 
 
 

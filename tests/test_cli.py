@@ -1,0 +1,50 @@
+"""The command line as a user runs it."""
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from barbershop_jax import cli
+
+
+def test_demo_writes_a_grid(tmp_path, capsys):
+    assert cli.main(["demo", "--out", str(tmp_path), "--n", "4", "--seed", "1"]) == 0
+    image = np.asarray(Image.open(tmp_path / "samples.png"))
+    assert image.shape == (128, 128, 3)
+    assert image.std() > 10  # not blank
+    assert "embedded random-weight generator" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["samples.png"]  # no temporary left
+
+
+def test_demo_is_reproducible(tmp_path):
+    for name in ("a", "b"):
+        assert cli.main(["demo", "--out", str(tmp_path / name), "--n", "2", "--seed", "5"]) == 0
+    a, b = (np.asarray(Image.open(tmp_path / n / "samples.png")) for n in ("a", "b"))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_console_script_runs(tmp_path):
+    exe = [sys.executable, "-m", "barbershop_jax.cli"]
+    done = subprocess.run(exe + ["demo", "--out", str(tmp_path), "--n", "1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    bad = subprocess.run(exe + ["demo", "--weights", str(tmp_path / "none")], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == [f"barbershop-jax: error: {tmp_path / 'none'}: weights directory does not exist"]
+
+
+def test_runtime_never_imports_torch():
+    code = ("import sys; import barbershop_jax, barbershop_jax.cli, barbershop_jax.demo, "
+            "barbershop_jax.losses.p_norm, barbershop_jax.models.stylegan2; "
+            "barbershop_jax.demo.run(sys.argv[1], n=1); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    done = subprocess.run([sys.executable, "-c", code, "/tmp/bj-notorch"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_convert_without_torch_says_how_to_install(tmp_path):
+    code = ("import sys; sys.modules['torch'] = None; from barbershop_jax import cli; "
+            "sys.exit(cli.main(['convert', 'stylegan2', 'x.pt', sys.argv[1]]))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "pip install 'barbershop-jax[convert]'" in done.stderr
