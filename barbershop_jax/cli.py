@@ -11,11 +11,50 @@ def _demo(args):
     demo.run(args.out, n=args.n, seed=args.seed, weights=args.weights, truncation=args.truncation)
 
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
+
+
+def _image_paths(inputs):
+    """Files as given; folders expanded to their images, sorted."""
+    from pathlib import Path
+    paths = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(item)
+    if not paths:
+        raise ValueError(f"no images in {', '.join(map(str, inputs))}")
+    return paths
+
+
+def _embed(args):
+    from barbershop_jax import api
+    consts = api.load_models(args.weights)
+    overrides = {k: v for k, v in {"w_steps": args.w_steps, "fs_steps": args.fs_steps,
+                                   "learning_rate": args.lr, "noise": args.noise, "seed": args.seed,
+                                   "l_f_lambda": args.l_f_lambda}.items() if v is not None}
+    cfg = api.default_embed_config(consts, **overrides)
+    done = api.embed(_image_paths(args.images), args.out, consts, cfg, batch_size=args.batch_size,
+                     fs=not args.no_fs, progress=not args.quiet)
+    print(f"{len(done)} image(s) embedded under {args.out} (W+{'' if args.no_fs else ' and FS'})")
+
+
 def _convert_stylegan2(args):
     from convert import stylegan2
     stylegan2.run(args.src, args.dst, size=args.size, channel_multiplier=args.channel_multiplier,
                   pca_samples=args.pca_samples, pca_file=args.pca, n_mean_latent=args.n_mean_latent,
                   seed=args.seed, overwrite=args.overwrite)
+
+
+def _convert_bisenet(args):
+    from convert import bisenet
+    bisenet.run(args.src, args.dst, overwrite=args.overwrite)
+
+
+def _convert_vgg16(args):
+    from convert import vgg16
+    vgg16.run(args.src, args.dst, lpips_weights=args.lpips_weights, overwrite=args.overwrite)
 
 
 def _add_convert(sub):
@@ -37,6 +76,20 @@ def _add_convert(sub):
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST/stylegan2")
     p.set_defaults(func=_convert_stylegan2)
 
+    p = models.add_parser("bisenet", help="BiSeNet face parser (seg.pth, 79999_iter.pth) -> DST_DIR/bisenet")
+    p.add_argument("src", help="the .pth state_dict (16 classes: Barbershop seg.pth; 19: 79999_iter.pth)")
+    p.add_argument("dst", help="weights directory; the parser goes to DST/bisenet/")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST/bisenet")
+    p.set_defaults(func=_convert_bisenet)
+
+    p = models.add_parser("vgg16", help="torchvision VGG16 + LPIPS v0.1 linear layers -> DST_DIR/vgg16")
+    p.add_argument("src", help="torchvision vgg16 state_dict (e.g. vgg16-397923af.pth); classifier skipped")
+    p.add_argument("dst", help="weights directory; the network goes to DST/vgg16/")
+    p.add_argument("--lpips-weights", metavar="PATH",
+                   help="LPIPS linear layers (default: weights/v0.1/vgg.pth of the installed lpips package)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST/vgg16")
+    p.set_defaults(func=_convert_vgg16)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="barbershop-jax", description=__doc__.splitlines()[0])
@@ -49,6 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--truncation", type=float, default=1.0)
     demo.add_argument("--weights", help="a converted weights directory instead of the embedded default")
     demo.set_defaults(func=_demo)
+
+    embed = sub.add_parser("embed", help="embed images in W+ and FS (cached: nothing is embedded twice)")
+    embed.add_argument("images", nargs="+", help="image files or folders of images")
+    embed.add_argument("--out", required=True, help="output folder: W+/{name}.npy, FS/{name}.npz (official layout)")
+    embed.add_argument("--weights", help="converted weights directory (default: the embedded tiny models)")
+    embed.add_argument("--batch-size", type=int, default=4, help="images optimised together (default 4)")
+    embed.add_argument("--w-steps", type=int, help="W+ steps (official: 1100)")
+    embed.add_argument("--fs-steps", type=int, help="FS steps (official: 250)")
+    embed.add_argument("--lr", type=float, help="Adam learning rate (official: 0.01)")
+    embed.add_argument("--noise", choices=["random", "const", "none"], help="generator noise (official: random)")
+    embed.add_argument("--seed", type=int, help="seed of the per-image noise (default 0)")
+    embed.add_argument("--l-f-lambda", type=float, help="weight of the F regulariser (official: declared, unused: 0)")
+    embed.add_argument("--no-fs", action="store_true", help="stop after W+")
+    embed.add_argument("--quiet", action="store_true", help="no progress bars")
+    embed.set_defaults(func=_embed)
 
     _add_convert(sub)
     return parser
