@@ -19,6 +19,19 @@ def embedded_generator() -> stylegan2.StyleGAN2:
     return stylegan2.init(stylegan2.tiny_config(), jax.random.PRNGKey(EMBEDDED_SEED))
 
 
+def embedded_consts():
+    """The embedded default for the stages: the tiny generator, a VGG16 with fixed random
+    weights (LPIPS) and p-norm statistics of the generator (20,000 samples)."""
+    from barbershop_jax.embedding import Consts
+    from barbershop_jax.losses import p_norm
+    from barbershop_jax.models import vgg16
+
+    g = embedded_generator()
+    vgg = vgg16.init(vgg16.VGG16Config(), jax.random.PRNGKey(EMBEDDED_SEED + 1))
+    pca = p_norm.pca_stats(g, 20_000, jax.random.PRNGKey(EMBEDDED_SEED + 2))
+    return Consts(g, vgg, pca)
+
+
 @functools.partial(jax.jit, static_argnames=("n",))
 def render_samples(model: stylegan2.StyleGAN2, n: int, seed, truncation=1.0):
     """n images from z ~ N(0, 1) with per-call random noise; (n, size, size, 3) in [-1, 1]."""

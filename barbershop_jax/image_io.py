@@ -9,6 +9,22 @@ import numpy as np
 from PIL import Image
 
 
+class ImageError(ValueError):
+    """An input image that cannot be used; the message names the file."""
+
+
+def load_rgb(path) -> np.ndarray:
+    """Read an image file as uint8 RGB (H, W, 3), as the official `Image.open(p).convert('RGB')`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{path}: not a readable image ({e})") from None
+
+
 def to_uint8(image) -> np.ndarray:
     """A generator image (H, W, 3), about [-1, 1], to uint8 as the official code saves it:
     (x + 1) / 2 clamped to [0, 1], times 255, truncated (torchvision's ToPILImage)."""

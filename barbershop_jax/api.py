@@ -1,0 +1,147 @@
+"""The Python API: files in, files out. Models are loaded here, images read and written here,
+the cache consulted here; the stages themselves (embedding.py, ...) are pure functions."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from barbershop_jax import cache as cache_lib
+from barbershop_jax import embedding, image_io, optimize, resample
+from barbershop_jax.models import stylegan2, vgg16
+
+log = logging.getLogger("barbershop_jax")
+
+
+def load_models(weights=None) -> embedding.Consts:
+    """Generator, VGG16 (LPIPS) and p-norm statistics from a converted weights directory, or
+    the embedded default (tiny random models) when `weights` is None."""
+    if weights is None:
+        from barbershop_jax import demo
+        return demo.embedded_consts()
+    return embedding.Consts(stylegan2.load(weights), vgg16.load(weights), stylegan2.load_pca(weights))
+
+
+def default_embed_config(consts: embedding.Consts, **overrides) -> embedding.EmbedConfig:
+    """The official settings, with the LPIPS size shrunk for generators below 256 px."""
+    size = consts.generator.config.size
+    base = {} if size >= 256 else {"lpips_size": size // 2}
+    return embedding.EmbedConfig(**{**base, **overrides})
+
+
+@dataclasses.dataclass
+class EmbeddedImage:
+    name: str
+    image_hash: str
+    w_plus: np.ndarray        # (n_latent, style_dim)
+    latent_in: np.ndarray     # (n_latent, style_dim): FS latents (W+ head + optimised S)
+    structure_f: np.ndarray   # (r, r, C) NHWC
+
+
+def read_target(path, size: int, lpips_size: int):
+    """(name, content hash, full (size, size, 3) in [-1, 1], small (lpips_size, ...) in [-1, 1])."""
+    pixels = image_io.load_rgb(path)
+    image_hash = cache_lib.content_hash(pixels)
+    if pixels.shape[:2] != (size, size):
+        log.warning("%s: %dx%d, resized to the generator's %dx%d (LANCZOS)", path, pixels.shape[1],
+                    pixels.shape[0], size, size)
+        pixels = resample.lanczos_resize(pixels, size)
+    full = resample.uint8_to_signed(pixels)
+    small = resample.uint8_to_signed(resample.lanczos_resize(pixels, lpips_size))
+    return Path(path).stem, image_hash, full, small
+
+
+def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding.EmbedConfig | None = None,
+          batch_size: int = 4, fs: bool = True, progress: bool = True, devices=None) -> list[EmbeddedImage]:
+    """Embed images in W+ (and FS), batch by batch, skipping what `out_dir` already holds.
+
+    Writes the official layout under out_dir (W+/{name}.npy, FS/{name}.npz, with a PNG of each
+    render and a JSON key beside it; see cache.py). Returns one EmbeddedImage per distinct path.
+    """
+    consts = load_models() if consts is None else consts
+    cfg = default_embed_config(consts) if cfg is None else cfg
+    g = consts.generator
+    store = cache_lib.EmbeddingCache(out_dir, cache_lib.tree_fingerprint(consts))
+    items = _read_all(paths, g.config.size, cfg.lpips_size)
+    n_lat, d = g.config.n_latent, g.config.style_dim
+    r = 2 ** (cfg.fs_block + 2)
+    f_shape = (r, r, g.config.channels(r))
+
+    w_plus = {it[0]: store.get_w_plus(it[0], it[1], cfg, (n_lat, d)) for it in items}
+    todo = [it for it in items if w_plus[it[0]] is None]
+    for batch in _batches(todo, batch_size):
+        targets = _targets(batch, cfg)
+        w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=progress, devices=devices)
+        images = _render_last_step(consts, w, targets.key, cfg.w_steps, cfg)
+        for (name, image_hash, *_), w_i, im in zip(batch, np.asarray(w), images):
+            store.put_w_plus(name, image_hash, cfg, w_i, im)
+            w_plus[name] = w_i
+
+    results = {}
+    if fs:
+        for it in items:
+            hit = store.get_fs(it[0], it[1], cfg, (n_lat, d), f_shape)
+            if hit is not None:
+                results[it[0]] = hit
+        todo = [it for it in items if it[0] not in results]
+        for batch in _batches(todo, batch_size):
+            targets = _targets(batch, cfg)
+            w = jnp.asarray(np.stack([w_plus[it[0]] for it in batch]))
+            latent_in, structure_f, _ = embedding.embed_fs(consts, targets, w, cfg, progress=progress, devices=devices)
+            images = _render_fs(consts, latent_in, structure_f, targets.key, cfg)
+            for (name, image_hash, *_), li, f, im in zip(batch, np.asarray(latent_in), np.asarray(structure_f), images):
+                store.put_fs(name, image_hash, cfg, li, f, im)
+                results[name] = (li, f)
+    return [EmbeddedImage(name, h, w_plus[name], *(results.get(name, (None, None)))) for name, h, *_ in items]
+
+
+def _read_all(paths, size, lpips_size):
+    items, seen = [], {}
+    for path in paths:
+        name, image_hash, full, small = read_target(path, size, lpips_size)
+        if name in seen:
+            if seen[name] != image_hash:
+                raise image_io.ImageError(f"{path}: another input is also named {name!r}; rename one")
+            continue
+        seen[name] = image_hash
+        items.append((name, image_hash, full, small))
+    return items
+
+
+def _batches(items, batch_size):
+    for i in range(0, len(items), batch_size):
+        yield items[i:i + batch_size]
+
+
+def _targets(batch, cfg) -> embedding.Targets:
+    return embedding.Targets(full=jnp.asarray(np.stack([it[2] for it in batch])),
+                             small=jnp.asarray(np.stack([it[3] for it in batch])),
+                             key=jnp.stack([optimize.image_key(cfg.seed, it[1]) for it in batch]))
+
+
+@functools.partial(jax.jit, static_argnames=("noise", "block"))
+def _render_saved(g, latents, structure_f, keys, step, noise, block):
+    """Each image rendered with the noise its loop drew at `step` (per image): the official
+    saves the render of its last iteration. W+ when structure_f is None, else FS."""
+    def one(w, f, k):
+        key = jax.random.fold_in(k, step)
+        if f is None:
+            return g.render(w[None], noise=noise, key=key)[0]
+        return g.render_from_features(f[None], w[None], block=block, noise=noise, key=key)[0]
+
+    return jax.vmap(one, in_axes=(0, None if structure_f is None else 0, 0))(latents, structure_f, keys)
+
+
+def _render_last_step(consts, w_plus, keys, n_steps, cfg):
+    images = _render_saved(consts.generator, w_plus, None, keys, n_steps - 1, cfg.noise, cfg.fs_block)
+    return image_io.to_uint8(np.asarray(images))
+
+
+def _render_fs(consts, latent_in, structure_f, keys, cfg):
+    images = _render_saved(consts.generator, latent_in, structure_f, keys, cfg.fs_steps - 1, cfg.noise, cfg.fs_block)
+    return image_io.to_uint8(np.asarray(images))

@@ -1,0 +1,175 @@
+"""The embedding cache: no image is embedded twice.
+
+Files use the official layout, so official latents can be read and ours used by the official
+code:
+
+    DIR/W+/{name}.npy    (1, n_latent, style_dim) float32
+    DIR/FS/{name}.npz    latent_in (1, n_latent, style_dim), latent_F (1, C, r, r) in NCHW
+
+Beside each, `{name}.json` records the key the file was made under: a hash of the image's
+pixels, the weights and every setting that changes the result. An entry counts only when its
+key matches and its arrays load with the expected shapes; otherwise it is recomputed. Arrays
+are written first and the JSON last, each atomically (temporary file, then rename), so an
+interrupted run never leaves an entry that looks finished.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+
+W_DIR, FS_DIR = "W+", "FS"
+W_FIELDS = ("w_steps", "learning_rate", "l2_lambda", "percept_lambda", "p_norm_lambda",
+            "lpips_size", "noise", "seed")
+FS_FIELDS = W_FIELDS + ("fs_steps", "l_f_lambda", "fs_block")
+
+
+def content_hash(pixels: np.ndarray) -> str:
+    """sha256 of an image's decoded RGB pixels and shape (not of its file bytes)."""
+    pixels = np.ascontiguousarray(pixels)
+    h = hashlib.sha256(str(pixels.shape).encode())
+    h.update(pixels.tobytes())
+    return h.hexdigest()
+
+
+def tree_fingerprint(tree) -> str:
+    """sha256 over every array of a pytree (weights, statistics), in tree order."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
+    return h.hexdigest()
+
+
+def _key(kind: str, image_hash: str, weights: str, cfg, fields) -> str:
+    settings = {f: getattr(cfg, f) for f in fields}
+    blob = json.dumps({"kind": kind, "image": image_hash, "weights": weights, "settings": settings},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _atomic_write(path: Path, write):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_npy(path: Path, array):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(array, np.float32), allow_pickle=False)
+    _atomic_write(path, write)
+
+
+def save_npz(path: Path, **arrays):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
+    _atomic_write(path, write)
+
+
+def save_json(path: Path, data: dict):
+    def write(tmp):
+        Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    _atomic_write(path, write)
+
+
+@dataclasses.dataclass
+class EmbeddingCache:
+    """Lookup and storage of W+ and FS codes under `root`, for one set of weights."""
+    root: Path
+    weights: str                      # tree_fingerprint of generator, VGG and PCA statistics
+    hits: int = 0
+    misses: int = 0
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+
+    # --- keys
+    def w_key(self, image_hash, cfg):
+        return _key("W+", image_hash, self.weights, cfg, W_FIELDS)
+
+    def fs_key(self, image_hash, cfg):
+        return _key("FS", image_hash, self.weights, cfg, FS_FIELDS)
+
+    # --- W+
+    def get_w_plus(self, name, image_hash, cfg, shape):
+        """The cached W+ (n_latent, style_dim) or None."""
+        path = self.root / W_DIR / f"{name}.npy"
+        if not self._key_matches(path, self.w_key(image_hash, cfg)):
+            return self._miss()
+        try:
+            w = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return self._miss()
+        if w.shape != (1, *shape) or not np.all(np.isfinite(w)):
+            return self._miss()
+        self.hits += 1
+        return w[0]
+
+    def put_w_plus(self, name, image_hash, cfg, w_plus, image_png=None):
+        path = self.root / W_DIR / f"{name}.npy"
+        self._start(path)
+        save_npy(path, np.asarray(w_plus)[None])
+        self._finish(path, self.w_key(image_hash, cfg), name, image_hash, image_png)
+
+    # --- FS
+    def get_fs(self, name, image_hash, cfg, latent_shape, f_shape_nhwc):
+        """The cached (latent_in (n_latent, d), structure_f (r, r, C) NHWC) or None."""
+        path = self.root / FS_DIR / f"{name}.npz"
+        if not self._key_matches(path, self.fs_key(image_hash, cfg)):
+            return self._miss()
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                latent_in, latent_f = z["latent_in"], z["latent_F"]
+        except (OSError, ValueError, KeyError):
+            return self._miss()
+        r, _, c = f_shape_nhwc
+        if latent_in.shape != (1, *latent_shape) or latent_f.shape != (1, c, r, r):
+            return self._miss()
+        if not (np.all(np.isfinite(latent_in)) and np.all(np.isfinite(latent_f))):
+            return self._miss()
+        self.hits += 1
+        return latent_in[0], latent_f[0].transpose(1, 2, 0)
+
+    def put_fs(self, name, image_hash, cfg, latent_in, structure_f, image_png=None):
+        path = self.root / FS_DIR / f"{name}.npz"
+        self._start(path)
+        save_npz(path, latent_in=np.asarray(latent_in)[None],
+                 latent_F=np.asarray(structure_f).transpose(2, 0, 1)[None])  # official NCHW
+        self._finish(path, self.fs_key(image_hash, cfg), name, image_hash, image_png)
+
+    # --- helpers
+    @staticmethod
+    def _start(path: Path):
+        """Drop the old key first: arrays half-replaced must never sit beside a valid key."""
+        path.with_suffix(".json").unlink(missing_ok=True)
+
+    def _miss(self):
+        self.misses += 1
+        return None
+
+    def _key_matches(self, path: Path, key: str) -> bool:
+        try:
+            return json.loads(path.with_suffix(".json").read_text()).get("key") == key
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def _finish(self, path: Path, key, name, image_hash, image_png):
+        if image_png is not None:
+            from barbershop_jax import image_io
+            image_io.save_png(path.with_suffix(".png"), image_png)
+        save_json(path.with_suffix(".json"), {"key": key, "name": name, "image_sha256": image_hash,
+                                              "weights": self.weights})

@@ -1,0 +1,126 @@
+"""The loop every optimisation stage shares: one jitted step per image, vmapped over the batch,
+run `chunk` steps at a time in `lax.scan` (no Python dispatch per step), sharded over the
+local devices, with a progress bar between chunks.
+
+A stage supplies a module-level step function
+
+    step(consts, state, data, i, cfg) -> (state, metrics)
+
+for ONE image: `consts` are the frozen models (replicated), `state` and `data` hold that
+image's optimisation state and inputs, `i` is the global step number (for noise keys) and `cfg`
+a hashable config. Each image keeps its own optimiser state, so a batch gives the same numbers
+as running each image alone. Compiled once per (step, cfg, shapes, chunk length): later batches
+and later calls reuse it.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+BATCH_AXIS = "batch"
+
+
+@functools.partial(jax.jit, static_argnames=("step", "cfg", "length"), donate_argnums=(1,))
+def _run_chunk(consts, state, data, start, *, step, cfg, length):
+    vstep = jax.vmap(step, in_axes=(None, 0, 0, None, None))
+
+    def body(carry, i):
+        return vstep(consts, carry, data, i, cfg)
+
+    state, metrics = jax.lax.scan(body, state, start + jnp.arange(length))
+    return state, jax.tree.map(lambda m: m[-1], metrics)
+
+
+def chunk_lengths(n_steps: int, chunk: int) -> list[int]:
+    """Split n_steps into equal chunks where a divisor near `chunk` exists (one compilation),
+    else chunks of `chunk` and one remainder (two compilations)."""
+    if n_steps <= 0:
+        return []
+    chunk = max(1, min(chunk, n_steps))
+    for size in range(chunk, max(1, chunk // 2) - 1, -1):
+        if n_steps % size == 0:
+            return [size] * (n_steps // size)
+    full, rest = divmod(n_steps, chunk)
+    return [chunk] * full + ([rest] if rest else [])
+
+
+def batch_mesh(devices=None) -> Mesh | None:
+    """A 1-D mesh over the local devices (None on a single device: nothing to shard)."""
+    devices = jax.local_devices() if devices is None else devices
+    if len(devices) <= 1:
+        return None
+    return Mesh(np.asarray(devices), (BATCH_AXIS,))
+
+
+def _pad_batch(tree, multiple):
+    """Pad the leading axis to a multiple of `multiple` with copies of the last item."""
+    n = jax.tree.leaves(tree)[0].shape[0]
+    extra = (-n) % multiple
+    if not extra:
+        return tree, n
+    return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]), tree), n
+
+
+def run(step, cfg, consts, state, data, n_steps: int, *, chunk: int = 50, desc: str = "",
+        progress: bool = True, devices=None, summary=None):
+    """Run `n_steps` of `step` on a batch.
+
+    Args:
+      step, cfg: the stage's per-image step function and its hashable config.
+      consts: frozen pytree shared by all images (models, statistics).
+      state, data: pytrees with a leading batch axis.
+      n_steps: total steps; chunk: steps per compiled scan.
+      desc: progress-bar label; progress: show it (tqdm, to stderr).
+      devices: the devices to shard the batch over (default: all local devices; the batch is
+        padded to a multiple of their number).
+      summary: metrics -> short string for the progress bar (default: per-image 'loss').
+    Returns:
+      (state, metrics of the last step), both with the batch axis, on the host's default device.
+    """
+    mesh = batch_mesh(devices)
+    # The chunks donate the state: work on private copies, one buffer per leaf, so that the
+    # caller's arrays survive and leaves that share a buffer are not donated twice.
+    state = jax.tree.map(jnp.copy, state)
+    n_images = jax.tree.leaves(state)[0].shape[0]
+    if mesh is not None:
+        (state, data), n_images = _pad_batch((state, data), mesh.size)
+        shard = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+        state, data = jax.device_put((state, data), shard)
+        consts = jax.device_put(consts, NamedSharding(mesh, PartitionSpec()))
+    bar = _progress(n_steps, desc, n_images) if progress else None
+    metrics, done = None, 0
+    for length in chunk_lengths(n_steps, chunk):
+        state, metrics = _run_chunk(consts, state, data, jnp.int32(done), step=step, cfg=cfg, length=length)
+        done += length
+        if bar is not None:
+            bar.update(length)
+            bar.set_postfix_str((summary or _loss_summary)(jax.device_get(metrics)), refresh=False)
+    if bar is not None:
+        bar.close()
+    unpad = lambda x: x[:n_images]  # noqa: E731
+    return jax.tree.map(unpad, state), (jax.tree.map(unpad, metrics) if metrics is not None else None)
+
+
+def _loss_summary(metrics) -> str:
+    loss = np.asarray(metrics["loss"]) if isinstance(metrics, dict) and "loss" in metrics else None
+    if loss is None:
+        return ""
+    if loss.size <= 4:
+        return "loss " + " ".join(f"{v:.4f}" for v in loss)
+    return f"loss mean {loss.mean():.4f} min {loss.min():.4f} max {loss.max():.4f}"
+
+
+def _progress(total, desc, n_images):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=f"{desc} ({n_images} image{'s' if n_images != 1 else ''})",
+                unit="step", leave=True, dynamic_ncols=True)
+
+
+def image_key(seed: int, content_hash: str) -> jax.Array:
+    """The PRNG key of one image: derived from the run's seed and the image's content, so an
+    image draws the same noise whatever batch it is in."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), int(content_hash[:8], 16) & 0x7FFFFFFF)
