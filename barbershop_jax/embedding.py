@@ -47,7 +47,7 @@ class EmbedConfig:
     fs_block: int = 3              # F = features after this block (3: 32x32 at any size)
     noise: str = "random"          # "random" (official), "const" or "none"
     seed: int = 0                  # root of the per-image noise keys
-    chunk: int = 50                # steps per compiled scan
+    chunk: int | None = None       # steps per compiled scan (None: optimize.loop_defaults)
 
     def s_index(self, n_latent: int) -> int:
         """First optimised S vector: n_latent - 11 as the official code (7 at 1024 px); the ones

@@ -24,15 +24,27 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 BATCH_AXIS = "batch"
 
 
-@functools.partial(jax.jit, static_argnames=("step", "cfg", "length"), donate_argnums=(1,))
-def _run_chunk(consts, state, data, start, *, step, cfg, length):
+@functools.partial(jax.jit, static_argnames=("step", "cfg", "length", "unroll"), donate_argnums=(1,))
+def _run_chunk(consts, state, data, start, *, step, cfg, length, unroll=1):
     vstep = jax.vmap(step, in_axes=(None, 0, 0, None, None))
 
     def body(carry, i):
         return vstep(consts, carry, data, i, cfg)
 
-    state, metrics = jax.lax.scan(body, state, start + jnp.arange(length))
+    state, metrics = jax.lax.scan(body, state, start + jnp.arange(length), unroll=unroll)
     return state, jax.tree.map(lambda m: m[-1], metrics)
+
+
+def loop_defaults(platform: str | None = None) -> tuple[int, bool]:
+    """(steps per chunk, unroll the chunk fully?) for a backend.
+
+    Accelerators: 50 steps in a rolled `lax.scan`. CPU: 4 steps, unrolled, because XLA:CPU
+    runs convolutions inside a loop body 2.5x slower than the same step outside one (measured
+    on 2 cores: a 64 px W+ step took 1,435 ms in a rolled scan, 574 ms unrolled); a 4-step
+    unrolled chunk costs 4x the compile time of one step and saves most of that loss.
+    """
+    platform = platform or jax.default_backend()
+    return (4, True) if platform == "cpu" else (50, False)
 
 
 def chunk_lengths(n_steps: int, chunk: int) -> list[int]:
@@ -65,7 +77,7 @@ def _pad_batch(tree, multiple):
     return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]), tree), n
 
 
-def run(step, cfg, consts, state, data, n_steps: int, *, chunk: int = 50, desc: str = "",
+def run(step, cfg, consts, state, data, n_steps: int, *, chunk: int | None = None, desc: str = "",
         progress: bool = True, devices=None, summary=None):
     """Run `n_steps` of `step` on a batch.
 
@@ -73,7 +85,7 @@ def run(step, cfg, consts, state, data, n_steps: int, *, chunk: int = 50, desc: 
       step, cfg: the stage's per-image step function and its hashable config.
       consts: frozen pytree shared by all images (models, statistics).
       state, data: pytrees with a leading batch axis.
-      n_steps: total steps; chunk: steps per compiled scan.
+      n_steps: total steps; chunk: steps per compiled scan (default: `loop_defaults`).
       desc: progress-bar label; progress: show it (tqdm, to stderr).
       devices: the devices to shard the batch over (default: all local devices; the batch is
         padded to a multiple of their number).
@@ -82,6 +94,8 @@ def run(step, cfg, consts, state, data, n_steps: int, *, chunk: int = 50, desc: 
       (state, metrics of the last step), both with the batch axis, on the host's default device.
     """
     mesh = batch_mesh(devices)
+    default_chunk, unroll = loop_defaults()
+    chunk = chunk or default_chunk
     # The chunks donate the state: work on private copies, one buffer per leaf, so that the
     # caller's arrays survive and leaves that share a buffer are not donated twice.
     state = jax.tree.map(jnp.copy, state)
@@ -94,7 +108,8 @@ def run(step, cfg, consts, state, data, n_steps: int, *, chunk: int = 50, desc: 
     bar = _progress(n_steps, desc, n_images) if progress else None
     metrics, done = None, 0
     for length in chunk_lengths(n_steps, chunk):
-        state, metrics = _run_chunk(consts, state, data, jnp.int32(done), step=step, cfg=cfg, length=length)
+        state, metrics = _run_chunk(consts, state, data, jnp.int32(done), step=step, cfg=cfg, length=length,
+                                    unroll=length if unroll else 1)
         done += length
         if bar is not None:
             bar.update(length)

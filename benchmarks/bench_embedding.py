@@ -79,7 +79,9 @@ def bench_jax(consts, stage, batch, steps, reps, lpips_size):
         step, state, data = embedding._fs_step, embedding._adam_state(params, cfg), (targets, w_plus[:, :s_index], f_init)
     state = jax.tree.map(jnp.copy, state)
     t = time.perf_counter()
-    lowered = optimize._run_chunk.lower(consts, state, data, jnp.int32(0), step=step, cfg=cfg, length=steps)
+    unroll = steps if optimize.loop_defaults()[1] else 1  # as optimize.run runs it on this backend
+    lowered = optimize._run_chunk.lower(consts, state, data, jnp.int32(0), step=step, cfg=cfg, length=steps,
+                                        unroll=unroll)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t
     times = []
@@ -152,19 +154,21 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--lpips-size", type=int, default=256)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--steps", type=int, default=10, help="steps per timed chunk")
+    p.add_argument("--steps", type=int, help="steps per timed chunk (default: the backend's chunk)")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--stages", nargs="+", default=["W+", "FS"], choices=["W+", "FS"])
     p.add_argument("--quick", action="store_true", help="64 px, LPIPS at 32, batches 1 2 4, 3 steps")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     if args.quick:
-        args.size, args.lpips_size, args.batches, args.steps = 64, 32, [1, 2, 4], 3
+        args.size, args.lpips_size, args.batches = 64, 32, [1, 2, 4]
+    args.steps = args.steps or optimize.loop_defaults()[0]
 
     import torch
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g, net, consts = build(args.size, args.lpips_size)
     rows = []
-    for stage in ("W+", "FS"):
+    for stage in args.stages:
         ref = bench_torch(g, net, consts, stage, args.steps, args.reps, args.lpips_size, device)
         for batch in args.batches:
             res = bench_jax(consts, stage, batch, args.steps, args.reps, args.lpips_size)

@@ -39,3 +39,17 @@ def converted_64(torch_generator_64, tmp_path_factory):
     assert cli.main(["convert", "stylegan2", str(root / "g64.pt"), str(root / "weights"),
                      "--pca-samples", "4096"]) == 0
     return load_generator(root / "weights"), root
+
+
+@pytest.fixture(autouse=True)
+def _rolled_loops(request, monkeypatch):
+    """Optimisation loops in tests run as rolled scans: on CPU the production default unrolls
+    each chunk (optimize.loop_defaults), which multiplies compile time in tests that run a few
+    steps. Tests marked `production_loop` keep the production setting."""
+    if "production_loop" not in request.keywords:
+        from barbershop_jax import optimize
+        monkeypatch.setattr(optimize, "loop_defaults", lambda platform=None: (4, False))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "production_loop: run optimisation loops with the production defaults")

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import rel_err
 from barbershop_jax import api, cache, cli, demo, embedding, image_io, optimize, resample
 from barbershop_jax.losses import p_norm
 from barbershop_jax.models import vgg16
@@ -45,6 +44,16 @@ def _known_w_plus(consts, n, seed=5):
     return g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(seed), (n, g.config.style_dim))))
 
 
+def assert_adam_close(a, b, lr=0.01, steps=4):
+    """Equal to float tolerance, allowing for Adam: an element whose gradient is near Adam's
+    eps (1e-8) turns float-reassociation noise into a difference of up to lr per step. So:
+    all but 1 in 10,000 elements within 1e-4 of the largest magnitude, none beyond lr * steps."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    diff = np.abs(a - b)
+    assert np.mean(diff <= 1e-4 * np.abs(b).max()) >= 0.9999, diff.max()
+    assert diff.max() <= lr * steps, diff.max()
+
+
 def psnr(a, b):  # images in [-1, 1]: peak-to-peak 2
     return float(10 * np.log10(4.0 / np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
 
@@ -55,7 +64,7 @@ def test_recovers_a_rendered_image(consts):
     3 dB more. A sign error in the loss, a zero learning rate or a broken gradient fails."""
     g = consts.generator
     targets = _targets(consts, _known_w_plus(consts, 1))
-    cfg = embedding.EmbedConfig(w_steps=60, fs_steps=60, lpips_size=32, noise="const", chunk=30)
+    cfg = embedding.EmbedConfig(w_steps=60, fs_steps=60, lpips_size=32, noise="const")
     start = psnr(g.render(g.mean_w_plus(1), noise="const"), targets.full)
     w_plus, metrics = embedding.embed_w_plus(consts, targets, cfg, progress=False)
     after_w = psnr(g.render(w_plus, noise="const"), targets.full)
@@ -74,10 +83,10 @@ def test_batch_equals_single_runs(consts):
     for i in range(4):
         one = jax.tree.map(lambda x: x[i:i + 1], targets)
         w, _ = embedding.embed_w_plus(consts, one, cfg, progress=False)
-        assert rel_err(w, w_batch[i:i + 1]) <= 1e-4  # float reassociation, amplified by Adam
+        assert_adam_close(w, w_batch[i:i + 1], steps=6)
         li, f, _ = embedding.embed_fs(consts, one, w, cfg, progress=False)
-        assert rel_err(li, li_batch[i:i + 1]) <= 1e-4
-        assert rel_err(f, f_batch[i:i + 1]) <= 1e-4
+        assert_adam_close(li, li_batch[i:i + 1])
+        assert_adam_close(f, f_batch[i:i + 1])
 
 
 def test_seed_reproducibility(consts):
@@ -98,6 +107,17 @@ def test_result_is_from_before_the_last_update(consts):
     np.testing.assert_array_equal(w1, consts.generator.mean_w_plus(1))
 
 
+@pytest.mark.production_loop
+def test_unrolled_chunks_equal_rolled(consts, monkeypatch):
+    """On CPU the loop unrolls its chunks (optimize.loop_defaults); same numbers as rolled."""
+    targets = _targets(consts, _known_w_plus(consts, 2, seed=3))
+    cfg = embedding.EmbedConfig(w_steps=4, lpips_size=32)
+    production, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
+    monkeypatch.setattr(optimize, "loop_defaults", lambda platform=None: (2, False))
+    rolled, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
+    assert_adam_close(production, rolled)
+
+
 def test_chunk_lengths():
     assert optimize.chunk_lengths(1100, 50) == [50] * 22
     assert optimize.chunk_lengths(140, 50) == [35] * 4
@@ -110,17 +130,19 @@ def test_sharded_over_four_cpu_devices_equals_unsharded(tmp_path):
         import sys, jax, numpy as np
         sys.path.insert(0, sys.argv[1])
         import test_embedding as t
-        from barbershop_jax import embedding
+        from barbershop_jax import embedding, optimize
+        optimize.loop_defaults = lambda platform=None: (2, False)  # as conftest does: rolled
         assert len(jax.devices()) == 4, jax.devices()
         consts = t.make_consts()
         targets = t._targets(consts, t._known_w_plus(consts, 3, seed=4))  # 3: padded to 4
         cfg = embedding.EmbedConfig(w_steps=4, fs_steps=2, lpips_size=32, chunk=2)
         sharded, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
         single, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False, devices=jax.devices()[:1])
-        np.testing.assert_allclose(sharded, single, atol=1e-5)  # W+ values are O(1)
+        t.assert_adam_close(sharded, single)
         li, f, _ = embedding.embed_fs(consts, targets, sharded, cfg, progress=False)
         li1, f1, _ = embedding.embed_fs(consts, targets, sharded, cfg, progress=False, devices=jax.devices()[:1])
-        assert np.abs(f - f1).max() <= 1e-4 * np.abs(f1).max()
+        t.assert_adam_close(f, f1, steps=2)
+        t.assert_adam_close(li, li1, steps=2)
         print("sharded ok", sharded.shape)
     """)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
