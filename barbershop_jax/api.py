@@ -44,16 +44,16 @@ class EmbeddedImage:
 
 
 def read_target(path, size: int, lpips_size: int):
-    """(name, content hash, full (size, size, 3) in [-1, 1], small (lpips_size, ...) in [-1, 1])."""
+    """(full (size, size, 3) in [-1, 1], small (lpips_size, lpips_size, 3) in [-1, 1]): the
+    official ref_im_H and ref_im_L. Other sizes are resized to the generator's, with a warning."""
     pixels = image_io.load_rgb(path)
-    image_hash = cache_lib.content_hash(pixels)
     if pixels.shape[:2] != (size, size):
         log.warning("%s: %dx%d, resized to the generator's %dx%d (LANCZOS)", path, pixels.shape[1],
                     pixels.shape[0], size, size)
         pixels = resample.lanczos_resize(pixels, size)
     full = resample.uint8_to_signed(pixels)
     small = resample.uint8_to_signed(resample.lanczos_resize(pixels, lpips_size))
-    return Path(path).stem, image_hash, full, small
+    return full, small
 
 
 def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding.EmbedConfig | None = None,
@@ -67,7 +67,7 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
     cfg = default_embed_config(consts) if cfg is None else cfg
     g = consts.generator
     store = cache_lib.EmbeddingCache(out_dir, cache_lib.tree_fingerprint(consts))
-    items = _read_all(paths, g.config.size, cfg.lpips_size)
+    items = _identify(paths)
     n_lat, d = g.config.n_latent, g.config.style_dim
     r = 2 ** (cfg.fs_block + 2)
     f_shape = (r, r, g.config.channels(r))
@@ -75,7 +75,7 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
     w_plus = {it[0]: store.get_w_plus(it[0], it[1], cfg, (n_lat, d)) for it in items}
     todo = [it for it in items if w_plus[it[0]] is None]
     for batch in _batches(todo, batch_size):
-        targets = _targets(batch, cfg)
+        targets = _targets(batch, g.config.size, cfg)
         w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=progress, devices=devices)
         images = _render_last_step(consts, w, targets.key, cfg.w_steps, cfg)
         for (name, image_hash, *_), w_i, im in zip(batch, np.asarray(w), images):
@@ -90,7 +90,7 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
                 results[it[0]] = hit
         todo = [it for it in items if it[0] not in results]
         for batch in _batches(todo, batch_size):
-            targets = _targets(batch, cfg)
+            targets = _targets(batch, g.config.size, cfg)
             w = jnp.asarray(np.stack([w_plus[it[0]] for it in batch]))
             latent_in, structure_f, _ = embedding.embed_fs(consts, targets, w, cfg, progress=progress, devices=devices)
             images = _render_fs(consts, latent_in, structure_f, targets.key, cfg)
@@ -100,16 +100,18 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
     return [EmbeddedImage(name, h, w_plus[name], *(results.get(name, (None, None)))) for name, h, *_ in items]
 
 
-def _read_all(paths, size, lpips_size):
+def _identify(paths):
+    """[(name, content hash, path)] for the distinct images; pixels are read again per batch,
+    so memory stays flat however many images there are."""
     items, seen = [], {}
     for path in paths:
-        name, image_hash, full, small = read_target(path, size, lpips_size)
+        name, image_hash = Path(path).stem, cache_lib.content_hash(image_io.load_rgb(path))
         if name in seen:
             if seen[name] != image_hash:
                 raise image_io.ImageError(f"{path}: another input is also named {name!r}; rename one")
             continue
         seen[name] = image_hash
-        items.append((name, image_hash, full, small))
+        items.append((name, image_hash, Path(path)))
     return items
 
 
@@ -118,10 +120,10 @@ def _batches(items, batch_size):
         yield items[i:i + batch_size]
 
 
-def _targets(batch, cfg) -> embedding.Targets:
-    return embedding.Targets(full=jnp.asarray(np.stack([it[2] for it in batch])),
-                             small=jnp.asarray(np.stack([it[3] for it in batch])),
-                             key=jnp.stack([optimize.image_key(cfg.seed, it[1]) for it in batch]))
+def _targets(batch, size, cfg) -> embedding.Targets:
+    full, small = zip(*(read_target(path, size, cfg.lpips_size) for _, _, path in batch))
+    return embedding.Targets(full=jnp.asarray(np.stack(full)), small=jnp.asarray(np.stack(small)),
+                             key=jnp.stack([optimize.image_key(cfg.seed, image_hash) for _, image_hash, _ in batch]))
 
 
 @functools.partial(jax.jit, static_argnames=("noise", "block"))

@@ -40,6 +40,23 @@ def _embed(args):
     print(f"{len(done)} image(s) embedded under {args.out} (W+{'' if args.no_fs else ' and FS'})")
 
 
+def _evaluate_embedding(args):
+    import json
+    from pathlib import Path
+
+    from barbershop_jax import api, cache, evaluate
+    vgg = api.load_models(args.weights).vgg
+    report = evaluate.evaluate(_image_paths(args.images), args.embeddings, vgg)
+    table = evaluate.markdown(report)
+    print(table)
+    if report["missing"]:
+        print(f"no embeddings for {len(report['missing'])} image(s): {', '.join(report['missing'][:5])}")
+    out = Path(args.out or Path(args.embeddings) / "evaluation.json")
+    cache.save_json(out, report)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
 def _convert_stylegan2(args):
     from convert import stylegan2
     stylegan2.run(args.src, args.dst, size=args.size, channel_multiplier=args.channel_multiplier,
@@ -117,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--no-fs", action="store_true", help="stop after W+")
     embed.add_argument("--quiet", action="store_true", help="no progress bars")
     embed.set_defaults(func=_embed)
+
+    ev = sub.add_parser("evaluate-embedding", help="PSNR, SSIM and LPIPS of the embeddings of images")
+    ev.add_argument("images", nargs="+", help="the embedded images (files or folders)")
+    ev.add_argument("--embeddings", required=True, help="the folder `embed --out` wrote")
+    ev.add_argument("--weights", help="converted weights (for LPIPS; default: the embedded models)")
+    ev.add_argument("--out", help="report path (default: EMBEDDINGS/evaluation.json, plus .md)")
+    ev.set_defaults(func=_evaluate_embedding)
 
     _add_convert(sub)
     return parser

@@ -232,3 +232,33 @@ def test_embed_command(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"barbershop-jax: error: {tmp_path / 'missing.png'}: no such file"]
     assert not (tmp_path / "o2").exists()
+
+
+# ------------------------------------------------------------------ evaluation
+def test_psnr_and_ssim_match_scikit_image():
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from barbershop_jax import evaluate
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-40, 41, a.shape), 0, 255).astype(np.uint8)
+    ref = structural_similarity(a, b, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                                use_sample_covariance=False, data_range=255)
+    assert abs(evaluate.ssim(a, b) - ref) <= 1e-9
+    assert abs(evaluate.psnr(a, b) - peak_signal_noise_ratio(a, b, data_range=255)) <= 1e-9
+    assert evaluate.ssim(a, a) == pytest.approx(1.0) and evaluate.psnr(a, a) == float("inf")
+
+
+def test_evaluate_embedding_command(consts, tmp_path, capsys):
+    paths = _write_images(consts, tmp_path / "in", n=2)
+    cfg = embedding.EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
+    api.embed(paths[:1], tmp_path / "emb", consts, cfg, progress=False)
+    assert cli.main(["evaluate-embedding", str(tmp_path / "in"), "--embeddings", str(tmp_path / "emb")]) == 0
+    out = capsys.readouterr().out
+    assert "no embeddings for 1 image(s)" in out and "mean of 1 | FS" in out
+    report = json.loads((tmp_path / "emb" / "evaluation.json").read_text())
+    assert [(r["name"], r["stage"]) for r in report["images"]] == [("face0", "W+"), ("face0", "FS")]
+    assert report["missing"] == [str(paths[1])]
+    render = np.asarray(Image.open(tmp_path / "emb" / "W+" / "face0.png"))
+    from barbershop_jax import evaluate
+    assert report["images"][0]["psnr"] == pytest.approx(evaluate.psnr(render, np.asarray(Image.open(paths[0]))))

@@ -162,7 +162,7 @@ def bicubic_taps(factor, a=-0.5):
 def bicubic_downsample(x, factor):
     """BicubicDownSample(factor) on NCHW: reflect pad, 1-D conv stride `factor`, height first."""
     c = x.shape[1]
-    k = bicubic_taps(factor)
+    k = bicubic_taps(factor).to(x.device)
     pad = 3 * factor
     before, after = pad // 2, pad - pad // 2
     x = F.conv2d(F.pad(x, (0, 0, before, after), mode="reflect"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1),
