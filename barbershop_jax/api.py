@@ -57,11 +57,14 @@ def read_target(path, size: int, lpips_size: int):
 
 
 def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding.EmbedConfig | None = None,
-          batch_size: int = 4, fs: bool = True, progress: bool = True, devices=None) -> list[EmbeddedImage]:
+          batch_size: int = 4, fs: bool = True, progress: bool = True, devices=None,
+          import_official=None) -> list[EmbeddedImage]:
     """Embed images in W+ (and FS), batch by batch, skipping what `out_dir` already holds.
 
     Writes the official layout under out_dir (W+/{name}.npy, FS/{name}.npz, with a PNG of each
-    render and a JSON key beside it; see cache.py). Returns one EmbeddedImage per distinct path.
+    render and a JSON key beside it; see cache.py). `import_official`: a folder of official
+    outputs (W+/, FS/) whose files are adopted, by image name, where out_dir has no entry yet.
+    Returns one EmbeddedImage per distinct path.
     """
     consts = load_models() if consts is None else consts
     cfg = default_embed_config(consts) if cfg is None else cfg
@@ -71,6 +74,12 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
     n_lat, d = g.config.n_latent, g.config.style_dim
     r = 2 ** (cfg.fs_block + 2)
     f_shape = (r, r, g.config.channels(r))
+    if import_official is not None:
+        for name, image_hash, _ in items:
+            if store.get_w_plus(name, image_hash, cfg, (n_lat, d)) is None:
+                imported = store.import_official(import_official, name, image_hash, cfg, (n_lat, d), f_shape)
+                log.info("%s: imported %s from %s", name, ", ".join(imported) or "nothing", import_official)
+        store.hits = store.misses = 0
 
     w_plus = {it[0]: store.get_w_plus(it[0], it[1], cfg, (n_lat, d)) for it in items}
     todo = [it for it in items if w_plus[it[0]] is None]

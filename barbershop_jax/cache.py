@@ -6,6 +6,7 @@ code:
     DIR/W+/{name}.npy    (1, n_latent, style_dim) float32
     DIR/FS/{name}.npz    latent_in (1, n_latent, style_dim), latent_F (1, C, r, r) in NCHW
 
+Official outputs can be adopted as entries (`import_official`, `embed --import-official`).
 Beside each, `{name}.json` records the key the file was made under: a hash of the image's
 pixels, the weights and every setting that changes the result. An entry counts only when its
 key matches and its arrays load with the expected shapes; otherwise it is recomputed. Arrays
@@ -119,11 +120,11 @@ class EmbeddingCache:
         self.hits += 1
         return w[0]
 
-    def put_w_plus(self, name, image_hash, cfg, w_plus, image_png=None):
+    def put_w_plus(self, name, image_hash, cfg, w_plus, image_png=None, extra=None):
         path = self.root / W_DIR / f"{name}.npy"
         self._start(path)
         save_npy(path, np.asarray(w_plus)[None])
-        self._finish(path, self.w_key(image_hash, cfg), name, image_hash, image_png)
+        self._finish(path, self.w_key(image_hash, cfg), name, image_hash, image_png, extra)
 
     # --- FS
     def get_fs(self, name, image_hash, cfg, latent_shape, f_shape_nhwc):
@@ -144,12 +145,37 @@ class EmbeddingCache:
         self.hits += 1
         return latent_in[0], latent_f[0].transpose(1, 2, 0)
 
-    def put_fs(self, name, image_hash, cfg, latent_in, structure_f, image_png=None):
+    def put_fs(self, name, image_hash, cfg, latent_in, structure_f, image_png=None, extra=None):
         path = self.root / FS_DIR / f"{name}.npz"
         self._start(path)
         save_npz(path, latent_in=np.asarray(latent_in)[None],
                  latent_F=np.asarray(structure_f).transpose(2, 0, 1)[None])  # official NCHW
-        self._finish(path, self.fs_key(image_hash, cfg), name, image_hash, image_png)
+        self._finish(path, self.fs_key(image_hash, cfg), name, image_hash, image_png, extra)
+
+    # --- import
+    def import_official(self, src_root, name, image_hash, cfg, latent_shape, f_shape_nhwc) -> list[str]:
+        """Adopt official outputs (src_root/W+/{name}.npy, src_root/FS/{name}.npz) as this
+        image's entries under the current settings. Files that don't load or have the wrong
+        shapes are skipped. Returns the stages imported."""
+        src_root, done = Path(src_root), []
+        meta = {"imported_from": str(src_root)}
+        try:
+            w = np.load(src_root / W_DIR / f"{name}.npy", allow_pickle=False)
+            if w.shape == (1, *latent_shape) and np.all(np.isfinite(w)):
+                self.put_w_plus(name, image_hash, cfg, w[0], extra=meta)
+                done.append(W_DIR)
+        except (OSError, ValueError):
+            pass
+        try:
+            with np.load(src_root / FS_DIR / f"{name}.npz", allow_pickle=False) as z:
+                latent_in, latent_f = z["latent_in"], z["latent_F"]
+            r, _, c = f_shape_nhwc
+            if latent_in.shape == (1, *latent_shape) and latent_f.shape == (1, c, r, r):
+                self.put_fs(name, image_hash, cfg, latent_in[0], latent_f[0].transpose(1, 2, 0), extra=meta)
+                done.append(FS_DIR)
+        except (OSError, ValueError, KeyError):
+            pass
+        return done
 
     # --- helpers
     @staticmethod
@@ -167,9 +193,9 @@ class EmbeddingCache:
         except (OSError, ValueError, AttributeError):
             return False
 
-    def _finish(self, path: Path, key, name, image_hash, image_png):
+    def _finish(self, path: Path, key, name, image_hash, image_png, extra=None):
         if image_png is not None:
             from barbershop_jax import image_io
             image_io.save_png(path.with_suffix(".png"), image_png)
         save_json(path.with_suffix(".json"), {"key": key, "name": name, "image_sha256": image_hash,
-                                              "weights": self.weights})
+                                              "weights": self.weights, **(extra or {})})

@@ -33,10 +33,12 @@ def _embed(args):
     consts = api.load_models(args.weights)
     overrides = {k: v for k, v in {"w_steps": args.w_steps, "fs_steps": args.fs_steps,
                                    "learning_rate": args.lr, "noise": args.noise, "seed": args.seed,
-                                   "l_f_lambda": args.l_f_lambda}.items() if v is not None}
+                                   "l2_lambda": args.l2_lambda, "percept_lambda": args.percept_lambda,
+                                   "p_norm_lambda": args.p_norm_lambda, "l_f_lambda": args.l_f_lambda}.items()
+                 if v is not None}
     cfg = api.default_embed_config(consts, **overrides)
     done = api.embed(_image_paths(args.images), args.out, consts, cfg, batch_size=args.batch_size,
-                     fs=not args.no_fs, progress=not args.quiet)
+                     fs=not args.no_fs, progress=not args.quiet, import_official=args.import_official)
     print(f"{len(done)} image(s) embedded under {args.out} (W+{'' if args.no_fs else ' and FS'})")
 
 
@@ -130,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--lr", type=float, help="Adam learning rate (official: 0.01)")
     embed.add_argument("--noise", choices=["random", "const", "none"], help="generator noise (official: random)")
     embed.add_argument("--seed", type=int, help="seed of the per-image noise (default 0)")
+    embed.add_argument("--l2-lambda", type=float, help="weight of the full-size MSE (official: 1.0)")
+    embed.add_argument("--percept-lambda", type=float, help="weight of LPIPS at 256 px (official: 1.0)")
+    embed.add_argument("--p-norm-lambda", type=float, help="weight of the p-norm regulariser (official: 0.001)")
     embed.add_argument("--l-f-lambda", type=float, help="weight of the F regulariser (official: declared, unused: 0)")
+    embed.add_argument("--import-official", metavar="DIR",
+                       help="adopt the official code's W+/{name}.npy and FS/{name}.npz from DIR instead of computing them")
     embed.add_argument("--no-fs", action="store_true", help="stop after W+")
     embed.add_argument("--quiet", action="store_true", help="no progress bars")
     embed.set_defaults(func=_embed)

@@ -262,3 +262,21 @@ def test_evaluate_embedding_command(consts, tmp_path, capsys):
     render = np.asarray(Image.open(tmp_path / "emb" / "W+" / "face0.png"))
     from barbershop_jax import evaluate
     assert report["images"][0]["psnr"] == pytest.approx(evaluate.psnr(render, np.asarray(Image.open(paths[0]))))
+
+
+def test_official_outputs_are_imported(consts, tmp_path, monkeypatch):
+    paths = _write_images(consts, tmp_path / "in", n=1)
+    official = tmp_path / "official"
+    (official / "W+").mkdir(parents=True)
+    (official / "FS").mkdir()
+    w = np.random.default_rng(0).normal(size=(1, 10, 64)).astype(np.float32)
+    latent_f = np.random.default_rng(1).normal(size=(1, 64, 32, 32)).astype(np.float32)
+    np.save(official / "W+" / "face0.npy", w)
+    np.savez(official / "FS" / "face0.npz", latent_in=w, latent_F=latent_f)
+    count = _Counter(monkeypatch)
+    cfg = embedding.EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
+    result = api.embed(paths, tmp_path / "out", consts, cfg, progress=False, import_official=official)[0]
+    assert (count.w, count.fs) == (0, 0)
+    np.testing.assert_array_equal(result.w_plus, w[0])
+    np.testing.assert_array_equal(result.structure_f, latent_f[0].transpose(1, 2, 0))
+    assert json.loads((tmp_path / "out" / "FS" / "face0.json").read_text())["imported_from"] == str(official)
