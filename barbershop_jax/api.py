@@ -79,7 +79,6 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
             if store.get_w_plus(name, image_hash, cfg, (n_lat, d)) is None:
                 imported = store.import_official(import_official, name, image_hash, cfg, (n_lat, d), f_shape)
                 log.info("%s: imported %s from %s", name, ", ".join(imported) or "nothing", import_official)
-        store.hits = store.misses = 0
 
     w_plus = {it[0]: store.get_w_plus(it[0], it[1], cfg, (n_lat, d)) for it in items}
     todo = [it for it in items if w_plus[it[0]] is None]
@@ -154,5 +153,7 @@ def _render_last_step(consts, w_plus, keys, n_steps, cfg):
 
 
 def _render_fs(consts, latent_in, structure_f, keys, cfg):
+    # The official PNG is rendered from the F before the last update; only the F after it is
+    # kept, so this render uses that one (a one-step difference).
     images = _render_saved(consts.generator, latent_in, structure_f, keys, cfg.fs_steps - 1, cfg.noise, cfg.fs_block)
     return image_io.to_uint8(np.asarray(images))

@@ -92,8 +92,6 @@ class EmbeddingCache:
     """Lookup and storage of W+ and FS codes under `root`, for one set of weights."""
     root: Path
     weights: str                      # tree_fingerprint of generator, VGG and PCA statistics
-    hits: int = 0
-    misses: int = 0
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -110,14 +108,13 @@ class EmbeddingCache:
         """The cached W+ (n_latent, style_dim) or None."""
         path = self.root / W_DIR / f"{name}.npy"
         if not self._key_matches(path, self.w_key(image_hash, cfg)):
-            return self._miss()
+            return None
         try:
             w = np.load(path, allow_pickle=False)
         except (OSError, ValueError):
-            return self._miss()
+            return None
         if w.shape != (1, *shape) or not np.all(np.isfinite(w)):
-            return self._miss()
-        self.hits += 1
+            return None
         return w[0]
 
     def put_w_plus(self, name, image_hash, cfg, w_plus, image_png=None, extra=None):
@@ -131,18 +128,17 @@ class EmbeddingCache:
         """The cached (latent_in (n_latent, d), structure_f (r, r, C) NHWC) or None."""
         path = self.root / FS_DIR / f"{name}.npz"
         if not self._key_matches(path, self.fs_key(image_hash, cfg)):
-            return self._miss()
+            return None
         try:
             with np.load(path, allow_pickle=False) as z:
                 latent_in, latent_f = z["latent_in"], z["latent_F"]
         except (OSError, ValueError, KeyError):
-            return self._miss()
+            return None
         r, _, c = f_shape_nhwc
         if latent_in.shape != (1, *latent_shape) or latent_f.shape != (1, c, r, r):
-            return self._miss()
+            return None
         if not (np.all(np.isfinite(latent_in)) and np.all(np.isfinite(latent_f))):
-            return self._miss()
-        self.hits += 1
+            return None
         return latent_in[0], latent_f[0].transpose(1, 2, 0)
 
     def put_fs(self, name, image_hash, cfg, latent_in, structure_f, image_png=None, extra=None):
@@ -182,10 +178,6 @@ class EmbeddingCache:
     def _start(path: Path):
         """Drop the old key first: arrays half-replaced must never sit beside a valid key."""
         path.with_suffix(".json").unlink(missing_ok=True)
-
-    def _miss(self):
-        self.misses += 1
-        return None
 
     def _key_matches(self, path: Path, key: str) -> bool:
         try:
