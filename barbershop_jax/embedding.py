@@ -82,22 +82,30 @@ def _adam_state(params, cfg):
     return AdamState(params, jax.vmap(_optimizer(cfg).init)(params), params)
 
 
-def _image_losses(consts, image, targets, w_plus, cfg):
+@jax.jit
+def target_units(vgg, small):
+    """The targets' LPIPS features, computed once per stage rather than at every step."""
+    return jax.vmap(lambda x: jax.tree.map(lambda u: u[0], lpips_loss.unit_features(vgg, x[None])))(small)
+
+
+def _image_losses(consts, image, targets, units, w_plus, cfg):
     g = consts.generator
     l2 = jnp.mean(jnp.square(image - targets.full))
     small = resample.bicubic_downsample(image[None], g.config.size // cfg.lpips_size)
-    percept = lpips_loss.lpips(consts.vgg, small, targets.small[None])[0]
+    percept = lpips_loss.lpips_to_features(consts.vgg, small, jax.tree.map(lambda u: u[None], units))[0]
     p_norm = p_norm_loss(w_plus, consts.pca)
     loss = cfg.l2_lambda * l2 + cfg.percept_lambda * percept + cfg.p_norm_lambda * p_norm
     return loss, {"loss": loss, "l2": l2, "lpips": percept, "p_norm": p_norm}
 
 
 # ----------------------------------------------------------------------------- W+
-def _w_plus_step(consts, state, targets, i, cfg):
+def _w_plus_step(consts, state, data, i, cfg):
+    targets, units = data
+
     def loss_fn(w_plus):
         key = jax.random.fold_in(targets.key, i)
         image = consts.generator.render(w_plus[None], noise=cfg.noise, key=key)[0]
-        return _image_losses(consts, image, targets, w_plus, cfg)
+        return _image_losses(consts, image, targets, units, w_plus, cfg)
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = _optimizer(cfg).update(grads, state.opt_state, state.params)
@@ -111,7 +119,8 @@ def embed_w_plus(consts: Consts, targets: Targets, cfg: EmbedConfig = EmbedConfi
     n = targets.full.shape[0]
     w_plus = consts.generator.mean_w_plus(n)
     state = _adam_state(w_plus, cfg)
-    state, metrics = optimize.run(_w_plus_step, cfg, consts, state, targets, cfg.w_steps,
+    data = (targets, target_units(consts.vgg, targets.small))
+    state, metrics = optimize.run(_w_plus_step, cfg, consts, state, data, cfg.w_steps,
                                   chunk=cfg.chunk, desc="W+ embedding", progress=progress, devices=devices)
     return state.result, metrics
 
@@ -127,7 +136,7 @@ def _fs_latents(frozen, s_code):
 
 
 def _fs_step(consts, state, data, i, cfg):
-    targets, frozen, f_init = data
+    targets, units, frozen, f_init = data
     g = consts.generator
 
     def loss_fn(params):
@@ -135,7 +144,7 @@ def _fs_step(consts, state, data, i, cfg):
         w_plus = _fs_latents(frozen, params.s_code)
         image = g.render_from_features(params.structure_f[None], w_plus[None], block=cfg.fs_block,
                                        noise=cfg.noise, key=key)[0]
-        loss, metrics = _image_losses(consts, image, targets, w_plus, cfg)
+        loss, metrics = _image_losses(consts, image, targets, units, w_plus, cfg)
         if cfg.l_f_lambda:
             l_f = jnp.mean(jnp.square(params.structure_f - f_init))
             loss = loss + cfg.l_f_lambda * l_f
@@ -173,7 +182,7 @@ def embed_fs(consts: Consts, targets: Targets, w_plus, cfg: EmbedConfig = EmbedC
     f_init = _f_init(consts, w_plus, targets, cfg=cfg)
     params = FSParams(w_plus[:, s_index:], f_init)
     state = _adam_state(params, cfg)
-    data = (targets, w_plus[:, :s_index], f_init)
+    data = (targets, target_units(consts.vgg, targets.small), w_plus[:, :s_index], f_init)
     state, metrics = optimize.run(_fs_step, cfg, consts, state, data, cfg.fs_steps,
                                   chunk=cfg.chunk, desc="FS embedding", progress=progress, devices=devices)
     latent_in = jnp.concatenate([w_plus[:, :s_index], state.result.s_code], axis=1)

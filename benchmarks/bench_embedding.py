@@ -71,12 +71,15 @@ def bench_jax(consts, stage, batch, steps, reps, lpips_size):
                                 jnp.stack([jax.random.fold_in(key, i) for i in range(batch)]))
     w_plus = g.mean_w_plus(batch) + 0.0
     if stage == "W+":
-        step, state, data = embedding._w_plus_step, embedding._adam_state(w_plus, cfg), targets
+        units = embedding.target_units(consts.vgg, targets.small)
+        step, state, data = embedding._w_plus_step, embedding._adam_state(w_plus, cfg), (targets, units)
     else:
         s_index = cfg.s_index(g.config.n_latent)
         f_init = embedding._f_init(consts, w_plus, targets, cfg=cfg)
         params = embedding.FSParams(w_plus[:, s_index:], f_init)
-        step, state, data = embedding._fs_step, embedding._adam_state(params, cfg), (targets, w_plus[:, :s_index], f_init)
+        units = embedding.target_units(consts.vgg, targets.small)
+        step, state, data = (embedding._fs_step, embedding._adam_state(params, cfg),
+                             (targets, units, w_plus[:, :s_index], f_init))
     state = jax.tree.map(jnp.copy, state)
     t = time.perf_counter()
     unroll = steps if optimize.loop_defaults()[1] else 1  # as optimize.run runs it on this backend

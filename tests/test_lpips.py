@@ -258,3 +258,12 @@ def test_converter_refusals(converted, tmp_path, capsys):
              "missing lin1.model.1.weight")
     _refused([root / "vgg16.pth", "--lpips-weights", tmp_path / "nope.pth"], tmp_path / "out", capsys,
              "nope.pth: no such file")
+
+
+def test_lpips_to_precomputed_target_features_equals_lpips(converted):
+    """The embedding computes its target's features once; same numbers as plain LPIPS."""
+    model, _ = converted
+    x0, x1 = _images(batch=2, seed=5)
+    units = jax.jit(L.unit_features)(model, _j(x1))
+    ours = jax.jit(L.lpips_to_features)(model, _j(x0), units)
+    assert rel_err(ours, lpips_fn(model, _j(x0), _j(x1))) <= 1e-6

@@ -54,6 +54,21 @@ def _taps_through(taps) -> tuple:
     return TAPS[:deepest + 1]
 
 
+def unit_features(vgg: VGG16, x, taps=TAPS) -> dict:
+    """{tap: u(x)}: the channel-normalised VGG features LPIPS compares. For a fixed target
+    (the embedding's reference image) compute them once and use `lpips_to_features`."""
+    features = vgg.features(scale_input(x), tuple(taps))
+    return {tap: unit_normalize(features[tap]) for tap in taps}
+
+
+def lpips_to_features(vgg: VGG16, x, target_units: dict):
+    """LPIPS between images x (B, H, W, 3) and a target given by its `unit_features`: the same
+    numbers as `lpips(vgg, x, target)` without running VGG on the target again."""
+    units = unit_features(vgg, x, tuple(target_units))
+    return sum(jnp.mean(jnp.sum(jnp.square(units[t] - target_units[t]) * vgg.lpips_lin[t], axis=-1), axis=(1, 2))
+               for t in target_units)
+
+
 def lpips_maps(vgg: VGG16, x0, x1, taps=TAPS) -> dict:
     """Per-tap LPIPS maps at each tap's native resolution.
 
