@@ -11,6 +11,7 @@ final place and renamed into place at the end.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -49,6 +50,20 @@ def read_config(root: Path, model: str) -> dict:
     if meta.get("format") != FORMAT_VERSION:
         raise ValueError(f"{file}: format {meta.get('format')!r}, this version reads {FORMAT_VERSION}")
     return meta
+
+
+def open_model(path, model: str, config_cls):
+    """(folder, config) of a converted model: finds the folder, reads config.json, and builds
+    `config_cls` from it; unknown or invalid fields are named in a ValueError."""
+    root = model_dir(path, model)
+    meta = read_config(root, model)
+    unknown = set(meta["config"]) - {f.name for f in dataclasses.fields(config_cls)}
+    if unknown:
+        raise ValueError(f"{root / CONFIG_FILE}: unknown {model} config fields {sorted(unknown)}")
+    try:
+        return root, config_cls(**meta["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{root / CONFIG_FILE}: invalid {model} config ({e})") from None
 
 
 def _shape_diff(got: dict, expected: dict) -> list[str]:

@@ -292,13 +292,7 @@ def load(path) -> FaceParser:
     """Load a converted BiSeNet directory (or a weights root holding `bisenet/`), strictly."""
     from barbershop_jax import checkpoint
 
-    root = checkpoint.model_dir(path, MODEL_NAME)
-    meta = checkpoint.read_config(root, MODEL_NAME)
-    fields = {f.name for f in dataclasses.fields(BiSeNetConfig)}
-    unknown = set(meta["config"]) - fields
-    if unknown:
-        raise ValueError(f"{root / checkpoint.CONFIG_FILE}: unknown bisenet config fields {sorted(unknown)}")
-    config = BiSeNetConfig(**meta["config"])
+    root, config = checkpoint.open_model(path, MODEL_NAME, BiSeNetConfig)
     tree = checkpoint.restore_strict(root, {"params": abstract_params(config)})
     return FaceParser(params=jax.tree.map(jnp.asarray, tree["params"]), config=config)
 

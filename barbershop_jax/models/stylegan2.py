@@ -465,7 +465,6 @@ def abstract_params(config: GeneratorConfig):
 
 
 # ----------------------------------------------------------------------------- load
-CONFIG_FILE = "config.json"
 PCA_FILE = "pca.npz"
 MODEL_NAME = "stylegan2"
 
@@ -478,13 +477,7 @@ def load(path, dtype: str | None = None) -> StyleGAN2:
     """
     from barbershop_jax import checkpoint
 
-    root = checkpoint.model_dir(path, MODEL_NAME)
-    meta = checkpoint.read_config(root, MODEL_NAME)
-    fields = {f.name for f in dataclasses.fields(GeneratorConfig)}
-    unknown = set(meta["config"]) - fields
-    if unknown:
-        raise ValueError(f"{root / CONFIG_FILE}: unknown generator config fields {sorted(unknown)}")
-    config = GeneratorConfig(**meta["config"])
+    root, config = checkpoint.open_model(path, MODEL_NAME, GeneratorConfig)
     if dtype is not None:
         config = config.replace(dtype=dtype)
     expected = {

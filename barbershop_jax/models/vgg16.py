@@ -131,13 +131,7 @@ def load(path) -> VGG16:
     the stored arrays must match config.json key for key and shape for shape."""
     from barbershop_jax import checkpoint
 
-    root = checkpoint.model_dir(path, MODEL_NAME)
-    meta = checkpoint.read_config(root, MODEL_NAME)
-    fields = {f.name for f in dataclasses.fields(VGG16Config)}
-    unknown = set(meta["config"]) - fields
-    if unknown:
-        raise ValueError(f"{root / checkpoint.CONFIG_FILE}: unknown vgg16 config fields {sorted(unknown)}")
-    config = VGG16Config(**meta["config"])
+    root, config = checkpoint.open_model(path, MODEL_NAME, VGG16Config)
     expected = {"params": abstract_params(config), "lpips_lin": abstract_lpips_lin(config)}
     tree = checkpoint.restore_strict(root, expected)
     return VGG16(params=jax.tree.map(jnp.asarray, tree["params"]),
