@@ -18,12 +18,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
+
+from barbershop_jax.image_io import atomic_write, save_png
 
 W_DIR, FS_DIR = "W+", "FS"
 W_FIELDS = ("w_steps", "learning_rate", "l2_lambda", "percept_lambda", "p_norm_lambda",
@@ -55,36 +55,16 @@ def _key(kind: str, image_hash: str, weights: str, cfg, fields) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _atomic_write(path: Path, write):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_npy(path: Path, array):
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(array, np.float32), allow_pickle=False)
-    _atomic_write(path, write)
+    atomic_write(path, lambda f: np.save(f, np.asarray(array, np.float32), allow_pickle=False))
 
 
 def save_npz(path: Path, **arrays):
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
-    _atomic_write(path, write)
+    atomic_write(path, lambda f: np.savez(f, **{k: np.asarray(v, np.float32) for k, v in arrays.items()}))
 
 
 def save_json(path: Path, data: dict):
-    def write(tmp):
-        Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    _atomic_write(path, write)
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=1, sort_keys=True) + "\n").encode()))
 
 
 @dataclasses.dataclass
@@ -187,7 +167,6 @@ class EmbeddingCache:
 
     def _finish(self, path: Path, key, name, image_hash, image_png, extra=None):
         if image_png is not None:
-            from barbershop_jax import image_io
-            image_io.save_png(path.with_suffix(".png"), image_png)
+            save_png(path.with_suffix(".png"), image_png)
         save_json(path.with_suffix(".json"), {"key": key, "name": name, "image_sha256": image_hash,
                                               "weights": self.weights, **(extra or {})})

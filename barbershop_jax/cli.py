@@ -46,7 +46,7 @@ def _evaluate_embedding(args):
     import json
     from pathlib import Path
 
-    from barbershop_jax import api, cache, evaluate
+    from barbershop_jax import api, cache, evaluate, image_io
     vgg = api.load_models(args.weights).vgg
     report = evaluate.evaluate(_image_paths(args.images), args.embeddings, vgg)
     table = evaluate.markdown(report)
@@ -55,7 +55,7 @@ def _evaluate_embedding(args):
         print(f"no embeddings for {len(report['missing'])} image(s): {', '.join(report['missing'][:5])}")
     out = Path(args.out or Path(args.embeddings) / "evaluation.json")
     cache.save_json(out, report)
-    out.with_suffix(".md").write_text(table + "\n")
+    image_io.atomic_write(out.with_suffix(".md"), lambda f: f.write((table + "\n").encode()))
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 

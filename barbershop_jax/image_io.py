@@ -32,20 +32,26 @@ def to_uint8(image) -> np.ndarray:
     return (x * 255.0).astype(np.uint8)
 
 
-def save_png(path, image_uint8) -> Path:
-    """Write a uint8 (H, W, 3) array as PNG atomically."""
+def atomic_write(path, write) -> Path:
+    """Create `path` whole or not at all: `write(file)` fills a temporary file beside it
+    (opened for binary writing), which is then renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            Image.fromarray(np.asarray(image_uint8)).save(f, format="PNG")
-        os.chmod(tmp, 0o666 & ~_umask())
+            write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_png(path, image_uint8) -> Path:
+    """Write a uint8 (H, W, 3) array as PNG atomically."""
+    return atomic_write(path, lambda f: Image.fromarray(np.asarray(image_uint8)).save(f, format="PNG"))
 
 
 def _umask() -> int:
