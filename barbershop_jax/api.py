@@ -64,13 +64,15 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
     Writes the official layout under out_dir (W+/{name}.npy, FS/{name}.npz, with a PNG of each
     render and a JSON key beside it; see cache.py). `import_official`: a folder of official
     outputs (W+/, FS/) whose files are adopted, by image name, where out_dir has no entry yet.
-    Returns one EmbeddedImage per distinct path.
+    Multi-host (after `jax.distributed.initialize()`): process k of N embeds every N-th
+    distinct image, over its own local devices, into the same out_dir (a shared filesystem);
+    each process returns its share. Returns one EmbeddedImage per distinct path (of the share).
     """
     consts = load_models() if consts is None else consts
     cfg = default_embed_config(consts) if cfg is None else cfg
     g = consts.generator
     store = cache_lib.EmbeddingCache(out_dir, cache_lib.tree_fingerprint(consts))
-    items = _identify(paths)
+    items = _identify(paths)[jax.process_index()::jax.process_count()]
     n_lat, d = g.config.n_latent, g.config.style_dim
     r = 2 ** (cfg.fs_block + 2)
     f_shape = (r, r, g.config.channels(r))

@@ -28,8 +28,19 @@ def _image_paths(inputs):
     return paths
 
 
+def _distributed(args):
+    """jax.distributed for multi-host runs: explicit flags, or the cluster's environment."""
+    if not args.distributed:
+        return
+    import jax
+    kwargs = {k: v for k, v in {"coordinator_address": args.coordinator, "num_processes": args.num_processes,
+                                "process_id": args.process_id}.items() if v is not None}
+    jax.distributed.initialize(**kwargs)
+
+
 def _embed(args):
     from barbershop_jax import api
+    _distributed(args)
     consts = api.load_models(args.weights)
     overrides = {k: v for k, v in {"w_steps": args.w_steps, "fs_steps": args.fs_steps,
                                    "learning_rate": args.lr, "noise": args.noise, "seed": args.seed,
@@ -39,7 +50,9 @@ def _embed(args):
     cfg = api.default_embed_config(consts, **overrides)
     done = api.embed(_image_paths(args.images), args.out, consts, cfg, batch_size=args.batch_size,
                      fs=not args.no_fs, progress=not args.quiet, import_official=args.import_official)
-    print(f"{len(done)} image(s) embedded under {args.out} (W+{'' if args.no_fs else ' and FS'})")
+    import jax
+    share = f" by process {jax.process_index()} of {jax.process_count()}" if jax.process_count() > 1 else ""
+    print(f"{len(done)} image(s) embedded{share} under {args.out} (W+{'' if args.no_fs else ' and FS'})")
 
 
 def _evaluate_embedding(args):
@@ -139,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--import-official", metavar="DIR",
                        help="adopt the official code's W+/{name}.npy and FS/{name}.npz from DIR instead of computing them")
     embed.add_argument("--no-fs", action="store_true", help="stop after W+")
+    embed.add_argument("--distributed", action="store_true",
+                       help="multi-host: jax.distributed.initialize(); process k embeds every N-th image")
+    embed.add_argument("--coordinator", help="with --distributed: HOST:PORT of process 0 (default: from the cluster)")
+    embed.add_argument("--num-processes", type=int, help="with --distributed: number of processes")
+    embed.add_argument("--process-id", type=int, help="with --distributed: this process's index")
     embed.add_argument("--quiet", action="store_true", help="no progress bars")
     embed.set_defaults(func=_embed)
 

@@ -281,3 +281,23 @@ def test_official_outputs_are_imported(consts, tmp_path, monkeypatch):
     np.testing.assert_array_equal(result.w_plus, w[0])
     np.testing.assert_array_equal(result.structure_f, latent_f[0].transpose(1, 2, 0))
     assert json.loads((tmp_path / "out" / "FS" / "face0.json").read_text())["imported_from"] == str(official)
+
+
+def test_two_processes_share_the_images(consts, tmp_path):
+    """`embed --distributed`: two jax.distributed processes on this machine split the images
+    and write into one output folder."""
+    import socket
+    _write_images(consts, tmp_path / "in", n=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "barbershop_jax.cli", "embed", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+           "--w-steps", "2", "--fs-steps", "2", "--quiet", "--distributed", "--coordinator", f"127.0.0.1:{port}",
+           "--num-processes", "2", "--process-id"]
+    procs = [subprocess.Popen(cmd + [str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for i, (p, (out, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, err[-2000:]
+        assert f"1 image(s) embedded by process {i} of 2" in out
+    assert sorted(p.name for p in (tmp_path / "out" / "FS").glob("*.npz")) == ["face0.npz", "face1.npz"]
