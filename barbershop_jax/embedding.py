@@ -85,7 +85,7 @@ def _adam_state(params, cfg):
 @jax.jit
 def target_units(vgg, small):
     """The targets' LPIPS features, computed once per stage rather than at every step."""
-    return jax.vmap(lambda x: jax.tree.map(lambda u: u[0], lpips_loss.unit_features(vgg, x[None])))(small)
+    return lpips_loss.unit_features(vgg, small)  # {tap: (B, h, w, C)}: batched like the targets
 
 
 def _image_losses(consts, image, targets, units, w_plus, cfg):
