@@ -27,6 +27,14 @@ def load_models(weights=None) -> embedding.Consts:
     return embedding.Consts(stylegan2.load(weights), vgg16.load(weights), stylegan2.load_pca(weights))
 
 
+def load_vgg(weights=None):
+    """Only the VGG16 (LPIPS): from a converted weights directory, or the embedded default."""
+    if weights is None:
+        from barbershop_jax import demo
+        return demo.embedded_vgg()
+    return vgg16.load(weights)
+
+
 def default_embed_config(consts: embedding.Consts, **overrides) -> embedding.EmbedConfig:
     """The official settings, with the LPIPS size shrunk for generators below 256 px."""
     size = consts.generator.config.size

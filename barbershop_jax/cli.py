@@ -56,11 +56,10 @@ def _embed(args):
 
 
 def _evaluate_embedding(args):
-    import json
     from pathlib import Path
 
     from barbershop_jax import api, cache, evaluate, image_io
-    vgg = api.load_models(args.weights).vgg
+    vgg = api.load_vgg(args.weights)  # LPIPS only: no generator, no PCA statistics
     report = evaluate.evaluate(_image_paths(args.images), args.embeddings, vgg)
     table = evaluate.markdown(report)
     print(table)

@@ -24,12 +24,16 @@ def embedded_consts():
     weights (LPIPS) and p-norm statistics of the generator (20,000 samples)."""
     from barbershop_jax.embedding import Consts
     from barbershop_jax.losses import p_norm
-    from barbershop_jax.models import vgg16
 
     g = embedded_generator()
-    vgg = vgg16.init(vgg16.VGG16Config(), jax.random.PRNGKey(EMBEDDED_SEED + 1))
     pca = p_norm.pca_stats(g, 20_000, jax.random.PRNGKey(EMBEDDED_SEED + 2))
-    return Consts(g, vgg, pca)
+    return Consts(g, embedded_vgg(), pca)
+
+
+def embedded_vgg():
+    """The embedded default VGG16 (LPIPS, style loss): fixed random weights."""
+    from barbershop_jax.models import vgg16
+    return vgg16.init(vgg16.VGG16Config(), jax.random.PRNGKey(EMBEDDED_SEED + 1))
 
 
 @functools.partial(jax.jit, static_argnames=("n",))
