@@ -51,14 +51,55 @@ class EmbeddedImage:
     structure_f: np.ndarray   # (r, r, C) NHWC
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageSource:
+    """One distinct input image: a file (read again when needed, so memory stays flat) or
+    pixels given in memory (Python API)."""
+    name: str
+    image_hash: str
+    path: Path | None = None
+    pixels: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def load(self) -> np.ndarray:
+        """uint8 RGB (H, W, 3)."""
+        return self.pixels if self.pixels is not None else image_io.load_rgb(self.path)
+
+
+def as_source(image, name: str | None = None) -> ImageSource:
+    """A path, PIL image, uint8 array (H, W, 3) or ImageSource as an ImageSource. In-memory
+    images are named `name`, or after their content hash."""
+    if isinstance(image, ImageSource):
+        return image
+    if isinstance(image, (str, Path)):
+        pixels = image_io.load_rgb(image)
+        return ImageSource(name or Path(image).stem, cache_lib.content_hash(pixels), Path(image))
+    pixels = image_io.as_rgb_array(image)
+    image_hash = cache_lib.content_hash(pixels)
+    return ImageSource(name or f"image_{image_hash[:12]}", image_hash, None, pixels)
+
+
+_WARNED: set = set()
+
+
+def fit_to_size(pixels: np.ndarray, size: int, what) -> np.ndarray:
+    """uint8 pixels at the generator's size; others are resized (LANCZOS) with a warning (once
+    per input)."""
+    if pixels.shape[:2] != (size, size):
+        if (str(what), size) not in _WARNED:
+            _WARNED.add((str(what), size))
+            log.warning("%s: %dx%d, resized to the generator's %dx%d (LANCZOS)", what, pixels.shape[1],
+                        pixels.shape[0], size, size)
+        pixels = resample.lanczos_resize(pixels, size)
+    return pixels
+
+
 def read_target(path, size: int, lpips_size: int):
     """(full (size, size, 3) in [-1, 1], small (lpips_size, lpips_size, 3) in [-1, 1]): the
-    official ref_im_H and ref_im_L. Other sizes are resized to the generator's, with a warning."""
-    pixels = image_io.load_rgb(path)
-    if pixels.shape[:2] != (size, size):
-        log.warning("%s: %dx%d, resized to the generator's %dx%d (LANCZOS)", path, pixels.shape[1],
-                    pixels.shape[0], size, size)
-        pixels = resample.lanczos_resize(pixels, size)
+    official ref_im_H and ref_im_L. Other sizes are resized to the generator's, with a warning.
+    `path`: a file or an ImageSource."""
+    source = path if isinstance(path, ImageSource) else None
+    pixels = source.load() if source else image_io.load_rgb(path)
+    pixels = fit_to_size(pixels, size, source.path or source.name if source else path)
     full = resample.uint8_to_signed(pixels)
     small = resample.uint8_to_signed(resample.lanczos_resize(pixels, lpips_size))
     return full, small
@@ -68,6 +109,8 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
           batch_size: int = 4, fs: bool = True, progress: bool = True, devices=None,
           import_official=None) -> list[EmbeddedImage]:
     """Embed images in W+ (and FS), batch by batch, skipping what `out_dir` already holds.
+
+    `paths`: image files, or ImageSource items (`as_source`) for images in memory.
 
     Writes the official layout under out_dir (W+/{name}.npy, FS/{name}.npz, with a PNG of each
     render and a JSON key beside it; see cache.py). `import_official`: a folder of official
@@ -80,56 +123,59 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
     cfg = default_embed_config(consts) if cfg is None else cfg
     g = consts.generator
     store = cache_lib.EmbeddingCache(out_dir, cache_lib.tree_fingerprint(consts))
-    items = _identify(paths)[jax.process_index()::jax.process_count()]
+    items = identify(paths)[jax.process_index()::jax.process_count()]
     n_lat, d = g.config.n_latent, g.config.style_dim
     r = 2 ** (cfg.fs_block + 2)
     f_shape = (r, r, g.config.channels(r))
     if import_official is not None:
-        for name, image_hash, _ in items:
+        for it in items:
+            name, image_hash = it.name, it.image_hash
             if store.get_w_plus(name, image_hash, cfg, (n_lat, d)) is None:
                 imported = store.import_official(import_official, name, image_hash, cfg, (n_lat, d), f_shape)
                 log.info("%s: imported %s from %s", name, ", ".join(imported) or "nothing", import_official)
 
-    w_plus = {it[0]: store.get_w_plus(it[0], it[1], cfg, (n_lat, d)) for it in items}
-    todo = [it for it in items if w_plus[it[0]] is None]
+    w_plus = {it.name: store.get_w_plus(it.name, it.image_hash, cfg, (n_lat, d)) for it in items}
+    todo = [it for it in items if w_plus[it.name] is None]
     for batch in _batches(todo, batch_size):
         targets = _targets(batch, g.config.size, cfg)
         w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=progress, devices=devices)
         images = _render_last_step(consts, w, targets.key, cfg.w_steps, cfg)
-        for (name, image_hash, *_), w_i, im in zip(batch, np.asarray(w), images):
-            store.put_w_plus(name, image_hash, cfg, w_i, im)
-            w_plus[name] = w_i
+        for it, w_i, im in zip(batch, np.asarray(w), images):
+            store.put_w_plus(it.name, it.image_hash, cfg, w_i, im)
+            w_plus[it.name] = w_i
 
     results = {}
     if fs:
         for it in items:
-            hit = store.get_fs(it[0], it[1], cfg, (n_lat, d), f_shape)
+            hit = store.get_fs(it.name, it.image_hash, cfg, (n_lat, d), f_shape)
             if hit is not None:
-                results[it[0]] = hit
-        todo = [it for it in items if it[0] not in results]
+                results[it.name] = hit
+        todo = [it for it in items if it.name not in results]
         for batch in _batches(todo, batch_size):
             targets = _targets(batch, g.config.size, cfg)
-            w = jnp.asarray(np.stack([w_plus[it[0]] for it in batch]))
+            w = jnp.asarray(np.stack([w_plus[it.name] for it in batch]))
             latent_in, structure_f, _ = embedding.embed_fs(consts, targets, w, cfg, progress=progress, devices=devices)
             images = _render_fs(consts, latent_in, structure_f, targets.key, cfg)
-            for (name, image_hash, *_), li, f, im in zip(batch, np.asarray(latent_in), np.asarray(structure_f), images):
-                store.put_fs(name, image_hash, cfg, li, f, im)
-                results[name] = (li, f)
-    return [EmbeddedImage(name, h, w_plus[name], *(results.get(name, (None, None)))) for name, h, *_ in items]
+            for it, li, f, im in zip(batch, np.asarray(latent_in), np.asarray(structure_f), images):
+                store.put_fs(it.name, it.image_hash, cfg, li, f, im)
+                results[it.name] = (li, f)
+    return [EmbeddedImage(it.name, it.image_hash, w_plus[it.name], *(results.get(it.name, (None, None))))
+            for it in items]
 
 
-def _identify(paths):
-    """[(name, content hash, path)] for the distinct images; pixels are read again per batch,
-    so memory stays flat however many images there are."""
+def identify(images) -> list[ImageSource]:
+    """The distinct images among `images` (paths or ImageSources), in order. Two different
+    images under one name are refused: the cache files are named after the image."""
     items, seen = [], {}
-    for path in paths:
-        name, image_hash = Path(path).stem, cache_lib.content_hash(image_io.load_rgb(path))
-        if name in seen:
-            if seen[name] != image_hash:
-                raise image_io.ImageError(f"{path}: another input is also named {name!r}; rename one")
+    for image in images:
+        source = as_source(image)
+        if source.name in seen:
+            if seen[source.name] != source.image_hash:
+                raise image_io.ImageError(f"{source.path or source.name}: another input is also named "
+                                          f"{source.name!r}; rename one")
             continue
-        seen[name] = image_hash
-        items.append((name, image_hash, Path(path)))
+        seen[source.name] = source.image_hash
+        items.append(source)
     return items
 
 
@@ -139,9 +185,9 @@ def _batches(items, batch_size):
 
 
 def _targets(batch, size, cfg) -> embedding.Targets:
-    full, small = zip(*(read_target(path, size, cfg.lpips_size) for _, _, path in batch))
+    full, small = zip(*(read_target(source, size, cfg.lpips_size) for source in batch))
     return embedding.Targets(full=jnp.asarray(np.stack(full)), small=jnp.asarray(np.stack(small)),
-                             key=jnp.stack([optimize.image_key(cfg.seed, image_hash) for _, image_hash, _ in batch]))
+                             key=jnp.stack([optimize.image_key(cfg.seed, source.image_hash) for source in batch]))
 
 
 @functools.partial(jax.jit, static_argnames=("noise", "block"))

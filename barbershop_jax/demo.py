@@ -30,6 +30,12 @@ def embedded_consts():
     return Consts(g, embedded_vgg(), pca)
 
 
+def embedded_parser():
+    """The embedded default face parser: BiSeNet (16 classes) with fixed random weights."""
+    from barbershop_jax.models import bisenet
+    return bisenet.init(bisenet.BiSeNetConfig(), jax.random.PRNGKey(EMBEDDED_SEED + 3))
+
+
 def embedded_vgg():
     """The embedded default VGG16 (LPIPS, style loss): fixed random weights."""
     from barbershop_jax.models import vgg16

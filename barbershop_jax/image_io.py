@@ -25,6 +25,23 @@ def load_rgb(path) -> np.ndarray:
         raise ImageError(f"{path}: not a readable image ({e})") from None
 
 
+def as_rgb_array(image) -> np.ndarray:
+    """A PIL image or an array (H, W, 3) or (H, W), uint8 or float in [0, 1], as uint8 RGB."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ImageError(f"an image array must be (H, W, 3), got shape {array.shape}")
+    array = array[..., :3]
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ImageError(f"an image array must be uint8 or float in [0, 1], got {array.dtype}")
+        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
 def to_uint8(image) -> np.ndarray:
     """A generator image (H, W, 3), about [-1, 1], to uint8 as the official code saves it:
     (x + 1) / 2 clamped to [0, 1], times 255, truncated (torchvision's ToPILImage)."""

@@ -1,0 +1,203 @@
+"""Alignment and structure transfer (Barbershop models/Alignment.py, align_images), batched.
+
+For one pair (face = im1, reference = im2: the shape reference, or the colour reference in the
+second alignment) and the target labels from target_mask.py:
+
+- Step 1 (align_steps1 = 140): optimise w[0:6] of the face, starting from its W+ code, with
+  w[6:] from its FS code; loss ce_lambda * CE(parse(G(w)), target). A1 = F of the last
+  iterate's latents (the features after block 3, 32x32 at 1024 px).
+- Step 2 (align_steps2 = 100): the same from the reference's W+ and FS codes, plus
+  style_lambda (4e4) * the Gram style loss between the hair of the reference's first render
+  (before any step) and the hair of the current render, both at loss_size (256), the masks
+  from the argmax labels of each. A2 = F of the last iterate's latents.
+- F mixing (`mix_structure`) on F's grid, masks at loss_size, dilated or eroded `smooth` times,
+  resized to the grid with PyTorch's bicubic (unclamped weights):
+      F = A1 + (1 - dilate(hair1 | hair_t)) * (F1 - A1)
+      F = A2 + (1 - erode(hair_t))          * (F  - A2)   (align_more_region: the first mask)
+      F = F2 + (1 - erode(hair2 & hair_t))  * (F  - F2)
+  with F1, F2 the FS codes' F and hair_t the target's hair.
+- Output: latent_in = the face's FS latents (unchanged), latent_F = the mixed F, and the
+  render of both (the official Align PNG).
+
+As everywhere, the iterate kept is the one of the last forward pass (before the final update).
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from barbershop_jax import masks, optimize, resample
+from barbershop_jax.losses import segmentation
+from barbershop_jax.losses.style import style_loss
+from barbershop_jax.transfer_config import Models, TransferConfig
+
+# Noise-key tags: each render draws fresh noise (official), from the pair's key and a tag.
+STEP1_TAG, STEP2_TAG, A1_TAG, A2_TAG, REF_TAG, RENDER_TAG = 201, 202, 203, 204, 205, 206
+
+
+class AlignInputs(NamedTuple):
+    """One pair's alignment inputs (batched along axis 0)."""
+    w_face: jax.Array       # (n_latent, d): the face's W+ code
+    s_face: jax.Array       # (n_latent, d): the face's FS latents
+    f_face: jax.Array       # (r, r, C): the face's F
+    w_ref: jax.Array
+    s_ref: jax.Array
+    f_ref: jax.Array
+    target: jax.Array       # (P, P) int32: target labels (target_mask.py)
+    hair_face: jax.Array    # (P, P) float: hair of the face's parse
+    hair_ref: jax.Array     # (P, P) float: hair of the reference's parse
+    key: jax.Array          # the pair's PRNG key
+
+
+class AlignResult(NamedTuple):
+    latent_in: jax.Array    # (n_latent, d) = s_face
+    structure_f: jax.Array  # (r, r, C): the mixed F
+    image: jax.Array        # (size, size, 3): render of both, about [-1, 1]
+
+
+class _State(NamedTuple):
+    params: jax.Array       # (align_latents, d)
+    opt_state: object
+    result: jax.Array       # the params of the last forward pass
+
+
+def _optimizer(cfg):
+    return optax.adam(cfg.learning_rate)
+
+
+def _latents(head, s_code):
+    return jnp.concatenate([head, s_code[head.shape[0]:]])
+
+
+def _hair(logits, labels):
+    return (jnp.argmax(logits, axis=-1) == labels.id("hair")).astype(jnp.float32)
+
+
+def _step1(models: Models, state, data, i, cfg):
+    s_face, target, key = data
+    g, parser = models.generator, models.parser
+
+    def loss_fn(head):
+        image = g.render(_latents(head, s_face)[None], noise=cfg.noise,
+                         key=jax.random.fold_in(jax.random.fold_in(key, STEP1_TAG), i))
+        logits = parser.segment_generated(image, parse_size=cfg.parse_size)[0]
+        return cfg.ce_lambda * segmentation.cross_entropy(logits, target)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = _optimizer(cfg).update(grads, state.opt_state, state.params)
+    return _State(optax.apply_updates(state.params, updates), opt_state, state.params), {"loss": loss}
+
+
+def _step2(models: Models, state, data, i, cfg):
+    s_ref, target, ref_small, ref_hair, key = data
+    g, parser = models.generator, models.parser
+    factor = g.config.size // cfg.loss_size
+
+    def loss_fn(head):
+        image = g.render(_latents(head, s_ref)[None], noise=cfg.noise,
+                         key=jax.random.fold_in(jax.random.fold_in(key, STEP2_TAG), i))
+        logits = parser.segment_generated(image, parse_size=cfg.parse_size)[0]
+        ce = cfg.ce_lambda * segmentation.cross_entropy(logits, target)
+        hair = jax.lax.stop_gradient(resample.nearest_resize(_hair(logits, parser.labels)[None], cfg.loss_size))
+        small = resample.bicubic_downsample(image, factor)
+        style = cfg.style_lambda * style_loss(models.vgg, ref_small[None], small, ref_hair[None], hair,
+                                              size=cfg.loss_size)[0]
+        return ce + style, {"loss": ce + style, "ce": ce, "style": style}
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = _optimizer(cfg).update(grads, state.opt_state, state.params)
+    return _State(optax.apply_updates(state.params, updates), opt_state, state.params), metrics
+
+
+def _start(w_plus, cfg):
+    head = w_plus[:, :cfg.align_latents]
+    return _State(head, jax.vmap(_optimizer(cfg).init)(head), head)
+
+
+def _tagged(keys, tag):
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, tag)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _reference_hair(models: Models, w_ref, s_ref, keys, cfg):
+    """The reference's render before step 2 (I_Structure_Style_changed) at loss_size, and its
+    hair mask: the style loss's fixed side."""
+    g, parser = models.generator, models.parser
+
+    def one(head, s, key):
+        image = g.render(_latents(head, s)[None], noise=cfg.noise, key=key)
+        hair = _hair(parser.segment_generated(image, parse_size=cfg.parse_size)[0], parser.labels)
+        small = resample.bicubic_downsample(image, g.config.size // cfg.loss_size)[0]
+        return small, resample.nearest_resize(hair[None], cfg.loss_size)[0]
+
+    return jax.vmap(one)(w_ref[:, :cfg.align_latents], s_ref, _tagged(keys, REF_TAG))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _features(models: Models, heads, s_codes, keys, cfg):
+    g = models.generator
+
+    def one(head, s, key):
+        return g.features(_latents(head, s)[None], block=3, noise=cfg.noise, key=key)[0][0]
+
+    return jax.vmap(one)(heads, s_codes, keys)
+
+
+def _mask_weights(mask, cfg, grid: int, grow: bool, iterations: int):
+    """(P, P) mask -> (grid, grid, 1) mixing weight: nearest to loss_size, dilate or erode,
+    PyTorch bicubic to the grid."""
+    mask = resample.nearest_resize(mask[None], cfg.loss_size)[0]
+    mask = masks.dilate(mask, iterations) if grow else masks.erode(mask, iterations)
+    return masks.torch_bicubic_resize(mask, grid)[..., None]
+
+
+def mix_structure(a1, a2, f_face, f_ref, hair_face, hair_ref, hair_target, cfg: TransferConfig):
+    """The F mixing of one pair (module docstring). F arrays (r, r, C), masks (P, P) in {0, 1}."""
+    grid = a1.shape[0]
+    union = 1.0 - (1.0 - hair_face) * (1.0 - hair_target)
+    low = 1.0 - _mask_weights(union, cfg, grid, True, cfg.smooth)
+    mixed = a1 + low * (f_face - a1)
+    if not cfg.align_more_region:
+        low = 1.0 - _mask_weights(hair_target, cfg, grid, False, cfg.smooth)
+    mixed = a2 + low * (mixed - a2)
+    low = 1.0 - _mask_weights(hair_ref * hair_target, cfg, grid, False, cfg.smooth)
+    return f_ref + low * (mixed - f_ref)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _mix_and_render(models: Models, a1, a2, inputs: AlignInputs, hair_target, cfg):
+    g = models.generator
+
+    def one(a1, a2, x: AlignInputs, hair_t):
+        f = mix_structure(a1, a2, x.f_face, x.f_ref, x.hair_face, x.hair_ref, hair_t, cfg)
+        image = g.render_from_features(f[None], x.s_face[None], block=3, noise=cfg.noise,
+                                       key=jax.random.fold_in(x.key, RENDER_TAG))[0]
+        return f, image
+
+    return jax.vmap(one)(a1, a2, inputs, hair_target)
+
+
+def align(models: Models, inputs: AlignInputs, cfg: TransferConfig, *, progress: bool = True,
+          devices=None) -> AlignResult:
+    """Align a batch of pairs; every array in `inputs` has a leading batch axis."""
+    cfg.check_resolved()
+    hair_id = models.parser.labels.id("hair")
+    run = lambda step, state, data, n, desc: optimize.run(  # noqa: E731
+        step, cfg, models, state, data, n, chunk=cfg.chunk, desc=desc, progress=progress, devices=devices)
+
+    state, _ = run(_step1, _start(inputs.w_face, cfg), (inputs.s_face, inputs.target, inputs.key),
+                   cfg.align_steps1, "Align step 1")
+    a1 = _features(models, state.result, inputs.s_face, _tagged(inputs.key, A1_TAG), cfg=cfg)
+
+    ref_small, ref_hair = _reference_hair(models, inputs.w_ref, inputs.s_ref, inputs.key, cfg=cfg)
+    state, _ = run(_step2, _start(inputs.w_ref, cfg), (inputs.s_ref, inputs.target, ref_small, ref_hair, inputs.key),
+                   cfg.align_steps2, "Align step 2")
+    a2 = _features(models, state.result, inputs.s_ref, _tagged(inputs.key, A2_TAG), cfg=cfg)
+
+    hair_target = (inputs.target == hair_id).astype(jnp.float32)
+    structure_f, image = _mix_and_render(models, a1, a2, inputs, hair_target, cfg=cfg)
+    return AlignResult(inputs.s_face, structure_f, image)

@@ -1,0 +1,401 @@
+"""The complete hairstyle transfer, for one triple or thousands: files, caching and batches
+around the pure stages (embedding.py, target_mask.py, alignment.py, blending.py).
+
+For triples (face, shape, colour):
+1. every distinct image is embedded once, in W+ then FS (api.embed, through the cache);
+2. every distinct pair (face, shape) and (face, colour) gets its target mask and alignment,
+   batched over pairs (the official aligns (face, colour) only when colour != shape; a pair
+   two triples share is aligned once);
+3. every triple is blended, batched over triples.
+
+Output layout under OUT (the official names, so the official code can read ours):
+
+    W+/{name}.npy, FS/{name}.npz                        embeddings (cache.py)
+    vis_mask_{face}_{shape}_{sign}.png                  the target mask, coloured
+    Align_{sign}/{face}_{ref}.npz  (.png)               latent_in, latent_F (NCHW)
+    Blend_{sign}/{face}_{shape}_{color}.npz  (.png)     latent_in, latent_F
+    {face}_{shape}_{color}_{sign}.png                   the result
+
+and ours beside them: Align_{sign}/{face}_{ref}_labels.png (the target label map, 8-bit
+grey levels = class ids) and a JSON key beside each npz. As in cache.py, an entry whose key
+matches (same images, weights and settings) is reused, so a re-run skips finished work; arrays
+are written before their key, each atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from barbershop_jax import alignment, api, blending, embedding, image_io, optimize, resample, target_mask
+from barbershop_jax import cache as cache_lib
+from barbershop_jax.transfer_config import Models, TransferConfig
+
+log = logging.getLogger("barbershop_jax")
+
+ALIGN_FIELDS = ("sign", "smooth", "learning_rate", "ce_lambda", "style_lambda", "inpaint_steps", "align_steps1",
+                "align_steps2", "align_latents", "align_more_region", "parse_size", "loss_size", "guard_empty",
+                "noise", "seed")
+BLEND_FIELDS = ("learning_rate", "face_lambda", "hair_lambda", "blend_steps", "blend_smooth", "blend_parse_size",
+                "parse_size", "loss_size", "guard_empty", "noise", "seed")
+
+
+@dataclasses.dataclass
+class TransferResult:
+    """One triple's result and its intermediate results (numpy)."""
+    face: str
+    shape: str
+    color: str
+    image: np.ndarray           # (size, size, 3) uint8: the result
+    target_labels: np.ndarray   # (P, P) int32: the target mask of (face, shape)
+    latent_in: np.ndarray       # (n_latent, d): the blended latents
+    structure_f: np.ndarray     # (r, r, C): F aligned to the shape reference
+    face_mask: np.ndarray | None  # (L, L): the blend's face region (None when read from the cache)
+    hair_mask: np.ndarray | None  # (L, L): the blend's colour-hair region (likewise)
+    path: Path                  # the result PNG
+
+
+@dataclasses.dataclass
+class _Aligned:
+    target: np.ndarray          # (P, P) int32
+    structure_f: np.ndarray     # (r, r, C)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _stage_key(kind, hashes, weights, embed_cfg, cfg, fields) -> str:
+    settings = {f: getattr(cfg, f) for f in fields}
+    embed_settings = {f: getattr(embed_cfg, f) for f in cache_lib.FS_FIELDS}
+    return _digest(json.dumps({"kind": kind, "images": list(hashes), "weights": weights,
+                               "embedding": embed_settings, "settings": settings}, sort_keys=True))
+
+
+def _key_matches(npz: Path, key: str) -> bool:
+    try:
+        return json.loads(npz.with_suffix(".json").read_text()).get("key") == key
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _read_npz(path: Path, latent_shape, f_shape_nhwc):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            latent_in, latent_f = z["latent_in"], z["latent_F"]
+    except (OSError, ValueError, KeyError):
+        return None
+    r, _, c = f_shape_nhwc
+    if latent_in.shape != (1, *latent_shape) or latent_f.shape != (1, c, r, r):
+        return None
+    if not (np.all(np.isfinite(latent_in)) and np.all(np.isfinite(latent_f))):
+        return None
+    return latent_in[0], latent_f[0].transpose(1, 2, 0)
+
+
+def _save_labels(path: Path, labels):
+    image_io.atomic_write(path, lambda f: Image.fromarray(np.asarray(labels, np.uint8), "L").save(f, format="PNG"))
+
+
+def _read_labels(path: Path, size: int):
+    try:
+        with Image.open(path) as im:
+            labels = np.asarray(im).astype(np.int32)
+    except (OSError, ValueError):
+        return None
+    return labels if labels.shape == (size, size) else None
+
+
+@functools.partial(jax.jit, static_argnames=("size", "parse_size", "blend_parse_size"))
+def _parse(parser, pixels_uint8, size, parse_size, blend_parse_size):
+    """The official parse of real images: ToTensor ([0, 1]), bicubic down, clamp, normalise.
+    Returns (labels at parse_size (B, P, P) int32, hair at blend_parse_size (B, Q, Q) float)."""
+    image01 = pixels_uint8.astype(jnp.float32) / 255.0
+    labels = parser.labels_of(image01, parse_size=parse_size)
+    blend_labels = labels if blend_parse_size == parse_size else parser.labels_of(image01, parse_size=blend_parse_size)
+    return labels, (blend_labels == parser.labels.id("hair")).astype(jnp.float32)
+
+
+def _stack(items):
+    return jax.tree.map(lambda *x: jnp.stack(x), *items)
+
+
+def _batches(items, batch_size):
+    for i in range(0, len(items), batch_size):
+        yield items[i:i + batch_size]
+
+
+class Pipeline:
+    """Runs triples through every stage with one set of models, settings and output folder."""
+
+    def __init__(self, models: Models, pca, out_dir, embed_cfg: embedding.EmbedConfig, cfg: TransferConfig, *,
+                 batch_size: int = 4, progress: bool = True, devices=None):
+        self.models, self.pca = models, pca
+        self.out = Path(out_dir)
+        self.size = models.generator.config.size
+        self.embed_cfg = embed_cfg
+        self.cfg = cfg.resolve(self.size)
+        self.batch_size, self.progress, self.devices = batch_size, progress, devices
+        self.weights = cache_lib.tree_fingerprint((models, pca))
+        g = models.generator.config
+        self.latent_shape = (g.n_latent, g.style_dim)
+        self.f_shape = (32, 32, g.channels(32))
+        self.timings: dict[str, float] = {}
+        self._parsed: dict[str, tuple] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _timed(self, stage):
+        pipeline = self
+
+        class _Timer:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                pipeline.timings[stage] = pipeline.timings.get(stage, 0.0) + time.perf_counter() - self.t0
+        return _Timer()
+
+    def _parsed_of(self, sources):
+        """(labels at parse_size, hair at blend_parse_size) per source, parsed once each."""
+        todo = [s for s in sources if s.name not in self._parsed]
+        for batch in _batches(todo, self.batch_size):
+            pixels = np.stack([api.fit_to_size(s.load(), self.size, s.path or s.name) for s in batch])
+            labels, hair = _parse(self.models.parser, jnp.asarray(pixels), self.size, self.cfg.parse_size,
+                                  self.cfg.blend_parse_size)
+            for s, lab, h in zip(batch, np.asarray(labels), np.asarray(hair)):
+                self._parsed[s.name] = (lab, h)
+        return [self._parsed[s.name] for s in sources]
+
+    def _key(self, hashes):
+        return optimize.image_key(self.cfg.seed, _digest(*hashes))
+
+    def _align_paths(self, face, ref):
+        d = self.out / f"Align_{self.cfg.sign}"
+        return d / f"{face}_{ref}.npz", d / f"{face}_{ref}_labels.png"
+
+    # ------------------------------------------------------------------ stages
+    def embed(self, sources):
+        consts = embedding.Consts(self.models.generator, self.models.vgg, self.pca)
+        with self._timed("embedding"):
+            done = api.embed(sources, self.out, consts, self.embed_cfg, batch_size=self.batch_size,
+                             progress=self.progress, devices=self.devices)
+        return {e.name: e for e in done}
+
+    def align_pairs(self, pairs, sources, embedded) -> dict:
+        """Target mask and alignment of each distinct (face, ref) pair, cached. -> {pair: _Aligned}"""
+        out, todo = {}, []
+        for face, ref in pairs:
+            key = _stage_key("Align", (sources[face].image_hash, sources[ref].image_hash), self.weights,
+                             self.embed_cfg, self.cfg, ALIGN_FIELDS)
+            npz, labels_png = self._align_paths(face, ref)
+            hit = _read_npz(npz, self.latent_shape, self.f_shape) if _key_matches(npz, key) else None
+            labels = _read_labels(labels_png, self.cfg.parse_size) if hit is not None else None
+            if labels is not None:
+                out[(face, ref)] = _Aligned(labels, hit[1])
+            else:
+                todo.append((face, ref, key))
+        for batch in _batches(todo, self.batch_size):
+            out.update(self._align_batch(batch, sources, embedded))
+        return out
+
+    def _align_batch(self, batch, sources, embedded):
+        cfg, labels_map = self.cfg, self.models.parser.labels
+        with self._timed("parsing"):
+            parsed = dict(zip([n for f, r, _ in batch for n in (f, r)],
+                              self._parsed_of([sources[n] for f, r, _ in batch for n in (f, r)])))
+        keys = [self._key((sources[f].image_hash, sources[r].image_hash)) for f, r, _ in batch]
+        with self._timed("target mask"):
+            inputs = _stack([target_mask.prepare(parsed[f][0], parsed[r][0], labels_map, k)
+                             for (f, r, _), k in zip(batch, keys)])
+            target = target_mask.gan_inpaint(self.models, inputs, cfg, progress=self.progress, devices=self.devices)
+        hair = lambda n: (parsed[n][0] == labels_map.id("hair")).astype(np.float32)  # noqa: E731
+        e = lambda n, field: getattr(embedded[n], field)  # noqa: E731
+        align_inputs = alignment.AlignInputs(*[jnp.asarray(np.stack(x)) for x in (
+            [e(f, "w_plus") for f, _, _ in batch], [e(f, "latent_in") for f, _, _ in batch],
+            [e(f, "structure_f") for f, _, _ in batch], [e(r, "w_plus") for _, r, _ in batch],
+            [e(r, "latent_in") for _, r, _ in batch], [e(r, "structure_f") for _, r, _ in batch])],
+            target, jnp.asarray(np.stack([hair(f) for f, _, _ in batch])),
+            jnp.asarray(np.stack([hair(r) for _, r, _ in batch])), jnp.stack(keys))
+        with self._timed("alignment"):
+            result = alignment.align(self.models, align_inputs, cfg, progress=self.progress, devices=self.devices)
+        target = np.asarray(target)
+        structure_f, images = np.asarray(result.structure_f), image_io.to_uint8(np.asarray(result.image))
+        out = {}
+        for i, (face, ref, key) in enumerate(batch):
+            npz, labels_png = self._align_paths(face, ref)
+            npz.with_suffix(".json").unlink(missing_ok=True)
+            image_io.save_png(self.out / f"vis_mask_{face}_{ref}_{cfg.sign}.png", target_mask.colourise(target[i]))
+            _save_labels(labels_png, target[i])
+            cache_lib.save_npz(npz, latent_in=embedded[face].latent_in[None],
+                               latent_F=structure_f[i].transpose(2, 0, 1)[None])
+            image_io.save_png(npz.with_suffix(".png"), images[i])
+            cache_lib.save_json(npz.with_suffix(".json"), {"key": key, "face": face, "reference": ref,
+                                                           "weights": self.weights})
+            out[(face, ref)] = _Aligned(target[i], structure_f[i])
+        return out
+
+    def blend_triples(self, triples, sources, embedded, aligned) -> list[TransferResult]:
+        results = {}
+        todo = []
+        for t in triples:
+            face, shape, color = t
+            key = _stage_key("Blend", tuple(sources[n].image_hash for n in t), self.weights, self.embed_cfg,
+                             self.cfg, ALIGN_FIELDS + BLEND_FIELDS)
+            npz = self.out / f"Blend_{self.cfg.sign}" / f"{face}_{shape}_{color}.npz"
+            cached = self._cached_blend(t, key, npz, aligned)
+            if cached is not None:
+                results[t] = cached
+            else:
+                todo.append((t, key, npz))
+        for batch in _batches(todo, self.batch_size):
+            results.update(self._blend_batch(batch, sources, embedded, aligned))
+        return [results[t] for t in triples]
+
+    def _cached_blend(self, t, key, npz, aligned):
+        hit = _read_npz(npz, self.latent_shape, self.f_shape) if _key_matches(npz, key) else None
+        path = self.out / f"{'_'.join(t)}_{self.cfg.sign}.png"
+        if hit is None or not path.is_file():
+            return None
+        try:
+            image = image_io.load_rgb(path)
+        except image_io.ImageError:
+            return None
+        # The blend masks are not stored: a cached result carries None for them.
+        return TransferResult(*t, image, aligned[(t[0], t[1])].target, hit[0], hit[1], None, None, path)
+
+    def _blend_batch(self, batch, sources, embedded, aligned):
+        cfg, size = self.cfg, self.size
+        names = [n for t, _, _ in batch for n in (t[0], t[2])]
+        with self._timed("parsing"):
+            parsed = dict(zip(names, self._parsed_of([sources[n] for n in names])))
+        small = {}
+        for n in names:
+            pixels = api.fit_to_size(sources[n].load(), size, sources[n].path or n)
+            small[n] = resample.uint8_to_signed(resample.lanczos_resize(pixels, cfg.loss_size))
+        col = lambda fn: jnp.asarray(np.stack([fn(*t) for t, _, _ in batch]))  # noqa: E731
+        inputs = blending.BlendInputs(
+            col(lambda f, s, c: embedded[f].latent_in), col(lambda f, s, c: embedded[c].latent_in),
+            col(lambda f, s, c: aligned[(f, c)].structure_f), col(lambda f, s, c: aligned[(f, s)].structure_f),
+            col(lambda f, s, c: small[f]), col(lambda f, s, c: small[c]),
+            col(lambda f, s, c: parsed[f][1]), col(lambda f, s, c: parsed[c][1]),
+            jnp.stack([self._key(tuple(sources[n].image_hash for n in t)) for t, _, _ in batch]))
+        with self._timed("blending"):
+            result = blending.blend(self.models, inputs, cfg, progress=self.progress, devices=self.devices)
+        latent_in, structure_f = np.asarray(result.latent_in), np.asarray(result.structure_f)
+        images = image_io.to_uint8(np.asarray(result.image))
+        out = {}
+        for i, (t, key, npz) in enumerate(batch):
+            face, shape, color = t
+            npz.with_suffix(".json").unlink(missing_ok=True)
+            cache_lib.save_npz(npz, latent_in=latent_in[i][None], latent_F=structure_f[i].transpose(2, 0, 1)[None])
+            image_io.save_png(npz.with_suffix(".png"), images[i])
+            path = image_io.save_png(self.out / f"{face}_{shape}_{color}_{cfg.sign}.png", images[i])
+            cache_lib.save_json(npz.with_suffix(".json"), {"key": key, "face": face, "shape": shape, "color": color,
+                                                           "weights": self.weights})
+            out[t] = TransferResult(face, shape, color, images[i], aligned[(face, shape)].target, latent_in[i],
+                                    structure_f[i], np.asarray(result.face_mask[i]), np.asarray(result.hair_mask[i]),
+                                    path)
+        return out
+
+    # ------------------------------------------------------------------ all
+    def run(self, triples) -> list[TransferResult]:
+        """triples: [(face, shape, color)] of paths, PIL images, arrays or api.ImageSource."""
+        named = [tuple(api.as_source(x) for x in t) for t in triples]
+        sources = {s.name: s for s in api.identify([s for t in named for s in t])}
+        triples = [tuple(s.name for s in t) for t in named]
+        embedded = self.embed(list(sources.values()))
+        pairs = list(dict.fromkeys(p for f, s, c in triples for p in ((f, s), (f, c))))
+        aligned = self.align_pairs(pairs, sources, embedded)
+        return self.blend_triples(triples, sources, embedded, aligned)
+
+
+def summary(results: list[TransferResult], timings: dict[str, float]) -> str:
+    """The end-of-run table: time per stage, then each triple's output."""
+    lines = ["| stage | seconds |", "| --- | ---: |"]
+    lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()]
+    lines += [f"| total | {sum(timings.values()):.1f} |", "", "| face | shape | color | result |",
+              "| --- | --- | --- | --- |"]
+    lines += [f"| {r.face} | {r.shape} | {r.color} | {r.path} |" for r in results]
+    return "\n".join(lines)
+
+
+def load_models(weights=None):
+    """(Models, p-norm statistics) from a converted weights directory (stylegan2/, bisenet/,
+    vgg16/), or the embedded default (tiny random models) when `weights` is None."""
+    if weights is None:
+        from barbershop_jax import demo
+        consts = demo.embedded_consts()
+        return Models(consts.generator, demo.embedded_parser(), consts.vgg), consts.pca
+    from barbershop_jax.models import bisenet, stylegan2, vgg16
+    return Models(stylegan2.load(weights), bisenet.load(weights), vgg16.load(weights)), stylegan2.load_pca(weights)
+
+
+_EMBED_FIELDS = {f.name for f in dataclasses.fields(embedding.EmbedConfig)}
+_TRANSFER_FIELDS = {f.name for f in dataclasses.fields(TransferConfig)}
+
+
+def split_options(options: dict):
+    """Keyword options -> (EmbedConfig overrides, TransferConfig overrides). Names both know
+    (learning_rate, noise, seed, chunk) go to both, as the official's one set of flags does."""
+    unknown = set(options) - _EMBED_FIELDS - _TRANSFER_FIELDS
+    if unknown:
+        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    return ({k: v for k, v in options.items() if k in _EMBED_FIELDS},
+            {k: v for k, v in options.items() if k in _TRANSFER_FIELDS})
+
+
+class HairTransfer:
+    """The Python API.
+
+        ht = HairTransfer("weights/")           # or HairTransfer() for the embedded tiny models
+        result = ht.transfer("face.png", "shape.png", "color.png", sign="fidelity")
+        result.image                            # (1024, 1024, 3) uint8
+        results = ht.transfer_many([(f, s, c), ...])
+
+    Images: paths, PIL images or uint8 arrays (H, W, 3) at the generator's size (others are
+    resized with a warning). Options: any TransferConfig or EmbedConfig field (sign, smooth,
+    seed, blend_steps, w_steps, ...), given here as defaults or per call. Outputs go to
+    `out_dir` in the official layout (default: a temporary folder that lives as long as this
+    object); embeddings and alignments are cached there, so no image is embedded twice.
+    """
+
+    def __init__(self, weights=None, out_dir=None, *, batch_size: int = 4, progress: bool = True, devices=None,
+                 **options):
+        import tempfile
+
+        self.models, self.pca = load_models(weights)
+        if out_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="barbershop-jax-")
+            out_dir = self._tmp.name
+        self.out_dir = Path(out_dir)
+        self.batch_size, self.progress, self.devices = batch_size, progress, devices
+        split_options(options)
+        self.options = options
+        self.timings: dict[str, float] = {}
+
+    def pipeline(self, **options) -> Pipeline:
+        embed_overrides, overrides = split_options({**self.options, **options})
+        consts = embedding.Consts(self.models.generator, self.models.vgg, self.pca)
+        return Pipeline(self.models, self.pca, self.out_dir, api.default_embed_config(consts, **embed_overrides),
+                        TransferConfig(**overrides), batch_size=self.batch_size, progress=self.progress,
+                        devices=self.devices)
+
+    def transfer_many(self, triples, **options) -> list[TransferResult]:
+        """Transfer every (face, shape, color) triple; batched, cached, in input order."""
+        pipeline = self.pipeline(**options)
+        results = pipeline.run(list(triples))
+        self.timings = pipeline.timings
+        return results
+
+    def transfer(self, face, shape, color, **options) -> TransferResult:
+        """One triple: the face with the hair shape of `shape` and the hair colour of `color`."""
+        return self.transfer_many([(face, shape, color)], **options)[0]

@@ -1,0 +1,66 @@
+"""Settings and models of the transfer stages (target mask, alignment, blending).
+
+Defaults are the official command-line defaults (Barbershop main.py) and the constants its
+stages hard-code; every departure is a named option. Sizes: the official code parses faces at
+512 px (`parse_size`), computes its masks, style and blend losses at 256 px (`loss_size`), and
+mixes F on its own grid (32x32 at block 3); `resolve` shrinks the first two for generators
+below 1024 px so that the small configs of tests and the demo run the same code.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+SIGNS = ("realistic", "fidelity")
+
+
+class Models(NamedTuple):
+    """The frozen models the transfer stages share (replicated over devices)."""
+    generator: object  # models.stylegan2.StyleGAN2
+    parser: object     # models.bisenet.FaceParser
+    vgg: object        # models.vgg16.VGG16 with its LPIPS linear layers
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferConfig:
+    sign: str = "realistic"         # target-mask inpainting loss: "realistic" or "fidelity"
+    smooth: int = 5                 # dilation/erosion iterations of the F-mixing masks
+    learning_rate: float = 0.01     # Adam, every stage
+    ce_lambda: float = 1.0          # segmentation cross-entropy weight
+    style_lambda: float = 4e4       # align step 2 Gram style loss weight
+    face_lambda: float = 1.0        # blend: masked LPIPS against the face
+    hair_lambda: float = 1.0        # blend: masked LPIPS against the colour reference's hair
+    inpaint_steps: int = 80         # each of the two GAN-inpainting rounds (hard-coded 80)
+    align_steps1: int = 140
+    align_steps2: int = 100
+    blend_steps: int = 400
+    align_latents: int = 6          # alignment and inpainting optimise w[0:6] (hard-coded)
+    align_more_region: bool = False  # official option (main.py always passes False)
+    blend_smooth: int = 5           # the blend mask helper's hard-coded 5 iterations
+    parse_size: int | None = None   # parser input size (official: size // (size // 512) = 512)
+    loss_size: int | None = None    # masks, style loss, blend LPIPS (official: 256)
+    blend_parse_size: int | None = None  # blend's real-image hair masks (official: size // 2)
+    guard_empty: bool = True        # an empty mask gives a 0 loss term (official: NaN)
+    noise: str = "random"           # "random" (official: fresh at every render), "const", "none"
+    seed: int = 0
+    chunk: int | None = None        # steps per compiled scan (None: optimize.loop_defaults)
+
+    def __post_init__(self):
+        if self.sign not in SIGNS:
+            raise ValueError(f"sign must be one of {SIGNS}, got {self.sign!r}")
+        if self.smooth < 0 or self.blend_smooth < 0:
+            raise ValueError("smooth and blend_smooth must be >= 0")
+
+    def resolve(self, size: int) -> "TransferConfig":
+        """Fill the sizes for a generator of `size` px: the official values at 1024."""
+        parse = self.parse_size or min(512, size)
+        loss = self.loss_size or min(256, size // 2)
+        blend_parse = self.blend_parse_size or size // 2
+        for name, value in (("parse_size", parse), ("loss_size", loss), ("blend_parse_size", blend_parse)):
+            if value <= 0 or size % value:
+                raise ValueError(f"{name} {value} must divide the generator size {size}")
+        return dataclasses.replace(self, parse_size=parse, loss_size=loss, blend_parse_size=blend_parse)
+
+    def check_resolved(self):
+        if None in (self.parse_size, self.loss_size, self.blend_parse_size):
+            raise ValueError("TransferConfig sizes unset: call cfg.resolve(generator size) first")
