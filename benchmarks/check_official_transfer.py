@@ -121,7 +121,8 @@ def _official(work: Path):
 
         def rec_de(mask, device, dilate_erosion=5, _f=de, _l=log):
             d, e = _f(mask, device, dilate_erosion=dilate_erosion)
-            _l["de_in"].append(np.asarray(mask.float().cpu().numpy()).reshape(mask.shape[-2:]))
+            small = torch.nn.functional.interpolate(mask.float().cpu(), size=(256, 256), mode="nearest")
+            _l["de_in"].append(small.numpy().reshape(256, 256))
             _l["de_D"].append(d.numpy().reshape(d.shape[-2:]))
             _l["de_E"].append(e.numpy().reshape(e.shape[-2:]))
             return d, e

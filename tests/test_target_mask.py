@@ -1,0 +1,316 @@
+"""The transfer stages' pure parts, against hand-worked label maps and against the libraries the
+official code calls (scipy.ndimage, torch.nn.functional, torch.nn.CrossEntropyLoss)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import torch
+import torch.nn.functional as F
+
+from barbershop_jax import alignment, masks, target_mask
+from barbershop_jax.losses import lpips as lpips_loss
+from barbershop_jax.losses import segmentation
+from barbershop_jax.models import bisenet, vgg16
+from barbershop_jax.transfer_config import TransferConfig
+
+LABELS = bisenet.label_map(16)
+# One character per pixel: background, skin, nose, ears, neck, cloth, hair (seg.pth ids).
+CODE = {".": 0, "s": 1, "o": 2, "e": 6, "n": 14, "c": 15, "h": 10}
+
+
+def labels(*rows):
+    return np.array([[CODE[ch] for ch in row.replace(" ", "")] for row in rows], np.int32)
+
+
+def merged_and_filled(face, shape):
+    merged = target_mask.merge_labels(face, shape, LABELS)
+    return merged, target_mask.heuristic_target(merged, LABELS)
+
+
+def test_longer_hair_covers_the_face_and_nothing_is_uncovered():
+    face = labels(". . h h h h . .",
+                  ". h h h h h h .",
+                  ". h s s s s h .",
+                  ". e s s s s e .",
+                  ". . s s s s . .",
+                  ". . n n n n . .",
+                  ". c c c c c c .",
+                  "c c c c c c c c")
+    shape = labels(". h h h h h h .",
+                   "h h h h h h h h",
+                   "h h s s s s h h",
+                   "h e s s s s e h",
+                   "h h s s s s h h",
+                   "h h n n n n h h",
+                   "h c c c c c c h",
+                   "c c c c c c c c")
+    merged, filled = merged_and_filled(face, shape)
+    expected = labels(". h h h h h h .",
+                      "h h h h h h h h",
+                      "h h s s s s h h",
+                      "h e s s s s e h",
+                      "h h s s s s h h",
+                      "h h n n n n h h",
+                      "h c c c c c c h",
+                      "c c c c c c c c")
+    np.testing.assert_array_equal(merged.target, expected)
+    assert not merged.uncovered.any()
+    np.testing.assert_array_equal(filled, expected)
+    np.testing.assert_array_equal(merged.keep, (face != 0) | (shape == 10))
+
+
+def test_shorter_hair_uncovers_forehead_and_ears():
+    face = labels(". h h h h h h .",
+                  "h h h h h h h h",
+                  "h h h h h h h h",
+                  "h h s s s s h h",
+                  ". h s s s s h .",
+                  ". . n n n n . .",
+                  ". c c c c c c .",
+                  "c c c c c c c c")
+    shape = labels(". . h h h h . .",
+                   ". . s s s s . .",
+                   ". s s s s s s .",
+                   ". e s s s s e .",
+                   ". . s s s s . .",
+                   ". . n n n n . .",
+                   ". c c c c c c .",
+                   "c c c c c c c c")
+    merged, filled = merged_and_filled(face, shape)
+    expected = labels(". . h h h h . .",
+                      ". . . . . . . .",
+                      ". . . . . . . .",
+                      ". . s s s s . .",
+                      ". . s s s s . .",
+                      ". . n n n n . .",
+                      ". c c c c c c .",
+                      "c c c c c c c c")
+    np.testing.assert_array_equal(merged.target, expected)
+    uncovered = np.zeros((8, 8), bool)
+    uncovered[1, 2:6] = uncovered[2, 1:7] = uncovered[3, [1, 6]] = True  # forehead and ears
+    np.testing.assert_array_equal(merged.uncovered, uncovered)
+    # The hair indicator known around them is mostly background: inpainted below 1, truncated to 0.
+    np.testing.assert_array_equal(filled, expected)
+    np.testing.assert_array_equal(merged.hair_face, face == 10)
+    np.testing.assert_array_equal(merged.hair_shape, shape == 10)
+
+
+def test_other_neck_and_shoulders_keep_the_face_s():
+    face = labels(". . h h h h . .",
+                  ". h s s s s h .",
+                  ". h s s s s h .",
+                  ". . s s s s . .",
+                  ". . . n n . . .",
+                  ". . . n n . . .",
+                  ". . c c c c . .",
+                  ". c c c c c c .")
+    shape = labels(". . h h h h . .",
+                   ". h s s s s h .",
+                   ". h s s s s h .",
+                   ". . s s s s . .",
+                   ". n n n n n n .",
+                   ". n n n n n n .",
+                   "c c c c c c c c",
+                   "c c c c c c c c")
+    merged, filled = merged_and_filled(face, shape)
+    expected = face.copy()
+    np.testing.assert_array_equal(merged.target, expected)
+    uncovered = np.zeros((8, 8), bool)
+    uncovered[4:6, [1, 2, 5, 6]] = True  # the wider neck; the shape's cloth is never "uncovered"
+    np.testing.assert_array_equal(merged.uncovered, uncovered)
+    np.testing.assert_array_equal(filled, expected)
+
+
+def test_bald_shape_reference_removes_the_hair():
+    face = labels(". h h h h h h .",
+                  "h h h h h h h h",
+                  "h h s s s s h h",
+                  ". e s s s s e .",
+                  ". . s s s s . .",
+                  ". . n n n n . .",
+                  ". c c c c c c .",
+                  "c c c c c c c c")
+    shape = labels(". . s s s s . .",
+                   ". s s s s s s .",
+                   ". s s s s s s .",
+                   ". e s s s s e .",
+                   ". . s s s s . .",
+                   ". . n n n n . .",
+                   ". c c c c c c .",
+                   "c c c c c c c c")
+    merged, filled = merged_and_filled(face, shape)
+    expected = labels(". . . . . . . .",
+                      ". . . . . . . .",
+                      ". . s s s s . .",
+                      ". e s s s s e .",
+                      ". . s s s s . .",
+                      ". . n n n n . .",
+                      ". c c c c c c .",
+                      "c c c c c c c c")
+    np.testing.assert_array_equal(merged.target, expected)
+    uncovered = np.zeros((8, 8), bool)
+    uncovered[0, 2:6] = uncovered[1, 1:7] = uncovered[2, [1, 6]] = True
+    np.testing.assert_array_equal(merged.uncovered, uncovered)
+    np.testing.assert_array_equal(filled, expected)  # no hair anywhere to inpaint from
+    assert not (filled == 10).any()
+
+
+def test_heuristic_fills_a_hole_enclosed_by_hair_with_hair():
+    face = labels("h h h h h h h h",
+                  "h h h h h h h h",
+                  "h h h h h h h h",
+                  "h h s s s s h h",
+                  "h h s o o s h h",
+                  ". . s s s s . .",
+                  ". . n n n n . .",
+                  "c c c c c c c c")
+    shape = face.copy()
+    shape[1, 3:5] = CODE["e"]  # a patch the shape's hair does not cover, the face's hair did
+    merged, filled = merged_and_filled(face, shape)
+    assert merged.target[1, 3] == merged.target[1, 4] == 0
+    assert merged.uncovered[1, 3:5].all() and merged.uncovered.sum() == 2
+    expected = face.copy()  # inpainted from hair on every known side: exactly 1 -> hair
+    np.testing.assert_array_equal(filled, expected)
+
+
+def test_gan_rounds_combine_as_the_official():
+    uncovered = np.zeros((4, 4), bool)
+    uncovered[0, :2] = True
+    hair_face = np.zeros((4, 4), bool)
+    hair_face[1, :] = True
+    hair_shape = np.zeros((4, 4), bool)
+    hair_shape[1, :2] = True
+    inputs = target_mask.InpaintInputs(
+        jnp.asarray(np.full((4, 4), 1, np.int32)), jnp.asarray(uncovered), jnp.zeros((4, 4), bool),
+        jnp.asarray(hair_face), jnp.asarray(hair_shape), jax.random.PRNGKey(0))
+    generated1 = np.arange(16, dtype=np.int32).reshape(4, 4) % 16
+    previous, round2_target = target_mask._after_round1(inputs, jnp.asarray(generated1), 0)
+    expected_previous = np.ones((4, 4), np.int32)
+    expected_previous[1, 2:] = generated1[1, 2:]  # hair1 & ~hair2: the GAN's labels
+    np.testing.assert_array_equal(previous, expected_previous)
+    expected_round2 = expected_previous.copy()
+    expected_round2[0, :2] = 0  # uncovered set to background
+    np.testing.assert_array_equal(round2_target, expected_round2)
+    generated2 = np.full((4, 4), 7, np.int32)
+    generated2[0, 1] = 0  # background from the GAN is not taken
+    final = target_mask._after_round2(inputs, previous, jnp.asarray(generated2), 0)
+    expected_final = expected_previous.copy()
+    expected_final[0, 0] = 7
+    np.testing.assert_array_equal(final, expected_final)
+
+
+# ----------------------------------------------------------------------------- losses
+def test_cross_entropies_match_torch():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 16, 12, 12)).astype(np.float32)
+    target = rng.integers(0, 16, (2, 12, 12))
+    keep = rng.random((2, 12, 12)) < 0.6
+    t_logits, t_target = torch.from_numpy(logits), torch.from_numpy(target)
+    w_bg = torch.zeros(16)
+    w_bg[0] = 1
+    for b in range(2):
+        ours = np.transpose(logits[b], (1, 2, 0))
+        ref = torch.nn.CrossEntropyLoss()(t_logits[b:b + 1], t_target[b:b + 1])
+        np.testing.assert_allclose(segmentation.cross_entropy(ours, target[b]), ref, rtol=1e-5)
+        ref = torch.nn.CrossEntropyLoss(weight=1 - w_bg)(t_logits[b:b + 1], t_target[b:b + 1])
+        np.testing.assert_allclose(segmentation.cross_entropy_without(ours, target[b], 0), ref, rtol=1e-5)
+        ggg = torch.from_numpy(keep[b:b + 1].astype(np.int64))  # the official passes ggg as class ids
+        ref = torch.nn.CrossEntropyLoss(weight=w_bg)(t_logits[b:b + 1], ggg)
+        np.testing.assert_allclose(segmentation.cross_entropy_only(ours, keep[b], 0), ref, rtol=1e-5)
+
+
+def test_cross_entropy_ignores_pixels_outside_its_weights():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(8, 8, 16)).astype(np.float32)
+    target = rng.integers(0, 16, (8, 8))
+    target[:4] = 0  # background: weight 0 in cross_entropy_without
+    moved = logits.copy()
+    moved[:4] += rng.normal(size=(4, 8, 16)).astype(np.float32) * 5
+    assert segmentation.cross_entropy_without(logits, target, 0) == pytest.approx(
+        float(segmentation.cross_entropy_without(moved, target, 0)), rel=1e-6)
+    keep = np.zeros((8, 8), bool)
+    keep[:4] = True  # kept pixels carry no weight in cross_entropy_only
+    assert segmentation.cross_entropy_only(logits, keep, 0) == pytest.approx(
+        float(segmentation.cross_entropy_only(moved, keep, 0)), rel=1e-6)
+    assert float(segmentation.cross_entropy_only(logits, np.ones((8, 8), bool), 0)) == 0.0  # guarded 0/0
+
+
+def test_masked_lpips_ignores_what_lies_outside_its_mask():
+    """The mask weighs the distance maps: a change beyond the receptive field of the taps
+    (relu3_3: 40 px) from the mask leaves the loss unchanged, a change inside it does not."""
+    vgg = vgg16.init(vgg16.VGG16Config(widths=(8, 16, 16, 32, 32)), jax.random.PRNGKey(1))
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.uniform(-1, 1, (1, 96, 96, 3)).astype(np.float32))
+    y = jnp.asarray(rng.uniform(-1, 1, (1, 96, 96, 3)).astype(np.float32))
+    mask = np.zeros((1, 96, 96), np.float32)
+    mask[:, :16, :16] = 1
+    far = y.at[:, 64:, 64:].set(0.3)
+    near = y.at[:, :16, :16].set(0.3)
+    base = float(lpips_loss.masked_lpips(vgg, x, y, mask)[0])
+    assert float(lpips_loss.masked_lpips(vgg, x, far, mask)[0]) == pytest.approx(base, rel=1e-6)
+    assert abs(float(lpips_loss.masked_lpips(vgg, x, near, mask)[0]) - base) > 1e-3 * base
+
+
+# ----------------------------------------------------------------------------- masks, F mixing
+@pytest.mark.parametrize("iterations", [0, 1, 5])
+def test_dilate_and_erode_match_scipy(iterations):
+    rng = np.random.default_rng(iterations)
+    m = (rng.random((3, 40, 40)) < 0.4).astype(np.float32)
+    m[0, :, :20] = 1  # a block touching the border: erosion eats in from it
+    d = np.stack([ndi.binary_dilation(x, iterations=iterations) if iterations else x for x in m])
+    e = np.stack([ndi.binary_erosion(x, iterations=iterations) if iterations else x for x in m])
+    np.testing.assert_array_equal(masks.dilate(m, iterations), d)
+    np.testing.assert_array_equal(masks.erode(m, iterations), e)
+
+
+@pytest.mark.parametrize("n_in,n_out", [(256, 32), (32, 32), (64, 32), (40, 32)])
+def test_torch_bicubic_resize_matches_torch(n_in, n_out):
+    x = np.random.default_rng(n_in).random((2, n_in, n_in)).astype(np.float32)
+    ref = F.interpolate(torch.from_numpy(x)[:, None], size=(n_out, n_out), mode="bicubic")[:, 0].numpy()
+    np.testing.assert_allclose(masks.torch_bicubic_resize(x, n_out), ref, atol=2e-6)
+
+
+def test_f_mixing_matches_the_formulas():
+    """The three mixing steps written out with numpy, scipy.ndimage and torch, on random F."""
+    rng = np.random.default_rng(3)
+    r, c, p, size = 32, 6, 128, 64
+    cfg = TransferConfig(smooth=2).resolve(128)  # parse 128, masks at 64, F at 32
+    assert (cfg.parse_size, cfg.loss_size) == (p, size)
+    a1, a2, f1, f2 = (rng.normal(size=(r, r, c)).astype(np.float32) for _ in range(4))
+    blob = lambda cy, cx, rad: ((np.mgrid[:p, :p][0] - cy) ** 2 + (np.mgrid[:p, :p][1] - cx) ** 2 < rad ** 2)  # noqa: E731
+    hair1, hair2, hair_t = blob(40, 64, 30), blob(50, 60, 35), blob(45, 64, 32)
+
+    def weight(mask, grow):
+        m = mask[::p // size, ::p // size]  # nearest 128 -> 64
+        m = (ndi.binary_dilation if grow else ndi.binary_erosion)(m, iterations=2).astype(np.float32)
+        m = F.interpolate(torch.from_numpy(m)[None, None], size=(r, r), mode="bicubic")[0, 0].numpy()
+        return (1 - m)[..., None]
+
+    expected = a1 + weight(hair1 | hair_t, True) * (f1 - a1)
+    expected = a2 + weight(hair_t, False) * (expected - a2)
+    expected = f2 + weight(hair2 & hair_t, False) * (expected - f2)
+    ours = alignment.mix_structure(a1, a2, f1, f2, hair1.astype(np.float32), hair2.astype(np.float32),
+                                   hair_t.astype(np.float32), cfg)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    # align_more_region: the second step reuses the first (dilated union) weight.
+    wide = TransferConfig(smooth=2, align_more_region=True).resolve(128)
+    expected = a1 + weight(hair1 | hair_t, True) * (f1 - a1)
+    expected = a2 + weight(hair1 | hair_t, True) * (expected - a2)
+    expected = f2 + weight(hair2 & hair_t, False) * (expected - f2)
+    ours = alignment.mix_structure(a1, a2, f1, f2, hair1.astype(np.float32), hair2.astype(np.float32),
+                                   hair_t.astype(np.float32), wide)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_config_sizes_follow_the_official_at_1024_and_512():
+    c = TransferConfig().resolve(1024)
+    assert (c.parse_size, c.loss_size, c.blend_parse_size) == (512, 256, 512)
+    c = TransferConfig().resolve(512)
+    assert (c.parse_size, c.loss_size, c.blend_parse_size) == (512, 256, 256)
+    c = TransferConfig().resolve(64)
+    assert (c.parse_size, c.loss_size, c.blend_parse_size) == (64, 32, 32)
+    with pytest.raises(ValueError, match="sign"):
+        TransferConfig(sign="pretty")
+    with pytest.raises(ValueError, match="divide"):
+        TransferConfig(parse_size=300).resolve(1024)
