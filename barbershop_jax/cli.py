@@ -8,7 +8,10 @@ import sys
 
 def _demo(args):
     from barbershop_jax import demo
-    demo.run(args.out, n=args.n, seed=args.seed, weights=args.weights, truncation=args.truncation)
+    if args.samples:
+        demo.run(args.out, n=args.n, seed=args.seed, weights=args.weights, truncation=args.truncation)
+    else:
+        demo.run_transfer(args.out, weights=args.weights, seed=args.seed, progress=not args.quiet)
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
@@ -53,6 +56,62 @@ def _embed(args):
     import jax
     share = f" by process {jax.process_index()} of {jax.process_count()}" if jax.process_count() > 1 else ""
     print(f"{len(done)} image(s) embedded{share} under {args.out} (W+{'' if args.no_fs else ' and FS'})")
+
+
+TRANSFER_STEPS = (("w_steps", "W+ embedding steps (official: 1100)"), ("fs_steps", "FS embedding steps (official: 250)"),
+                  ("inpaint_steps", "steps of each GAN-inpainting round of the target mask (official: 80)"),
+                  ("align_steps1", "alignment step 1 (official: 140)"), ("align_steps2", "alignment step 2 (official: 100)"),
+                  ("blend_steps", "blending steps (official: 400)"))
+
+
+def _read_triples(csv_path):
+    """(triples of paths, failures): CSV columns face, shape, color; relative paths are
+    resolved against the CSV file's folder."""
+    import csv
+    from pathlib import Path
+
+    csv_path = Path(csv_path)
+    try:
+        with open(csv_path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"face", "shape", "color"} - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))} "
+                                 "(the header must name face, shape, color)")
+            rows = list(reader)
+    except OSError as e:
+        raise ValueError(f"{csv_path}: cannot read ({e.strerror})") from None
+    resolve = lambda v: (csv_path.parent / v.strip()) if not Path(v.strip()).is_absolute() else Path(v.strip())  # noqa: E731
+    return [tuple(resolve(row[k] or "") for k in ("face", "shape", "color")) for row in rows]
+
+
+def _transfer(args):
+    from barbershop_jax import transfer
+    from barbershop_jax.image_io import ImageError
+
+    if args.pairs:
+        if args.face or args.shape or args.color:
+            raise ValueError("give either --pairs or --face/--shape/--color, not both")
+        triples = _read_triples(args.pairs)
+    elif args.face and args.shape and args.color:
+        triples = [(args.face, args.shape, args.color)]
+    else:
+        raise ValueError("give --face, --shape and --color (or --pairs triples.csv)")
+    options = {k: getattr(args, k) for k in ("sign", "smooth", "seed", "noise", *(n for n, _ in TRANSFER_STEPS))
+               if getattr(args, k) is not None}
+    good, failures = transfer.check_triples(triples)  # before loading any model
+    if not good:
+        raise ImageError("; ".join(f"{msg}" for _, msg in failures[:3]))
+    ht = transfer.HairTransfer(args.weights, args.out, batch_size=args.batch_size, progress=not args.quiet, **options)
+    results = ht.transfer_many(good)
+    print(transfer.summary(results, ht.timings))
+    if failures:
+        path = transfer.write_failures(args.out, failures)
+        print(f"{len(failures)} of {len(triples)} triple(s) failed; see {path}", file=sys.stderr)
+        for _, msg in failures:
+            print(f"barbershop-jax: error: {msg}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _evaluate_embedding(args):
@@ -126,13 +185,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="barbershop-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="render samples from the embedded tiny generator (or --weights)")
+    demo = sub.add_parser("demo", help="the whole transfer on the bundled example images, with the embedded tiny "
+                                       "random-weight models (or --weights)")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    demo.add_argument("--n", type=int, default=16, help="number of samples")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--truncation", type=float, default=1.0)
     demo.add_argument("--weights", help="a converted weights directory instead of the embedded default")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--samples", action="store_true", help="instead: render a grid of generator samples")
+    demo.add_argument("--n", type=int, default=16, help="with --samples: number of samples")
+    demo.add_argument("--truncation", type=float, default=1.0, help="with --samples: truncation psi")
     demo.set_defaults(func=_demo)
+
+    tr = sub.add_parser("transfer", help="hairstyle transfer: the face of --face with the hair shape of --shape "
+                                         "and the hair colour of --color")
+    tr.add_argument("--face", help="identity image (official im1)")
+    tr.add_argument("--shape", help="hair-shape reference (im2)")
+    tr.add_argument("--color", help="hair-colour reference (im3)")
+    tr.add_argument("--pairs", metavar="CSV", help="batch mode: a CSV with columns face, shape, color (paths "
+                                                  "relative to the CSV's folder)")
+    tr.add_argument("--weights", help="converted weights directory (default: the embedded tiny random models)")
+    tr.add_argument("--out", required=True, help="output folder (official layout; embeddings and alignments "
+                                                 "found there are reused)")
+    tr.add_argument("--sign", choices=["realistic", "fidelity"], help="target-mask inpainting (default: realistic)")
+    tr.add_argument("--smooth", type=int, help="dilation/erosion of the F-mixing masks (default: 5)")
+    tr.add_argument("--seed", type=int, help="seed of the generator noise (default 0)")
+    tr.add_argument("--noise", choices=["random", "const", "none"], help="generator noise (official: random)")
+    tr.add_argument("--batch-size", type=int, default=4, help="images, pairs or triples optimised together (default 4)")
+    for name, text in TRANSFER_STEPS:
+        tr.add_argument("--" + name.replace("_", "-"), type=int, help=text)
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.set_defaults(func=_transfer)
 
     embed = sub.add_parser("embed", help="embed images in W+ and FS (cached: nothing is embedded twice)")
     embed.add_argument("images", nargs="+", help="image files or folders of images")
@@ -173,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        rc = args.func(args)
     except ModuleNotFoundError as e:
         if e.name == "torch":
             print("barbershop-jax: error: conversion needs PyTorch: pip install 'barbershop-jax[convert]'",
@@ -186,7 +268,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("barbershop-jax: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""The embedded default: a tiny generator with fixed random weights, so the whole program
-runs on a CPU in seconds with nothing downloaded. Real results need the converted official
-weights (README: "Real weights")."""
+"""The embedded default: tiny models with fixed random weights and bundled example images, so
+the whole pipeline runs on a CPU in minutes with nothing downloaded. Random weights give no
+real hairstyle: real results need the converted official weights (README: "Real weights")."""
 from __future__ import annotations
 
 import functools
@@ -60,3 +60,54 @@ def run(out_dir, n: int = 16, seed: int = 0, weights=None, truncation: float = 1
     which = f"weights {weights}" if weights else "the embedded random-weight generator"
     log(f"wrote {path}: {n} samples, {model.config.size} px, from {which}")
     return path
+
+
+EXAMPLES = Path(__file__).parent / "data" / "examples"
+# Step counts of the demo with the embedded models: about a tenth of the official counts, so
+# that it runs in a few minutes on 2 CPU cores. With --weights the official counts apply.
+DEMO_STEPS = {"w_steps": 100, "fs_steps": 25, "inpaint_steps": 8, "align_steps1": 14, "align_steps2": 10,
+              "blend_steps": 40}
+OFFICIAL_COMMAND = ("barbershop-jax transfer --face FACE.png --shape SHAPE.png --color COLOR.png "
+                    "--weights WEIGHTS_DIR --out OUT_DIR")
+
+
+def example_images() -> dict:
+    """The bundled example images: {'face': path, 'shape': path, 'color': path}."""
+    return {role: EXAMPLES / f"{role}.png" for role in ("face", "shape", "color")}
+
+
+def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, log=print) -> Path:
+    """`barbershop-jax demo`: the whole transfer on the bundled images. Writes the result (the
+    official layout under OUT) and OUT/demo_grid.png: face | shape | colour | result | target mask."""
+    import numpy as np
+
+    from barbershop_jax import resample, target_mask, transfer
+
+    steps = {} if weights else DEMO_STEPS
+    ht = transfer.HairTransfer(weights, out_dir, progress=progress, seed=seed, **steps)
+    size = ht.models.generator.config.size
+    images = example_images()
+    if not weights:
+        log(f"barbershop-jax demo: the embedded {size} px models with fixed RANDOM weights and reduced step counts "
+            f"({', '.join(f'{k} {v}' for k, v in steps.items())}).\nThey exercise the whole pipeline; random "
+            "weights give no real hairstyle.")
+    # The examples are 128 px: fit them to the generator once, here, rather than warn per stage.
+    inputs = [resample.lanczos_resize(image_io.load_rgb(images[r]), size) for r in ("face", "shape", "color")]
+    names = [api_source(x, r) for x, r in zip(inputs, ("face", "shape", "color"))]
+    result = ht.transfer(*names)
+    show = 128
+    tiles = [resample.lanczos_resize(x, show) for x in inputs] + [resample.lanczos_resize(result.image, show)]
+    mask = target_mask.colourise(result.target_labels)
+    tiles.append(np.asarray(resample.nearest_resize(mask[None], show)[0]))
+    grid_path = image_io.save_png(Path(out_dir) / "demo_grid.png", image_io.grid(np.stack(tiles), len(tiles)))
+    log(transfer.summary([result], ht.timings))
+    log(f"wrote {result.path} and {grid_path} (face | shape | colour | result | target mask)")
+    if not weights:
+        log("For a real transfer, convert the official weights (README, 'Real weights') and run:\n  "
+            + OFFICIAL_COMMAND)
+    return grid_path
+
+
+def api_source(pixels, name):
+    from barbershop_jax import api
+    return api.as_source(pixels, name=name)

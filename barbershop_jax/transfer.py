@@ -399,3 +399,41 @@ class HairTransfer:
     def transfer(self, face, shape, color, **options) -> TransferResult:
         """One triple: the face with the hair shape of `shape` and the hair colour of `color`."""
         return self.transfer_many([(face, shape, color)], **options)[0]
+
+
+def check_triples(triples):
+    """Split triples into those whose images all read and those that do not (batch mode goes
+    on without the latter). Returns (good triples, [(triple, one-line reason)])."""
+    good, failures, verdict = [], [], {}
+    for t in triples:
+        reason = None
+        for image in t:
+            if not isinstance(image, (str, Path)):
+                continue
+            key = str(image)
+            if key not in verdict:
+                try:
+                    api.as_source(image)
+                    verdict[key] = None
+                except image_io.ImageError as e:
+                    verdict[key] = str(e)
+            reason = reason or verdict[key]
+        if reason:
+            failures.append((t, reason))
+        else:
+            good.append(t)
+    return good, failures
+
+
+def write_failures(out_dir, failures) -> Path:
+    """OUT/failures.csv: face, shape, color, error."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["face", "shape", "color", "error"])
+    for t, reason in failures:
+        writer.writerow([*(str(x) for x in t), reason])
+    path = Path(out_dir) / "failures.csv"
+    return image_io.atomic_write(path, lambda f: f.write(buf.getvalue().encode()))

@@ -23,6 +23,7 @@ suite. About 10 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import time
 import os
 import subprocess
 import sys
@@ -35,6 +36,7 @@ TOOLS = Path(os.environ.get("OFFICIAL_TOOLS", "/work/shared/tools/official"))
 IMAGES = ("astronaut", "coffee", "chelsea")   # face, shape reference, colour reference
 STEPS = dict(w=3, fs=3, inpaint=2, align1=2, align2=2, blend=2)
 SIZE = 512
+SECTIONS = ("parse", "target", "align", "blend")
 
 
 # ============================================================================ official side
@@ -227,21 +229,27 @@ def _convert(work: Path):
 
 
 class Table:
+    """Rows of the comparison; each is also printed as it comes (the run is long)."""
+
     def __init__(self):
         self.rows = []
+
+    def _add(self, row):
+        self.rows.append(row)
+        print("  " + " | ".join(map(str, row)), flush=True)
 
     def arr(self, stage, name, ours, official, note=""):
         a, b = np.asarray(ours, np.float64), np.asarray(official, np.float64)
         if a.shape != b.shape:
-            self.rows.append((stage, name, f"SHAPE {a.shape} vs {b.shape}", "", "", note))
+            self._add((stage, name, f"SHAPE {a.shape} vs {b.shape}", "", "", note))
             return
         d, s = float(np.abs(a - b).max()), float(np.abs(b).max())
-        self.rows.append((stage, name, f"{d:.3g}", f"{s:.3g}", f"{d / s if s else d:.2g}", note))
+        self._add((stage, name, f"{d:.3g}", f"{s:.3g}", f"{d / s if s else d:.2g}", note))
 
     def labels(self, stage, name, ours, official, note=""):
         a, b = np.asarray(ours), np.asarray(official)
         diff = int((a != b).sum())
-        self.rows.append((stage, name, f"{diff} px differ", f"{a.size} px",
+        self._add((stage, name, f"{diff} px differ", f"{a.size} px",
                           f"agree {1 - diff / a.size:.6f}", note))
 
     def show(self):
@@ -254,7 +262,7 @@ class Table:
             print(fmt.format(*r))
 
 
-def _ours(work: Path):
+def _ours(work: Path, sections=SECTIONS):
     import jax
     import jax.numpy as jnp
     import optax
@@ -265,6 +273,7 @@ def _ours(work: Path):
     from barbershop_jax.models import bisenet, stylegan2, vgg16
     from barbershop_jax.transfer_config import Models, TransferConfig
 
+    start = time.perf_counter()
     ref = dict(np.load(work / "official.npz"))
     wdir = _convert(work)
     models = Models(stylegan2.load(wdir), bisenet.load(wdir), vgg16.load(wdir))
@@ -285,165 +294,173 @@ def _ours(work: Path):
     pad18 = lambda x: np.asarray(x)[..., :la, :]  # noqa: E731  the official's 18-row inpainting W+
 
     # --------------------------------------------------------------- parse (real images)
-    for tag, (nf, nr) in {"a12": IMAGES[:2], "a13": (IMAGES[0], IMAGES[2])}.items():
-        for side, n in (("face", nf), ("ref", nr)):
-            logits = np.asarray(parser.segment(im01[n], parse_size=cfg.parse_size))[0]
-            off = ref[f"{tag}/logits_{side}"].transpose(1, 2, 0)
-            t.arr("parse", f"{tag} logits {side} ({n})", logits, off)
-            t.labels("parse", f"{tag} labels {side}", logits.argmax(-1), ref[f"{tag}/labels_{side}"],
-                     _flip_note(logits, off))
+    if "parse" in sections:
+        print(f"== parse ({time.perf_counter() - start:.0f} s)", flush=True)
+        for tag, (nf, nr) in {"a12": IMAGES[:2], "a13": (IMAGES[0], IMAGES[2])}.items():
+            for side, n in (("face", nf), ("ref", nr)):
+                logits = np.asarray(parser.segment(im01[n], parse_size=cfg.parse_size))[0]
+                off = ref[f"{tag}/logits_{side}"].transpose(1, 2, 0)
+                t.arr("parse", f"{tag} logits {side} ({n})", logits, off)
+                t.labels("parse", f"{tag} labels {side}", logits.argmax(-1), ref[f"{tag}/labels_{side}"],
+                         _flip_note(logits, off))
 
     # --------------------------------------------------------------- target mask
-    @jax.jit
-    def inpaint_loss(head, target, keep):
-        def f(head):
-            w = jnp.concatenate([head, g.mean_w_plus(1)[0, cfg.align_latents:]])[None]
-            logits = parser.segment_generated(g.render(w, noise="const"), parse_size=cfg.parse_size)[0]
-            bg = lm.id("background")
-            wo = segmentation.cross_entropy_without(logits, target, bg, False)
-            only = segmentation.cross_entropy_only(logits, keep, bg, False)
-            return wo + only, (wo, only, jnp.argmax(logits, -1))
-        return jax.value_and_grad(f, has_aux=True)(head)
+    if "target" in sections:
+        print(f"== target ({time.perf_counter() - start:.0f} s)", flush=True)
+        @jax.jit
+        def inpaint_loss(head, target, keep):
+            def f(head):
+                w = jnp.concatenate([head, g.mean_w_plus(1)[0, cfg.align_latents:]])[None]
+                logits = parser.segment_generated(g.render(w, noise="const"), parse_size=cfg.parse_size)[0]
+                bg = lm.id("background")
+                wo = segmentation.cross_entropy_without(logits, target, bg, False)
+                only = segmentation.cross_entropy_only(logits, keep, bg, False)
+                return wo + only, (wo, only, jnp.argmax(logits, -1))
+            return jax.value_and_grad(f, has_aux=True)(head)
 
-    for tag in ("a12", "a13"):
-        seg1, seg2 = ref[f"{tag}/labels_face"], ref[f"{tag}/labels_ref"]
-        merged = target_mask.merge_labels(seg1, seg2, lm)
-        heur = target_mask.heuristic_target(merged, lm)
-        t.labels("target", f"{tag} heuristic target", heur, ref[f"{tag}/target_heuristic"])
-        t.labels("target", f"{tag} hair1 / hair2", np.stack([merged.hair_face, merged.hair_shape]),
-                 np.stack([ref[f"{tag}/hair1"], ref[f"{tag}/hair2"]]).astype(bool))
-        # losses and gradients at the official iterates (both rounds)
-        lat, grads = ref[f"{tag}/cds_latent"], ref[f"{tag}/grad"]
-        for k in range(2 * ni):
-            tgt = ref[f"{tag}/target_heuristic"] if k < ni else ref[f"{tag}/round2_target"]
-            (loss, (wo, only, lab)), gr = inpaint_loss(jnp.asarray(lat[k, :cfg.align_latents]), jnp.asarray(tgt),
-                                                      jnp.asarray(merged.keep))
-            t.arr("target", f"{tag} GAN step {k} CE wo bg / only bg",
-                  [float(wo), float(only)], [ref[f"{tag}/ce_wo"][k], ref[f"{tag}/ce_only"][k]])
-            t.arr("target", f"{tag} GAN step {k} grad w[0:6]", gr, pad18(grads[k])[:cfg.align_latents])
-            t.labels("target", f"{tag} GAN step {k} labels", lab, ref[f"{tag}/cds_labels"][k])
-        # our rounds, each from the official input of that round
-        inputs = jax.tree.map(lambda x: x[None], target_mask.prepare(seg1, seg2, lm, key))
-        gen1, _ = target_mask._round(models, jnp.asarray(ref[f"{tag}/target_heuristic"])[None], inputs.keep,
-                                     keys1, cfg, "r1", False, None)
-        t.labels("target", f"{tag} round 1 labels", gen1[0], ref[f"{tag}/round1_labels"])
-        prev, tgt2 = target_mask._after_round1(inputs, jnp.asarray(ref[f"{tag}/round1_labels"])[None], 0)
-        t.labels("target", f"{tag} round 2 target", tgt2[0], ref[f"{tag}/round2_target"])
-        gen2, _ = target_mask._round(models, jnp.asarray(ref[f"{tag}/round2_target"])[None], inputs.keep,
-                                     keys1, cfg, "r2", False, None)
-        t.labels("target", f"{tag} round 2 labels", gen2[0], ref[f"{tag}/round2_labels"])
-        final = target_mask._after_round2(inputs, prev, jnp.asarray(ref[f"{tag}/round2_labels"])[None], 0)
-        t.labels("target", f"{tag} final target (official round labels)", final[0], ref[f"{tag}/target"])
-        full = target_mask.gan_inpaint(models, inputs, cfg, progress=False)
-        t.labels("target", f"{tag} final target (ours end to end)", full[0], ref[f"{tag}/target"])
+        for tag in ("a12", "a13"):
+            seg1, seg2 = ref[f"{tag}/labels_face"], ref[f"{tag}/labels_ref"]
+            merged = target_mask.merge_labels(seg1, seg2, lm)
+            heur = target_mask.heuristic_target(merged, lm)
+            t.labels("target", f"{tag} heuristic target", heur, ref[f"{tag}/target_heuristic"])
+            t.labels("target", f"{tag} hair1 / hair2", np.stack([merged.hair_face, merged.hair_shape]),
+                     np.stack([ref[f"{tag}/hair1"], ref[f"{tag}/hair2"]]).astype(bool))
+            # losses and gradients at the official iterates (both rounds)
+            lat, grads = ref[f"{tag}/cds_latent"], ref[f"{tag}/grad"]
+            for k in range(2 * ni):
+                tgt = ref[f"{tag}/target_heuristic"] if k < ni else ref[f"{tag}/round2_target"]
+                (loss, (wo, only, lab)), gr = inpaint_loss(jnp.asarray(lat[k, :cfg.align_latents]), jnp.asarray(tgt),
+                                                          jnp.asarray(merged.keep))
+                t.arr("target", f"{tag} GAN step {k} CE wo bg / only bg",
+                      [float(wo), float(only)], [ref[f"{tag}/ce_wo"][k], ref[f"{tag}/ce_only"][k]])
+                t.arr("target", f"{tag} GAN step {k} grad w[0:6]", gr, pad18(grads[k])[:cfg.align_latents])
+                t.labels("target", f"{tag} GAN step {k} labels", lab, ref[f"{tag}/cds_labels"][k])
+            # our rounds, each from the official input of that round
+            inputs = jax.tree.map(lambda x: x[None], target_mask.prepare(seg1, seg2, lm, key))
+            gen1, _ = target_mask._round(models, jnp.asarray(ref[f"{tag}/target_heuristic"])[None], inputs.keep,
+                                         keys1, cfg, "r1", False, None)
+            t.labels("target", f"{tag} round 1 labels", gen1[0], ref[f"{tag}/round1_labels"])
+            prev, tgt2 = target_mask._after_round1(inputs, jnp.asarray(ref[f"{tag}/round1_labels"])[None], 0)
+            t.labels("target", f"{tag} round 2 target", tgt2[0], ref[f"{tag}/round2_target"])
+            gen2, _ = target_mask._round(models, jnp.asarray(ref[f"{tag}/round2_target"])[None], inputs.keep,
+                                         keys1, cfg, "r2", False, None)
+            t.labels("target", f"{tag} round 2 labels", gen2[0], ref[f"{tag}/round2_labels"])
+            final = target_mask._after_round2(inputs, prev, jnp.asarray(ref[f"{tag}/round2_labels"])[None], 0)
+            t.labels("target", f"{tag} final target (official round labels)", final[0], ref[f"{tag}/target"])
+            full = target_mask.gan_inpaint(models, inputs, cfg, progress=False)
+            t.labels("target", f"{tag} final target (ours end to end)", full[0], ref[f"{tag}/target"])
 
     # --------------------------------------------------------------- alignment
-    @jax.jit
-    def step1_loss(head, s_code, target):
-        def f(head):
-            image = g.render(alignment._latents(head, s_code)[None], noise="const")
-            logits = parser.segment_generated(image, parse_size=cfg.parse_size)[0]
-            return segmentation.cross_entropy(logits, target)
-        return jax.value_and_grad(f)(head)
+    if "align" in sections:
+        print(f"== align ({time.perf_counter() - start:.0f} s)", flush=True)
+        @jax.jit
+        def step1_loss(head, s_code, target):
+            def f(head):
+                image = g.render(alignment._latents(head, s_code)[None], noise="const")
+                logits = parser.segment_generated(image, parse_size=cfg.parse_size)[0]
+                return segmentation.cross_entropy(logits, target)
+            return jax.value_and_grad(f)(head)
 
-    for tag, (nf, nr) in {"a12": IMAGES[:2], "a13": (IMAGES[0], IMAGES[2])}.items():
-        target = jnp.asarray(ref[f"{tag}/target"])
-        hair_id = lm.id("hair")
-        x = alignment.AlignInputs(
-            w_face=jnp.asarray(ref[f"W/{nf}"][0]), s_face=jnp.asarray(ref[f"FS/{nf}/latent_in"][0]),
-            f_face=jnp.asarray(nhwc(ref[f"FS/{nf}/latent_F"])),
-            w_ref=jnp.asarray(ref[f"W/{nr}"][0]), s_ref=jnp.asarray(ref[f"FS/{nr}/latent_in"][0]),
-            f_ref=jnp.asarray(nhwc(ref[f"FS/{nr}/latent_F"])), target=target,
-            hair_face=jnp.asarray(ref[f"{tag}/hair1"]), hair_ref=jnp.asarray(ref[f"{tag}/hair2"]), key=key)
-        xb = jax.tree.map(lambda a: a[None], x)
-        off_grads, off_params = ref[f"{tag}/grad"][2 * ni:], ref[f"{tag}/param"][2 * ni:]
-        # step 1 at the official iterates
-        for k in range(n1):
-            loss, gr = step1_loss(jnp.asarray(off_params[k, 0, :cfg.align_latents]), x.s_face, target)
-            t.arr("align", f"{tag} step1 {k} CE", float(loss), ref[f"{tag}/ce"][k])
-            t.arr("align", f"{tag} step1 {k} grad w[0:6]", gr, off_grads[k, 0, :cfg.align_latents])
-        # step 2 at the official iterates: CE, style, gradient (our _step2 body)
-        ref_small, ref_hair = alignment._reference_hair(models, xb.w_ref, xb.s_ref, keys1, cfg=cfg)
-        for k in range(n2):
-            head = jnp.asarray(off_params[n1 + k, 0, :cfg.align_latents])
-            state = alignment._State(head[None], jax.vmap(optax.adam(cfg.learning_rate).init)(head[None]), head[None])
-            _, met = jax.vmap(alignment._step2, in_axes=(None, 0, 0, None, None))(
-                models, state, (xb.s_ref, xb.target, ref_small, ref_hair, keys1), 0, cfg_raw)
-            t.arr("align", f"{tag} step2 {k} CE", float(met["ce"][0]), ref[f"{tag}/ce"][n1 + k])
-            t.arr("align", f"{tag} step2 {k} style", float(met["style"][0]), ref[f"{tag}/style"][k])
-            gr = _step2_grad(alignment, models, head, x, ref_small[0], ref_hair[0], cfg_raw)
-            t.arr("align", f"{tag} step2 {k} grad w[0:6]", gr, off_grads[n1 + k, 0, :cfg.align_latents])
-        # our whole loops from the official codes
-        res = _align_intermediates(alignment, optimize, models, xb, cfg)
-        t.arr("align", f"{tag} step1 last iterate w[0:6]", res["head1"][0], ref[f"{tag}/A1_latent"][:cfg.align_latents])
-        t.arr("align", f"{tag} A1 (ours end to end)", res["a1"][0], nhwc(ref[f"{tag}/A1"][None]))
-        t.arr("align", f"{tag} step2 last iterate w[0:6]", res["head2"][0], ref[f"{tag}/A2_latent"][:cfg.align_latents])
-        t.arr("align", f"{tag} A2 (ours end to end)", res["a2"][0], nhwc(ref[f"{tag}/A2"][None]))
-        # A1/A2 from the official last iterates (generator only)
-        a1 = alignment._features(models, jnp.asarray(ref[f"{tag}/A1_latent"][:cfg.align_latents])[None], xb.s_face,
-                                 keys1, cfg=cfg)
-        t.arr("align", f"{tag} A1 from official iterate", a1[0], nhwc(ref[f"{tag}/A1"][None]))
-        # F-mixing masks at 256 (official dilate_erosion calls: union D, target E, hair2*target E)
-        hair_t = (target == hair_id).astype(jnp.float32)
-        union = 1.0 - (1.0 - x.hair_face) * (1.0 - hair_t)
-        for i, (m, grow) in enumerate(((union, True), (hair_t, False), (x.hair_ref * hair_t, False))):
-            small = resample.nearest_resize(m[None], cfg.loss_size)[0]
-            t.arr("align", f"{tag} mix mask {i} input @256", small, ref[f"{tag}/de_in"][i])
-            got = masks.dilate(small, cfg.smooth) if grow else masks.erode(small, cfg.smooth)
-            t.arr("align", f"{tag} mix mask {i} {'dilated' if grow else 'eroded'}", got,
-                  ref[f"{tag}/de_{'D' if grow else 'E'}"][i])
-        f_mix = alignment.mix_structure(jnp.asarray(nhwc(ref[f"{tag}/A1"][None])), jnp.asarray(nhwc(ref[f"{tag}/A2"][None])),
-                                        x.f_face, x.f_ref, x.hair_face, x.hair_ref, hair_t, cfg)
-        t.arr("align", f"{tag} mixed F (official A1, A2)", f_mix, nhwc(ref[f"{tag}/latent_F"]))
-        img = g.render_from_features(jnp.asarray(nhwc(ref[f"{tag}/latent_F"]))[None],
-                                     jnp.asarray(ref[f"{tag}/latent_in"]), block=3, noise="const")
-        t.arr("align", f"{tag} Align PNG (uint8) from official npz", image_io.to_uint8(np.asarray(img[0])),
-              ref[f"{tag}/image"])
-        out = alignment.align(models, xb, cfg, progress=False)
-        t.arr("align", f"{tag} Align latent_in (ours end to end)", out.latent_in[0], ref[f"{tag}/latent_in"][0])
-        t.arr("align", f"{tag} Align latent_F (ours end to end)", out.structure_f[0], nhwc(ref[f"{tag}/latent_F"]))
-        t.arr("align", f"{tag} Align PNG (ours end to end)", image_io.to_uint8(np.asarray(out.image[0])),
-              ref[f"{tag}/image"])
+        for tag, (nf, nr) in {"a12": IMAGES[:2], "a13": (IMAGES[0], IMAGES[2])}.items():
+            target = jnp.asarray(ref[f"{tag}/target"])
+            hair_id = lm.id("hair")
+            x = alignment.AlignInputs(
+                w_face=jnp.asarray(ref[f"W/{nf}"][0]), s_face=jnp.asarray(ref[f"FS/{nf}/latent_in"][0]),
+                f_face=jnp.asarray(nhwc(ref[f"FS/{nf}/latent_F"])),
+                w_ref=jnp.asarray(ref[f"W/{nr}"][0]), s_ref=jnp.asarray(ref[f"FS/{nr}/latent_in"][0]),
+                f_ref=jnp.asarray(nhwc(ref[f"FS/{nr}/latent_F"])), target=target,
+                hair_face=jnp.asarray(ref[f"{tag}/hair1"]), hair_ref=jnp.asarray(ref[f"{tag}/hair2"]), key=key)
+            xb = jax.tree.map(lambda a: a[None], x)
+            off_grads, off_params = ref[f"{tag}/grad"][2 * ni:], ref[f"{tag}/param"][2 * ni:]
+            # step 1 at the official iterates
+            for k in range(n1):
+                loss, gr = step1_loss(jnp.asarray(off_params[k, 0, :cfg.align_latents]), x.s_face, target)
+                t.arr("align", f"{tag} step1 {k} CE", float(loss), ref[f"{tag}/ce"][k])
+                t.arr("align", f"{tag} step1 {k} grad w[0:6]", gr, off_grads[k, 0, :cfg.align_latents])
+            # step 2 at the official iterates: CE, style, gradient (our _step2 body)
+            ref_small, ref_hair = alignment._reference_hair(models, xb.w_ref, xb.s_ref, keys1, cfg=cfg)
+            for k in range(n2):
+                head = jnp.asarray(off_params[n1 + k, 0, :cfg.align_latents])
+                state = alignment._State(head[None], jax.vmap(optax.adam(cfg.learning_rate).init)(head[None]), head[None])
+                _, met = jax.vmap(alignment._step2, in_axes=(None, 0, 0, None, None))(
+                    models, state, (xb.s_ref, xb.target, ref_small, ref_hair, keys1), 0, cfg_raw)
+                t.arr("align", f"{tag} step2 {k} CE", float(met["ce"][0]), ref[f"{tag}/ce"][n1 + k])
+                t.arr("align", f"{tag} step2 {k} style", float(met["style"][0]), ref[f"{tag}/style"][k])
+                gr = _step2_grad(alignment, models, head, x, ref_small[0], ref_hair[0], cfg_raw)
+                t.arr("align", f"{tag} step2 {k} grad w[0:6]", gr, off_grads[n1 + k, 0, :cfg.align_latents])
+            # our whole loops from the official codes
+            res = _align_intermediates(alignment, optimize, models, xb, cfg)
+            t.arr("align", f"{tag} step1 last iterate w[0:6]", res["head1"][0], ref[f"{tag}/A1_latent"][:cfg.align_latents])
+            t.arr("align", f"{tag} A1 (ours end to end)", res["a1"][0], nhwc(ref[f"{tag}/A1"][None]))
+            t.arr("align", f"{tag} step2 last iterate w[0:6]", res["head2"][0], ref[f"{tag}/A2_latent"][:cfg.align_latents])
+            t.arr("align", f"{tag} A2 (ours end to end)", res["a2"][0], nhwc(ref[f"{tag}/A2"][None]))
+            # A1/A2 from the official last iterates (generator only)
+            a1 = alignment._features(models, jnp.asarray(ref[f"{tag}/A1_latent"][:cfg.align_latents])[None], xb.s_face,
+                                     keys1, cfg=cfg)
+            t.arr("align", f"{tag} A1 from official iterate", a1[0], nhwc(ref[f"{tag}/A1"][None]))
+            # F-mixing masks at 256 (official dilate_erosion calls: union D, target E, hair2*target E)
+            hair_t = (target == hair_id).astype(jnp.float32)
+            union = 1.0 - (1.0 - x.hair_face) * (1.0 - hair_t)
+            for i, (m, grow) in enumerate(((union, True), (hair_t, False), (x.hair_ref * hair_t, False))):
+                small = resample.nearest_resize(m[None], cfg.loss_size)[0]
+                t.arr("align", f"{tag} mix mask {i} input @256", small, ref[f"{tag}/de_in"][i])
+                got = masks.dilate(small, cfg.smooth) if grow else masks.erode(small, cfg.smooth)
+                t.arr("align", f"{tag} mix mask {i} {'dilated' if grow else 'eroded'}", got,
+                      ref[f"{tag}/de_{'D' if grow else 'E'}"][i])
+            f_mix = alignment.mix_structure(jnp.asarray(nhwc(ref[f"{tag}/A1"][None])), jnp.asarray(nhwc(ref[f"{tag}/A2"][None])),
+                                            x.f_face, x.f_ref, x.hair_face, x.hair_ref, hair_t, cfg)
+            t.arr("align", f"{tag} mixed F (official A1, A2)", f_mix, nhwc(ref[f"{tag}/latent_F"]))
+            img = g.render_from_features(jnp.asarray(nhwc(ref[f"{tag}/latent_F"]))[None],
+                                         jnp.asarray(ref[f"{tag}/latent_in"]), block=3, noise="const")
+            t.arr("align", f"{tag} Align PNG (uint8) from official npz", image_io.to_uint8(np.asarray(img[0])),
+                  ref[f"{tag}/image"])
+            out = alignment.align(models, xb, cfg, progress=False)
+            t.arr("align", f"{tag} Align latent_in (ours end to end)", out.latent_in[0], ref[f"{tag}/latent_in"][0])
+            t.arr("align", f"{tag} Align latent_F (ours end to end)", out.structure_f[0], nhwc(ref[f"{tag}/latent_F"]))
+            t.arr("align", f"{tag} Align PNG (ours end to end)", image_io.to_uint8(np.asarray(out.image[0])),
+                  ref[f"{tag}/image"])
 
     # --------------------------------------------------------------- blending
-    nf, ns, nc = IMAGES
-    small = {n: resample.uint8_to_signed(resample.lanczos_resize(pix[n], cfg.loss_size)) for n in (nf, nc)}
-    hair256 = {}
-    for side, n in (("face", nf), ("color", nc)):
-        logits = np.asarray(parser.segment(im01[n], parse_size=cfg.blend_parse_size))[0]
-        off = ref[f"blend/logits_{side}256"].transpose(1, 2, 0)
-        t.arr("blend", f"logits {side} @256 ({n})", logits, off)
-        t.labels("blend", f"labels {side} @256", logits.argmax(-1), ref[f"blend/labels_{side}256"],
-                 _flip_note(logits, off))
-        hair256[side] = (ref[f"blend/labels_{side}256"] == lm.id("hair")).astype(np.float32)
-    bx = blending.BlendInputs(
-        s_face=jnp.asarray(ref["a13/latent_in"][0]), s_color=jnp.asarray(ref[f"FS/{nc}/latent_in"][0]),
-        f_blend=jnp.asarray(nhwc(ref["a13/latent_F"])), f_final=jnp.asarray(nhwc(ref["a12/latent_F"])),
-        face_small=jnp.asarray(small[nf]), color_small=jnp.asarray(small[nc]),
-        hair_face=jnp.asarray(hair256["face"]), hair_color=jnp.asarray(hair256["color"]), key=key)
-    bxb = jax.tree.map(lambda a: a[None], bx)
-    face_mask, hair_mask = blending.blend_masks(models, bxb, cfg=cfg)
-    t.arr("blend", "face-region mask", face_mask[0], ref["blend/mask_face"])
-    t.arr("blend", "HM_3E (colour hair, eroded)", hair_mask[0], ref["blend/mask_hair"])
-    image_x = g.render_from_features(bx.f_blend[None], bx.s_face[None], block=3, noise="const")
-    lab_x = np.asarray(jnp.argmax(parser.segment_generated(image_x, parse_size=cfg.parse_size)[0], -1))
-    t.labels("blend", "labels of I_X", lab_x, ref["blend/labels_X"])
-    fm, hm = jnp.asarray(ref["blend/mask_face"])[None], jnp.asarray(ref["blend/mask_hair"])[None]
-    for k in range(nb):
-        u = jnp.asarray(ref["blend/param"][k])
-        state = blending._State(u[None], jax.vmap(optax.adam(cfg.learning_rate).init)(u[None]), u[None])
-        _, met = jax.vmap(blending._step, in_axes=(None, 0, 0, None, None))(models, state, (bxb, fm, hm), 0, cfg_raw)
-        for name in ("face", "hair", "loss"):
-            t.arr("blend", f"step {k} {name} LPIPS", float(met[name][0]), ref[f"blend/{name}"][k])
-        gr = _blend_grad(blending, models, u, bx, fm[0], hm[0], cfg_raw)
-        t.arr("blend", f"step {k} grad u", gr, ref["blend/grad"][k])
-    out = blending.blend(models, bxb, cfg, progress=False)
-    t.arr("blend", "Blend latent_in (ours end to end)", out.latent_in[0], ref["blend/latent_in"][0])
-    t.arr("blend", "Blend latent_F", out.structure_f[0], nhwc(ref["blend/latent_F"]))
-    t.arr("blend", "final PNG (ours end to end)", image_io.to_uint8(np.asarray(out.image[0])), ref["blend/image"])
-    img = g.render_from_features(jnp.asarray(nhwc(ref["blend/latent_F"]))[None], jnp.asarray(ref["blend/latent_in"]),
-                                 block=3, noise="const")
-    t.arr("blend", "final PNG from official Blend npz", image_io.to_uint8(np.asarray(img[0])), ref["blend/image"])
+    if "blend" in sections:
+        print(f"== blend ({time.perf_counter() - start:.0f} s)", flush=True)
+        nf, ns, nc = IMAGES
+        small = {n: resample.uint8_to_signed(resample.lanczos_resize(pix[n], cfg.loss_size)) for n in (nf, nc)}
+        hair256 = {}
+        for side, n in (("face", nf), ("color", nc)):
+            logits = np.asarray(parser.segment(im01[n], parse_size=cfg.blend_parse_size))[0]
+            off = ref[f"blend/logits_{side}256"].transpose(1, 2, 0)
+            t.arr("blend", f"logits {side} @256 ({n})", logits, off)
+            t.labels("blend", f"labels {side} @256", logits.argmax(-1), ref[f"blend/labels_{side}256"],
+                     _flip_note(logits, off))
+            hair256[side] = (ref[f"blend/labels_{side}256"] == lm.id("hair")).astype(np.float32)
+        bx = blending.BlendInputs(
+            s_face=jnp.asarray(ref["a13/latent_in"][0]), s_color=jnp.asarray(ref[f"FS/{nc}/latent_in"][0]),
+            f_blend=jnp.asarray(nhwc(ref["a13/latent_F"])), f_final=jnp.asarray(nhwc(ref["a12/latent_F"])),
+            face_small=jnp.asarray(small[nf]), color_small=jnp.asarray(small[nc]),
+            hair_face=jnp.asarray(hair256["face"]), hair_color=jnp.asarray(hair256["color"]), key=key)
+        bxb = jax.tree.map(lambda a: a[None], bx)
+        face_mask, hair_mask = blending.blend_masks(models, bxb, cfg=cfg)
+        t.arr("blend", "face-region mask", face_mask[0], ref["blend/mask_face"])
+        t.arr("blend", "HM_3E (colour hair, eroded)", hair_mask[0], ref["blend/mask_hair"])
+        image_x = g.render_from_features(bx.f_blend[None], bx.s_face[None], block=3, noise="const")
+        lab_x = np.asarray(jnp.argmax(parser.segment_generated(image_x, parse_size=cfg.parse_size)[0], -1))
+        t.labels("blend", "labels of I_X", lab_x, ref["blend/labels_X"])
+        fm, hm = jnp.asarray(ref["blend/mask_face"])[None], jnp.asarray(ref["blend/mask_hair"])[None]
+        for k in range(nb):
+            u = jnp.asarray(ref["blend/param"][k][:la])
+            state = blending._State(u[None], jax.vmap(optax.adam(cfg.learning_rate).init)(u[None]), u[None])
+            _, met = jax.vmap(blending._step, in_axes=(None, 0, 0, None, None))(models, state, (bxb, fm, hm), 0, cfg_raw)
+            for name in ("face", "hair", "loss"):
+                t.arr("blend", f"step {k} {name} LPIPS", float(met[name][0]), ref[f"blend/{name}"][k])
+            gr = _blend_grad(blending, models, u, bx, fm[0], hm[0], cfg_raw)
+            t.arr("blend", f"step {k} grad u", gr, ref["blend/grad"][k][:la])
+        out = blending.blend(models, bxb, cfg, progress=False)
+        t.arr("blend", "Blend latent_in (ours end to end)", out.latent_in[0], ref["blend/latent_in"][0])
+        t.arr("blend", "Blend latent_F", out.structure_f[0], nhwc(ref["blend/latent_F"]))
+        t.arr("blend", "final PNG (ours end to end)", image_io.to_uint8(np.asarray(out.image[0])), ref["blend/image"])
+        img = g.render_from_features(jnp.asarray(nhwc(ref["blend/latent_F"]))[None], jnp.asarray(ref["blend/latent_in"]),
+                                     block=3, noise="const")
+        t.arr("blend", "final PNG from official Blend npz", image_io.to_uint8(np.asarray(img[0])), ref["blend/image"])
     t.show()
 
 
@@ -518,14 +535,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/cmp/work", type=Path)
     ap.add_argument("--part", choices=("both", "official", "ours"), default="both")
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=SECTIONS,
+                    help="which of our stages to compare (default: all)")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     if args.part == "official":
         return _official(args.work)
     if args.part == "ours":
-        return _ours(args.work)
+        return _ours(args.work, tuple(args.sections))
     for part in ("official", "ours"):  # separate processes: the official run patches modules
-        subprocess.run([sys.executable, __file__, "--work", str(args.work), "--part", part], check=True,
+        extra = ["--sections", *args.sections] if part == "ours" else []
+        subprocess.run([sys.executable, __file__, "--work", str(args.work), "--part", part, *extra], check=True,
                        env={**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"})
 
 

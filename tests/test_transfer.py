@@ -1,0 +1,206 @@
+"""The whole transfer on the tiny config with reduced step counts: files in the official layout,
+batches equal to single runs, the cache, the blend clamp, the command line and the Python API."""
+import csv
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from barbershop_jax import blending, cli, demo, image_io, transfer
+from barbershop_jax.losses import p_norm
+from barbershop_jax.models import bisenet, vgg16
+from barbershop_jax.transfer_config import Models, TransferConfig
+
+SMALL_VGG = vgg16.VGG16Config(widths=(8, 16, 16, 32, 32))
+STEPS = dict(w_steps=3, fs_steps=2, inpaint_steps=2, align_steps1=3, align_steps2=2, blend_steps=3)
+
+
+def _parser_with_hair(generator):
+    """A random BiSeNet whose output channels are permuted so that the class it predicts most
+    on generator images is called hair: the hair paths of every stage then have pixels."""
+    parser = bisenet.init(bisenet.BiSeNetConfig(), jax.random.PRNGKey(3))
+    images = generator.render(generator.mean_w_plus(1), noise="const")
+    counts = np.bincount(np.asarray(parser.labels_of((images + 1) / 2, parse_size=64)).ravel(), minlength=16)
+    top, hair = int(np.argmax(counts)), parser.labels.id("hair")
+    order = np.arange(16)
+    order[[top, hair]] = order[[hair, top]]
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x[..., order] if "conv_out" in jax.tree_util.keystr(path) and x.shape[-1] == 16 else x,
+        parser.params)
+    return bisenet.FaceParser(params=params, config=parser.config)
+
+
+@pytest.fixture(scope="module")
+def models():
+    g = demo.embedded_generator()
+    vgg = vgg16.init(SMALL_VGG, jax.random.PRNGKey(1))
+    return Models(g, _parser_with_hair(g), vgg), p_norm.pca_stats(g, 2000, jax.random.PRNGKey(2))
+
+
+@pytest.fixture(scope="module")
+def images(models, tmp_path_factory):
+    g = models[0].generator
+    w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(11), (4, g.config.style_dim))))
+    pixels = image_io.to_uint8(np.asarray(g.render(w, noise="const")))
+    root = tmp_path_factory.mktemp("in")
+    return [image_io.save_png(root / f"{name}.png", p) for name, p in zip(("ann", "bob", "cid", "dan"), pixels)]
+
+
+def _transfer(models, out, **kw):
+    (m, pca) = models
+    ht = transfer.HairTransfer.__new__(transfer.HairTransfer)  # the models of the fixture, not load()
+    ht.models, ht.pca, ht.out_dir = m, pca, out
+    ht.batch_size, ht.progress, ht.devices, ht.timings = kw.pop("batch_size", 2), False, None, {}
+    ht.options = {**STEPS, "noise": "random", **kw}
+    return ht
+
+
+# 4 images, 4 triples (two with shape == colour: one alignment each), 6 distinct pairs: at
+# batch size 2 every stage runs full batches, so each compiles once.
+NAMED_TRIPLES = [("ann", "bob", "cid"), ("bob", "cid", "cid"), ("cid", "dan", "ann"), ("dan", "ann", "ann")]
+PAIRS = {("ann", "bob"), ("ann", "cid"), ("bob", "cid"), ("cid", "dan"), ("cid", "ann"), ("dan", "ann")}
+
+
+@pytest.fixture(scope="module")
+def batch_run(models, images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("batch")
+    path = dict(zip(("ann", "bob", "cid", "dan"), images))
+    triples = [tuple(path[n] for n in t) for t in NAMED_TRIPLES]
+    ht = _transfer(models, out)
+    return out, triples, ht.transfer_many(triples)
+
+
+def test_outputs_use_the_official_names_shapes_and_keys(batch_run, models):
+    out, triples, results = batch_run
+    g = models[0].generator
+    n, d, c = g.config.n_latent, g.config.style_dim, g.config.channels(32)
+    for name in ("ann", "bob", "cid", "dan"):
+        assert np.load(out / "W+" / f"{name}.npy").shape == (1, n, d)
+        with np.load(out / "FS" / f"{name}.npz") as z:
+            assert set(z.files) == {"latent_in", "latent_F"}
+    assert {tuple(p.stem.split("_")) for p in (out / "Align_realistic").glob("*.npz")} == PAIRS
+    for f, r in PAIRS:
+        with np.load(out / "Align_realistic" / f"{f}_{r}.npz") as z:
+            assert set(z.files) == {"latent_in", "latent_F"}
+            assert z["latent_in"].shape == (1, n, d) and z["latent_F"].shape == (1, c, 32, 32)
+            with np.load(out / "FS" / f"{f}.npz") as fs:
+                np.testing.assert_array_equal(z["latent_in"], fs["latent_in"])  # official: the face's FS latent
+        assert (out / "Align_realistic" / f"{f}_{r}.png").is_file()
+        assert (out / f"vis_mask_{f}_{r}_realistic.png").is_file()
+    for (f, s, col), result in zip(NAMED_TRIPLES, results):
+        with np.load(out / "Blend_realistic" / f"{f}_{s}_{col}.npz") as z:
+            assert set(z.files) == {"latent_in", "latent_F"}
+            np.testing.assert_allclose(z["latent_in"][0], result.latent_in)
+            with np.load(out / "Align_realistic" / f"{f}_{s}.npz") as a:  # official: F of Align face_shape
+                np.testing.assert_array_equal(z["latent_F"], a["latent_F"])
+        final = out / f"{f}_{s}_{col}_realistic.png"
+        assert result.path == final
+        np.testing.assert_array_equal(image_io.load_rgb(final), result.image)
+        assert result.image.shape == (64, 64, 3) and result.target_labels.shape == (64, 64)
+        assert (result.target_labels == 10).any()  # the fixture's parser sees hair
+
+
+def test_blend_weights_stay_between_face_and_colour(batch_run):
+    """w = s1 + u (s3 - s1) with u clamped to [0, 1]: every blended latent lies between the
+    face's and the colour reference's FS latents."""
+    out, _, results = batch_run
+    for r in results:
+        with np.load(out / "FS" / f"{r.face}.npz") as z:
+            s1 = z["latent_in"][0]
+        with np.load(out / "FS" / f"{r.color}.npz") as z:
+            s3 = z["latent_in"][0]
+        lo, hi = np.minimum(s1, s3), np.maximum(s1, s3)
+        assert np.all(r.latent_in >= lo - 1e-6) and np.all(r.latent_in <= hi + 1e-6)
+
+
+def test_blend_clamp_keeps_u_in_the_unit_interval(models):
+    """A large learning rate drives u past 0 and 1; the clamp after each step holds it there."""
+    m, _ = models
+    g = m.generator
+    cfg = TransferConfig(blend_steps=3, learning_rate=2.0, noise="const").resolve(64)
+    w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(5), (2, g.config.style_dim))))
+    f, _ = g.features(w, block=3, noise="const")
+    image = g.render(w, noise="const")
+    small = jax.image.resize(image, (2, 32, 32, 3), "linear")
+    hair = jnp.zeros((2, 32, 32)).at[:, 4:20, 6:26].set(1.0)
+    inputs = blending.BlendInputs(w, w[::-1], f, f, small, small[::-1], hair, hair[::-1],
+                                  jnp.stack([jax.random.PRNGKey(0)] * 2))
+    result = blending.blend(m, inputs, cfg, progress=False)
+    u = (np.asarray(result.latent_in) - np.asarray(w)) / (np.asarray(w[::-1]) - np.asarray(w))
+    assert np.all(u >= -1e-4) and np.all(u <= 1 + 1e-4)
+    assert np.mean(np.isclose(u, 0, atol=1e-4)) > 0.05 and np.mean(np.isclose(u, 1, atol=1e-4)) > 0.05
+
+
+def test_batch_equals_single_runs(batch_run, models, tmp_path):
+    out, triples, batched = batch_run
+    single_out = tmp_path / "single"
+    for sub in ("W+", "FS"):  # the same embeddings: this test is about the transfer stages
+        shutil.copytree(out / sub, single_out / sub)
+    for t, expected in list(zip(triples, batched))[:3]:
+        [one] = _transfer(models, single_out, batch_size=1).transfer_many([t])
+        agree = np.mean(one.target_labels == expected.target_labels)
+        assert agree >= 0.995, agree  # argmax labels: a float-level tie may flip a pixel
+        if agree == 1.0:
+            np.testing.assert_allclose(one.structure_f, expected.structure_f, atol=5e-3 * np.abs(expected.structure_f).max())
+            np.testing.assert_allclose(one.latent_in, expected.latent_in, atol=0.03)  # Adam steps of lr 0.01
+            assert np.abs(one.image.astype(int) - expected.image).mean() < 1.0
+
+
+def test_cached_rerun_does_no_work(batch_run, models, monkeypatch):
+    out, triples, first = batch_run
+    calls = []
+    for module, name in ((transfer.target_mask, "gan_inpaint"), (transfer.alignment, "align"),
+                         (transfer.blending, "blend"), (transfer.api.embedding, "embed_w_plus"),
+                         (transfer.api.embedding, "embed_fs")):
+        monkeypatch.setattr(module, name, lambda *a, _n=name, **k: calls.append(_n))
+    again = _transfer(models, out).transfer_many(triples)
+    assert calls == []
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.target_labels, b.target_labels)
+        np.testing.assert_array_equal(a.latent_in, b.latent_in)
+
+
+def test_cli_batch_reports_bad_rows_and_goes_on(batch_run, tmp_path, capsys, monkeypatch):
+    out, triples, _ = batch_run
+    manifest = tmp_path / "triples.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["face", "shape", "color"])
+        w.writerow([str(p) for p in triples[0]])
+        w.writerow([str(triples[0][0]), "missing.png", str(triples[0][2])])
+    ran = []
+    monkeypatch.setattr(transfer, "load_models", lambda weights=None: ran.append(weights) or (None, None))
+    monkeypatch.setattr(transfer.HairTransfer, "transfer_many",
+                        lambda self, good, **k: ran.append(good) or [])
+    rc = cli.main(["transfer", "--pairs", str(manifest), "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "missing.png: no such file" in err and "1 of 2 triple(s) failed" in err
+    assert ran[1] == [tuple(triples[0])]  # the good row still ran
+    with open(tmp_path / "o" / "failures.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["shape"].endswith("missing.png")
+
+
+def test_cli_single_bad_input_is_one_line(tmp_path, capsys):
+    rc = cli.main(["transfer", "--face", str(tmp_path / "nope.png"), "--shape", "a.png", "--color", "b.png",
+                   "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and err[0].startswith("barbershop-jax: error: ") and "nope.png" in err[0]
+
+
+def test_cli_manifest_needs_its_columns(tmp_path, capsys):
+    manifest = tmp_path / "t.csv"
+    manifest.write_text("face,shape\na.png,b.png\n")
+    rc = cli.main(["transfer", "--pairs", str(manifest), "--out", str(tmp_path / "o")])
+    assert rc == 1 and "missing column(s) color" in capsys.readouterr().err
+
+
+def test_options_are_routed_and_unknown_ones_refused():
+    embed, tr = transfer.split_options({"w_steps": 5, "blend_steps": 7, "seed": 3})
+    assert embed == {"w_steps": 5, "seed": 3} and tr == {"blend_steps": 7, "seed": 3}
+    with pytest.raises(TypeError, match="colour_steps"):
+        transfer.split_options({"colour_steps": 1})
