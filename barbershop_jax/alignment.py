@@ -77,19 +77,61 @@ def _hair(logits, labels):
     return (jnp.argmax(logits, axis=-1) == labels.id("hair")).astype(jnp.float32)
 
 
-def _step1(models: Models, state, data, i, cfg):
-    s_face, target, key = data
+class SegmentationTarget(NamedTuple):
+    """What `segmentation_step` fits one render's labels to (batched along axis 0).
+
+    loss = ce_lambda * (sum(target_weight * nll(target)) / sum(target_weight)
+                        + [use_background] sum(background_weight * nll(bg)) / sum(background_weight))
+    Plain CE (align step 1, 'fidelity' inpainting): target_weight 1, no background term.
+    'realistic' inpainting: target_weight = (target != bg), background_weight = ~keep (ggg).
+    """
+    tail: jax.Array               # (n_latent, d): the latents after the optimised head
+    target: jax.Array             # (P, P) int32
+    target_weight: jax.Array      # (P, P) float
+    background_weight: jax.Array  # (P, P) float
+    use_background: jax.Array     # () bool
+    key: jax.Array                # the stage's PRNG key (fold_in(step) per render)
+
+
+class FitState(NamedTuple):
+    params: jax.Array       # (align_latents, d)
+    opt_state: object
+    result: tuple           # (params, labels) of the last forward pass
+
+
+def segmentation_loss(logits, x: SegmentationTarget, bg: int, cfg: TransferConfig):
+    nll = segmentation.nll(logits, x.target)
+    loss = segmentation.weighted_mean(nll, x.target_weight, cfg.guard_empty)
+    nll_bg = segmentation.nll(logits, jnp.full(x.target.shape, bg, jnp.int32))
+    weight_bg = jnp.where(x.use_background, x.background_weight, 1.0)  # no 0/0 on the unused branch
+    background = segmentation.weighted_mean(nll_bg, weight_bg, cfg.guard_empty)
+    return cfg.ce_lambda * (loss + jnp.where(x.use_background, background, 0.0))
+
+
+def segmentation_step(models: Models, state, x: SegmentationTarget, i, cfg):
+    """One Adam step on w[0:align_latents] towards the target labels: align step 1 and both
+    rounds of the target mask's GAN inpainting share it (and its compilation)."""
     g, parser = models.generator, models.parser
 
     def loss_fn(head):
-        image = g.render(_latents(head, s_face)[None], noise=cfg.noise,
-                         key=jax.random.fold_in(jax.random.fold_in(key, STEP1_TAG), i))
+        image = g.render(_latents(head, x.tail)[None], noise=cfg.noise, key=jax.random.fold_in(x.key, i))
         logits = parser.segment_generated(image, parse_size=cfg.parse_size)[0]
-        return cfg.ce_lambda * segmentation.cross_entropy(logits, target)
+        loss = segmentation_loss(logits, x, parser.labels.id("background"), cfg)
+        return loss, jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    (loss, labels), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = _optimizer(cfg).update(grads, state.opt_state, state.params)
-    return _State(optax.apply_updates(state.params, updates), opt_state, state.params), {"loss": loss}
+    return FitState(optax.apply_updates(state.params, updates), opt_state, (state.params, labels)), {"loss": loss}
+
+
+def fit_segmentation(models: Models, heads, targets: SegmentationTarget, n_steps, cfg, desc, *, progress=True,
+                     devices=None):
+    """Run `segmentation_step` on a batch. Returns (heads, labels) of the last forward pass."""
+    labels = jnp.zeros_like(targets.target)
+    state = FitState(heads, jax.vmap(_optimizer(cfg).init)(heads), (heads, labels))
+    state, _ = optimize.run(segmentation_step, cfg, models, state, targets, n_steps, chunk=cfg.chunk, desc=desc,
+                            progress=progress, devices=devices)
+    return state.result
 
 
 def _step2(models: Models, state, data, i, cfg):
@@ -123,28 +165,21 @@ def _tagged(keys, tag):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _reference_hair(models: Models, w_ref, s_ref, keys, cfg):
-    """The reference's render before step 2 (I_Structure_Style_changed) at loss_size, and its
-    hair mask: the style loss's fixed side."""
+def _between_steps(models: Models, heads1, inputs: AlignInputs, cfg):
+    """A1 (F of step 1's last latents) and the fixed side of step 2's style loss: the
+    reference's render before step 2 (I_Structure_Style_changed) at loss_size and its hair."""
     g, parser = models.generator, models.parser
 
-    def one(head, s, key):
-        image = g.render(_latents(head, s)[None], noise=cfg.noise, key=key)
+    def one(head1, x: AlignInputs):
+        a1 = g.features(_latents(head1, x.s_face)[None], block=3, noise=cfg.noise,
+                        key=jax.random.fold_in(x.key, A1_TAG))[0][0]
+        image = g.render(_latents(x.w_ref[:cfg.align_latents], x.s_ref)[None], noise=cfg.noise,
+                         key=jax.random.fold_in(x.key, REF_TAG))
         hair = _hair(parser.segment_generated(image, parse_size=cfg.parse_size)[0], parser.labels)
         small = resample.bicubic_downsample(image, g.config.size // cfg.loss_size)[0]
-        return small, resample.nearest_resize(hair[None], cfg.loss_size)[0]
+        return a1, small, resample.nearest_resize(hair[None], cfg.loss_size)[0]
 
-    return jax.vmap(one)(w_ref[:, :cfg.align_latents], s_ref, _tagged(keys, REF_TAG))
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _features(models: Models, heads, s_codes, keys, cfg):
-    g = models.generator
-
-    def one(head, s, key):
-        return g.features(_latents(head, s)[None], block=3, noise=cfg.noise, key=key)[0][0]
-
-    return jax.vmap(one)(heads, s_codes, keys)
+    return jax.vmap(one)(heads1, inputs)
 
 
 def _mask_weights(mask, cfg, grid: int, grow: bool, iterations: int):
@@ -169,35 +204,39 @@ def mix_structure(a1, a2, f_face, f_ref, hair_face, hair_ref, hair_target, cfg: 
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _mix_and_render(models: Models, a1, a2, inputs: AlignInputs, hair_target, cfg):
+def _finish(models: Models, a1, heads2, inputs: AlignInputs, cfg):
+    """A2 (F of step 2's last latents), the F mixing, and the render of the result."""
     g = models.generator
+    hair_id = models.parser.labels.id("hair")
 
-    def one(a1, a2, x: AlignInputs, hair_t):
+    def one(a1, head2, x: AlignInputs):
+        a2 = g.features(_latents(head2, x.s_ref)[None], block=3, noise=cfg.noise,
+                        key=jax.random.fold_in(x.key, A2_TAG))[0][0]
+        hair_t = (x.target == hair_id).astype(jnp.float32)
         f = mix_structure(a1, a2, x.f_face, x.f_ref, x.hair_face, x.hair_ref, hair_t, cfg)
         image = g.render_from_features(f[None], x.s_face[None], block=3, noise=cfg.noise,
                                        key=jax.random.fold_in(x.key, RENDER_TAG))[0]
         return f, image
 
-    return jax.vmap(one)(a1, a2, inputs, hair_target)
+    return jax.vmap(one)(a1, heads2, inputs)
+
+
+def plain_ce_target(tail, target, key) -> SegmentationTarget:
+    """Per image: the unweighted cross-entropy of align step 1 (and 'fidelity' inpainting)."""
+    ones = jnp.ones(target.shape, jnp.float32)
+    return SegmentationTarget(tail, target, ones, ones, jnp.zeros((), bool), key)
 
 
 def align(models: Models, inputs: AlignInputs, cfg: TransferConfig, *, progress: bool = True,
           devices=None) -> AlignResult:
     """Align a batch of pairs; every array in `inputs` has a leading batch axis."""
     cfg.check_resolved()
-    hair_id = models.parser.labels.id("hair")
-    run = lambda step, state, data, n, desc: optimize.run(  # noqa: E731
-        step, cfg, models, state, data, n, chunk=cfg.chunk, desc=desc, progress=progress, devices=devices)
-
-    state, _ = run(_step1, _start(inputs.w_face, cfg), (inputs.s_face, inputs.target, inputs.key),
-                   cfg.align_steps1, "Align step 1")
-    a1 = _features(models, state.result, inputs.s_face, _tagged(inputs.key, A1_TAG), cfg=cfg)
-
-    ref_small, ref_hair = _reference_hair(models, inputs.w_ref, inputs.s_ref, inputs.key, cfg=cfg)
-    state, _ = run(_step2, _start(inputs.w_ref, cfg), (inputs.s_ref, inputs.target, ref_small, ref_hair, inputs.key),
-                   cfg.align_steps2, "Align step 2")
-    a2 = _features(models, state.result, inputs.s_ref, _tagged(inputs.key, A2_TAG), cfg=cfg)
-
-    hair_target = (inputs.target == hair_id).astype(jnp.float32)
-    structure_f, image = _mix_and_render(models, a1, a2, inputs, hair_target, cfg=cfg)
+    step1 = jax.vmap(plain_ce_target)(inputs.s_face, inputs.target, _tagged(inputs.key, STEP1_TAG))
+    heads1, _ = fit_segmentation(models, inputs.w_face[:, :cfg.align_latents], step1, cfg.align_steps1, cfg,
+                                 "Align step 1", progress=progress, devices=devices)
+    a1, ref_small, ref_hair = _between_steps(models, heads1, inputs, cfg=cfg)
+    state, _ = optimize.run(_step2, cfg, models, _start(inputs.w_ref, cfg),
+                            (inputs.s_ref, inputs.target, ref_small, ref_hair, inputs.key), cfg.align_steps2,
+                            chunk=cfg.chunk, desc="Align step 2", progress=progress, devices=devices)
+    structure_f, image = _finish(models, a1, state.result, inputs, cfg=cfg)
     return AlignResult(inputs.s_face, structure_f, image)

@@ -49,6 +49,10 @@ class EmbedConfig:
     seed: int = 0                  # root of the per-image noise keys
     chunk: int | None = None       # steps per compiled scan (None: optimize.loop_defaults)
 
+    def step_config(self) -> "EmbedConfig":
+        """The fields the optimisation steps read; the rest blanked (optimize.run's compile key)."""
+        return dataclasses.replace(self, w_steps=0, fs_steps=0, seed=0, chunk=None)
+
     def s_index(self, n_latent: int) -> int:
         """First optimised S vector: n_latent - 11 as the official code (7 at 1024 px); the ones
         before first_latent(fs_block + 1) are optimised but only the p-norm sees them."""

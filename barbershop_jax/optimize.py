@@ -10,7 +10,8 @@ for ONE image: `consts` are the frozen models (replicated), `state` and `data` h
 image's optimisation state and inputs, `i` is the global step number (for noise keys) and `cfg`
 a hashable config. Each image keeps its own optimiser state, so a batch gives the same numbers
 as running each image alone. Compiled once per (step, cfg, shapes, chunk length): later batches
-and later calls reuse it.
+and later calls reuse it; a config's `step_config()`, where it has one, blanks the fields the
+step never reads (step counts, seed, chunk), so that changing those does not recompile.
 """
 from __future__ import annotations
 
@@ -25,37 +26,41 @@ BATCH_AXIS = "batch"
 
 
 @functools.partial(jax.jit, static_argnames=("step", "cfg", "length", "unroll"), donate_argnums=(1,))
-def _run_chunk(consts, state, data, start, *, step, cfg, length, unroll=1):
+def _run_chunk(consts, state, data, start, n_steps, *, step, cfg, length, unroll=1):
+    """Steps start .. start + length - 1; those at or beyond n_steps leave the state as it is
+    (the last chunk of a stage may be partly idle), so one compilation serves any step count."""
     vstep = jax.vmap(step, in_axes=(None, 0, 0, None, None))
 
     def body(carry, i):
-        return vstep(consts, carry, data, i, cfg)
+        new, metrics = vstep(consts, carry, data, i, cfg)
+        live = i < n_steps
+        return jax.tree.map(lambda a, b: jnp.where(live, a, b), new, carry), metrics
 
     state, metrics = jax.lax.scan(body, state, start + jnp.arange(length), unroll=unroll)
-    return state, jax.tree.map(lambda m: m[-1], metrics)
+    last = jnp.minimum(n_steps - start, length) - 1  # the last live step's metrics
+    return state, jax.tree.map(lambda m: m[last], metrics)
 
 
 def loop_defaults(platform: str | None = None) -> tuple[int, bool]:
     """(steps per chunk, unroll the chunk fully?) for a backend.
 
-    Accelerators: 50 steps in a rolled `lax.scan`. CPU: 4 steps, unrolled, because XLA:CPU
-    runs convolutions inside a loop body 2.5x slower than the same step outside one (measured
-    on 2 cores: a 64 px W+ step took 1,435 ms in a rolled scan, 574 ms unrolled); a 4-step
-    unrolled chunk costs 4x the compile time of one step and saves most of that loss.
+    Accelerators: 10 steps in a rolled `lax.scan` (10 divides every official step count:
+    1100, 250, 80, 140, 100, 400, so no chunk runs idle steps; at 1024 px a chunk is about
+    0.1 s of device time, against well under a millisecond of dispatch between chunks).
+    CPU: 4 steps, unrolled, because XLA:CPU runs convolutions inside a loop body 2.5x slower
+    than the same step outside one (measured on 2 cores: a 64 px W+ step took 1,435 ms in a
+    rolled scan, 574 ms unrolled); a 4-step unrolled chunk costs 4x the compile time of one
+    step and saves most of that loss.
     """
     platform = platform or jax.default_backend()
-    return (4, True) if platform == "cpu" else (50, False)
+    return (4, True) if platform == "cpu" else (10, False)
 
 
 def chunk_lengths(n_steps: int, chunk: int) -> list[int]:
-    """Split n_steps into equal chunks where a divisor near `chunk` exists (one compilation),
-    else chunks of `chunk` and one remainder (two compilations)."""
+    """The chunks of a stage: all of length `chunk` (one compilation), the last one idle after
+    step n_steps. Returns the number of live steps of each."""
     if n_steps <= 0:
         return []
-    chunk = max(1, min(chunk, n_steps))
-    for size in range(chunk, max(1, chunk // 2) - 1, -1):
-        if n_steps % size == 0:
-            return [size] * (n_steps // size)
     full, rest = divmod(n_steps, chunk)
     return [chunk] * full + ([rest] if rest else [])
 
@@ -94,6 +99,8 @@ def run(step, cfg, consts, state, data, n_steps: int, *, chunk: int | None = Non
       (state, metrics of the last step), both with the batch axis, on the host's default device.
     """
     mesh = batch_mesh(devices)
+    # Settings the step never reads (step counts, seeds, chunking) must not recompile it.
+    step_cfg = cfg.step_config() if hasattr(cfg, "step_config") else cfg
     default_chunk, unroll = loop_defaults()
     chunk = chunk or default_chunk
     # The chunks donate the state: work on private copies, one buffer per leaf, so that the
@@ -107,12 +114,12 @@ def run(step, cfg, consts, state, data, n_steps: int, *, chunk: int | None = Non
         consts = jax.device_put(consts, NamedSharding(mesh, PartitionSpec()))
     bar = _progress(n_steps, desc, n_images) if progress else None
     metrics, done = None, 0
-    for length in chunk_lengths(n_steps, chunk):
-        state, metrics = _run_chunk(consts, state, data, jnp.int32(done), step=step, cfg=cfg, length=length,
-                                    unroll=length if unroll else 1)
-        done += length
+    for live in chunk_lengths(n_steps, chunk):
+        state, metrics = _run_chunk(consts, state, data, jnp.int32(done), jnp.int32(n_steps), step=step, cfg=step_cfg,
+                                    length=chunk, unroll=chunk if unroll else 1)
+        done += live
         if bar is not None:
-            bar.update(length)
+            bar.update(live)
             bar.set_postfix_str((summary or _loss_summary)(jax.device_get(metrics)), refresh=False)
     if bar is not None:
         bar.close()

@@ -30,10 +30,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from barbershop_jax import optimize
-from barbershop_jax.losses import segmentation
+from barbershop_jax import alignment
 from barbershop_jax.models.bisenet import LabelMap
 from barbershop_jax.transfer_config import Models, TransferConfig
 
@@ -98,52 +96,24 @@ def prepare(face_labels, shape_labels, labels: LabelMap, key) -> InpaintInputs:
                          jnp.asarray(merged.hair_shape), key)
 
 
-def segmentation_loss(logits, target, keep, sign: str, labels: LabelMap, cfg: TransferConfig):
-    """The inpainting loss of one render's logits (P, P, n_classes)."""
-    bg = labels.id("background")
-    if sign == "realistic":
-        loss = segmentation.cross_entropy_without(logits, target, bg, cfg.guard_empty)
-        loss = loss + segmentation.cross_entropy_only(logits, keep, bg, cfg.guard_empty)
-    else:
-        loss = segmentation.cross_entropy(logits, target)
-    return cfg.ce_lambda * loss
-
-
-class _State(NamedTuple):
-    params: jax.Array      # (align_latents, style_dim): w[0:6]
-    opt_state: object
-    result: jax.Array      # (P, P) int32: labels of the last forward pass
-
-
-def _optimizer(cfg):
-    return optax.adam(cfg.learning_rate)
-
-
-def _inpaint_step(models: Models, state, data, i, cfg):
-    target, keep, key = data
-    g, parser = models.generator, models.parser
-    tail = g.mean_w_plus(1)[0, cfg.align_latents:]
-
-    def loss_fn(head):
-        w_plus = jnp.concatenate([head, tail])[None]
-        image = g.render(w_plus, noise=cfg.noise, key=jax.random.fold_in(key, i))
-        logits = parser.segment_generated(image, parse_size=cfg.parse_size)[0]
-        loss = segmentation_loss(logits, target, keep, cfg.sign, parser.labels, cfg)
-        return loss, jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-    (loss, labels), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = _optimizer(cfg).update(grads, state.opt_state, state.params)
-    return _State(optax.apply_updates(state.params, updates), opt_state, labels), {"loss": loss}
+def round_targets(target, keep, tail, keys, sign: str, bg: int) -> alignment.SegmentationTarget:
+    """The loss of a GAN-inpainting round, per pair (batched):
+    'realistic': CE over the non-background target pixels + CE of background over ~keep;
+    'fidelity': plain CE."""
+    if sign == "fidelity":
+        return jax.vmap(alignment.plain_ce_target)(tail, target, keys)
+    return alignment.SegmentationTarget(tail, target, (target != bg).astype(jnp.float32),
+                                        jnp.logical_not(keep).astype(jnp.float32),
+                                        jnp.ones(target.shape[:1], bool), keys)
 
 
 def _round(models, target, keep, keys, cfg, desc, progress, devices):
     g = models.generator
-    n = target.shape[0]
-    head = g.mean_w_plus(n)[:, :cfg.align_latents]
-    state = _State(head, jax.vmap(_optimizer(cfg).init)(head), jnp.zeros_like(target))
-    state, metrics = optimize.run(_inpaint_step, cfg, models, state, (target, keep, keys), cfg.inpaint_steps,
-                                  chunk=cfg.chunk, desc=desc, progress=progress, devices=devices)
-    return state.result, metrics
+    latent_avg = g.mean_w_plus(target.shape[0])
+    x = round_targets(target, keep, latent_avg, keys, cfg.sign, models.parser.labels.id("background"))
+    _, labels = alignment.fit_segmentation(models, latent_avg[:, :cfg.align_latents], x, cfg.inpaint_steps, cfg,
+                                           desc, progress=progress, devices=devices)
+    return labels
 
 
 @jax.jit
@@ -166,9 +136,9 @@ def gan_inpaint(models: Models, inputs: InpaintInputs, cfg: TransferConfig, *, p
     keys = [jax.vmap(jax.random.fold_in, in_axes=(0, None))(inputs.key, tag) for tag in ROUND_TAGS]
     if cfg.inpaint_steps <= 0:
         return inputs.target
-    generated, _ = _round(models, inputs.target, inputs.keep, keys[0], cfg, "Target mask 1/2", progress, devices)
+    generated = _round(models, inputs.target, inputs.keep, keys[0], cfg, "Target mask 1/2", progress, devices)
     previous, target = _after_round1(inputs, generated, bg)
-    generated, _ = _round(models, target, inputs.keep, keys[1], cfg, "Target mask 2/2", progress, devices)
+    generated = _round(models, target, inputs.keep, keys[1], cfg, "Target mask 2/2", progress, devices)
     return _after_round2(inputs, previous, generated, bg)
 
 

@@ -166,9 +166,12 @@ class Pipeline:
 
     def _parsed_of(self, sources):
         """(labels at parse_size, hair at blend_parse_size) per source, parsed once each."""
-        todo = [s for s in sources if s.name not in self._parsed]
+        todo = list({s.name: s for s in sources if s.name not in self._parsed}.values())
         for batch in _batches(todo, self.batch_size):
             pixels = np.stack([api.fit_to_size(s.load(), self.size, s.path or s.name) for s in batch])
+            # Every batch padded to batch_size (a forward pass): one compilation.
+            pad = self.batch_size - len(batch)
+            pixels = np.concatenate([pixels, np.repeat(pixels[-1:], pad, axis=0)]) if pad > 0 else pixels
             labels, hair = _parse(self.models.parser, jnp.asarray(pixels), self.size, self.cfg.parse_size,
                                   self.cfg.blend_parse_size)
             for s, lab, h in zip(batch, np.asarray(labels), np.asarray(hair)):
@@ -314,6 +317,9 @@ class Pipeline:
         triples = [tuple(s.name for s in t) for t in named]
         embedded = self.embed(list(sources.values()))
         pairs = list(dict.fromkeys(p for f, s, c in triples for p in ((f, s), (f, c))))
+        with self._timed("parsing"):
+            needed = {n for p in pairs for n in p}
+            self._parsed_of([s for name, s in sources.items() if name in needed])
         aligned = self.align_pairs(pairs, sources, embedded)
         return self.blend_triples(triples, sources, embedded, aligned)
 

@@ -61,6 +61,13 @@ class TransferConfig:
                 raise ValueError(f"{name} {value} must divide the generator size {size}")
         return dataclasses.replace(self, parse_size=parse, loss_size=loss, blend_parse_size=blend_parse)
 
+    def step_config(self) -> "TransferConfig":
+        """The fields the optimisation steps read; the rest blanked (optimize.run's compile key:
+        the inpainting rounds and align step 1 share one compiled step whatever the sign)."""
+        return dataclasses.replace(self, sign="realistic", smooth=0, inpaint_steps=0, align_steps1=0, align_steps2=0,
+                                   blend_steps=0, align_more_region=False, blend_smooth=0, blend_parse_size=None,
+                                   seed=0, chunk=None)
+
     def check_resolved(self):
         if None in (self.parse_size, self.loss_size, self.blend_parse_size):
             raise ValueError("TransferConfig sizes unset: call cfg.resolve(generator size) first")

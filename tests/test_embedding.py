@@ -1,4 +1,5 @@
 """W+ and FS embedding on the tiny generator: recovery, batching, sharding, seeds, cache."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -120,10 +121,21 @@ def test_unrolled_chunks_equal_rolled(consts, monkeypatch):
 
 
 def test_chunk_lengths():
-    assert optimize.chunk_lengths(1100, 50) == [50] * 22
-    assert optimize.chunk_lengths(140, 50) == [35] * 4
+    assert optimize.chunk_lengths(1100, 10) == [10] * 110
     assert optimize.chunk_lengths(101, 50) == [50, 50, 1]
-    assert sum(optimize.chunk_lengths(7, 50)) == 7
+    assert optimize.chunk_lengths(3, 4) == [3]
+    assert optimize.chunk_lengths(0, 4) == []
+
+
+def test_idle_steps_of_the_last_chunk_change_nothing(consts):
+    """7 steps in chunks of 4 (one compilation; the second chunk's last step idle) equal 7
+    steps in chunks of 7, and the last live step's metrics are reported."""
+    targets = _targets(consts, _known_w_plus(consts, 1, seed=12))
+    cfg = embedding.EmbedConfig(w_steps=7, lpips_size=32, noise="const")
+    a, metrics_a = embedding.embed_w_plus(consts, targets, dataclasses.replace(cfg, chunk=4), progress=False)
+    b, metrics_b = embedding.embed_w_plus(consts, targets, dataclasses.replace(cfg, chunk=7), progress=False)
+    assert_adam_close(a, b, steps=7)
+    np.testing.assert_allclose(metrics_a["loss"], metrics_b["loss"], rtol=1e-4)
 
 
 def test_sharded_over_four_cpu_devices_equals_unsharded(tmp_path):

@@ -19,12 +19,14 @@ import jax
 import jax.numpy as jnp
 
 
-def _nll(logits, target):
+def nll(logits, target):
+    """-log softmax(logits)[target] per pixel."""
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return -jnp.take_along_axis(log_p, target[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
-def _weighted_mean(values, weights, guard_empty):
+def weighted_mean(values, weights, guard_empty):
+    """sum(values * weights) / sum(weights): PyTorch's weighted mean reduction."""
     total = jnp.sum(weights)
     if guard_empty:
         return jnp.where(total > 0, jnp.sum(values * weights) / jnp.where(total > 0, total, 1.0), 0.0)
@@ -32,14 +34,14 @@ def _weighted_mean(values, weights, guard_empty):
 
 
 def cross_entropy(logits, target):
-    return jnp.mean(_nll(logits, target))
+    return jnp.mean(nll(logits, target))
 
 
 def cross_entropy_without(logits, target, excluded: int, guard_empty: bool = True):
     weights = (target != excluded).astype(jnp.float32)
-    return _weighted_mean(_nll(logits, target), weights, guard_empty)
+    return weighted_mean(nll(logits, target), weights, guard_empty)
 
 
 def cross_entropy_only(logits, other, cls: int, guard_empty: bool = True):
     weights = jnp.logical_not(other).astype(jnp.float32)
-    return _weighted_mean(_nll(logits, jnp.full(other.shape, cls, jnp.int32)), weights, guard_empty)
+    return weighted_mean(nll(logits, jnp.full(other.shape, cls, jnp.int32)), weights, guard_empty)

@@ -279,9 +279,20 @@ class FaceParser:
 
 
 def init(config: BiSeNetConfig, key) -> FaceParser:
-    """Random weights and batch-norm statistics, for tests and benchmarks."""
-    params = BiSeNetNet(config.n_classes).init(key, jnp.zeros((1, 64, 64, 3)))["params"]
-    return FaceParser(params=params, config=config)
+    """Random weights (normal, variance 1 / fan-in) and identity batch-norm statistics, for
+    tests, benchmarks and the embedded default. Drawn with numpy from `key`: no compilation."""
+    shapes = jax.eval_shape(lambda: BiSeNetNet(config.n_classes).init(jax.random.PRNGKey(0),
+                                                                       jnp.zeros((1, 64, 64, 3))))["params"]
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return jnp.asarray(rng.standard_normal(leaf.shape, np.float32) / np.sqrt(fan_in))
+        return jnp.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, jnp.float32)
+
+    return FaceParser(params=jax.tree_util.tree_map_with_path(draw, shapes), config=config)
 
 
 # ----------------------------------------------------------------------------- load
