@@ -23,6 +23,7 @@ are written before their key, each atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -153,16 +154,14 @@ class Pipeline:
         self._parsed: dict[str, tuple] = {}
 
     # ------------------------------------------------------------------ helpers
+    @contextlib.contextmanager
     def _timed(self, stage):
-        pipeline = self
-
-        class _Timer:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                pipeline.timings[stage] = pipeline.timings.get(stage, 0.0) + time.perf_counter() - self.t0
-        return _Timer()
+        """Adds the block's wall time to timings[stage] (the end-of-run table)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
 
     def _parsed_of(self, sources):
         """(labels at parse_size, hair at blend_parse_size) per source, parsed once each."""
