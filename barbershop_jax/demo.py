@@ -76,15 +76,18 @@ def example_images() -> dict:
     return {role: EXAMPLES / f"{role}.png" for role in ("face", "shape", "color")}
 
 
-def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, log=print) -> Path:
+def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, log=print, steps=None,
+                 batch_size: int = 4) -> Path:
     """`barbershop-jax demo`: the whole transfer on the bundled images. Writes the result (the
-    official layout under OUT) and OUT/demo_grid.png: face | shape | colour | result | target mask."""
+    official layout under OUT) and OUT/demo_grid.png: face | shape | colour | result | target mask.
+    `steps`: step-count options (default: DEMO_STEPS for the embedded models, official ones
+    with `weights`)."""
     import numpy as np
 
     from barbershop_jax import resample, target_mask, transfer
 
-    steps = {} if weights else DEMO_STEPS
-    ht = transfer.HairTransfer(weights, out_dir, progress=progress, seed=seed, **steps)
+    steps = ({} if weights else DEMO_STEPS) if steps is None else steps
+    ht = transfer.HairTransfer(weights, out_dir, batch_size=batch_size, progress=progress, seed=seed, **steps)
     size = ht.models.generator.config.size
     images = example_images()
     if not weights:

@@ -8,8 +8,8 @@ from PIL import Image
 from barbershop_jax import cli
 
 
-def test_demo_writes_a_grid(tmp_path, capsys):
-    assert cli.main(["demo", "--out", str(tmp_path), "--n", "4", "--seed", "1"]) == 0
+def test_demo_samples_writes_a_grid(tmp_path, capsys):
+    assert cli.main(["demo", "--samples", "--out", str(tmp_path), "--n", "4", "--seed", "1"]) == 0
     image = np.asarray(Image.open(tmp_path / "samples.png"))
     assert image.shape == (128, 128, 3)
     assert image.std() > 10  # not blank
@@ -17,16 +17,16 @@ def test_demo_writes_a_grid(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["samples.png"]  # no temporary left
 
 
-def test_demo_is_reproducible(tmp_path):
+def test_demo_samples_are_reproducible(tmp_path):
     for name in ("a", "b"):
-        assert cli.main(["demo", "--out", str(tmp_path / name), "--n", "2", "--seed", "5"]) == 0
+        assert cli.main(["demo", "--samples", "--out", str(tmp_path / name), "--n", "2", "--seed", "5"]) == 0
     a, b = (np.asarray(Image.open(tmp_path / n / "samples.png")) for n in ("a", "b"))
     np.testing.assert_array_equal(a, b)
 
 
 def test_console_script_runs(tmp_path):
     exe = [sys.executable, "-m", "barbershop_jax.cli"]
-    done = subprocess.run(exe + ["demo", "--out", str(tmp_path), "--n", "1"], capture_output=True, text=True)
+    done = subprocess.run(exe + ["demo", "--samples", "--out", str(tmp_path), "--n", "1"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     bad = subprocess.run(exe + ["demo", "--weights", str(tmp_path / "none")], capture_output=True, text=True)
     assert bad.returncode == 1

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from barbershop_jax import blending, cli, demo, image_io, optimize, transfer
 from barbershop_jax.losses import p_norm
@@ -207,3 +208,14 @@ def test_options_are_routed_and_unknown_ones_refused():
     assert embed == {"w_steps": 5, "seed": 3} and tr == {"blend_steps": 7, "seed": 3}
     with pytest.raises(TypeError, match="colour_steps"):
         transfer.split_options({"colour_steps": 1})
+
+
+def test_demo_runs_the_whole_transfer(models, tmp_path, monkeypatch, capsys):
+    """The README's main command, on the fixture's models (the embedded ones compile longer)."""
+    monkeypatch.setattr(transfer, "load_models", lambda weights=None: models)
+    grid = demo.run_transfer(tmp_path, steps=STEPS, progress=False, batch_size=1)  # compiled by earlier tests
+    assert np.asarray(Image.open(grid)).shape == (128, 5 * 128, 3)  # face | shape | colour | result | mask
+    assert (tmp_path / "face_shape_color_realistic.png").is_file()
+    out = capsys.readouterr().out
+    assert "RANDOM weights" in out and "no real hairstyle" in out
+    assert "barbershop-jax transfer --face FACE.png --shape SHAPE.png --color COLOR.png --weights" in out
