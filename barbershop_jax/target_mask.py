@@ -142,11 +142,6 @@ def gan_inpaint(models: Models, inputs: InpaintInputs, cfg: TransferConfig, *, p
     return _after_round2(inputs, previous, generated, bg)
 
 
-def hair_of(target, labels: LabelMap):
-    """The target's hair mask (B, P, P) float."""
-    return (target == labels.id("hair")).astype(jnp.float32)
-
-
 # Colours of the official visualisation (utils/seg_utils.py vis_seg), by 16-class label id.
 VIS_COLOURS_16 = np.array([
     [0, 0, 0], [102, 204, 255], [255, 204, 255], [255, 255, 153], [255, 255, 153], [255, 255, 102],
