@@ -99,8 +99,12 @@ def _transfer(args):
         raise ValueError("give --face, --shape and --color (or --pairs triples.csv)")
     options = {k: getattr(args, k) for k in ("sign", "smooth", "seed", "noise", *(n for n, _ in TRANSFER_STEPS))
                if getattr(args, k) is not None}
+    if not triples:
+        raise ValueError(f"{args.pairs}: no triples (one row per transfer after the header)")
     good, failures = transfer.check_triples(triples)  # before loading any model
     if not good:
+        if args.pairs:
+            transfer.write_failures(args.out, failures)
         raise ImageError("; ".join(f"{msg}" for _, msg in failures[:3]))
     ht = transfer.HairTransfer(args.weights, args.out, batch_size=args.batch_size, progress=not args.quiet, **options)
     results = ht.transfer_many(good)

@@ -196,11 +196,18 @@ def test_cli_single_bad_input_is_one_line(tmp_path, capsys):
     assert rc == 1 and len(err) == 1 and err[0].startswith("barbershop-jax: error: ") and "nope.png" in err[0]
 
 
-def test_cli_manifest_needs_its_columns(tmp_path, capsys):
+def test_cli_manifest_needs_its_columns_and_rows(tmp_path, capsys):
     manifest = tmp_path / "t.csv"
     manifest.write_text("face,shape\na.png,b.png\n")
     rc = cli.main(["transfer", "--pairs", str(manifest), "--out", str(tmp_path / "o")])
     assert rc == 1 and "missing column(s) color" in capsys.readouterr().err
+    manifest.write_text("face,shape,color\n")
+    rc = cli.main(["transfer", "--pairs", str(manifest), "--out", str(tmp_path / "o")])
+    assert rc == 1 and "no triples" in capsys.readouterr().err
+    manifest.write_text("face,shape,color\na.png,b.png,c.png\n")  # every row bad: still listed
+    rc = cli.main(["transfer", "--pairs", str(manifest), "--out", str(tmp_path / "o")])
+    assert rc == 1 and "a.png: no such file" in capsys.readouterr().err
+    assert (tmp_path / "o" / "failures.csv").read_text().count("no such file") == 1
 
 
 def test_options_are_routed_and_unknown_ones_refused():
