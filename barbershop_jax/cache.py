@@ -67,6 +67,35 @@ def save_json(path: Path, data: dict):
     atomic_write(path, lambda f: f.write((json.dumps(data, indent=1, sort_keys=True) + "\n").encode()))
 
 
+def key_matches(path: Path, key: str) -> bool:
+    """Whether the JSON beside `path` records `key` (a missing or damaged JSON: no)."""
+    try:
+        return json.loads(Path(path).with_suffix(".json").read_text()).get("key") == key
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_latents_npz(path: Path, latent_shape, f_shape_nhwc):
+    """An official FS/Align/Blend npz as (latent_in (n_latent, d), F (r, r, C) NHWC), or None
+    when it does not load, has other shapes or holds a non-finite value."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            latent_in, latent_f = z["latent_in"], z["latent_F"]
+    except (OSError, ValueError, KeyError):
+        return None
+    r, _, c = f_shape_nhwc
+    if latent_in.shape != (1, *latent_shape) or latent_f.shape != (1, c, r, r):
+        return None
+    if not (np.all(np.isfinite(latent_in)) and np.all(np.isfinite(latent_f))):
+        return None
+    return latent_in[0], latent_f[0].transpose(1, 2, 0)
+
+
+def save_latents_npz(path: Path, latent_in, structure_f):
+    """Write (latent_in (n_latent, d), F (r, r, C) NHWC) in the official npz form (NCHW F)."""
+    save_npz(path, latent_in=np.asarray(latent_in)[None], latent_F=np.asarray(structure_f).transpose(2, 0, 1)[None])
+
+
 @dataclasses.dataclass
 class EmbeddingCache:
     """Lookup and storage of W+ and FS codes under `root`, for one set of weights."""
@@ -87,7 +116,7 @@ class EmbeddingCache:
     def get_w_plus(self, name, image_hash, cfg, shape):
         """The cached W+ (n_latent, style_dim) or None."""
         path = self.root / W_DIR / f"{name}.npy"
-        if not self._key_matches(path, self.w_key(image_hash, cfg)):
+        if not key_matches(path, self.w_key(image_hash, cfg)):
             return None
         try:
             w = np.load(path, allow_pickle=False)
@@ -107,25 +136,14 @@ class EmbeddingCache:
     def get_fs(self, name, image_hash, cfg, latent_shape, f_shape_nhwc):
         """The cached (latent_in (n_latent, d), structure_f (r, r, C) NHWC) or None."""
         path = self.root / FS_DIR / f"{name}.npz"
-        if not self._key_matches(path, self.fs_key(image_hash, cfg)):
+        if not key_matches(path, self.fs_key(image_hash, cfg)):
             return None
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                latent_in, latent_f = z["latent_in"], z["latent_F"]
-        except (OSError, ValueError, KeyError):
-            return None
-        r, _, c = f_shape_nhwc
-        if latent_in.shape != (1, *latent_shape) or latent_f.shape != (1, c, r, r):
-            return None
-        if not (np.all(np.isfinite(latent_in)) and np.all(np.isfinite(latent_f))):
-            return None
-        return latent_in[0], latent_f[0].transpose(1, 2, 0)
+        return read_latents_npz(path, latent_shape, f_shape_nhwc)
 
     def put_fs(self, name, image_hash, cfg, latent_in, structure_f, image_png=None, extra=None):
         path = self.root / FS_DIR / f"{name}.npz"
         self._start(path)
-        save_npz(path, latent_in=np.asarray(latent_in)[None],
-                 latent_F=np.asarray(structure_f).transpose(2, 0, 1)[None])  # official NCHW
+        save_latents_npz(path, latent_in, structure_f)
         self._finish(path, self.fs_key(image_hash, cfg), name, image_hash, image_png, extra)
 
     # --- import
@@ -158,12 +176,6 @@ class EmbeddingCache:
     def _start(path: Path):
         """Drop the old key first: arrays half-replaced must never sit beside a valid key."""
         path.with_suffix(".json").unlink(missing_ok=True)
-
-    def _key_matches(self, path: Path, key: str) -> bool:
-        try:
-            return json.loads(path.with_suffix(".json").read_text()).get("key") == key
-        except (OSError, ValueError, AttributeError):
-            return False
 
     def _finish(self, path: Path, key, name, image_hash, image_png, extra=None):
         if image_png is not None:

@@ -82,27 +82,6 @@ def _stage_key(kind, hashes, weights, embed_cfg, cfg, fields) -> str:
                                "embedding": embed_settings, "settings": settings}, sort_keys=True))
 
 
-def _key_matches(npz: Path, key: str) -> bool:
-    try:
-        return json.loads(npz.with_suffix(".json").read_text()).get("key") == key
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _read_npz(path: Path, latent_shape, f_shape_nhwc):
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            latent_in, latent_f = z["latent_in"], z["latent_F"]
-    except (OSError, ValueError, KeyError):
-        return None
-    r, _, c = f_shape_nhwc
-    if latent_in.shape != (1, *latent_shape) or latent_f.shape != (1, c, r, r):
-        return None
-    if not (np.all(np.isfinite(latent_in)) and np.all(np.isfinite(latent_f))):
-        return None
-    return latent_in[0], latent_f[0].transpose(1, 2, 0)
-
-
 def _save_labels(path: Path, labels):
     image_io.atomic_write(path, lambda f: Image.fromarray(np.asarray(labels, np.uint8), "L").save(f, format="PNG"))
 
@@ -199,7 +178,7 @@ class Pipeline:
             key = _stage_key("Align", (sources[face].image_hash, sources[ref].image_hash), self.weights,
                              self.embed_cfg, self.cfg, ALIGN_FIELDS)
             npz, labels_png = self._align_paths(face, ref)
-            hit = _read_npz(npz, self.latent_shape, self.f_shape) if _key_matches(npz, key) else None
+            hit = cache_lib.read_latents_npz(npz, self.latent_shape, self.f_shape) if cache_lib.key_matches(npz, key) else None
             labels = _read_labels(labels_png, self.cfg.parse_size) if hit is not None else None
             if labels is not None:
                 out[(face, ref)] = _Aligned(labels, hit[1])
@@ -237,8 +216,7 @@ class Pipeline:
             npz.with_suffix(".json").unlink(missing_ok=True)
             image_io.save_png(self.out / f"vis_mask_{face}_{ref}_{cfg.sign}.png", target_mask.colourise(target[i]))
             _save_labels(labels_png, target[i])
-            cache_lib.save_npz(npz, latent_in=embedded[face].latent_in[None],
-                               latent_F=structure_f[i].transpose(2, 0, 1)[None])
+            cache_lib.save_latents_npz(npz, embedded[face].latent_in, structure_f[i])
             image_io.save_png(npz.with_suffix(".png"), images[i])
             cache_lib.save_json(npz.with_suffix(".json"), {"key": key, "face": face, "reference": ref,
                                                            "weights": self.weights})
@@ -263,7 +241,7 @@ class Pipeline:
         return [results[t] for t in triples]
 
     def _cached_blend(self, t, key, npz, aligned):
-        hit = _read_npz(npz, self.latent_shape, self.f_shape) if _key_matches(npz, key) else None
+        hit = cache_lib.read_latents_npz(npz, self.latent_shape, self.f_shape) if cache_lib.key_matches(npz, key) else None
         path = self.out / f"{'_'.join(t)}_{self.cfg.sign}.png"
         if hit is None or not path.is_file():
             return None
@@ -298,7 +276,7 @@ class Pipeline:
         for i, (t, key, npz) in enumerate(batch):
             face, shape, color = t
             npz.with_suffix(".json").unlink(missing_ok=True)
-            cache_lib.save_npz(npz, latent_in=latent_in[i][None], latent_F=structure_f[i].transpose(2, 0, 1)[None])
+            cache_lib.save_latents_npz(npz, latent_in[i], structure_f[i])
             image_io.save_png(npz.with_suffix(".png"), images[i])
             path = image_io.save_png(self.out / f"{face}_{shape}_{color}_{cfg.sign}.png", images[i])
             cache_lib.save_json(npz.with_suffix(".json"), {"key": key, "face": face, "shape": shape, "color": color,
@@ -408,25 +386,26 @@ class HairTransfer:
 
 def check_triples(triples):
     """Split triples into those whose images all read and those that do not (batch mode goes
-    on without the latter). Returns (good triples, [(triple, one-line reason)])."""
-    good, failures, verdict = [], [], {}
+    on without the latter). Returns (good triples, [(triple, one-line reason)]); in the good
+    ones every file is an api.ImageSource, read and hashed here once (its pixels are not kept)."""
+    good, failures, checked = [], [], {}
     for t in triples:
-        reason = None
+        reason, sources = None, []
         for image in t:
-            if not isinstance(image, (str, Path)):
-                continue
-            key = str(image)
-            if key not in verdict:
-                try:
-                    api.as_source(image)
-                    verdict[key] = None
-                except image_io.ImageError as e:
-                    verdict[key] = str(e)
-            reason = reason or verdict[key]
+            if isinstance(image, (str, Path)):
+                if str(image) not in checked:
+                    try:
+                        checked[str(image)] = api.as_source(image)
+                    except image_io.ImageError as e:
+                        checked[str(image)] = str(e)
+                image = checked[str(image)]
+                if isinstance(image, str):
+                    reason = reason or image
+            sources.append(image)
         if reason:
             failures.append((t, reason))
         else:
-            good.append(t)
+            good.append(tuple(sources))
     return good, failures
 
 
