@@ -83,14 +83,16 @@ def bench_jax(consts, stage, batch, steps, reps, lpips_size):
     state = jax.tree.map(jnp.copy, state)
     t = time.perf_counter()
     unroll = steps if optimize.loop_defaults()[1] else 1  # as optimize.run runs it on this backend
-    lowered = optimize._run_chunk.lower(consts, state, data, jnp.int32(0), step=step, cfg=cfg, length=steps,
-                                        unroll=unroll)
+    # As optimize.run calls it: a step budget never reached (no idle steps), the step's config key.
+    never = jnp.int32(2**31 - 1)
+    lowered = optimize._run_chunk.lower(consts, state, data, jnp.int32(0), never, step=step,
+                                        cfg=cfg.step_config(), length=steps, unroll=unroll)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t
     times = []
     for r in range(reps + 1):
         t = time.perf_counter()
-        state, metrics = compiled(consts, state, data, jnp.int32(r * steps))
+        state, metrics = compiled(consts, state, data, jnp.int32(r * steps), never)
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - t)
     ms = statistics.median(times[1:]) * 1e3 / steps  # first call is the warm-up
