@@ -85,6 +85,42 @@ def _read_triples(csv_path):
     return [tuple(resolve(row[k] or "") for k in ("face", "shape", "color")) for row in rows]
 
 
+def _aligner(args, size):
+    from barbershop_jax import face_crop
+    from barbershop_jax.landmarks import Landmarks
+    return face_crop.Aligner(size=size, landmarks=Landmarks(args.landmarks, args.dlib_model),
+                             face_index=args.face_index, min_face=args.min_face, exif=not args.no_exif)
+
+
+def _align_faces(args):
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from barbershop_jax import face_crop, transfer
+    from barbershop_jax.image_io import ImageError
+    from barbershop_jax.landmarks import LandmarkError, LandmarkModelError
+
+    aligner = _aligner(args, args.size)
+    photos = _image_paths(args.photos)
+    crops, failures = [], []
+    for photo in tqdm(photos, desc="align faces", unit="photo", disable=args.quiet or len(photos) < 2):
+        try:
+            crops += aligner.align(photo, args.out)
+        except LandmarkModelError:
+            raise
+        except (face_crop.FaceCropError, LandmarkError, ImageError) as e:
+            failures.append(((photo,), str(e)))
+            print(f"barbershop-jax: error: {e}", file=sys.stderr)
+    print(f"{len(crops)} face crop(s) of {args.size} px from {len(photos) - len(failures)} photo(s) in {args.out} "
+          "(each with its transform, {name}.crop.json)")
+    if failures:
+        path = transfer.write_failures(Path(args.out), failures, columns=("photo",))
+        print(f"{len(failures)} of {len(photos)} photo(s) failed; see {path}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _transfer(args):
     from barbershop_jax import transfer
     from barbershop_jax.image_io import ImageError
@@ -101,17 +137,36 @@ def _transfer(args):
                if getattr(args, k) is not None}
     if not triples:
         raise ValueError(f"{args.pairs}: no triples (one row per transfer after the header)")
+    n_triples = len(triples)
+    if args.paste_back and not args.align:
+        from barbershop_jax import face_crop
+        for t in triples:  # before loading any model
+            face_crop.read_transform(t[0])
+    ht, align_failures = None, []
+    if args.align:  # the crops are cut at the generator's size: load the models first
+        from pathlib import Path
+        ht = transfer.HairTransfer(args.weights, args.out, batch_size=args.batch_size, progress=not args.quiet,
+                                   **options)
+        triples, align_failures = transfer.align_inputs(
+            triples, Path(args.out) / "aligned", _aligner(args, ht.models.generator.config.size),
+            roles=(0,) if args.align == "face" else (0, 1, 2))
     good, failures = transfer.check_triples(triples)  # before loading any model
+    failures = align_failures + failures
     if not good:
         if args.pairs:
             transfer.write_failures(args.out, failures)
         raise ImageError("; ".join(f"{msg}" for _, msg in failures[:3]))
-    ht = transfer.HairTransfer(args.weights, args.out, batch_size=args.batch_size, progress=not args.quiet, **options)
-    results = ht.transfer_many(good)
+    if ht is None:
+        ht = transfer.HairTransfer(args.weights, args.out, batch_size=args.batch_size, progress=not args.quiet,
+                                   **options)
+    results = ht.transfer_many(good, paste_back=args.paste_back, feather=args.feather)
     print(transfer.summary(results, ht.timings))
+    if args.paste_back:
+        for r in results:
+            print(f"{r.face}: pasted into its photo: {r.pasted_path}")
     if failures:
         path = transfer.write_failures(args.out, failures)
-        print(f"{len(failures)} of {len(triples)} triple(s) failed; see {path}", file=sys.stderr)
+        print(f"{len(failures)} of {n_triples} triple(s) failed; see {path}", file=sys.stderr)
         for _, msg in failures:
             print(f"barbershop-jax: error: {msg}", file=sys.stderr)
         return 1
@@ -185,6 +240,19 @@ def _add_convert(sub):
     p.set_defaults(func=_convert_vgg16)
 
 
+def _add_landmark_flags(p):
+    p.add_argument("--landmarks", metavar="JSON", help="landmarks as JSON: {photo name: 68 or 5 [x, y] points, or a "
+                                                      "list of faces} (default: {stem}.landmarks.json beside each "
+                                                      "photo, else dlib)")
+    p.add_argument("--dlib-model", metavar="DAT", help="dlib's shape_predictor_68_face_landmarks.dat (default: "
+                                                      "$BARBERSHOP_DLIB_MODEL)")
+    p.add_argument("--face-index", type=int, help="which face of a photo with several (default: all for "
+                                                  "align-faces; an error for transfer --align)")
+    p.add_argument("--min-face", type=float, default=64, help="refuse faces whose crop square is smaller than "
+                                                              "this many photo pixels (default 64)")
+    p.add_argument("--no-exif", action="store_true", help="ignore EXIF orientation (as the official does)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="barbershop-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,8 +285,27 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=4, help="images, pairs or triples optimised together (default 4)")
     for name, text in TRANSFER_STEPS:
         tr.add_argument("--" + name.replace("_", "-"), type=int, help=text)
+    tr.add_argument("--align", nargs="?", const="all", choices=["all", "face"],
+                    help="the inputs are ordinary photos: cut their FFHQ crops first, into OUT/aligned/ (all three, "
+                         "or only the face with --align face)")
+    tr.add_argument("--paste-back", action="store_true",
+                    help="also paste each result into the face's photo (OUT/..._pasted.png); the face must come from "
+                         "--align or align-faces")
+    tr.add_argument("--feather", type=float, default=0.025,
+                    help="paste-back: soft edge of the mask, as a fraction of the image side (default 0.025)")
+    _add_landmark_flags(tr)
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=_transfer)
+
+    al = sub.add_parser("align-faces", help="FFHQ-aligned crops of the faces in ordinary photos (the official "
+                                            "align_face.py), each with its transform for paste-back")
+    al.add_argument("photos", nargs="+", help="photo files or folders of photos")
+    al.add_argument("--out", required=True, help="output folder: {stem}.png (or {stem}_{i}.png for several faces) "
+                                                 "and {stem}.crop.json")
+    al.add_argument("--size", type=int, default=1024, help="crop size (official: 1024)")
+    _add_landmark_flags(al)
+    al.add_argument("--quiet", action="store_true", help="no progress bar")
+    al.set_defaults(func=_align_faces)
 
     embed = sub.add_parser("embed", help="embed images in W+ and FS (cached: nothing is embedded twice)")
     embed.add_argument("images", nargs="+", help="image files or folders of images")

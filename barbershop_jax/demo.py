@@ -67,24 +67,28 @@ EXAMPLES = Path(__file__).parent / "data" / "examples"
 # that it runs in a few minutes on 2 CPU cores. With --weights the official counts apply.
 DEMO_STEPS = {"w_steps": 100, "fs_steps": 25, "inpaint_steps": 8, "align_steps1": 14, "align_steps2": 10,
               "blend_steps": 40}
-OFFICIAL_COMMAND = ("barbershop-jax transfer --face FACE.png --shape SHAPE.png --color COLOR.png "
-                    "--weights WEIGHTS_DIR --out OUT_DIR")
+OFFICIAL_COMMAND = ("barbershop-jax transfer --align --paste-back --face PHOTO.jpg --shape SHAPE.jpg "
+                    "--color COLOR.jpg --weights WEIGHTS_DIR --out OUT_DIR")
 
 
 def example_images() -> dict:
-    """The bundled example images: {'face': path, 'shape': path, 'color': path}."""
-    return {role: EXAMPLES / f"{role}.png" for role in ("face", "shape", "color")}
+    """The bundled example images: {'photo', 'face', 'shape', 'color': path}. The photo is an
+    ordinary (not aligned) photo, with its landmarks in photo.landmarks.json beside it."""
+    return {"photo": EXAMPLES / "photo.jpg", **{role: EXAMPLES / f"{role}.png" for role in ("face", "shape", "color")}}
 
 
 def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, log=print, steps=None,
                  batch_size: int = 4) -> Path:
-    """`barbershop-jax demo`: the whole transfer on the bundled images. Writes the result (the
-    official layout under OUT) and OUT/demo_grid.png: face | shape | colour | result | target mask.
+    """`barbershop-jax demo`: the whole way on the bundled images: the ordinary photo is
+    aligned (FFHQ crop), given the hair of the shape and colour references, and the result is
+    pasted back into the photo. Writes the results (the official layout under OUT, the crop in
+    OUT/aligned/, the photo with the result in it as ..._pasted.png) and OUT/demo_grid.png:
+    photo | face crop | shape | colour | result | target mask | result pasted into the photo.
     `steps`: step-count options (default: DEMO_STEPS for the embedded models, official ones
     with `weights`)."""
     import numpy as np
 
-    from barbershop_jax import resample, target_mask, transfer
+    from barbershop_jax import face_crop, resample, target_mask, transfer
 
     steps = ({} if weights else DEMO_STEPS) if steps is None else steps
     ht = transfer.HairTransfer(weights, out_dir, batch_size=batch_size, progress=progress, seed=seed, **steps)
@@ -94,17 +98,21 @@ def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, lo
         log(f"barbershop-jax demo: the embedded {size} px models with fixed RANDOM weights and reduced step counts "
             f"({', '.join(f'{k} {v}' for k, v in steps.items())}).\nThey exercise the whole pipeline; random "
             "weights give no real hairstyle.")
-    # The examples are 128 px: fit them to the generator once, here, rather than warn per stage.
-    inputs = [resample.lanczos_resize(image_io.load_rgb(images[r]), size) for r in ("face", "shape", "color")]
-    names = [api_source(x, r) for x, r in zip(inputs, ("face", "shape", "color"))]
-    result = ht.transfer(*names)
+    face = face_crop.Aligner(size=size).align_one(images["photo"], Path(out_dir) / "aligned")
+    log(f"aligned {images['photo'].name} (landmarks from {images['photo'].stem}.landmarks.json) -> {face.crop_path}")
+    # The references are 128 px crops: fit them to the generator once, here, rather than warn per stage.
+    refs = [resample.lanczos_resize(image_io.load_rgb(images[r]), size) for r in ("shape", "color")]
+    result = ht.transfer(face.crop_path, api_source(refs[0], "shape"), api_source(refs[1], "color"), paste_back=True)
     show = 128
-    tiles = [resample.lanczos_resize(x, show) for x in inputs] + [resample.lanczos_resize(result.image, show)]
+    photo = image_io.load_rgb(images["photo"])
+    tiles = [resample.lanczos_resize(x, show) for x in (photo, face.crop, *refs, result.image)]
     mask = target_mask.colourise(result.target_labels)
     tiles.append(np.asarray(resample.nearest_resize(mask[None], show)[0]))
+    tiles.append(resample.lanczos_resize(result.pasted, show))
     grid_path = image_io.save_png(Path(out_dir) / "demo_grid.png", image_io.grid(np.stack(tiles), len(tiles)))
     log(transfer.summary([result], ht.timings))
-    log(f"wrote {result.path} and {grid_path} (face | shape | colour | result | target mask)")
+    log(f"wrote {result.path}, {result.pasted_path} and {grid_path}\n(photo | face crop | shape | colour | result | "
+        "target mask | result pasted into the photo)")
     if not weights:
         log("For a real transfer, convert the official weights (README, 'Real weights') and run:\n  "
             + OFFICIAL_COMMAND)

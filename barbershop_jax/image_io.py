@@ -6,23 +6,47 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 
 class ImageError(ValueError):
     """An input image that cannot be used; the message names the file."""
 
 
-def load_rgb(path) -> np.ndarray:
-    """Read an image file as uint8 RGB (H, W, 3), as the official `Image.open(p).convert('RGB')`."""
+def load_rgb(path, *, exif: bool = False) -> np.ndarray:
+    """Read an image file as uint8 RGB (H, W, 3), as the official `Image.open(p).convert('RGB')`
+    does for 8-bit images (alpha is dropped). 16-bit and float images are scaled to 8 bits
+    rather than clipped; `exif`: turn the image upright by its EXIF orientation (photos; the
+    official ignores it, so it is off for the transfer's inputs)."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+            if exif:
+                im = ImageOps.exif_transpose(im)
+            pixels = _rgb_of(im)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageError(f"{path}: not a readable image ({e})") from None
+    if pixels.size == 0:
+        raise ImageError(f"{path}: the image is empty ({pixels.shape[1]}x{pixels.shape[0]})")
+    return pixels
+
+
+def _rgb_of(im: Image.Image) -> np.ndarray:
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        # Pillow's convert('RGB') clips these at 255: scale them instead.
+        values = np.asarray(im, np.float64)
+        peak = values.max(initial=0)
+        if im.mode.startswith("I;16"):
+            top = 65535.0
+        elif im.mode == "F" and peak <= 1.0:
+            top = 1.0
+        else:  # 32-bit integers or floats: 8-bit values, or 16-bit ones when they exceed 255
+            top = 255.0 if peak <= 255 else 65535.0
+        grey = np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"))
 
 
 def as_rgb_array(image) -> np.ndarray:

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from barbershop_jax import alignment, api, blending, embedding, image_io, optimize, resample, target_mask
+from barbershop_jax import alignment, api, blending, embedding, face_crop, image_io, optimize, resample, target_mask
 from barbershop_jax import cache as cache_lib
 from barbershop_jax.transfer_config import Models, TransferConfig
 
@@ -48,6 +48,7 @@ ALIGN_FIELDS = ("sign", "smooth", "learning_rate", "ce_lambda", "style_lambda", 
                 "noise", "seed")
 BLEND_FIELDS = ("learning_rate", "face_lambda", "hair_lambda", "blend_steps", "blend_smooth", "blend_parse_size",
                 "parse_size", "loss_size", "guard_empty", "noise", "seed")
+FEATHER = 0.025  # paste-back: the mask's soft edge, as a fraction of the result's side (25 px at 1024)
 
 
 @dataclasses.dataclass
@@ -63,6 +64,8 @@ class TransferResult:
     face_mask: np.ndarray | None  # (L, L): the blend's face region (None when read from the cache)
     hair_mask: np.ndarray | None  # (L, L): the blend's colour-hair region (likewise)
     path: Path                  # the result PNG
+    pasted: np.ndarray | None = None    # with paste-back: the face's photo with the result in it
+    pasted_path: Path | None = None     # ... and its PNG
 
 
 @dataclasses.dataclass
@@ -131,6 +134,7 @@ class Pipeline:
         self.f_shape = (32, 32, g.channels(32))
         self.timings: dict[str, float] = {}
         self._parsed: dict[str, tuple] = {}
+        self.sources: dict[str, api.ImageSource] = {}  # every input of `run`, by name
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
@@ -286,11 +290,33 @@ class Pipeline:
                                     path)
         return out
 
+    def paste_back(self, results: list[TransferResult], feather: float = FEATHER) -> list[TransferResult]:
+        """Each result pasted into the photo its face crop was cut from (face_crop.paste_back),
+        over the union of the old and new hair with the face, feathered by `feather` times the
+        result's side. Writes {face}_{shape}_{color}_{sign}_pasted.png."""
+        label_map = self.models.parser.labels
+        with self._timed("paste-back"):
+            after = self._parsed_of([api.as_source(r.image, name=f"result:{r.path.name}") for r in results])
+            out = []
+            for r, (labels_after, _) in zip(results, after):
+                face = self.sources[r.face]
+                transform = face_crop.read_transform(face.path)
+                photo = face_crop.load_source_photo(transform, what=str(face.path))
+                region = face_crop.edited_region(label_map, self._parsed[r.face][0], labels_after)
+                res = r.image.shape[0]
+                region = np.asarray(resample.nearest_resize(jnp.asarray(region[None], jnp.float32), res)[0]) > 0
+                alpha = face_crop.feathered_alpha(region, feather * res)
+                pasted = face_crop.paste_back(photo, r.image, transform, alpha)
+                path = image_io.save_png(r.path.with_name(r.path.stem + "_pasted.png"), pasted)
+                out.append(dataclasses.replace(r, pasted=pasted, pasted_path=path))
+        return out
+
     # ------------------------------------------------------------------ all
     def run(self, triples) -> list[TransferResult]:
         """triples: [(face, shape, color)] of paths, PIL images, arrays or api.ImageSource."""
         named = [tuple(api.as_source(x) for x in t) for t in triples]
         sources = {s.name: s for s in api.identify([s for t in named for s in t])}
+        self.sources.update(sources)
         triples = [tuple(s.name for s in t) for t in named]
         embedded = self.embed(list(sources.values()))
         pairs = list(dict.fromkeys(p for f, s, c in triples for p in ((f, s), (f, c))))
@@ -372,16 +398,73 @@ class HairTransfer:
                         TransferConfig(**overrides), batch_size=self.batch_size, progress=self.progress,
                         devices=self.devices)
 
-    def transfer_many(self, triples, **options) -> list[TransferResult]:
-        """Transfer every (face, shape, color) triple; batched, cached, in input order."""
+    def transfer_many(self, triples, *, align=None, paste_back: bool = False, feather: float = FEATHER,
+                      **options) -> list[TransferResult]:
+        """Transfer every (face, shape, color) triple; batched, cached, in input order.
+
+        align: ordinary photos in, FFHQ crops made first (face_crop.Aligner; True for the
+        default one, landmarks from a sidecar JSON or dlib); the crops go to OUT/aligned/.
+        paste_back: each result is also pasted into the face's photo (the face must be a
+        file whose crop transform {stem}.crop.json lies beside it, as align writes it)."""
+        triples = list(triples)
+        if align:
+            aligner = align if isinstance(align, face_crop.Aligner) else face_crop.Aligner()
+            triples, failures = align_inputs(triples, self.out_dir / "aligned",
+                                             dataclasses.replace(aligner, size=self.models.generator.config.size))
+            if failures:
+                raise failures[0][1]
+        if paste_back:
+            for t in triples:  # before any optimisation: a face without a transform fails now
+                face = t[0].path if isinstance(t[0], api.ImageSource) else t[0]
+                if not isinstance(face, (str, Path)):
+                    raise face_crop.FaceCropError("paste-back needs the face as a file with its crop transform "
+                                                  "(from align-faces), not an in-memory image")
+                face_crop.read_transform(face)
         pipeline = self.pipeline(**options)
-        results = pipeline.run(list(triples))
-        self.timings = pipeline.timings
+        try:
+            results = pipeline.run(triples)
+            if paste_back:
+                results = pipeline.paste_back(results, feather)
+        finally:
+            self.timings = pipeline.timings
         return results
 
     def transfer(self, face, shape, color, **options) -> TransferResult:
-        """One triple: the face with the hair shape of `shape` and the hair colour of `color`."""
+        """One triple: the face with the hair shape of `shape` and the hair colour of `color`.
+        Takes transfer_many's align, paste_back and feather too."""
         return self.transfer_many([(face, shape, color)], **options)[0]
+
+
+def align_inputs(triples, out_dir, aligner: face_crop.Aligner, roles=(0, 1, 2)):
+    """Replace the images at `roles` (0 face, 1 shape, 2 colour) of each triple by their FFHQ
+    crops, each distinct photo aligned once. Returns (triples, [(triple, error)]): a triple
+    whose photo has no usable face fails alone."""
+    from barbershop_jax.landmarks import LandmarkError, LandmarkModelError
+
+    crops, good, failures = {}, [], []
+    for t in triples:
+        new, error = list(t), None
+        for i in roles:
+            photo = t[i].path if isinstance(t[i], api.ImageSource) else t[i]
+            if not isinstance(photo, (str, Path)):
+                error = error or face_crop.FaceCropError("alignment needs image files, not in-memory images")
+                continue
+            if str(photo) not in crops:
+                try:
+                    crops[str(photo)] = aligner.align_one(photo, out_dir).crop_path
+                except LandmarkModelError:
+                    raise  # no photo can succeed: stop here
+                except (face_crop.FaceCropError, LandmarkError, image_io.ImageError) as e:
+                    crops[str(photo)] = e
+            if isinstance(crops[str(photo)], Exception):
+                error = error or crops[str(photo)]
+            else:
+                new[i] = crops[str(photo)]
+        if error is not None:
+            failures.append((t, error))
+        else:
+            good.append(tuple(new))
+    return good, failures
 
 
 def check_triples(triples):
@@ -409,15 +492,15 @@ def check_triples(triples):
     return good, failures
 
 
-def write_failures(out_dir, failures) -> Path:
-    """OUT/failures.csv: face, shape, color, error."""
+def write_failures(out_dir, failures, columns=("face", "shape", "color")) -> Path:
+    """OUT/failures.csv: the columns of each failed item, then the error."""
     import csv
     import io
 
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["face", "shape", "color", "error"])
-    for t, reason in failures:
-        writer.writerow([*(str(x) for x in t), reason])
+    writer.writerow([*columns, "error"])
+    for item, reason in failures:
+        writer.writerow([*(str(x) for x in item), str(reason)])
     path = Path(out_dir) / "failures.csv"
     return image_io.atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
