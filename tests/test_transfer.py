@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from barbershop_jax import blending, cli, demo, image_io, optimize, transfer
+from barbershop_jax import blending, cli, demo, image_io, landmarks, optimize, transfer
 from barbershop_jax.losses import p_norm
 from barbershop_jax.models import bisenet, vgg16
 from barbershop_jax.transfer_config import Models, TransferConfig
@@ -218,11 +218,52 @@ def test_options_are_routed_and_unknown_ones_refused():
 
 
 def test_demo_runs_the_whole_transfer(models, tmp_path, monkeypatch, capsys):
-    """The README's main command, on the fixture's models (the embedded ones compile longer)."""
+    """The README's main command, on the fixture's models (the embedded ones compile longer):
+    the bundled photo is aligned, transferred and pasted back."""
     monkeypatch.setattr(transfer, "load_models", lambda weights=None: models)
     grid = demo.run_transfer(tmp_path, steps=STEPS, progress=False, batch_size=1)  # compiled by earlier tests
-    assert np.asarray(Image.open(grid)).shape == (128, 5 * 128, 3)  # face | shape | colour | result | mask
-    assert (tmp_path / "face_shape_color_realistic.png").is_file()
+    # photo | face crop | shape | colour | result | mask | pasted
+    assert np.asarray(Image.open(grid)).shape == (128, 7 * 128, 3)
+    assert (tmp_path / "photo_shape_color_realistic.png").is_file()
+    assert (tmp_path / "aligned" / "photo.png").is_file() and (tmp_path / "aligned" / "photo.crop.json").is_file()
+    photo = image_io.load_rgb(demo.example_images()["photo"])
+    pasted = image_io.load_rgb(tmp_path / "photo_shape_color_realistic_pasted.png")
+    assert pasted.shape == photo.shape
+    changed = (pasted != photo).any(-1)
+    assert changed[60:160, 180:270].mean() > 0.5  # the face
+    assert not changed[250:].any() and not changed[:, 350:].any()  # far from the face's crop square: untouched
     out = capsys.readouterr().out
     assert "RANDOM weights" in out and "no real hairstyle" in out
-    assert "barbershop-jax transfer --face FACE.png --shape SHAPE.png --color COLOR.png --weights" in out
+    assert "barbershop-jax transfer --align --paste-back --face PHOTO.jpg" in out
+
+
+def test_cli_align_and_paste_back_route_photos_and_report_faceless_ones(models, tmp_path, capsys, monkeypatch):
+    """transfer --align --paste-back --pairs: photos are cropped first (OUT/aligned/), a photo
+    without landmarks fails its row alone, and the crops reach the transfer with paste-back on."""
+    import shutil
+
+    photo = demo.example_images()["photo"]
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy(photo, tmp_path / name)
+    shutil.copy(landmarks.sidecar_path(photo), tmp_path / "a.landmarks.json")
+    (tmp_path / "b.landmarks.json").write_text("[]")  # no face in b
+    manifest = tmp_path / "t.csv"
+    manifest.write_text("face,shape,color\na.jpg,a.jpg,a.jpg\nb.jpg,a.jpg,a.jpg\n")
+    calls = []
+    monkeypatch.setattr(transfer, "load_models", lambda weights=None: models)
+    monkeypatch.setattr(transfer.HairTransfer, "transfer_many", lambda self, good, **k: calls.append((good, k)) or [])
+    out = tmp_path / "o"
+    rc = cli.main(["transfer", "--pairs", str(manifest), "--out", str(out), "--align", "--paste-back", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "b.jpg: no face found" in err and "1 of 2 triple(s) failed" in err
+    (good, kwargs), = calls
+    assert [tuple(s.path for s in t) for t in good] == [(out / "aligned" / "a.png",) * 3]
+    assert kwargs["paste_back"] is True
+    assert image_io.load_rgb(out / "aligned" / "a.png").shape == (64, 64, 3)  # the generator's size
+
+    # --paste-back on a face that is no crop: refused before any model is loaded.
+    monkeypatch.setattr(transfer, "load_models", lambda weights=None: pytest.fail("models loaded"))
+    rc = cli.main(["transfer", "--face", str(tmp_path / "a.jpg"), "--shape", str(tmp_path / "a.jpg"), "--color",
+                   str(tmp_path / "a.jpg"), "--out", str(out), "--paste-back"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "a.jpg: no crop transform (a.crop.json)" in err[0]
