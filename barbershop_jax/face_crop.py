@@ -297,6 +297,15 @@ class Aligner:
         if self.landmarks is None:
             from barbershop_jax.landmarks import Landmarks
             self.landmarks = Landmarks()
+        self._written: dict[str, Path] = {}  # crop name -> the photo it was cut from
+
+    def _claim(self, name: str, photo_path: Path):
+        """Two photos whose crops would have one name (same stem, different folders) would
+        overwrite each other, and the later stages would take them for one image: refuse."""
+        owner = self._written.setdefault(name, photo_path.resolve())
+        if owner != photo_path.resolve():
+            raise FaceCropError(f"{photo_path}: its crop would be named {name}.png, like the crop of {owner}; "
+                                "rename one of them")
 
     def align(self, photo_path, out_dir, *, one: bool = False) -> list[AlignedFace]:
         from barbershop_jax import cache, image_io
@@ -317,14 +326,16 @@ class Aligner:
         else:
             chosen = range(len(faces))
         source_hash = cache.content_hash(pixels)
+        names = {i: photo_path.stem + (f"_{i}" if len(faces) > 1 else "") for i in chosen}
+        for name in names.values():
+            self._claim(name, photo_path)
         out = []
         for i in chosen:
             crop, t = crop_face(pixels, faces[i], self.size, min_face=self.min_face,
                                 what=f"{photo_path}" + (f" (face {i})" if len(faces) > 1 else ""))
             t = dataclasses.replace(t, source=str(photo_path.resolve()), source_hash=source_hash, face_index=i,
                                     exif=self.exif)
-            name = photo_path.stem + (f"_{i}" if len(faces) > 1 else "")
-            crop_path = image_io.save_png(Path(out_dir) / f"{name}.png", crop)
+            crop_path = image_io.save_png(Path(out_dir) / f"{names[i]}.png", crop)
             # The transform is written last: its presence marks a finished crop.
             cache.save_json(transform_path(crop_path), t.to_json())
             out.append(AlignedFace(photo_path, crop_path, t, crop))

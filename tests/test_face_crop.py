@@ -281,6 +281,15 @@ def test_no_face_several_faces_and_tiny_faces(tmp_path):
     one = aligner_with({"p": [big, big + 5]}, face_index=1).align_one(photo, tmp_path / "one")
     assert one.crop_path.name == "p_1.png" and one.transform.face_index == 1
 
+    # Two photos named alike in different folders: the second would overwrite the first's crop.
+    (tmp_path / "other").mkdir()
+    twin = write(tmp_path / "other" / "p.png", Image.fromarray(smooth_photo(200, 200, seed=3)))
+    aligner = aligner_with({"p": [big]})
+    aligner.align(photo, tmp_path / "twins")
+    with pytest.raises(face_crop.FaceCropError, match="its crop would be named p.png, like the crop of"):
+        aligner.align(twin, tmp_path / "twins")
+    aligner.align(photo, tmp_path / "twins")  # the same photo again is fine
+
 
 def test_align_faces_command_reports_bad_photos_and_goes_on(tmp_path, capsys, monkeypatch):
     photos = tmp_path / "photos"
