@@ -255,6 +255,9 @@ def _add_landmark_flags(p):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="barbershop-jax", description=__doc__.splitlines()[0])
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="do not use XLA's persistent compilation cache (default: on, in ~/.cache/barbershop-jax/xla "
+                             "or $BARBERSHOP_JAX_COMPILE_CACHE)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="the whole transfer on the bundled example images, with the embedded tiny "
@@ -345,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.no_compile_cache:
+        from barbershop_jax import compile_cache
+        compile_cache.enable()
     try:
         rc = args.func(args)
     except ModuleNotFoundError as e:

@@ -16,6 +16,7 @@ step never reads (step counts, seed, chunk), so that changing those does not rec
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 BATCH_AXIS = "batch"
+LOOP_ENV = "BARBERSHOP_JAX_LOOP"
 
 
 @functools.partial(jax.jit, static_argnames=("step", "cfg", "length", "unroll"), donate_argnums=(1,))
@@ -51,7 +53,20 @@ def loop_defaults(platform: str | None = None) -> tuple[int, bool]:
     than the same step outside one (measured on 2 cores: a 64 px W+ step took 1,435 ms in a
     rolled scan, 574 ms unrolled); a 4-step unrolled chunk costs 4x the compile time of one
     step and saves most of that loss.
+
+    BARBERSHOP_JAX_LOOP="CHUNK,rolled" or "CHUNK,unrolled" overrides both (tuning, and tests,
+    which compile many stages and run few steps: rolled chunks compile faster).
     """
+    override = os.environ.get(LOOP_ENV)
+    if override:
+        chunk, _, mode = override.partition(",")
+        try:
+            if int(chunk) < 1 or mode not in ("rolled", "unrolled"):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{LOOP_ENV}={override!r}: expected CHUNK,rolled or CHUNK,unrolled "
+                             "(e.g. 4,rolled)") from None
+        return int(chunk), mode == "unrolled"
     platform = platform or jax.default_backend()
     return (4, True) if platform == "cpu" else (10, False)
 

@@ -375,12 +375,16 @@ class HairTransfer:
     seed, blend_steps, w_steps, ...), given here as defaults or per call. Outputs go to
     `out_dir` in the official layout (default: a temporary folder that lives as long as this
     object); embeddings and alignments are cached there, so no image is embedded twice.
+    compile_cache: use XLA's persistent compilation cache (compile_cache.py), on by default.
     """
 
     def __init__(self, weights=None, out_dir=None, *, batch_size: int = 4, progress: bool = True, devices=None,
-                 **options):
+                 compile_cache: bool = True, **options):
         import tempfile
 
+        if compile_cache:
+            from barbershop_jax import compile_cache as cc
+            cc.enable()
         self.models, self.pca = load_models(weights)
         if out_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="barbershop-jax-")

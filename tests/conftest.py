@@ -1,12 +1,28 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
 
-import jax
-import numpy as np
-import pytest
+# Optimisation loops in tests run as rolled scans: on CPU the production default unrolls each
+# chunk (optimize.loop_defaults), which multiplies compile time in tests that run a few steps.
+# Set in the environment, so that the subprocesses of CLI tests inherit it.
+os.environ["BARBERSHOP_JAX_LOOP"] = "4,rolled"
+# One persistent compilation cache for the whole run, shared with those subprocesses, so that a
+# program compiled in one process is read from disk by the next. A fresh folder per run: the
+# suite's time does not depend on what an earlier run left behind.
+os.environ["BARBERSHOP_JAX_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="barbershop-jax-test-xla-")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"  # the many small programs too
+
+import jax  # noqa: E402 (after the environment above, which JAX reads at import)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
 sys.path.insert(0, str(Path(__file__).parent))
+
+from barbershop_jax import compile_cache  # noqa: E402
+
+compile_cache.enable()  # in this process too: the subprocesses then find what the tests compiled
 
 
 def nhwc(t):
@@ -41,14 +57,13 @@ def converted_64(torch_generator_64, tmp_path_factory):
     return load_generator(root / "weights"), root
 
 
+
+
 @pytest.fixture(autouse=True)
-def _rolled_loops(request, monkeypatch):
-    """Optimisation loops in tests run as rolled scans: on CPU the production default unrolls
-    each chunk (optimize.loop_defaults), which multiplies compile time in tests that run a few
-    steps. Tests marked `production_loop` keep the production setting."""
-    if "production_loop" not in request.keywords:
-        from barbershop_jax import optimize
-        monkeypatch.setattr(optimize, "loop_defaults", lambda platform=None: (4, False))
+def _production_loop(request, monkeypatch):
+    """Tests marked `production_loop` run the loops with the production defaults."""
+    if "production_loop" in request.keywords:
+        monkeypatch.delenv("BARBERSHOP_JAX_LOOP")
 
 
 def pytest_configure(config):

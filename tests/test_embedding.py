@@ -237,7 +237,7 @@ def test_embed_command(tmp_path, capsys):
     consts = demo.embedded_consts()
     paths = _write_images(consts, tmp_path / "in", n=2)
     args = ["embed", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--w-steps", "2",
-            "--fs-steps", "2", "--batch-size", "2", "--quiet"]
+            "--fs-steps", "2", "--batch-size", "1", "--quiet"]
     assert cli.main(args) == 0
     assert "2 image(s) embedded" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out" / "FS").glob("*.npz")) == ["face0.npz", "face1.npz"]
