@@ -136,8 +136,8 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
 
     w_plus = {it.name: store.get_w_plus(it.name, it.image_hash, cfg, (n_lat, d)) for it in items}
     todo = [it for it in items if w_plus[it.name] is None]
-    for batch in _batches(todo, batch_size):
-        targets = _targets(batch, g.config.size, cfg)
+    for batch, padded in optimize.batches(todo, batch_size, "w_plus"):
+        targets = _targets(padded, g.config.size, cfg)
         w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=progress, devices=devices)
         images = _render_last_step(consts, w, targets.key, cfg.w_steps, cfg)
         for it, w_i, im in zip(batch, np.asarray(w), images):
@@ -151,9 +151,9 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
             if hit is not None:
                 results[it.name] = hit
         todo = [it for it in items if it.name not in results]
-        for batch in _batches(todo, batch_size):
-            targets = _targets(batch, g.config.size, cfg)
-            w = jnp.asarray(np.stack([w_plus[it.name] for it in batch]))
+        for batch, padded in optimize.batches(todo, batch_size, "fs"):
+            targets = _targets(padded, g.config.size, cfg)
+            w = jnp.asarray(np.stack([w_plus[it.name] for it in padded]))
             latent_in, structure_f, _ = embedding.embed_fs(consts, targets, w, cfg, progress=progress, devices=devices)
             images = _render_fs(consts, latent_in, structure_f, targets.key, cfg)
             for it, li, f, im in zip(batch, np.asarray(latent_in), np.asarray(structure_f), images):
@@ -177,11 +177,6 @@ def identify(images) -> list[ImageSource]:
         seen[source.name] = source.image_hash
         items.append(source)
     return items
-
-
-def _batches(items, batch_size):
-    for i in range(0, len(items), batch_size):
-        yield items[i:i + batch_size]
 
 
 def _targets(batch, size, cfg) -> embedding.Targets:

@@ -71,6 +71,26 @@ def loop_defaults(platform: str | None = None) -> tuple[int, bool]:
     return (4, True) if platform == "cpu" else (10, False)
 
 
+_RAN_BATCH_SIZES: set = set()  # (stage, batch size) run in this process: their programs are compiled
+
+
+def batches(items: list, batch_size: int, stage: str):
+    """The batches of a stage whose programs compile once per batch size. Yields (real,
+    padded): `padded` repeats the last item until the batch has the size that runs. That is
+    batch_size when the items fill more than one batch, or when a batch of that size has run
+    before in this process (a short last batch, or a later single item, then reuses the
+    compiled programs instead of compiling new ones); otherwise the items' own number (a
+    single small run computes no padding). Callers keep the results of `real` only."""
+    items = list(items)
+    for i in range(0, len(items), batch_size):
+        real = items[i:i + batch_size]
+        size = len(real)
+        if size < batch_size and (len(items) > batch_size or (stage, batch_size) in _RAN_BATCH_SIZES):
+            size = batch_size
+        _RAN_BATCH_SIZES.add((stage, size))
+        yield real, real + [real[-1]] * (size - len(real))
+
+
 def chunk_lengths(n_steps: int, chunk: int) -> list[int]:
     """The chunks of a stage: all of length `chunk` (one compilation), the last one idle after
     step n_steps. Returns the number of live steps of each."""

@@ -188,11 +188,12 @@ class Pipeline:
                 out[(face, ref)] = _Aligned(labels, hit[1])
             else:
                 todo.append((face, ref, key))
-        for batch in _batches(todo, self.batch_size):
-            out.update(self._align_batch(batch, sources, embedded))
+        for batch, padded in optimize.batches(todo, self.batch_size, "align"):
+            out.update(self._align_batch(padded, sources, embedded, len(batch)))
         return out
 
-    def _align_batch(self, batch, sources, embedded):
+    def _align_batch(self, batch, sources, embedded, n_real):
+        """One batch of pairs (the last n - n_real repeat a pair, to keep the compiled size)."""
         cfg, labels_map = self.cfg, self.models.parser.labels
         with self._timed("parsing"):
             parsed = dict(zip([n for f, r, _ in batch for n in (f, r)],
@@ -215,7 +216,7 @@ class Pipeline:
         target = np.asarray(target)
         structure_f, images = np.asarray(result.structure_f), image_io.to_uint8(np.asarray(result.image))
         out = {}
-        for i, (face, ref, key) in enumerate(batch):
+        for i, (face, ref, key) in enumerate(batch[:n_real]):
             npz, labels_png = self._align_paths(face, ref)
             npz.with_suffix(".json").unlink(missing_ok=True)
             image_io.save_png(self.out / f"vis_mask_{face}_{ref}_{cfg.sign}.png", target_mask.colourise(target[i]))
@@ -240,8 +241,8 @@ class Pipeline:
                 results[t] = cached
             else:
                 todo.append((t, key, npz))
-        for batch in _batches(todo, self.batch_size):
-            results.update(self._blend_batch(batch, sources, embedded, aligned))
+        for batch, padded in optimize.batches(todo, self.batch_size, "blend"):
+            results.update(self._blend_batch(padded, sources, embedded, aligned, len(batch)))
         return [results[t] for t in triples]
 
     def _cached_blend(self, t, key, npz, aligned):
@@ -256,7 +257,7 @@ class Pipeline:
         # The blend masks are not stored: a cached result carries None for them.
         return TransferResult(*t, image, aligned[(t[0], t[1])].target, hit[0], hit[1], None, None, path)
 
-    def _blend_batch(self, batch, sources, embedded, aligned):
+    def _blend_batch(self, batch, sources, embedded, aligned, n_real):
         cfg, size = self.cfg, self.size
         names = [n for t, _, _ in batch for n in (t[0], t[2])]
         with self._timed("parsing"):
@@ -277,7 +278,7 @@ class Pipeline:
         latent_in, structure_f = np.asarray(result.latent_in), np.asarray(result.structure_f)
         images = image_io.to_uint8(np.asarray(result.image))
         out = {}
-        for i, (t, key, npz) in enumerate(batch):
+        for i, (t, key, npz) in enumerate(batch[:n_real]):
             face, shape, color = t
             npz.with_suffix(".json").unlink(missing_ok=True)
             cache_lib.save_latents_npz(npz, latent_in[i], structure_f[i])

@@ -213,6 +213,29 @@ def test_cache_skips_done_work_and_recomputes_damage(consts, tmp_path, monkeypat
     assert (count.w, count.fs) == (3, 4)
 
 
+def test_batches_pad_short_ones_to_a_compiled_size():
+    batches = lambda n, b, stage: [(len(r), len(p)) for r, p in optimize.batches(list(range(n)), b, stage)]  # noqa: E731
+    assert batches(3, 4, "t1") == [(3, 3)]            # one small run: no padding
+    assert batches(5, 2, "t1") == [(2, 2), (2, 2), (1, 2)]  # the short last batch takes the compiled size
+    assert batches(1, 2, "t1") == [(1, 2)]            # size 2 ran before: reuse it
+    assert batches(1, 3, "t1") == [(1, 3)]            # so did size 3 (the first call)
+    assert batches(1, 5, "t1") == [(1, 1)]
+    [(real, padded)] = optimize.batches(["a", "b", "c"], 4, "t2")
+    assert real == ["a", "b", "c"] and padded == ["a", "b", "c"]
+    assert list(optimize.batches(["a", "b", "c"], 2, "t3"))[1] == (["c"], ["c", "c"])
+
+
+def test_a_short_last_batch_compiles_nothing_new(consts, tmp_path):
+    """3 images at batch size 2, then one more: the W+ and FS loops compile one program each."""
+    paths = _write_images(consts, tmp_path / "in", n=4)
+    cfg = embedding.EmbedConfig(w_steps=2, fs_steps=2, lpips_size=32, learning_rate=0.0123)  # a config no other test runs
+    before = optimize._run_chunk._cache_size()
+    api.embed(paths[:3], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
+    assert optimize._run_chunk._cache_size() - before == 2
+    api.embed(paths[3:], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
+    assert optimize._run_chunk._cache_size() - before == 2
+
+
 def test_files_are_in_the_official_format(consts, tmp_path):
     paths = _write_images(consts, tmp_path / "in", n=1)
     cfg = embedding.EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32, noise="const")
