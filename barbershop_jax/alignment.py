@@ -125,12 +125,12 @@ def segmentation_step(models: Models, state, x: SegmentationTarget, i, cfg):
 
 
 def fit_segmentation(models: Models, heads, targets: SegmentationTarget, n_steps, cfg, desc, *, progress=True,
-                     devices=None):
+                     devices=None, checkpoint=None):
     """Run `segmentation_step` on a batch. Returns (heads, labels) of the last forward pass."""
     labels = jnp.zeros_like(targets.target)
     state = FitState(heads, jax.vmap(_optimizer(cfg).init)(heads), (heads, labels))
     state, _ = optimize.run(segmentation_step, cfg, models, state, targets, n_steps, chunk=cfg.chunk, desc=desc,
-                            progress=progress, devices=devices)
+                            progress=progress, devices=devices, checkpoint=checkpoint)
     return state.result
 
 
@@ -228,15 +228,18 @@ def plain_ce_target(tail, target, key) -> SegmentationTarget:
 
 
 def align(models: Models, inputs: AlignInputs, cfg: TransferConfig, *, progress: bool = True,
-          devices=None) -> AlignResult:
-    """Align a batch of pairs; every array in `inputs` has a leading batch axis."""
+          devices=None, checkpoint=None) -> AlignResult:
+    """Align a batch of pairs; every array in `inputs` has a leading batch axis.
+    checkpoint: a resume.LoopCheckpoint for the batch (each step keeps its own below it)."""
     cfg.check_resolved()
     step1 = jax.vmap(plain_ce_target)(inputs.s_face, inputs.target, _tagged(inputs.key, STEP1_TAG))
     heads1, _ = fit_segmentation(models, inputs.w_face[:, :cfg.align_latents], step1, cfg.align_steps1, cfg,
-                                 "Align step 1", progress=progress, devices=devices)
+                                 "Align step 1", progress=progress, devices=devices,
+                                 checkpoint=checkpoint and checkpoint.sub("step1"))
     a1, ref_small, ref_hair = _between_steps(models, heads1, inputs, cfg=cfg)
     state, _ = optimize.run(_step2, cfg, models, _start(inputs.w_ref, cfg),
                             (inputs.s_ref, inputs.target, ref_small, ref_hair, inputs.key), cfg.align_steps2,
-                            chunk=cfg.chunk, desc="Align step 2", progress=progress, devices=devices)
+                            chunk=cfg.chunk, desc="Align step 2", progress=progress, devices=devices,
+                            checkpoint=checkpoint and checkpoint.sub("step2"))
     structure_f, image = _finish(models, a1, state.result, inputs, cfg=cfg)
     return AlignResult(inputs.s_face, structure_f, image)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from barbershop_jax import cache as cache_lib
-from barbershop_jax import embedding, image_io, optimize, resample
+from barbershop_jax import embedding, image_io, optimize, resample, resume
 from barbershop_jax.models import stylegan2, vgg16
 
 log = logging.getLogger("barbershop_jax")
@@ -105,9 +105,14 @@ def read_target(path, size: int, lpips_size: int):
     return full, small
 
 
+class NonFiniteError(ValueError):
+    """An image's optimisation produced NaN or infinity; nothing was written for it."""
+
+
 def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding.EmbedConfig | None = None,
           batch_size: int = 4, fs: bool = True, progress: bool = True, devices=None,
-          import_official=None) -> list[EmbeddedImage]:
+          import_official=None, checkpoint_every: int | None = resume.DEFAULT_EVERY,
+          failures: list | None = None) -> list[EmbeddedImage]:
     """Embed images in W+ (and FS), batch by batch, skipping what `out_dir` already holds.
 
     `paths`: image files, or ImageSource items (`as_source`) for images in memory.
@@ -118,6 +123,12 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
     Multi-host (after `jax.distributed.initialize()`): process k of N embeds every N-th
     distinct image, over its own local devices, into the same out_dir (a shared filesystem);
     each process returns its share. Returns one EmbeddedImage per distinct path (of the share).
+
+    checkpoint_every: each batch's loops save their state every so many steps under
+    out_dir/.resume/, so an interrupted run resumes mid-stage (resume.py); None turns it off.
+    An image whose result holds NaN or infinity is not written: it is listed in `failures`
+    as (name, reason) and left out of the result when a list is given; otherwise a
+    NonFiniteError is raised once the other images are done.
     """
     consts = load_models() if consts is None else consts
     cfg = default_embed_config(consts) if cfg is None else cfg
@@ -134,15 +145,28 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
                 imported = store.import_official(import_official, name, image_hash, cfg, (n_lat, d), f_shape)
                 log.info("%s: imported %s from %s", name, ", ".join(imported) or "nothing", import_official)
 
+    def loop_checkpoint(stage, batch, key_of):
+        if checkpoint_every is None:
+            return None
+        folder = Path(out_dir) / resume.RESUME_DIR / stage / resume.batch_key(*(key_of(it) for it in batch))
+        return resume.LoopCheckpoint(folder, checkpoint_every)
+
+    failed: list = []
     w_plus = {it.name: store.get_w_plus(it.name, it.image_hash, cfg, (n_lat, d)) for it in items}
     todo = [it for it in items if w_plus[it.name] is None]
     for batch, padded in optimize.batches(todo, batch_size, "w_plus"):
         targets = _targets(padded, g.config.size, cfg)
-        w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=progress, devices=devices)
+        ckpt = loop_checkpoint("w_plus", padded, lambda it: store.w_key(it.image_hash, cfg))
+        w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=progress, devices=devices, checkpoint=ckpt)
         images = _render_last_step(consts, w, targets.key, cfg.w_steps, cfg)
         for it, w_i, im in zip(batch, np.asarray(w), images):
+            if not np.isfinite(w_i).all():
+                failed.append((it.name, f"{it.path or it.name}: W+ embedding diverged (NaN or infinity); nothing written"))
+                continue
             store.put_w_plus(it.name, it.image_hash, cfg, w_i, im)
             w_plus[it.name] = w_i
+        if ckpt is not None:
+            resume.clear(ckpt.folder)
 
     results = {}
     if fs:
@@ -150,17 +174,30 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
             hit = store.get_fs(it.name, it.image_hash, cfg, (n_lat, d), f_shape)
             if hit is not None:
                 results[it.name] = hit
-        todo = [it for it in items if it.name not in results]
+        todo = [it for it in items if it.name not in results and w_plus[it.name] is not None]
         for batch, padded in optimize.batches(todo, batch_size, "fs"):
             targets = _targets(padded, g.config.size, cfg)
             w = jnp.asarray(np.stack([w_plus[it.name] for it in padded]))
-            latent_in, structure_f, _ = embedding.embed_fs(consts, targets, w, cfg, progress=progress, devices=devices)
+            ckpt = loop_checkpoint("fs", padded, lambda it: store.fs_key(it.image_hash, cfg))
+            latent_in, structure_f, _ = embedding.embed_fs(consts, targets, w, cfg, progress=progress,
+                                                           devices=devices, checkpoint=ckpt)
             images = _render_fs(consts, latent_in, structure_f, targets.key, cfg)
             for it, li, f, im in zip(batch, np.asarray(latent_in), np.asarray(structure_f), images):
+                if not (np.isfinite(li).all() and np.isfinite(f).all()):
+                    failed.append((it.name, f"{it.path or it.name}: FS embedding diverged (NaN or infinity); "
+                                            "nothing written"))
+                    continue
                 store.put_fs(it.name, it.image_hash, cfg, li, f, im)
                 results[it.name] = (li, f)
+            if ckpt is not None:
+                resume.clear(ckpt.folder)
+    if failed and failures is None:
+        raise NonFiniteError(failed[0][1])
+    if failures is not None:
+        failures.extend(failed)
+    bad = {name for name, _ in failed}
     return [EmbeddedImage(it.name, it.image_hash, w_plus[it.name], *(results.get(it.name, (None, None))))
-            for it in items]
+            for it in items if it.name not in bad]
 
 
 def identify(images) -> list[ImageSource]:

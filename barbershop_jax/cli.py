@@ -51,11 +51,20 @@ def _embed(args):
                                    "p_norm_lambda": args.p_norm_lambda, "l_f_lambda": args.l_f_lambda}.items()
                  if v is not None}
     cfg = api.default_embed_config(consts, **overrides)
+    failures = []
     done = api.embed(_image_paths(args.images), args.out, consts, cfg, batch_size=args.batch_size,
-                     fs=not args.no_fs, progress=not args.quiet, import_official=args.import_official)
+                     fs=not args.no_fs, progress=not args.quiet, import_official=args.import_official,
+                     checkpoint_every=args.checkpoint_every or None, failures=failures)
     import jax
     share = f" by process {jax.process_index()} of {jax.process_count()}" if jax.process_count() > 1 else ""
     print(f"{len(done)} image(s) embedded{share} under {args.out} (W+{'' if args.no_fs else ' and FS'})")
+    if failures:
+        from barbershop_jax import transfer
+        path = transfer.write_failures(args.out, [((name,), reason) for name, reason in failures], columns=("image",))
+        for _, reason in failures:
+            print(f"barbershop-jax: error: {reason}", file=sys.stderr)
+        print(f"{len(failures)} image(s) failed; see {path}", file=sys.stderr)
+        return 1
 
 
 TRANSFER_STEPS = (("w_steps", "W+ embedding steps (official: 1100)"), ("fs_steps", "FS embedding steps (official: 250)"),
@@ -146,7 +155,7 @@ def _transfer(args):
     if args.align:  # the crops are cut at the generator's size: load the models first
         from pathlib import Path
         ht = transfer.HairTransfer(args.weights, args.out, batch_size=args.batch_size, progress=not args.quiet,
-                                   **options)
+                                   checkpoint_every=args.checkpoint_every or None, **options)
         triples, align_failures = transfer.align_inputs(
             triples, Path(args.out) / "aligned", _aligner(args, ht.models.generator.config.size),
             roles=(0,) if args.align == "face" else (0, 1, 2))
@@ -158,8 +167,10 @@ def _transfer(args):
         raise ImageError("; ".join(f"{msg}" for _, msg in failures[:3]))
     if ht is None:
         ht = transfer.HairTransfer(args.weights, args.out, batch_size=args.batch_size, progress=not args.quiet,
-                                   **options)
+                                   checkpoint_every=args.checkpoint_every or None, **options)
     results = ht.transfer_many(good, paste_back=args.paste_back, feather=args.feather)
+    failures += ht.failures  # optimisations that diverged: those triples only
+    results = [r for r in results if r is not None]
     print(transfer.summary(results, ht.timings))
     if args.paste_back:
         for r in results:
@@ -240,6 +251,13 @@ def _add_convert(sub):
     p.set_defaults(func=_convert_vgg16)
 
 
+def _add_checkpoint_flag(p):
+    from barbershop_jax.resume import DEFAULT_EVERY
+    p.add_argument("--checkpoint-every", type=int, default=DEFAULT_EVERY, metavar="STEPS",
+                   help=f"save each optimisation loop's state every STEPS steps under OUT/.resume/, so that an "
+                        f"interrupted run resumes mid-stage (default {DEFAULT_EVERY}; 0: off)")
+
+
 def _add_landmark_flags(p):
     p.add_argument("--landmarks", metavar="JSON", help="landmarks as JSON: {photo name: 68 or 5 [x, y] points, or a "
                                                       "list of faces} (default: {stem}.landmarks.json beside each "
@@ -297,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--feather", type=float, default=0.025,
                     help="paste-back: soft edge of the mask, as a fraction of the image side (default 0.025)")
     _add_landmark_flags(tr)
+    _add_checkpoint_flag(tr)
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=_transfer)
 
@@ -332,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--coordinator", help="with --distributed: HOST:PORT of process 0 (default: from the cluster)")
     embed.add_argument("--num-processes", type=int, help="with --distributed: number of processes")
     embed.add_argument("--process-id", type=int, help="with --distributed: this process's index")
+    _add_checkpoint_flag(embed)
     embed.add_argument("--quiet", action="store_true", help="no progress bars")
     embed.set_defaults(func=_embed)
 
@@ -346,13 +366,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_stderr():
+    """The library's INFO and above (resumed loops, skipped images) as one line each."""
+    import logging
+
+    class ToStderr(logging.Handler):  # the current sys.stderr at each message, not the one at setup
+        def emit(self, record):
+            print(self.format(record), file=sys.stderr)
+
+    logger = logging.getLogger("barbershop_jax")
+    if not logger.handlers:
+        handler = ToStderr()
+        handler.setFormatter(logging.Formatter("barbershop-jax: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    text = f"{type(e).__name__} {e}"
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
 def main(argv=None) -> int:
+    from barbershop_jax import resume
+
     args = build_parser().parse_args(argv)
+    _log_to_stderr()
     if not args.no_compile_cache:
         from barbershop_jax import compile_cache
         compile_cache.enable()
     try:
-        rc = args.func(args)
+        with resume.handle_signals():  # SIGINT/SIGTERM: finish the chunk, save, stop
+            rc = args.func(args)
+    except resume.Interrupted as e:
+        how = ("run the same command again to resume from there" if e.saved else
+               "checkpointing was off (--checkpoint-every 0): finished stages are kept, the interrupted one restarts")
+        print(f"barbershop-jax: {e}; {how}", file=sys.stderr)
+        return 143 if e.signum == 15 else 130
     except ModuleNotFoundError as e:
         if e.name == "torch":
             print("barbershop-jax: error: conversion needs PyTorch: pip install 'barbershop-jax[convert]'",
@@ -365,6 +416,15 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("barbershop-jax: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if _is_out_of_memory(e):
+            size = getattr(args, "batch_size", None)
+            hint = (f"try --batch-size {max(size // 2, 1)}" if size and size > 1 else
+                    "the model does not fit this device at batch size 1")
+            print(f"barbershop-jax: error: out of device memory at batch size {size}: {hint} "
+                  "(finished work is kept; the same command resumes)", file=sys.stderr)
+            return 1
+        raise
     return rc or 0
 
 

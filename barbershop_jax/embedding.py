@@ -117,7 +117,7 @@ def _w_plus_step(consts, state, data, i, cfg):
 
 
 def embed_w_plus(consts: Consts, targets: Targets, cfg: EmbedConfig = EmbedConfig(), *,
-                 progress: bool = True, devices=None):
+                 progress: bool = True, devices=None, checkpoint=None):
     """W+ embedding of a batch. Returns (w_plus (B, n_latent, style_dim), last-step metrics)."""
     _check(consts, targets, cfg)
     n = targets.full.shape[0]
@@ -125,7 +125,8 @@ def embed_w_plus(consts: Consts, targets: Targets, cfg: EmbedConfig = EmbedConfi
     state = _adam_state(w_plus, cfg)
     data = (targets, target_units(consts.vgg, targets.small))
     state, metrics = optimize.run(_w_plus_step, cfg, consts, state, data, cfg.w_steps,
-                                  chunk=cfg.chunk, desc="W+ embedding", progress=progress, devices=devices)
+                                  chunk=cfg.chunk, desc="W+ embedding", progress=progress, devices=devices,
+                                  checkpoint=checkpoint)
     return state.result, metrics
 
 
@@ -173,7 +174,7 @@ def _f_init(consts, w_plus, targets, cfg):
 
 
 def embed_fs(consts: Consts, targets: Targets, w_plus, cfg: EmbedConfig = EmbedConfig(), *,
-             progress: bool = True, devices=None):
+             progress: bool = True, devices=None, checkpoint=None):
     """FS embedding of a batch from its W+ codes.
 
     Returns:
@@ -188,7 +189,8 @@ def embed_fs(consts: Consts, targets: Targets, w_plus, cfg: EmbedConfig = EmbedC
     state = _adam_state(params, cfg)
     data = (targets, target_units(consts.vgg, targets.small), w_plus[:, :s_index], f_init)
     state, metrics = optimize.run(_fs_step, cfg, consts, state, data, cfg.fs_steps,
-                                  chunk=cfg.chunk, desc="FS embedding", progress=progress, devices=devices)
+                                  chunk=cfg.chunk, desc="FS embedding", progress=progress, devices=devices,
+                                  checkpoint=checkpoint)
     latent_in = jnp.concatenate([w_plus[:, :s_index], state.result.s_code], axis=1)
     return latent_in, state.result.structure_f, metrics
 

@@ -69,7 +69,8 @@ def as_rgb_array(image) -> np.ndarray:
 def to_uint8(image) -> np.ndarray:
     """A generator image (H, W, 3), about [-1, 1], to uint8 as the official code saves it:
     (x + 1) / 2 clamped to [0, 1], times 255, truncated (torchvision's ToPILImage)."""
-    x = np.clip((np.asarray(image, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+    # NaN (a diverged image, which is not written) maps to black rather than to a cast warning.
+    x = np.clip(np.nan_to_num((np.asarray(image, np.float32) + 1.0) / 2.0), 0.0, 1.0)
     return (x * 255.0).astype(np.uint8)
 
 

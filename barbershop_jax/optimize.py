@@ -16,6 +16,7 @@ step never reads (step counts, seed, chunk), so that changing those does not rec
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import jax
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+log = logging.getLogger("barbershop_jax")
 BATCH_AXIS = "batch"
 LOOP_ENV = "BARBERSHOP_JAX_LOOP"
 
@@ -118,7 +120,7 @@ def _pad_batch(tree, multiple):
 
 
 def run(step, cfg, consts, state, data, n_steps: int, *, chunk: int | None = None, desc: str = "",
-        progress: bool = True, devices=None, summary=None):
+        progress: bool = True, devices=None, summary=None, checkpoint=None):
     """Run `n_steps` of `step` on a batch.
 
     Args:
@@ -130,35 +132,60 @@ def run(step, cfg, consts, state, data, n_steps: int, *, chunk: int | None = Non
       devices: the devices to shard the batch over (default: all local devices; the batch is
         padded to a multiple of their number).
       summary: metrics -> short string for the progress bar (default: per-image 'loss').
+      checkpoint: a resume.LoopCheckpoint, or None. With one, the loop starts from its newest
+        saved step (when its arrays match `state`), saves every `checkpoint.every` steps and
+        at the end, and a stop request (SIGINT/SIGTERM, resume.handle_signals) saves and
+        raises resume.Interrupted at the next chunk boundary.
     Returns:
-      (state, metrics of the last step), both with the batch axis, on the host's default device.
+      (state, metrics of the last step), both with the batch axis, on the host's default
+      device. Metrics are None when no step ran (a loop restored complete).
     """
+    from barbershop_jax import resume
+
     mesh = batch_mesh(devices)
     # Settings the step never reads (step counts, seeds, chunking) must not recompile it.
     step_cfg = cfg.step_config() if hasattr(cfg, "step_config") else cfg
     default_chunk, unroll = loop_defaults()
     chunk = chunk or default_chunk
+    done = 0
+    if checkpoint is not None:
+        restored = checkpoint.restore(state)
+        if restored is not None:
+            state, done = restored[0], min(restored[1], n_steps)
+            log.info("%s: resumed at step %d of %d from %s", desc or "loop", done, n_steps, checkpoint.folder)
+    if resume.stop_requested():
+        raise resume.Interrupted(desc or "a loop", done, n_steps, saved=False, signum=resume.stop_signal())
     # The chunks donate the state: work on private copies, one buffer per leaf, so that the
     # caller's arrays survive and leaves that share a buffer are not donated twice.
-    state = jax.tree.map(jnp.copy, state)
+    state = jax.tree.map(jnp.array, state)
     n_images = jax.tree.leaves(state)[0].shape[0]
     if mesh is not None:
         (state, data), n_images = _pad_batch((state, data), mesh.size)
         shard = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
         state, data = jax.device_put((state, data), shard)
         consts = jax.device_put(consts, NamedSharding(mesh, PartitionSpec()))
-    bar = _progress(n_steps, desc, n_images) if progress else None
-    metrics, done = None, 0
-    for live in chunk_lengths(n_steps, chunk):
-        state, metrics = _run_chunk(consts, state, data, jnp.int32(done), jnp.int32(n_steps), step=step, cfg=step_cfg,
-                                    length=chunk, unroll=chunk if unroll else 1)
-        done += live
-        if bar is not None:
-            bar.update(live)
-            bar.set_postfix_str((summary or _loss_summary)(jax.device_get(metrics)), refresh=False)
-    if bar is not None:
-        bar.close()
     unpad = lambda x: x[:n_images]  # noqa: E731
+    bar = _progress(n_steps, desc, n_images, done) if progress else None
+    metrics, saved = None, done
+    try:
+        while done < n_steps:
+            live = min(chunk, n_steps - done)
+            state, metrics = _run_chunk(consts, state, data, jnp.int32(done), jnp.int32(n_steps), step=step,
+                                        cfg=step_cfg, length=chunk, unroll=chunk if unroll else 1)
+            done += live
+            if bar is not None:
+                bar.update(live)
+                bar.set_postfix_str((summary or _loss_summary)(jax.device_get(metrics)), refresh=False)
+            stop = resume.stop_requested()
+            if checkpoint is not None and (done - saved >= checkpoint.every or done == n_steps or stop):
+                checkpoint.save(jax.tree.map(unpad, state), done)
+                saved = done
+            if stop and done < n_steps:
+                raise resume.Interrupted(desc or "a loop", done, n_steps, saved=checkpoint is not None,
+                                         signum=resume.stop_signal())
+    finally:
+        if bar is not None:
+            bar.close()
     return jax.tree.map(unpad, state), (jax.tree.map(unpad, metrics) if metrics is not None else None)
 
 
@@ -171,9 +198,9 @@ def _loss_summary(metrics) -> str:
     return f"loss mean {loss.mean():.4f} min {loss.min():.4f} max {loss.max():.4f}"
 
 
-def _progress(total, desc, n_images):
+def _progress(total, desc, n_images, initial=0):
     from tqdm.auto import tqdm
-    return tqdm(total=total, desc=f"{desc} ({n_images} image{'s' if n_images != 1 else ''})",
+    return tqdm(total=total, initial=initial, desc=f"{desc} ({n_images} image{'s' if n_images != 1 else ''})",
                 unit="step", leave=True, dynamic_ncols=True)
 
 

@@ -107,12 +107,12 @@ def round_targets(target, keep, tail, keys, sign: str, bg: int) -> alignment.Seg
                                         jnp.ones(target.shape[:1], bool), keys)
 
 
-def _round(models, target, keep, keys, cfg, desc, progress, devices):
+def _round(models, target, keep, keys, cfg, desc, progress, devices, checkpoint):
     g = models.generator
     latent_avg = g.mean_w_plus(target.shape[0])
     x = round_targets(target, keep, latent_avg, keys, cfg.sign, models.parser.labels.id("background"))
     _, labels = alignment.fit_segmentation(models, latent_avg[:, :cfg.align_latents], x, cfg.inpaint_steps, cfg,
-                                           desc, progress=progress, devices=devices)
+                                           desc, progress=progress, devices=devices, checkpoint=checkpoint)
     return labels
 
 
@@ -129,16 +129,19 @@ def _after_round2(inputs: InpaintInputs, previous, generated, bg):
 
 
 def gan_inpaint(models: Models, inputs: InpaintInputs, cfg: TransferConfig, *, progress: bool = True,
-                devices=None):
-    """Step 3 on a batch of pairs. Returns the final target labels (B, P, P) int32."""
+                devices=None, checkpoint=None):
+    """Step 3 on a batch of pairs. Returns the final target labels (B, P, P) int32.
+    checkpoint: a resume.LoopCheckpoint for the batch (each round keeps its own below it)."""
     cfg.check_resolved()
     bg = models.parser.labels.id("background")
     keys = [jax.vmap(jax.random.fold_in, in_axes=(0, None))(inputs.key, tag) for tag in ROUND_TAGS]
     if cfg.inpaint_steps <= 0:
         return inputs.target
-    generated = _round(models, inputs.target, inputs.keep, keys[0], cfg, "Target mask 1/2", progress, devices)
+    generated = _round(models, inputs.target, inputs.keep, keys[0], cfg, "Target mask 1/2", progress, devices,
+                       checkpoint and checkpoint.sub("round1"))
     previous, target = _after_round1(inputs, generated, bg)
-    generated = _round(models, target, inputs.keep, keys[1], cfg, "Target mask 2/2", progress, devices)
+    generated = _round(models, target, inputs.keep, keys[1], cfg, "Target mask 2/2", progress, devices,
+                       checkpoint and checkpoint.sub("round2"))
     return _after_round2(inputs, previous, generated, bg)
 
 

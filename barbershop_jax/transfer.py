@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from barbershop_jax import alignment, api, blending, embedding, face_crop, image_io, optimize, resample, target_mask
+from barbershop_jax import (alignment, api, blending, embedding, face_crop, image_io, optimize, resample, resume,
+                            target_mask)
 from barbershop_jax import cache as cache_lib
 from barbershop_jax.transfer_config import Models, TransferConfig
 
@@ -121,7 +122,8 @@ class Pipeline:
     """Runs triples through every stage with one set of models, settings and output folder."""
 
     def __init__(self, models: Models, pca, out_dir, embed_cfg: embedding.EmbedConfig, cfg: TransferConfig, *,
-                 batch_size: int = 4, progress: bool = True, devices=None):
+                 batch_size: int = 4, progress: bool = True, devices=None,
+                 checkpoint_every: int | None = resume.DEFAULT_EVERY):
         self.models, self.pca = models, pca
         self.out = Path(out_dir)
         self.size = models.generator.config.size
@@ -135,6 +137,9 @@ class Pipeline:
         self.timings: dict[str, float] = {}
         self._parsed: dict[str, tuple] = {}
         self.sources: dict[str, api.ImageSource] = {}  # every input of `run`, by name
+        self.checkpoint_every = checkpoint_every
+        self.failures: list = []  # (item: an image name, a pair or a triple, reason), this run
+        self.triple_failures: list = []  # (triple of names, reason): the triples without a result
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
@@ -163,6 +168,16 @@ class Pipeline:
     def _key(self, hashes):
         return optimize.image_key(self.cfg.seed, _digest(*hashes))
 
+    def _checkpoint(self, stage, keys):
+        """The resume checkpoint of one batch (resume.py), named after its items' keys."""
+        if self.checkpoint_every is None:
+            return None
+        folder = self.out / resume.RESUME_DIR / stage / resume.batch_key(*keys)
+        return resume.LoopCheckpoint(folder, self.checkpoint_every)
+
+    def _fail(self, item, reason):
+        self.failures.append((item, reason))
+
     def _align_paths(self, face, ref):
         d = self.out / f"Align_{self.cfg.sign}"
         return d / f"{face}_{ref}.npz", d / f"{face}_{ref}_labels.png"
@@ -170,9 +185,13 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
     def embed(self, sources):
         consts = embedding.Consts(self.models.generator, self.models.vgg, self.pca)
+        failed = []
         with self._timed("embedding"):
             done = api.embed(sources, self.out, consts, self.embed_cfg, batch_size=self.batch_size,
-                             progress=self.progress, devices=self.devices)
+                             progress=self.progress, devices=self.devices, checkpoint_every=self.checkpoint_every,
+                             failures=failed)
+        for name, reason in failed:
+            self.failures.append((name, reason))
         return {e.name: e for e in done}
 
     def align_pairs(self, pairs, sources, embedded) -> dict:
@@ -199,10 +218,12 @@ class Pipeline:
             parsed = dict(zip([n for f, r, _ in batch for n in (f, r)],
                               self._parsed_of([sources[n] for f, r, _ in batch for n in (f, r)])))
         keys = [self._key((sources[f].image_hash, sources[r].image_hash)) for f, r, _ in batch]
+        ckpt = self._checkpoint("align", [k for _, _, k in batch])
         with self._timed("target mask"):
             inputs = _stack([target_mask.prepare(parsed[f][0], parsed[r][0], labels_map, k)
                              for (f, r, _), k in zip(batch, keys)])
-            target = target_mask.gan_inpaint(self.models, inputs, cfg, progress=self.progress, devices=self.devices)
+            target = target_mask.gan_inpaint(self.models, inputs, cfg, progress=self.progress, devices=self.devices,
+                                             checkpoint=ckpt and ckpt.sub("mask"))
         hair = lambda n: (parsed[n][0] == labels_map.id("hair")).astype(np.float32)  # noqa: E731
         e = lambda n, field: getattr(embedded[n], field)  # noqa: E731
         align_inputs = alignment.AlignInputs(*[jnp.asarray(np.stack(x)) for x in (
@@ -212,11 +233,15 @@ class Pipeline:
             target, jnp.asarray(np.stack([hair(f) for f, _, _ in batch])),
             jnp.asarray(np.stack([hair(r) for _, r, _ in batch])), jnp.stack(keys))
         with self._timed("alignment"):
-            result = alignment.align(self.models, align_inputs, cfg, progress=self.progress, devices=self.devices)
+            result = alignment.align(self.models, align_inputs, cfg, progress=self.progress, devices=self.devices,
+                                     checkpoint=ckpt and ckpt.sub("align"))
         target = np.asarray(target)
         structure_f, images = np.asarray(result.structure_f), image_io.to_uint8(np.asarray(result.image))
         out = {}
         for i, (face, ref, key) in enumerate(batch[:n_real]):
+            if not (np.isfinite(structure_f[i]).all() and np.isfinite(np.asarray(result.image[i])).all()):
+                self._fail((face, ref), f"{face} with {ref}: alignment diverged (NaN or infinity); nothing written")
+                continue
             npz, labels_png = self._align_paths(face, ref)
             npz.with_suffix(".json").unlink(missing_ok=True)
             image_io.save_png(self.out / f"vis_mask_{face}_{ref}_{cfg.sign}.png", target_mask.colourise(target[i]))
@@ -226,6 +251,8 @@ class Pipeline:
             cache_lib.save_json(npz.with_suffix(".json"), {"key": key, "face": face, "reference": ref,
                                                            "weights": self.weights})
             out[(face, ref)] = _Aligned(target[i], structure_f[i])
+        if ckpt is not None:
+            resume.clear(ckpt.folder)
         return out
 
     def blend_triples(self, triples, sources, embedded, aligned) -> list[TransferResult]:
@@ -243,7 +270,7 @@ class Pipeline:
                 todo.append((t, key, npz))
         for batch, padded in optimize.batches(todo, self.batch_size, "blend"):
             results.update(self._blend_batch(padded, sources, embedded, aligned, len(batch)))
-        return [results[t] for t in triples]
+        return [results.get(t) for t in triples]  # None: the triple's blend diverged
 
     def _cached_blend(self, t, key, npz, aligned):
         hit = cache_lib.read_latents_npz(npz, self.latent_shape, self.f_shape) if cache_lib.key_matches(npz, key) else None
@@ -273,13 +300,18 @@ class Pipeline:
             col(lambda f, s, c: small[f]), col(lambda f, s, c: small[c]),
             col(lambda f, s, c: parsed[f][1]), col(lambda f, s, c: parsed[c][1]),
             jnp.stack([self._key(tuple(sources[n].image_hash for n in t)) for t, _, _ in batch]))
+        ckpt = self._checkpoint("blend", [k for _, k, _ in batch])
         with self._timed("blending"):
-            result = blending.blend(self.models, inputs, cfg, progress=self.progress, devices=self.devices)
+            result = blending.blend(self.models, inputs, cfg, progress=self.progress, devices=self.devices,
+                                    checkpoint=ckpt)
         latent_in, structure_f = np.asarray(result.latent_in), np.asarray(result.structure_f)
         images = image_io.to_uint8(np.asarray(result.image))
         out = {}
         for i, (t, key, npz) in enumerate(batch[:n_real]):
             face, shape, color = t
+            if not (np.isfinite(latent_in[i]).all() and np.isfinite(np.asarray(result.image[i])).all()):
+                self._fail(t, f"{face}, {shape}, {color}: blending diverged (NaN or infinity); nothing written")
+                continue
             npz.with_suffix(".json").unlink(missing_ok=True)
             cache_lib.save_latents_npz(npz, latent_in[i], structure_f[i])
             image_io.save_png(npz.with_suffix(".png"), images[i])
@@ -289,6 +321,8 @@ class Pipeline:
             out[t] = TransferResult(face, shape, color, images[i], aligned[(face, shape)].target, latent_in[i],
                                     structure_f[i], np.asarray(result.face_mask[i]), np.asarray(result.hair_mask[i]),
                                     path)
+        if ckpt is not None:
+            resume.clear(ckpt.folder)
         return out
 
     def paste_back(self, results: list[TransferResult], feather: float = FEATHER) -> list[TransferResult]:
@@ -297,9 +331,15 @@ class Pipeline:
         result's side. Writes {face}_{shape}_{color}_{sign}_pasted.png."""
         label_map = self.models.parser.labels
         with self._timed("paste-back"):
-            after = self._parsed_of([api.as_source(r.image, name=f"result:{r.path.name}") for r in results])
+            after = self._parsed_of([api.as_source(r.image, name=f"result:{r.path.name}") for r in results
+                                     if r is not None])
+            after = iter(after)
+            after = [next(after) if r is not None else (None, None) for r in results]
             out = []
             for r, (labels_after, _) in zip(results, after):
+                if r is None:
+                    out.append(None)
+                    continue
                 face = self.sources[r.face]
                 transform = face_crop.read_transform(face.path)
                 photo = face_crop.load_source_photo(transform, what=str(face.path))
@@ -320,12 +360,23 @@ class Pipeline:
         self.sources.update(sources)
         triples = [tuple(s.name for s in t) for t in named]
         embedded = self.embed(list(sources.values()))
-        pairs = list(dict.fromkeys(p for f, s, c in triples for p in ((f, s), (f, c))))
+        # A failed image (its optimisation diverged) fails its triples only; the rest go on.
+        live = [t for t in triples if all(n in embedded for n in t)]
+        pairs = list(dict.fromkeys(p for f, s, c in live for p in ((f, s), (f, c))))
         with self._timed("parsing"):
             needed = {n for p in pairs for n in p}
             self._parsed_of([s for name, s in sources.items() if name in needed])
         aligned = self.align_pairs(pairs, sources, embedded)
-        return self.blend_triples(triples, sources, embedded, aligned)
+        live = [t for t in live if (t[0], t[1]) in aligned and (t[0], t[2]) in aligned]
+        blended = dict(zip(live, self.blend_triples(live, sources, embedded, aligned)))
+        results = [blended.get(t) for t in triples]
+        self.triple_failures = [(t, self._reason(t)) for t, r in zip(triples, results) if r is None]
+        return results
+
+    def _reason(self, t) -> str:
+        """Why triple t has no result: the first failure of its images, pairs or itself."""
+        related = {t, *t, (t[0], t[1]), (t[0], t[2])}
+        return next((reason for item, reason in self.failures if item in related), "failed")
 
 
 def summary(results: list[TransferResult], timings: dict[str, float]) -> str:
@@ -377,10 +428,12 @@ class HairTransfer:
     `out_dir` in the official layout (default: a temporary folder that lives as long as this
     object); embeddings and alignments are cached there, so no image is embedded twice.
     compile_cache: use XLA's persistent compilation cache (compile_cache.py), on by default.
+    checkpoint_every: the optimisation loops save their state every so many steps under
+    OUT/.resume/, so an interrupted run resumes mid-stage (resume.py); None turns it off.
     """
 
     def __init__(self, weights=None, out_dir=None, *, batch_size: int = 4, progress: bool = True, devices=None,
-                 compile_cache: bool = True, **options):
+                 compile_cache: bool = True, checkpoint_every: int | None = resume.DEFAULT_EVERY, **options):
         import tempfile
 
         if compile_cache:
@@ -392,6 +445,8 @@ class HairTransfer:
             out_dir = self._tmp.name
         self.out_dir = Path(out_dir)
         self.batch_size, self.progress, self.devices = batch_size, progress, devices
+        self.checkpoint_every = checkpoint_every
+        self.failures: list = []  # of the last transfer_many: (triple, reason) of those without a result
         split_options(options)
         self.options = options
         self.timings: dict[str, float] = {}
@@ -401,11 +456,13 @@ class HairTransfer:
         consts = embedding.Consts(self.models.generator, self.models.vgg, self.pca)
         return Pipeline(self.models, self.pca, self.out_dir, api.default_embed_config(consts, **embed_overrides),
                         TransferConfig(**overrides), batch_size=self.batch_size, progress=self.progress,
-                        devices=self.devices)
+                        devices=self.devices, checkpoint_every=self.checkpoint_every)
 
     def transfer_many(self, triples, *, align=None, paste_back: bool = False, feather: float = FEATHER,
                       **options) -> list[TransferResult]:
-        """Transfer every (face, shape, color) triple; batched, cached, in input order.
+        """Transfer every (face, shape, color) triple; batched, cached, in input order. A
+        triple whose optimisation diverged (NaN or infinity) gives None, with its reason in
+        `self.failures`; the others are unaffected.
 
         align: ordinary photos in, FFHQ crops made first (face_crop.Aligner; True for the
         default one, landmarks from a sidecar JSON or dlib); the crops go to OUT/aligned/.
@@ -432,12 +489,16 @@ class HairTransfer:
                 results = pipeline.paste_back(results, feather)
         finally:
             self.timings = pipeline.timings
+            self.failures = pipeline.triple_failures
         return results
 
     def transfer(self, face, shape, color, **options) -> TransferResult:
         """One triple: the face with the hair shape of `shape` and the hair colour of `color`.
         Takes transfer_many's align, paste_back and feather too."""
-        return self.transfer_many([(face, shape, color)], **options)[0]
+        result = self.transfer_many([(face, shape, color)], **options)[0]
+        if result is None:
+            raise api.NonFiniteError(self.failures[0][1])
+        return result
 
 
 def align_inputs(triples, out_dir, aligner: face_crop.Aligner, roles=(0, 1, 2)):

@@ -54,6 +54,7 @@ def _transfer(models, out, **kw):
     ht = transfer.HairTransfer.__new__(transfer.HairTransfer)  # the models of the fixture, not load()
     ht.models, ht.pca, ht.out_dir = m, pca, out
     ht.batch_size, ht.progress, ht.devices, ht.timings = kw.pop("batch_size", 2), False, None, {}
+    ht.checkpoint_every, ht.failures = kw.pop("checkpoint_every", 2), []
     ht.options = {**STEPS, "noise": "random", **kw}
     return ht
 

@@ -1,0 +1,144 @@
+"""Interrupted runs resume where they stopped.
+
+- Every optimisation loop can keep its state (latents, optimiser moments, step number) in a
+  `LoopCheckpoint`: an npz file (no pickle), written atomically every `every` steps (at chunk
+  boundaries) and when the loop ends. A re-run of the same batch restores it and goes on from that step, with
+  the same numbers as an uninterrupted run (the steps are the same compiled programs, and
+  their noise keys depend on the step number only). The pipeline removes a batch's
+  checkpoints once its results are written.
+- SIGINT and SIGTERM (`handle_signals`) do not kill the process mid-step: the running loop
+  finishes its chunk, writes its checkpoint and raises `Interrupted`, which the command line
+  turns into a message saying how to resume.
+
+Layout: OUT/.resume/{stage}/{batch key}/[{loop}/]step_{n}.npz; the newest readable one wins.
+Not orbax (which the weights use): its checkpointers synchronise every jax.distributed process
+at each save, while here each process checkpoints its own batches on its own schedule.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+import signal
+import threading
+import zipfile
+from pathlib import Path
+
+import jax
+import numpy as np
+
+RESUME_DIR = ".resume"
+DEFAULT_EVERY = 50  # steps between checkpoints; at 1024 px on a GPU, well under a minute of work
+
+_stop = threading.Event()
+_stop_signal: list = []
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM stopped a loop at a chunk boundary, after its checkpoint was written."""
+
+    def __init__(self, where: str, done: int, total: int, saved: bool, signum: int | None = None):
+        self.where, self.done, self.total, self.saved, self.signum = where, done, total, saved, signum
+        state = "its state is saved" if saved else "no checkpoint (checkpointing is off)"
+        super().__init__(f"interrupted in {where} at step {done} of {total}; {state}")
+
+
+def request_stop(signum=None, frame=None):
+    """Ask the running loop to stop at its next chunk boundary (a signal handler)."""
+    _stop_signal[:] = [signum]
+    _stop.set()
+
+
+def stop_requested() -> bool:
+    return _stop.is_set()
+
+
+def clear_stop():
+    _stop.clear()
+    _stop_signal.clear()
+
+
+def stop_signal() -> int | None:
+    return _stop_signal[0] if _stop_signal else None
+
+
+class handle_signals:
+    """Within the block, SIGINT and SIGTERM ask the loops to stop cleanly instead of killing
+    the process (a second SIGINT still interrupts at once)."""
+
+    def __enter__(self):
+        clear_stop()
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if _stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now
+        request_stop(signum, frame)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        clear_stop()
+        return False
+
+
+def batch_key(*parts) -> str:
+    """A short stable name for a batch (from its items' cache keys)."""
+    return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:20]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopCheckpoint:
+    """Where one optimisation loop of one batch keeps its state."""
+    folder: Path
+    every: int = DEFAULT_EVERY
+
+    def sub(self, name: str) -> "LoopCheckpoint":
+        """The checkpoint of a loop inside this one's batch (stages with several loops)."""
+        return dataclasses.replace(self, folder=self.folder / name)
+
+    def _steps(self) -> list[tuple[int, Path]]:
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for p in self.folder.glob("step_*.npz"):
+            if p.stem[5:].isdigit():
+                found.append((int(p.stem[5:]), p))
+        return sorted(found)
+
+    def restore(self, like_state):
+        """(state, step) from the newest readable checkpoint whose arrays match `like_state`
+        (structure, shapes, dtypes), or None."""
+        leaves, treedef = jax.tree.flatten(like_state)
+        for done, path in reversed(self._steps()):
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    if len(z.files) != len(leaves):
+                        continue
+                    arrays = [z[f"leaf_{i:04d}"] for i in range(len(leaves))]
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                continue  # damaged or foreign: try an older one, or start over
+            if any(a.shape != tuple(x.shape) or a.dtype != x.dtype for a, x in zip(arrays, leaves)):
+                continue
+            return jax.tree.unflatten(treedef, arrays), done
+        return None
+
+    def save(self, state, done: int):
+        """Write step `done` (one npz, atomically), then drop the older ones."""
+        from barbershop_jax.image_io import atomic_write
+
+        leaves = jax.tree.leaves(jax.device_get(state))
+        arrays = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
+        atomic_write(self.folder / f"step_{done:07d}.npz", lambda f: np.savez(f, **arrays))
+        for step, old in self._steps():
+            if step < done:
+                old.unlink(missing_ok=True)
+
+
+def clear(folder) -> None:
+    """Remove a batch's checkpoints (after its results are written)."""
+    shutil.rmtree(folder, ignore_errors=True)

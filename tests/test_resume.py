@@ -1,0 +1,102 @@
+"""Robust long runs: loops resume from their checkpoints with the numbers of an uninterrupted
+run, a stop request ends a loop cleanly, SIGKILL in the middle of a transfer loses nothing
+that was finished, and a diverging image fails alone."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from barbershop_jax import api, embedding, image_io, optimize, resume
+from test_embedding import _known_w_plus, _targets, make_consts
+
+
+@pytest.fixture(scope="module")
+def consts():
+    return make_consts()
+
+
+def stop_after(monkeypatch, n_checks):
+    """resume.stop_requested() answers True from its n-th call on (it is asked once when a loop
+    starts and once after every chunk), as if SIGINT had come."""
+    calls = []
+
+    def fake():
+        calls.append(1)
+        return len(calls) >= n_checks
+    monkeypatch.setattr(resume, "stop_requested", fake)
+    return calls
+
+
+def test_interrupted_loop_resumes_with_the_uninterrupted_numbers(consts, tmp_path, monkeypatch):
+    targets = _targets(consts, _known_w_plus(consts, 2, seed=21), noise="random")
+    cfg = embedding.EmbedConfig(w_steps=12, lpips_size=32, chunk=4)
+    clean, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
+
+    ckpt = resume.LoopCheckpoint(tmp_path / "ckpt", every=100)
+    stop_after(monkeypatch, 3)  # after the second chunk
+    with pytest.raises(resume.Interrupted) as info:
+        embedding.embed_w_plus(consts, targets, cfg, progress=False, checkpoint=ckpt)
+    assert (info.value.done, info.value.total, info.value.saved) == (8, 12, True)
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["step_0000008.npz"]  # saved on the stop
+
+    monkeypatch.undo()
+    resumed, metrics = embedding.embed_w_plus(consts, targets, cfg, progress=False, checkpoint=ckpt)
+    np.testing.assert_array_equal(resumed, clean)
+    assert metrics is not None
+    # Done and saved: a third call restores the finished loop and runs no step.
+    again, metrics = embedding.embed_w_plus(consts, targets, cfg, progress=False, checkpoint=ckpt)
+    np.testing.assert_array_equal(again, clean)
+    assert metrics is None
+
+
+def test_checkpoints_that_do_not_fit_are_ignored(consts, tmp_path):
+    targets = _targets(consts, _known_w_plus(consts, 2, seed=22))
+    cfg = embedding.EmbedConfig(w_steps=4, lpips_size=32, chunk=4)
+    ckpt = resume.LoopCheckpoint(tmp_path / "ckpt", every=4)
+    ckpt.folder.mkdir(parents=True)
+    (ckpt.folder / "step_0000002.npz").write_bytes(b"not a zip")             # damaged
+    np.savez(ckpt.folder / "step_0000003.npz", leaf_0000=np.zeros((7,)))    # another batch's
+    clean, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
+    got, metrics = embedding.embed_w_plus(consts, targets, cfg, progress=False, checkpoint=ckpt)
+    assert metrics is not None  # started over
+    np.testing.assert_array_equal(got, clean)
+    assert sorted(p.name for p in ckpt.folder.iterdir()) == ["step_0000004.npz"]
+
+
+def test_a_diverging_image_fails_alone(consts, tmp_path, monkeypatch):
+    """NaN in one image's target: that image is reported and nothing is written for it; the
+    other image of its batch gets exactly what a clean run gives it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pixels = image_io.to_uint8(np.asarray(consts.generator.render(_known_w_plus(consts, 2, seed=23), noise="const")))
+    paths = [image_io.save_png(folder / f"im{i}.png", p) for i, p in enumerate(pixels)]
+    cfg = embedding.EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
+    clean = api.embed(paths, tmp_path / "clean", consts, cfg, batch_size=2, progress=False)
+
+    real_targets = api._targets
+
+    def poisoned(batch, size, cfg):
+        t = real_targets(batch, size, cfg)
+        bad = np.array([s.name == "im1" for s in batch])
+        full = np.where(bad[:, None, None, None], np.nan, np.asarray(t.full))
+        return t._replace(full=jax.numpy.asarray(full))
+    monkeypatch.setattr(api, "_targets", poisoned)
+    failures = []
+    out = tmp_path / "out"
+    got = api.embed(paths, out, consts, cfg, batch_size=2, progress=False, failures=failures)
+    assert [name for name, _ in failures] == ["im1"] and "diverged (NaN or infinity)" in failures[0][1]
+    assert [e.name for e in got] == ["im0"]
+    np.testing.assert_array_equal(got[0].w_plus, clean[0].w_plus)
+    np.testing.assert_array_equal(got[0].structure_f, clean[0].structure_f)
+    assert not list(out.glob("*/im1.*"))  # nothing written for the failed image
+    assert not (out / resume.RESUME_DIR / "w_plus").exists() or not any((out / resume.RESUME_DIR / "w_plus").iterdir())
+    with pytest.raises(api.NonFiniteError, match="im1.png: W\\+ embedding diverged"):
+        api.embed(paths, tmp_path / "out2", consts, cfg, batch_size=2, progress=False)
