@@ -153,8 +153,9 @@ def run(step, cfg, consts, state, data, n_steps: int, *, chunk: int | None = Non
         if restored is not None:
             state, done = restored[0], min(restored[1], n_steps)
             log.info("%s: resumed at step %d of %d from %s", desc or "loop", done, n_steps, checkpoint.folder)
-    if resume.stop_requested():
-        raise resume.Interrupted(desc or "a loop", done, n_steps, saved=False, signum=resume.stop_signal())
+    if resume.stop_requested():  # asked between two loops: the earlier ones are saved, this one starts over
+        raise resume.Interrupted(desc or "a loop", done, n_steps, saved=checkpoint is not None,
+                                 signum=resume.stop_signal())
     # The chunks donate the state: work on private copies, one buffer per leaf, so that the
     # caller's arrays survive and leaves that share a buffer are not donated twice.
     state = jax.tree.map(jnp.array, state)

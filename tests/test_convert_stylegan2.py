@@ -16,7 +16,6 @@ from barbershop_jax import cli, load_generator
 from barbershop_jax.losses import p_norm
 from barbershop_jax.models import stylegan2
 from convert import stylegan2 as conv
-from convert.common import ConversionError
 
 
 def _convert(src, dst, *extra):

@@ -263,7 +263,7 @@ def test_files_are_in_the_official_format(consts, tmp_path):
 
 def test_embed_command(tmp_path, capsys):
     consts = demo.embedded_consts()
-    paths = _write_images(consts, tmp_path / "in", n=2)
+    _write_images(consts, tmp_path / "in", n=2)
     args = ["embed", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--w-steps", "2",
             "--fs-steps", "2", "--batch-size", "1", "--quiet"]
     assert cli.main(args) == 0

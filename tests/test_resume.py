@@ -1,20 +1,12 @@
 """Robust long runs: loops resume from their checkpoints with the numbers of an uninterrupted
-run, a stop request ends a loop cleanly, SIGKILL in the middle of a transfer loses nothing
-that was finished, and a diverging image fails alone."""
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
+run, a stop request ends a loop cleanly, and a diverging image fails alone. (SIGTERM and
+SIGKILL of a whole transfer: test_transfer.py.)"""
 
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
-from barbershop_jax import api, embedding, image_io, optimize, resume
+from barbershop_jax import api, embedding, image_io, resume
 from test_embedding import _known_w_plus, _targets, make_consts
 
 

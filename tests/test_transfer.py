@@ -1,7 +1,13 @@
 """The whole transfer on the tiny config with reduced step counts: files in the official layout,
 batches equal to single runs, the cache, the blend clamp, the command line and the Python API."""
 import csv
+import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from barbershop_jax import blending, cli, demo, image_io, landmarks, optimize, transfer
+from barbershop_jax import blending, cli, demo, image_io, landmarks, optimize, resume, transfer
 from barbershop_jax.losses import p_norm
 from barbershop_jax.models import bisenet, vgg16
 from barbershop_jax.transfer_config import Models, TransferConfig
@@ -269,3 +275,102 @@ def test_cli_align_and_paste_back_route_photos_and_report_faceless_ones(models, 
                    str(tmp_path / "a.jpg"), "--out", str(out), "--paste-back"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "a.jpg: no crop transform (a.crop.json)" in err[0]
+
+
+# ----------------------------------------------------------------------------- whole runs, killed
+@pytest.fixture(scope="module")
+def weights_dir(models, tmp_path_factory):
+    """The fixture's models saved as a weights folder, for the command line in a subprocess
+    (the shapes and settings of the batch run: the persistent compilation cache serves both)."""
+    from barbershop_jax.models import stylegan2
+
+    m, pca = models
+    root = tmp_path_factory.mktemp("weights")
+    stylegan2.save(m.generator, root, pca=pca)
+    bisenet.save(m.parser, root)
+    vgg16.save(m.vgg, root)
+    return root
+
+
+def _run_until(cmd, pattern_dir: Path, glob: str, sig, timeout=600):
+    """Start cmd; when a file matching `glob` appears under `pattern_dir`, send `sig`."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        if pattern_dir.exists() and any(pattern_dir.glob(glob)):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def _visible_files(root: Path):
+    return sorted(p for p in root.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def _assert_complete(path: Path):
+    """A visible file is whole: it reads as what its name says."""
+    if path.suffix == ".png":
+        with Image.open(path) as im:
+            im.load()
+    elif path.suffix in (".npz", ".npy"):
+        data = np.load(path, allow_pickle=False)
+        if path.suffix == ".npz":
+            [data[k] for k in data.files]
+    elif path.suffix == ".json":
+        json.loads(path.read_text())
+
+
+def test_sigterm_then_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(batch_run, models, images,
+                                                                               weights_dir, tmp_path):
+    """The command line in a subprocess: stopped by SIGTERM in the target mask, killed by
+    SIGKILL in the blend, run again: the same results as an uninterrupted run, no finished
+    stage redone, nothing half-written ever visible. (After batch_run: its compiled programs
+    are in the persistent cache, so the subprocesses compile nothing.)"""
+    for name, path in zip(("ann", "bob"), images):
+        shutil.copy(path, tmp_path / f"{name}.png")
+    (tmp_path / "t.csv").write_text("face,shape,color\nann.png,bob.png,bob.png\nbob.png,ann.png,ann.png\n")
+    steps = {**STEPS, "blend_steps": 40}
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in steps.items()]
+
+    def command(out):
+        return [sys.executable, "-m", "barbershop_jax.cli", "transfer", "--pairs", str(tmp_path / "t.csv"),
+                "--weights", str(weights_dir), "--out", str(out), "--batch-size", "2", "--checkpoint-every", "4",
+                "--quiet", *flags]
+
+    out = tmp_path / "out"
+    resume_dir = out / resume.RESUME_DIR
+    # 1. SIGTERM as soon as the target-mask loops have saved a checkpoint: a clean stop.
+    rc, _, err = _run_until(command(out), resume_dir / "align", "*/mask/*/step_*.npz", signal.SIGTERM)
+    assert rc == 143, err[-2000:]
+    assert "interrupted in Target mask" in err and "run the same command again to resume" in err
+    # 2. SIGKILL in the middle of the blend: no chance to clean up.
+    rc, _, err = _run_until(command(out), resume_dir / "blend", "*/step_*.npz", signal.SIGKILL)
+    assert rc == -signal.SIGKILL, err[-2000:]
+    assert "Target mask 1/2: resumed at step" in err  # run 2 went on from run 1's checkpoint
+    for path in _visible_files(out):
+        _assert_complete(path)  # nothing half-written is visible
+    finished = {p: p.stat().st_mtime_ns for p in _visible_files(out) if p.parent.name in ("W+", "FS", "Align_realistic")}
+    assert len(finished) >= 2 * 4 + 2 * 3  # W+ and FS (npy/npz, png, json) of 2 images, 2 alignments
+    results = ["ann_bob_bob_realistic.png", "bob_ann_ann_realistic.png"]
+    assert not any((out / name).exists() for name in results)  # killed before any result
+    # 3. The same command again: the blend resumes, nothing finished is redone.
+    rc, _, err = _run_until(command(out), tmp_path / "never", "*", signal.SIGKILL)
+    assert rc == 0, err[-2000:]
+    assert "Blend: resumed at step" in err
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
+    assert not resume_dir.exists() or not list(resume_dir.rglob("*.npz"))  # checkpoints removed when done
+
+    # The same as a run that was never interrupted (here, in this process: the same programs).
+    clean = tmp_path / "clean"
+    _transfer(models, clean, **steps).transfer_many(
+        [(tmp_path / "ann.png", tmp_path / "bob.png", tmp_path / "bob.png"),
+         (tmp_path / "bob.png", tmp_path / "ann.png", tmp_path / "ann.png")])
+    for name in results:
+        np.testing.assert_array_equal(image_io.load_rgb(out / name), image_io.load_rgb(clean / name))
+    for npz in (out / "Blend_realistic").glob("*.npz"):
+        with np.load(npz) as a, np.load(clean / "Blend_realistic" / npz.name) as b:
+            for k in ("latent_in", "latent_F"):
+                np.testing.assert_array_equal(a[k], b[k])
