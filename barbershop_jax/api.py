@@ -59,10 +59,19 @@ class ImageSource:
     image_hash: str
     path: Path | None = None
     pixels: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    shape: tuple = ()  # (H, W, 3) of the decoded image
 
     def load(self) -> np.ndarray:
         """uint8 RGB (H, W, 3)."""
         return self.pixels if self.pixels is not None else image_io.load_rgb(self.path)
+
+
+def check_name(name: str) -> str:
+    """Image names become file names under the output folder: no folders, no way out of it."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise image_io.ImageError(f"{name!r}: not usable as an image name (it names output files; no '/', "
+                                  "'\\' or '..')")
+    return name
 
 
 def as_source(image, name: str | None = None) -> ImageSource:
@@ -71,11 +80,14 @@ def as_source(image, name: str | None = None) -> ImageSource:
     if isinstance(image, ImageSource):
         return image
     if isinstance(image, (str, Path)):
+        name = check_name(name or Path(image).stem)
         pixels = image_io.load_rgb(image)
-        return ImageSource(name or Path(image).stem, cache_lib.content_hash(pixels), Path(image))
+        return ImageSource(name, cache_lib.content_hash(pixels), Path(image), shape=pixels.shape)
+    if name is not None:
+        check_name(name)
     pixels = image_io.as_rgb_array(image)
     image_hash = cache_lib.content_hash(pixels)
-    return ImageSource(name or f"image_{image_hash[:12]}", image_hash, None, pixels)
+    return ImageSource(name or f"image_{image_hash[:12]}", image_hash, None, pixels, pixels.shape)
 
 
 _WARNED: set = set()

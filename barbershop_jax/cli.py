@@ -98,7 +98,7 @@ def _aligner(args, size):
     from barbershop_jax import face_crop
     from barbershop_jax.landmarks import Landmarks
     return face_crop.Aligner(size=size, landmarks=Landmarks(args.landmarks, args.dlib_model),
-                             face_index=args.face_index, min_face=args.min_face, exif=not args.no_exif)
+                             face_index=args.face_index, min_face=args.min_face)
 
 
 def _align_faces(args):
@@ -130,6 +130,15 @@ def _align_faces(args):
     return 0
 
 
+def _generator_size(weights) -> int:
+    """The generator's output size, from its config.json (no arrays read)."""
+    if weights is None:
+        from barbershop_jax.models import stylegan2
+        return stylegan2.tiny_config().size
+    from barbershop_jax import checkpoint
+    return int(checkpoint.read_config(checkpoint.model_dir(weights, "stylegan2"), "stylegan2")["config"]["size"])
+
+
 def _transfer(args):
     from barbershop_jax import transfer
     from barbershop_jax.image_io import ImageError
@@ -146,6 +155,14 @@ def _transfer(args):
                if getattr(args, k) is not None}
     if not triples:
         raise ValueError(f"{args.pairs}: no triples (one row per transfer after the header)")
+    first_row = {}
+    for i, t in enumerate(triples):
+        first_row.setdefault(tuple(map(str, t)), i)
+    for i, t in enumerate(triples):
+        if first_row[tuple(map(str, t))] != i:  # rows count from 2: the header is row 1
+            print(f"barbershop-jax: note: {args.pairs}: row {i + 2} repeats row {first_row[tuple(map(str, t))] + 2}; "
+                  "it is done once", file=sys.stderr)
+    triples = list(dict.fromkeys(triples))
     n_triples = len(triples)
     if args.paste_back and not args.align:
         from barbershop_jax import face_crop
@@ -159,7 +176,8 @@ def _transfer(args):
         triples, align_failures = transfer.align_inputs(
             triples, Path(args.out) / "aligned", _aligner(args, ht.models.generator.config.size),
             roles=(0,) if args.align == "face" else (0, 1, 2))
-    good, failures = transfer.check_triples(triples)  # before loading any model
+    size = _generator_size(args.weights) if args.no_resize else None
+    good, failures = transfer.check_triples(triples, size)  # before loading any model
     failures = align_failures + failures
     if not good:
         if args.pairs:
@@ -268,7 +286,11 @@ def _add_landmark_flags(p):
                                                   "align-faces; an error for transfer --align)")
     p.add_argument("--min-face", type=float, default=64, help="refuse faces whose crop square is smaller than "
                                                               "this many photo pixels (default 64)")
-    p.add_argument("--no-exif", action="store_true", help="ignore EXIF orientation (as the official does)")
+
+
+def _add_exif_flag(p):
+    p.add_argument("--no-exif", action="store_true",
+                   help="read images as stored, ignoring their EXIF orientation (as the official does)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--feather", type=float, default=0.025,
                     help="paste-back: soft edge of the mask, as a fraction of the image side (default 0.025)")
     _add_landmark_flags(tr)
+    _add_exif_flag(tr)
+    tr.add_argument("--no-resize", action="store_true",
+                    help="refuse images that are not the generator's size (default: resize them, with a warning)")
     _add_checkpoint_flag(tr)
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=_transfer)
@@ -326,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "and {stem}.crop.json")
     al.add_argument("--size", type=int, default=1024, help="crop size (official: 1024)")
     _add_landmark_flags(al)
+    _add_exif_flag(al)
     al.add_argument("--quiet", action="store_true", help="no progress bar")
     al.set_defaults(func=_align_faces)
 
@@ -352,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--num-processes", type=int, help="with --distributed: number of processes")
     embed.add_argument("--process-id", type=int, help="with --distributed: this process's index")
     _add_checkpoint_flag(embed)
+    _add_exif_flag(embed)
     embed.add_argument("--quiet", action="store_true", help="no progress bars")
     embed.set_defaults(func=_embed)
 
@@ -389,10 +416,19 @@ def _is_out_of_memory(e: BaseException) -> bool:
 
 
 def main(argv=None) -> int:
-    from barbershop_jax import resume
-
     args = build_parser().parse_args(argv)
     _log_to_stderr()
+    from barbershop_jax import image_io
+    honour_exif = image_io.HONOUR_EXIF
+    image_io.HONOUR_EXIF = honour_exif and not getattr(args, "no_exif", False)
+    try:
+        return _run(args)
+    finally:
+        image_io.HONOUR_EXIF = honour_exif
+
+
+def _run(args) -> int:
+    from barbershop_jax import resume
     if not args.no_compile_cache:
         from barbershop_jax import compile_cache
         compile_cache.enable()

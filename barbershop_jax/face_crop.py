@@ -291,7 +291,7 @@ class Aligner:
     landmarks: object = None
     face_index: int | None = None
     min_face: float = MIN_FACE
-    exif: bool = True
+    exif: bool | None = None  # None: image_io.HONOUR_EXIF
 
     def __post_init__(self):
         if self.landmarks is None:
@@ -334,7 +334,7 @@ class Aligner:
             crop, t = crop_face(pixels, faces[i], self.size, min_face=self.min_face,
                                 what=f"{photo_path}" + (f" (face {i})" if len(faces) > 1 else ""))
             t = dataclasses.replace(t, source=str(photo_path.resolve()), source_hash=source_hash, face_index=i,
-                                    exif=self.exif)
+                                    exif=image_io.HONOUR_EXIF if self.exif is None else self.exif)
             crop_path = image_io.save_png(Path(out_dir) / f"{names[i]}.png", crop)
             # The transform is written last: its presence marks a finished crop.
             cache.save_json(transform_path(crop_path), t.to_json())

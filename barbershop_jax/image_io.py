@@ -13,11 +13,17 @@ class ImageError(ValueError):
     """An input image that cannot be used; the message names the file."""
 
 
-def load_rgb(path, *, exif: bool = False) -> np.ndarray:
+# Turn images upright by their EXIF orientation. The official code ignores it (a phone photo
+# taken upright but stored sideways is processed sideways); `--no-exif` restores that.
+HONOUR_EXIF = True
+
+
+def load_rgb(path, *, exif: bool | None = None) -> np.ndarray:
     """Read an image file as uint8 RGB (H, W, 3), as the official `Image.open(p).convert('RGB')`
     does for 8-bit images (alpha is dropped). 16-bit and float images are scaled to 8 bits
-    rather than clipped; `exif`: turn the image upright by its EXIF orientation (photos; the
-    official ignores it, so it is off for the transfer's inputs)."""
+    rather than clipped. `exif`: turn the image upright by its EXIF orientation (default:
+    HONOUR_EXIF); images without an orientation tag read the same either way."""
+    exif = HONOUR_EXIF if exif is None else exif
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")

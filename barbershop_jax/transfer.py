@@ -533,10 +533,11 @@ def align_inputs(triples, out_dir, aligner: face_crop.Aligner, roles=(0, 1, 2)):
     return good, failures
 
 
-def check_triples(triples):
+def check_triples(triples, size: int | None = None):
     """Split triples into those whose images all read and those that do not (batch mode goes
     on without the latter). Returns (good triples, [(triple, one-line reason)]); in the good
-    ones every file is an api.ImageSource, read and hashed here once (its pixels are not kept)."""
+    ones every file is an api.ImageSource, read and hashed here once (its pixels are not kept).
+    `size`: refuse images that are not size x size (otherwise they are resized, with a warning)."""
     good, failures, checked = [], [], {}
     for t in triples:
         reason, sources = None, []
@@ -547,6 +548,11 @@ def check_triples(triples):
                         checked[str(image)] = api.as_source(image)
                     except image_io.ImageError as e:
                         checked[str(image)] = str(e)
+                    else:
+                        h, w = checked[str(image)].shape[:2]
+                        if size is not None and (h, w) != (size, size):
+                            checked[str(image)] = (f"{image}: {w}x{h}, not the generator's {size}x{size} "
+                                                   "(refused by --no-resize)")
                 image = checked[str(image)]
                 if isinstance(image, str):
                     reason = reason or image
