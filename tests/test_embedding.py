@@ -78,11 +78,12 @@ def test_recovers_a_rendered_image(consts):
 
 
 def test_batch_equals_single_runs(consts):
-    targets = _targets(consts, _known_w_plus(consts, 4, seed=6))
-    cfg = embedding.EmbedConfig(w_steps=6, fs_steps=4, lpips_size=32, chunk=3)  # random noise
+    # The settings (and batch sizes 2 and 1) of the other tests here: their programs are reused.
+    targets = _targets(consts, _known_w_plus(consts, 2, seed=6))
+    cfg = embedding.EmbedConfig(w_steps=6, fs_steps=4, lpips_size=32)  # random noise
     w_batch, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
     li_batch, f_batch, _ = embedding.embed_fs(consts, targets, w_batch, cfg, progress=False)
-    for i in range(4):
+    for i in range(2):
         one = jax.tree.map(lambda x: x[i:i + 1], targets)
         w, _ = embedding.embed_w_plus(consts, one, cfg, progress=False)
         assert_adam_close(w, w_batch[i:i + 1], steps=6)
@@ -138,31 +139,37 @@ def test_idle_steps_of_the_last_chunk_change_nothing(consts):
     np.testing.assert_allclose(metrics_a["loss"], metrics_b["loss"], rtol=1e-4)
 
 
-def test_sharded_over_four_cpu_devices_equals_unsharded(tmp_path):
+def test_sharded_over_four_cpu_devices_equals_unsharded(consts, tmp_path):
+    """2 images sharded over 4 forced CPU devices (padded to 4) in a subprocess equal the same
+    batch on this process's single device (whose programs the other tests here share)."""
     script = textwrap.dedent("""
         import sys, jax, numpy as np
         sys.path.insert(0, sys.argv[1])
         import test_embedding as t
-        from barbershop_jax import embedding, optimize
-        optimize.loop_defaults = lambda platform=None: (2, False)  # as conftest does: rolled
+        from barbershop_jax import embedding
         assert len(jax.devices()) == 4, jax.devices()
         consts = t.make_consts()
-        targets = t._targets(consts, t._known_w_plus(consts, 3, seed=4))  # 3: padded to 4
-        cfg = embedding.EmbedConfig(w_steps=4, fs_steps=2, lpips_size=32, chunk=2)
-        sharded, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
-        single, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False, devices=jax.devices()[:1])
-        t.assert_adam_close(sharded, single)
-        li, f, _ = embedding.embed_fs(consts, targets, sharded, cfg, progress=False)
-        li1, f1, _ = embedding.embed_fs(consts, targets, sharded, cfg, progress=False, devices=jax.devices()[:1])
-        t.assert_adam_close(f, f1, steps=2)
-        t.assert_adam_close(li, li1, steps=2)
-        print("sharded ok", sharded.shape)
+        targets = t._targets(consts, t._known_w_plus(consts, 2, seed=4))
+        cfg = embedding.EmbedConfig(w_steps=4, fs_steps=2, lpips_size=32)
+        w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
+        li, f, _ = embedding.embed_fs(consts, targets, w, cfg, progress=False)
+        np.savez(sys.argv[2], w=np.asarray(w), li=np.asarray(li), f=np.asarray(f))
+        print("sharded ok", w.shape)
     """)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    done = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)], env=env,
+    out = tmp_path / "sharded.npz"
+    done = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__), str(out)], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "sharded ok (3, 10, 64)" in done.stdout
+    assert "sharded ok (2, 10, 64)" in done.stdout
+    targets = _targets(consts, _known_w_plus(consts, 2, seed=4))
+    cfg = embedding.EmbedConfig(w_steps=4, fs_steps=2, lpips_size=32)
+    w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
+    li, f, _ = embedding.embed_fs(consts, targets, w, cfg, progress=False)
+    with np.load(out) as sharded:
+        assert_adam_close(sharded["w"], w)
+        assert_adam_close(sharded["f"], f, steps=2)
+        assert_adam_close(sharded["li"], li, steps=2)
 
 
 # ------------------------------------------------------------------ files and cache
@@ -230,15 +237,21 @@ def test_batches_pad_short_ones_to_a_compiled_size():
     assert list(optimize.batches(["a", "b", "c"], 2, "t3"))[1] == (["c"], ["c", "c"])
 
 
-def test_a_short_last_batch_compiles_nothing_new(consts, tmp_path):
-    """3 images at batch size 2, then one more: the W+ and FS loops compile one program each."""
-    paths = _write_images(consts, tmp_path / "in", n=4)
-    cfg = embedding.EmbedConfig(w_steps=2, fs_steps=2, lpips_size=32, learning_rate=0.0123)  # a config no other test runs
-    before = optimize._run_chunk._cache_size()
-    api.embed(paths[:3], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
-    assert optimize._run_chunk._cache_size() - before == 2
-    api.embed(paths[3:], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
-    assert optimize._run_chunk._cache_size() - before == 2
+def test_a_short_last_batch_compiles_nothing_new(consts, tmp_path, monkeypatch):
+    """Once a batch of 2 has run, 3 images (2 + a short 1) and then 1 more run every loop at
+    batch size 2 and compile nothing. (The settings of the cache test above, so in a full run
+    nothing compiles here at all.)"""
+    paths = _write_images(consts, tmp_path / "in", n=6)
+    cfg = embedding.EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
+    api.embed(paths[:2], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
+    compiled = optimize._run_chunk._cache_size()
+    sizes, real_w, real_fs = [], embedding.embed_w_plus, embedding.embed_fs
+    monkeypatch.setattr(embedding, "embed_w_plus", lambda c, t, *a, **k: sizes.append(len(t.full)) or real_w(c, t, *a, **k))
+    monkeypatch.setattr(embedding, "embed_fs", lambda c, t, *a, **k: sizes.append(len(t.full)) or real_fs(c, t, *a, **k))
+    api.embed(paths[2:5], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
+    api.embed(paths[5:], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
+    assert sizes == [2] * 6  # W+ and FS: 2 batches, then 1
+    assert optimize._run_chunk._cache_size() == compiled
 
 
 def test_files_are_in_the_official_format(consts, tmp_path):
