@@ -173,7 +173,8 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
         images = _render_last_step(consts, w, targets.key, cfg.w_steps, cfg)
         for it, w_i, im in zip(batch, np.asarray(w), images):
             if not np.isfinite(w_i).all():
-                failed.append((it.name, f"{it.path or it.name}: W+ embedding diverged (NaN or infinity); nothing written"))
+                failed.append((it.name, f"{it.path or it.name}: W+ embedding diverged (NaN or infinity); "
+                                        "nothing written"))
                 continue
             store.put_w_plus(it.name, it.image_hash, cfg, w_i, im)
             w_plus[it.name] = w_i

@@ -2,10 +2,10 @@
 
 - Every optimisation loop can keep its state (latents, optimiser moments, step number) in a
   `LoopCheckpoint`: an npz file (no pickle), written atomically every `every` steps (at chunk
-  boundaries) and when the loop ends. A re-run of the same batch restores it and goes on from that step, with
-  the same numbers as an uninterrupted run (the steps are the same compiled programs, and
-  their noise keys depend on the step number only). The pipeline removes a batch's
-  checkpoints once its results are written.
+  boundaries) and when the loop ends. A re-run of the same batch restores it and goes on
+  from that step, with the same numbers as an uninterrupted run (the steps are the same
+  compiled programs, and their noise keys depend on the step number only). The pipeline
+  removes a batch's checkpoints once its results are written.
 - SIGINT and SIGTERM (`handle_signals`) do not kill the process mid-step: the running loop
   finishes its chunk, writes its checkpoint and raises `Interrupted`, which the command line
   turns into a message saying how to resume.
