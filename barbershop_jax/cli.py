@@ -74,8 +74,9 @@ TRANSFER_STEPS = (("w_steps", "W+ embedding steps (official: 1100)"), ("fs_steps
 
 
 def _read_triples(csv_path):
-    """(triples of paths, failures): CSV columns face, shape, color; relative paths are
-    resolved against the CSV file's folder."""
+    """(triples of paths, edits): CSV columns face, shape, color, and optionally target_mask
+    and shape_transform (one TargetEdit or None per row); relative paths are resolved against
+    the CSV file's folder."""
     import csv
     from pathlib import Path
 
@@ -91,7 +92,20 @@ def _read_triples(csv_path):
     except OSError as e:
         raise ValueError(f"{csv_path}: cannot read ({e.strerror})") from None
     resolve = lambda v: (csv_path.parent / v.strip()) if not Path(v.strip()).is_absolute() else Path(v.strip())  # noqa: E731
-    return [tuple(resolve(row[k] or "") for k in ("face", "shape", "color")) for row in rows]
+    triples = [tuple(resolve(row[k] or "") for k in ("face", "shape", "color")) for row in rows]
+    # Optional columns: target_mask (an indexed PNG) and shape_transform ("scale=..,dx=..,dy=..").
+    edits = [_edit(resolve(row["target_mask"]) if (row.get("target_mask") or "").strip() else None,
+                   row.get("shape_transform") or None) for row in rows]
+    return triples, edits
+
+
+def _edit(target_mask, shape_transform):
+    """A transfer.TargetEdit from the command line's values, or None."""
+    if target_mask is None and not shape_transform:
+        return None
+    from barbershop_jax import target_mask as tm
+    from barbershop_jax.transfer import TargetEdit
+    return TargetEdit(target_mask, tm.parse_shape_transform(shape_transform) if shape_transform else None)
 
 
 def _aligner(args, size):
@@ -146,9 +160,13 @@ def _transfer(args):
     if args.pairs:
         if args.face or args.shape or args.color:
             raise ValueError("give either --pairs or --face/--shape/--color, not both")
-        triples = _read_triples(args.pairs)
+        if args.target_mask or args.shape_transform:
+            raise ValueError("with --pairs, give target masks and shape transforms as the CSV's target_mask and "
+                             "shape_transform columns")
+        triples, edits = _read_triples(args.pairs)
     elif args.face and args.shape and args.color:
         triples = [(args.face, args.shape, args.color)]
+        edits = [_edit(args.target_mask, args.shape_transform)]
     else:
         raise ValueError("give --face, --shape and --color (or --pairs triples.csv)")
     options = {k: getattr(args, k) for k in ("sign", "smooth", "seed", "noise", *(n for n, _ in TRANSFER_STEPS))
@@ -162,7 +180,9 @@ def _transfer(args):
         if first_row[tuple(map(str, t))] != i:  # rows count from 2: the header is row 1
             print(f"barbershop-jax: note: {args.pairs}: row {i + 2} repeats row {first_row[tuple(map(str, t))] + 2}; "
                   "it is done once", file=sys.stderr)
-    triples = list(dict.fromkeys(triples))
+    keep = [first_row[tuple(map(str, t))] == i for i, t in enumerate(triples)]
+    triples = [t for t, k in zip(triples, keep) if k]
+    edits = [e for e, k in zip(edits, keep) if k]
     n_triples = len(triples)
     if args.paste_back and not args.align:
         from barbershop_jax import face_crop
@@ -173,11 +193,16 @@ def _transfer(args):
         from pathlib import Path
         ht = transfer.HairTransfer(args.weights, args.out, batch_size=args.batch_size, progress=not args.quiet,
                                    checkpoint_every=args.checkpoint_every or None, **options)
+        originals = triples
         triples, align_failures = transfer.align_inputs(
             triples, Path(args.out) / "aligned", _aligner(args, ht.models.generator.config.size),
             roles=(0,) if args.align == "face" else (0, 1, 2))
+        failed = {tuple(map(str, t)) for t, _ in align_failures}
+        edits = [e for t, e in zip(originals, edits) if tuple(map(str, t)) not in failed]
     size = _generator_size(args.weights) if args.no_resize else None
     good, failures = transfer.check_triples(triples, size)  # before loading any model
+    bad = {tuple(map(str, t)) for t, _ in failures}
+    edits = [e for t, e in zip(triples, edits) if tuple(map(str, t)) not in bad]
     failures = align_failures + failures
     if not good:
         if args.pairs:
@@ -186,7 +211,8 @@ def _transfer(args):
     if ht is None:
         ht = transfer.HairTransfer(args.weights, args.out, batch_size=args.batch_size, progress=not args.quiet,
                                    checkpoint_every=args.checkpoint_every or None, **options)
-    results = ht.transfer_many(good, paste_back=args.paste_back, feather=args.feather)
+    results = ht.transfer_many(good, paste_back=args.paste_back, feather=args.feather, edits=edits,
+                               save_target_masks=args.save_target_mask)
     failures += ht.failures  # optimisations that diverged: those triples only
     results = [r for r in results if r is not None]
     print(transfer.summary(results, ht.timings))
@@ -328,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=4, help="images, pairs or triples optimised together (default 4)")
     for name, text in TRANSFER_STEPS:
         tr.add_argument("--" + name.replace("_", "-"), type=int, help=text)
+    tr.add_argument("--save-target-mask", action="store_true",
+                    help="also write each target mask as OUT/target_masks/{face}_{ref}.png: an indexed PNG whose "
+                         "values are class ids (legend.json beside it), to edit and give back with --target-mask")
+    tr.add_argument("--target-mask", metavar="PNG", help="use this target mask for (face, shape) instead of "
+                                                         "computing it (an indexed or grey PNG of class ids)")
+    tr.add_argument("--shape-transform", metavar="scale=S,dx=X,dy=Y",
+                    help="scale the shape reference's hair about its centre and move it by (dx, dy) pixels of the "
+                         "target mask before the merge")
     tr.add_argument("--align", nargs="?", const="all", choices=["all", "face"],
                     help="the inputs are ordinary photos: cut their FFHQ crops first, into OUT/aligned/ (all three, "
                          "or only the face with --align face)")

@@ -25,6 +25,7 @@ From the face's labels (seg1) and the shape reference's labels (seg2), both at p
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -167,3 +168,97 @@ def colourise(target) -> np.ndarray:
     target = np.asarray(target)
     colours = palette(int(max(16, target.max() + 1)))
     return colours[np.clip(target, 0, len(colours) - 1)]
+
+
+# ----------------------------------------------------------------------------- editable masks
+def save_label_png(path, labels, n_classes: int):
+    """A label map (P, P) as an indexed PNG: pixel values are the class ids (read back exactly)
+    and the palette shows them in the official colours."""
+    from PIL import Image
+
+    from barbershop_jax import image_io
+
+    labels = np.asarray(labels)
+    im = Image.fromarray(labels.astype(np.uint8), "P")
+    im.putpalette(palette(max(n_classes, 16)).reshape(-1).tolist())
+    return image_io.atomic_write(path, lambda f: im.save(f, format="PNG"))
+
+
+def legend(label_map: LabelMap) -> dict:
+    """{class id: {"name", "colour"}}: what the indexed PNG's values mean."""
+    colours = palette(max(len(label_map.names), 16))
+    return {str(i): {"name": name, "colour": colours[i].tolist()} for i, name in enumerate(label_map.names)}
+
+
+def read_label_png(path, label_map: LabelMap, size: int) -> np.ndarray:
+    """A target mask given by the user (an indexed PNG as save_label_png writes it, or an 8-bit
+    grey PNG of class ids), checked: readable, size x size, only the checkpoint's classes."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise ValueError(f"{path}: a {im.mode} image, not a label map (an indexed or grey PNG whose "
+                                 "values are class ids, as --save-target-mask writes it)")
+            labels = np.asarray(im).astype(np.int32)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such target mask") from None
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    return check_target(labels, label_map, size, path)
+
+
+def check_target(labels, label_map: LabelMap, size: int, what="target mask") -> np.ndarray:
+    """A target mask as int32 (size, size), or a ValueError naming `what` and the problem."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape != (size, size):
+        shape = f"{labels.shape[1]}x{labels.shape[0]}" if labels.ndim == 2 else f"shape {labels.shape}"
+        raise ValueError(f"{what}: {shape}, but target masks are {size}x{size} (the parse size)")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{what}: class ids must be integers, got {labels.dtype}")
+    unknown = sorted(set(np.unique(labels).tolist()) - set(range(len(label_map.names))))
+    if unknown:
+        raise ValueError(f"{what}: label value(s) {unknown[:5]} unknown to this parser ({len(label_map.names)} "
+                         "classes)")
+    return labels.astype(np.int32)
+
+
+def move_region(labels, region_ids, background: int, scale: float = 1.0, dx: float = 0.0, dy: float = 0.0):
+    """The label map with the pixels of `region_ids` scaled about their centroid and moved by
+    (dx, dy) pixels (nearest neighbour); where the region was and no longer is becomes
+    `background`. Other labels stay where they are, under the moved region."""
+    labels = np.asarray(labels)
+    inside = np.isin(labels, region_ids)
+    if not inside.any() or (scale == 1.0 and dx == 0 and dy == 0):
+        return labels.copy()
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    ys, xs = np.nonzero(inside)
+    cy, cx = ys.mean(), xs.mean()
+    h, w = labels.shape
+    yy, xx = np.mgrid[:h, :w]
+    # Inverse map: output pixel -> source pixel of the region.
+    sy = np.rint((yy - dy - cy) / scale + cy).astype(int)
+    sx = np.rint((xx - dx - cx) / scale + cx).astype(int)
+    valid = (sy >= 0) & (sy < h) & (sx >= 0) & (sx < w)
+    source = np.where(valid, labels[np.clip(sy, 0, h - 1), np.clip(sx, 0, w - 1)], background)
+    moved = valid & np.isin(source, region_ids)
+    out = np.where(inside, background, labels)
+    return np.where(moved, source, out).astype(labels.dtype)
+
+
+def parse_shape_transform(text: str) -> tuple[float, float, float]:
+    """'scale=1.1,dx=0,dy=-20' -> (scale, dx, dy); omitted ones keep 1, 0, 0."""
+    values = {"scale": 1.0, "dx": 0.0, "dy": 0.0}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in values:
+            raise ValueError(f"shape transform {text!r}: expected scale=S,dx=X,dy=Y (any of them)")
+        try:
+            values[key.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"shape transform {text!r}: {key.strip()} is not a number") from None
+    if values["scale"] <= 0:
+        raise ValueError(f"shape transform {text!r}: scale must be positive")
+    return values["scale"], values["dx"], values["dy"]

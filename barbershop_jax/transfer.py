@@ -79,11 +79,35 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def _stage_key(kind, hashes, weights, embed_cfg, cfg, fields) -> str:
+def _stage_key(kind, hashes, weights, embed_cfg, cfg, fields, edit: str = "") -> str:
     settings = {f: getattr(cfg, f) for f in fields}
     embed_settings = {f: getattr(embed_cfg, f) for f in cache_lib.FS_FIELDS}
-    return _digest(json.dumps({"kind": kind, "images": list(hashes), "weights": weights,
-                               "embedding": embed_settings, "settings": settings}, sort_keys=True))
+    blob = {"kind": kind, "images": list(hashes), "weights": weights, "embedding": embed_settings,
+            "settings": settings}
+    if edit:  # only when there is one, so that the keys of unedited runs stay as they were
+        blob["edit"] = edit
+    return _digest(json.dumps(blob, sort_keys=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetEdit:
+    """A change to the target mask of a triple's (face, shape) pair.
+
+    target: (P, P) class ids that replace the computed target mask (P: the parse size;
+    target_mask.read_label_png reads and checks one from a file); shape_transform:
+    (scale, dx, dy) applied to the shape reference's hair before the merge
+    (target_mask.move_region). Either may be None."""
+    target: np.ndarray | None = None
+    shape_transform: tuple | None = None
+
+    def tag(self) -> str:
+        """A digest of the edit, for cache keys ("" for no edit)."""
+        parts = []
+        if self.target is not None:
+            parts.append(cache_lib.content_hash(np.asarray(self.target, np.int32)))
+        if self.shape_transform is not None:
+            parts.append(repr(tuple(float(v) for v in self.shape_transform)))
+        return _digest(*parts) if parts else ""
 
 
 def _save_labels(path: Path, labels):
@@ -140,6 +164,8 @@ class Pipeline:
         self.checkpoint_every = checkpoint_every
         self.failures: list = []  # (item: an image name, a pair or a triple, reason), this run
         self.triple_failures: list = []  # (triple of names, reason): the triples without a result
+        self.pair_edits: dict = {}  # (face, shape) -> TargetEdit
+        self.save_target_masks = False  # also write OUT/target_masks/{face}_{ref}.png (indexed) + legend.json
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
@@ -175,6 +201,9 @@ class Pipeline:
         folder = self.out / resume.RESUME_DIR / stage / resume.batch_key(*keys)
         return resume.LoopCheckpoint(folder, self.checkpoint_every)
 
+    def _edit(self, face, ref) -> TargetEdit:
+        return self.pair_edits.get((face, ref)) or TargetEdit()
+
     def _fail(self, item, reason):
         self.failures.append((item, reason))
 
@@ -199,7 +228,7 @@ class Pipeline:
         out, todo = {}, []
         for face, ref in pairs:
             key = _stage_key("Align", (sources[face].image_hash, sources[ref].image_hash), self.weights,
-                             self.embed_cfg, self.cfg, ALIGN_FIELDS)
+                             self.embed_cfg, self.cfg, ALIGN_FIELDS, self._edit(face, ref).tag())
             npz, labels_png = self._align_paths(face, ref)
             hit = cache_lib.read_latents_npz(npz, self.latent_shape, self.f_shape) if cache_lib.key_matches(npz, key) else None
             labels = _read_labels(labels_png, self.cfg.parse_size) if hit is not None else None
@@ -209,6 +238,13 @@ class Pipeline:
                 todo.append((face, ref, key))
         for batch, padded in optimize.batches(todo, self.batch_size, "align"):
             out.update(self._align_batch(padded, sources, embedded, len(batch)))
+        if self.save_target_masks:
+            folder = self.out / "target_masks"
+            n_classes = len(self.models.parser.labels.names)
+            for (face, ref), a in out.items():
+                target_mask.save_label_png(folder / f"{face}_{ref}.png", a.target, n_classes)
+            if out:
+                cache_lib.save_json(folder / "legend.json", target_mask.legend(self.models.parser.labels))
         return out
 
     def _align_batch(self, batch, sources, embedded, n_real):
@@ -219,11 +255,24 @@ class Pipeline:
                               self._parsed_of([sources[n] for f, r, _ in batch for n in (f, r)])))
         keys = [self._key((sources[f].image_hash, sources[r].image_hash)) for f, r, _ in batch]
         ckpt = self._checkpoint("align", [k for _, _, k in batch])
+        edits = [self._edit(f, r) for f, r, _ in batch]
+        bg, hair_id = labels_map.id("background"), labels_map.id("hair")
+
+        def shape_labels(r, edit):
+            if edit.shape_transform is None:
+                return parsed[r][0]
+            return target_mask.move_region(parsed[r][0], (hair_id,), bg, *edit.shape_transform)
+
         with self._timed("target mask"):
-            inputs = _stack([target_mask.prepare(parsed[f][0], parsed[r][0], labels_map, k)
-                             for (f, r, _), k in zip(batch, keys)])
-            target = target_mask.gan_inpaint(self.models, inputs, cfg, progress=self.progress, devices=self.devices,
-                                             checkpoint=ckpt and ckpt.sub("mask"))
+            if all(e.target is not None for e in edits):  # every mask given: no GAN inpainting
+                target = jnp.asarray(np.stack([e.target for e in edits]), jnp.int32)
+            else:
+                inputs = _stack([target_mask.prepare(parsed[f][0], shape_labels(r, e), labels_map, k)
+                                 for (f, r, _), k, e in zip(batch, keys, edits)])
+                target = target_mask.gan_inpaint(self.models, inputs, cfg, progress=self.progress,
+                                                 devices=self.devices, checkpoint=ckpt and ckpt.sub("mask"))
+                target = jnp.asarray(np.stack([np.asarray(e.target, np.int32) if e.target is not None else t
+                                               for e, t in zip(edits, np.asarray(target))]))
         hair = lambda n: (parsed[n][0] == labels_map.id("hair")).astype(np.float32)  # noqa: E731
         e = lambda n, field: getattr(embedded[n], field)  # noqa: E731
         align_inputs = alignment.AlignInputs(*[jnp.asarray(np.stack(x)) for x in (
@@ -261,7 +310,9 @@ class Pipeline:
         for t in triples:
             face, shape, color = t
             key = _stage_key("Blend", tuple(sources[n].image_hash for n in t), self.weights, self.embed_cfg,
-                             self.cfg, ALIGN_FIELDS + BLEND_FIELDS)
+                             self.cfg, ALIGN_FIELDS + BLEND_FIELDS,
+                             _digest(self._edit(face, shape).tag(), self._edit(face, color).tag())
+                             if self._edit(face, shape).tag() or self._edit(face, color).tag() else "")
             npz = self.out / f"Blend_{self.cfg.sign}" / f"{face}_{shape}_{color}.npz"
             cached = self._cached_blend(t, key, npz, aligned)
             if cached is not None:
@@ -353,12 +404,21 @@ class Pipeline:
         return out
 
     # ------------------------------------------------------------------ all
-    def run(self, triples) -> list[TransferResult]:
-        """triples: [(face, shape, color)] of paths, PIL images, arrays or api.ImageSource."""
+    def run(self, triples, edits=None) -> list[TransferResult]:
+        """triples: [(face, shape, color)] of paths, PIL images, arrays or api.ImageSource.
+        edits: None, or one TargetEdit (or None) per triple, for its (face, shape) pair."""
         named = [tuple(api.as_source(x) for x in t) for t in triples]
         sources = {s.name: s for s in api.identify([s for t in named for s in t])}
         self.sources.update(sources)
         triples = [tuple(s.name for s in t) for t in named]
+        for t, edit in zip(triples, edits or ()):
+            if edit is None or (edit.target is None and edit.shape_transform is None):
+                continue
+            pair = (t[0], t[1])
+            if pair in self.pair_edits and self.pair_edits[pair].tag() != edit.tag():
+                raise ValueError(f"{t[0]} with {t[1]}: two different target-mask edits for one pair (one per "
+                                 "(face, shape) pair per run)")
+            self.pair_edits[pair] = edit
         embedded = self.embed(list(sources.values()))
         # A failed image (its optimisation diverged) fails its triples only; the rest go on.
         live = [t for t in triples if all(n in embedded for n in t)]
@@ -459,7 +519,7 @@ class HairTransfer:
                         devices=self.devices, checkpoint_every=self.checkpoint_every)
 
     def transfer_many(self, triples, *, align=None, paste_back: bool = False, feather: float = FEATHER,
-                      **options) -> list[TransferResult]:
+                      edits=None, save_target_masks: bool = False, **options) -> list[TransferResult]:
         """Transfer every (face, shape, color) triple; batched, cached, in input order. A
         triple whose optimisation diverged (NaN or infinity) gives None, with its reason in
         `self.failures`; the others are unaffected.
@@ -467,7 +527,11 @@ class HairTransfer:
         align: ordinary photos in, FFHQ crops made first (face_crop.Aligner; True for the
         default one, landmarks from a sidecar JSON or dlib); the crops go to OUT/aligned/.
         paste_back: each result is also pasted into the face's photo (the face must be a
-        file whose crop transform {stem}.crop.json lies beside it, as align writes it)."""
+        file whose crop transform {stem}.crop.json lies beside it, as align writes it).
+        edits: one TargetEdit (or None) per triple: its (face, shape) pair's target mask given
+        (an array, or an indexed PNG path) or its shape reference's hair moved and scaled.
+        save_target_masks: also write OUT/target_masks/{face}_{ref}.png (indexed: values are
+        class ids, in the label colours) and legend.json, to edit and give back."""
         triples = list(triples)
         if align:
             aligner = align if isinstance(align, face_crop.Aligner) else face_crop.Aligner()
@@ -483,8 +547,15 @@ class HairTransfer:
                                                   "(from align-faces), not an in-memory image")
                 face_crop.read_transform(face)
         pipeline = self.pipeline(**options)
+        pipeline.save_target_masks = save_target_masks
+        labels, size = self.models.parser.labels, pipeline.cfg.parse_size
+        edits = [None if e is None else dataclasses.replace(e, target=None if e.target is None else (
+            target_mask.read_label_png(e.target, labels, size) if isinstance(e.target, (str, Path))
+            else target_mask.check_target(e.target, labels, size))) for e in (edits or [])]
+        if edits and len(edits) != len(triples):
+            raise ValueError(f"{len(edits)} edits for {len(triples)} triples: give one (or None) per triple")
         try:
-            results = pipeline.run(triples)
+            results = pipeline.run(triples, edits)
             if paste_back:
                 results = pipeline.paste_back(results, feather)
         finally:
@@ -492,10 +563,12 @@ class HairTransfer:
             self.failures = pipeline.triple_failures
         return results
 
-    def transfer(self, face, shape, color, **options) -> TransferResult:
+    def transfer(self, face, shape, color, *, target_mask=None, shape_transform=None, **options) -> TransferResult:
         """One triple: the face with the hair shape of `shape` and the hair colour of `color`.
-        Takes transfer_many's align, paste_back and feather too."""
-        result = self.transfer_many([(face, shape, color)], **options)[0]
+        target_mask (array or indexed PNG path) and shape_transform ((scale, dx, dy)) edit the
+        target mask (TargetEdit); takes transfer_many's other options too."""
+        edit = TargetEdit(target_mask, shape_transform) if target_mask is not None or shape_transform else None
+        result = self.transfer_many([(face, shape, color)], edits=[edit], **options)[0]
         if result is None:
             raise api.NonFiniteError(self.failures[0][1])
         return result

@@ -7,6 +7,7 @@ import pytest
 import scipy.ndimage as ndi
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from barbershop_jax import alignment, masks, target_mask
 from barbershop_jax.losses import lpips as lpips_loss
@@ -314,3 +315,50 @@ def test_config_sizes_follow_the_official_at_1024_and_512():
         TransferConfig(sign="pretty")
     with pytest.raises(ValueError, match="divide"):
         TransferConfig(parse_size=300).resolve(1024)
+
+
+# ----------------------------------------------------------------------------- editable masks
+def test_move_region_moves_and_scales_the_hair_on_a_hand_built_map():
+    bg, hair, skin = LABELS.id("background"), LABELS.id("hair"), LABELS.id("skin")
+    labels = np.full((32, 32), bg, np.int32)
+    labels[10:20, 8:24] = skin
+    labels[4:8, 12:16] = hair                      # a 4 x 4 square of hair, centre (5.5, 13.5)
+    moved = target_mask.move_region(labels, (hair,), bg, dx=3, dy=-2)
+    expect = np.where(labels == hair, bg, labels)
+    expect[2:6, 15:19] = hair                      # shifted by (dy, dx) = (-2, 3)
+    np.testing.assert_array_equal(moved, expect)
+    grown = target_mask.move_region(labels, (hair,), bg, scale=2.0)
+    ys, xs = np.nonzero(grown == hair)
+    assert (ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) == (8, 8)   # twice the side, same centre
+    assert (ys.mean(), xs.mean()) == pytest.approx((5.5, 13.5), abs=0.5)
+    np.testing.assert_array_equal(grown[10:20], labels[10:20])           # the face is untouched
+    np.testing.assert_array_equal(target_mask.move_region(labels, (hair,), bg), labels)
+
+
+def test_shape_transform_text():
+    assert target_mask.parse_shape_transform("scale=1.1,dx=0,dy=-20") == (1.1, 0.0, -20.0)
+    assert target_mask.parse_shape_transform("dy=5") == (1.0, 0.0, 5.0)
+    for bad in ("scale=0", "turn=3", "dx=left", "dx"):
+        with pytest.raises(ValueError, match="shape transform"):
+            target_mask.parse_shape_transform(bad)
+
+
+def test_saved_target_masks_read_back_exactly_and_bad_ones_are_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 16, (24, 24)).astype(np.int32)
+    path = target_mask.save_label_png(tmp_path / "m.png", labels, 16)
+    with Image.open(path) as im:
+        assert im.mode == "P"
+        assert im.getpalette()[3 * 10:3 * 11] == target_mask.palette(16)[10].tolist()  # hair in its colour
+    np.testing.assert_array_equal(target_mask.read_label_png(path, LABELS, 24), labels)
+    assert target_mask.legend(LABELS)["10"]["name"] == "hair"
+    with pytest.raises(ValueError, match="m.png: 24x24, but target masks are 32x32"):
+        target_mask.read_label_png(path, LABELS, 32)
+    Image.fromarray(np.full((24, 24), 200, np.uint8), "L").save(tmp_path / "unknown.png")
+    with pytest.raises(ValueError, match=r"label value\(s\) \[200\] unknown to this parser \(16 classes\)"):
+        target_mask.read_label_png(tmp_path / "unknown.png", LABELS, 24)
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match="a RGB image, not a label map"):
+        target_mask.read_label_png(tmp_path / "rgb.png", LABELS, 24)
+    with pytest.raises(ValueError, match="no such target mask"):
+        target_mask.read_label_png(tmp_path / "none.png", LABELS, 24)

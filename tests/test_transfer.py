@@ -374,3 +374,66 @@ def test_sigterm_then_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(b
         with np.load(npz) as a, np.load(clean / "Blend_realistic" / npz.name) as b:
             for k in ("latent_in", "latent_F"):
                 np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_target_masks_saved_read_back_and_edited(batch_run, models, tmp_path):
+    """--save-target-mask writes indexed PNGs; given back with --target-mask they reproduce the
+    computed result exactly; an edited mask, or a moved shape, changes it."""
+    from barbershop_jax import target_mask
+
+    out, triples, _ = batch_run
+    t = triples[0]  # ann, bob, cid
+
+    def run(name, **kw):
+        folder = tmp_path / name
+        for sub in ("W+", "FS"):  # the same embeddings: this test is about the target mask
+            shutil.copytree(out / sub, folder / sub)
+        return _transfer(models, folder).transfer_many([t], **kw)[0], folder
+
+    plain, plain_out = run("plain", save_target_masks=True)
+    saved = plain_out / "target_masks" / "ann_bob.png"
+    assert (plain_out / "target_masks" / "ann_cid.png").is_file()
+    assert json.loads((plain_out / "target_masks" / "legend.json").read_text())["10"]["name"] == "hair"
+    np.testing.assert_array_equal(target_mask.read_label_png(saved, models[0].parser.labels, 64),
+                                  plain.target_labels)
+
+    again, _ = run("again", edits=[transfer.TargetEdit(saved)])
+    np.testing.assert_array_equal(again.target_labels, plain.target_labels)
+    np.testing.assert_array_equal(again.image, plain.image)
+    np.testing.assert_array_equal(again.latent_in, plain.latent_in)
+
+    hair, bg = models[0].parser.labels.id("hair"), models[0].parser.labels.id("background")
+    edited_mask = np.where(plain.target_labels == hair, bg, plain.target_labels)  # no hair at all
+    assert (edited_mask != plain.target_labels).any()
+    edited, _ = run("edited", edits=[transfer.TargetEdit(edited_mask)])
+    np.testing.assert_array_equal(edited.target_labels, edited_mask)
+    assert not np.array_equal(edited.structure_f, plain.structure_f)
+
+    moved, _ = run("moved", edits=[transfer.TargetEdit(shape_transform=(1.0, 0.0, 12.0))])
+    assert not np.array_equal(moved.target_labels, plain.target_labels)
+
+    with pytest.raises(ValueError, match="but target masks are 64x64"):
+        run("bad", edits=[transfer.TargetEdit(np.zeros((32, 32), np.int32))])
+
+
+def test_cli_target_mask_flags_reach_the_transfer(tmp_path, capsys, monkeypatch, models):
+    from barbershop_jax import target_mask
+
+    calls = []
+    monkeypatch.setattr(transfer, "load_models", lambda weights=None: models)
+    monkeypatch.setattr(transfer.HairTransfer, "transfer_many", lambda self, good, **k: calls.append(k) or [])
+    a = image_io.save_png(tmp_path / "a.png", np.zeros((64, 64, 3), np.uint8))
+    mask = target_mask.save_label_png(tmp_path / "m.png", np.zeros((64, 64), np.int32), 16)
+    assert cli.main(["transfer", "--face", str(a), "--shape", str(a), "--color", str(a), "--out", str(tmp_path / "o"),
+                     "--target-mask", str(mask), "--shape-transform", "scale=1.2,dy=-4", "--save-target-mask",
+                     "--quiet"]) == 0
+    [edit] = calls[0]["edits"]
+    assert str(edit.target) == str(mask) and edit.shape_transform == (1.2, 0.0, -4.0)
+    assert calls[0]["save_target_masks"] is True
+    image_io.save_png(tmp_path / "b.png", np.ones((64, 64, 3), np.uint8))
+    (tmp_path / "t.csv").write_text("face,shape,color,target_mask,shape_transform\na.png,a.png,a.png,m.png,\n"
+                                    "b.png,b.png,b.png,,dx=3\n")
+    assert cli.main(["transfer", "--pairs", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o2"), "--quiet"]) == 0
+    first, second = calls[1]["edits"]
+    assert first.target == tmp_path / "m.png" and first.shape_transform is None
+    assert second.target is None and second.shape_transform == (1.0, 3.0, 0.0)
