@@ -157,18 +157,13 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
                 imported = store.import_official(import_official, name, image_hash, cfg, (n_lat, d), f_shape)
                 log.info("%s: imported %s from %s", name, ", ".join(imported) or "nothing", import_official)
 
-    def loop_checkpoint(stage, batch, key_of):
-        if checkpoint_every is None:
-            return None
-        folder = Path(out_dir) / resume.RESUME_DIR / stage / resume.batch_key(*(key_of(it) for it in batch))
-        return resume.LoopCheckpoint(folder, checkpoint_every)
-
     failed: list = []
     w_plus = {it.name: store.get_w_plus(it.name, it.image_hash, cfg, (n_lat, d)) for it in items}
     todo = [it for it in items if w_plus[it.name] is None]
     for batch, padded in optimize.batches(todo, batch_size, "w_plus"):
         targets = _targets(padded, g.config.size, cfg)
-        ckpt = loop_checkpoint("w_plus", padded, lambda it: store.w_key(it.image_hash, cfg))
+        ckpt = resume.batch_checkpoint(out_dir, "w_plus", [store.w_key(it.image_hash, cfg) for it in padded],
+                                       checkpoint_every)
         w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=progress, devices=devices, checkpoint=ckpt)
         images = _render_last_step(consts, w, targets.key, cfg.w_steps, cfg)
         for it, w_i, im in zip(batch, np.asarray(w), images):
@@ -191,7 +186,8 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
         for batch, padded in optimize.batches(todo, batch_size, "fs"):
             targets = _targets(padded, g.config.size, cfg)
             w = jnp.asarray(np.stack([w_plus[it.name] for it in padded]))
-            ckpt = loop_checkpoint("fs", padded, lambda it: store.fs_key(it.image_hash, cfg))
+            ckpt = resume.batch_checkpoint(out_dir, "fs", [store.fs_key(it.image_hash, cfg) for it in padded],
+                                           checkpoint_every)
             latent_in, structure_f, _ = embedding.embed_fs(consts, targets, w, cfg, progress=progress,
                                                            devices=devices, checkpoint=ckpt)
             images = _render_fs(consts, latent_in, structure_f, targets.key, cfg)

@@ -188,11 +188,14 @@ def _transfer(args):
         from barbershop_jax import face_crop
         for t in triples:  # before loading any model
             face_crop.read_transform(t[0])
+    def hair_transfer():  # loads the models
+        return transfer.HairTransfer(args.weights, args.out, batch_size=args.batch_size, progress=not args.quiet,
+                                     checkpoint_every=args.checkpoint_every or None, **options)
+
     ht, align_failures = None, []
     if args.align:  # the crops are cut at the generator's size: load the models first
         from pathlib import Path
-        ht = transfer.HairTransfer(args.weights, args.out, batch_size=args.batch_size, progress=not args.quiet,
-                                   checkpoint_every=args.checkpoint_every or None, **options)
+        ht = hair_transfer()
         originals = triples
         triples, align_failures = transfer.align_inputs(
             triples, Path(args.out) / "aligned", _aligner(args, ht.models.generator.config.size),
@@ -208,9 +211,7 @@ def _transfer(args):
         if args.pairs:
             transfer.write_failures(args.out, failures)
         raise ImageError("; ".join(f"{msg}" for _, msg in failures[:3]))
-    if ht is None:
-        ht = transfer.HairTransfer(args.weights, args.out, batch_size=args.batch_size, progress=not args.quiet,
-                                   checkpoint_every=args.checkpoint_every or None, **options)
+    ht = ht or hair_transfer()
     results = ht.transfer_many(good, paste_back=args.paste_back, feather=args.feather, edits=edits,
                                save_target_masks=args.save_target_mask)
     failures += ht.failures  # optimisations that diverged: those triples only

@@ -139,6 +139,14 @@ class LoopCheckpoint:
                 old.unlink(missing_ok=True)
 
 
+def batch_checkpoint(out_dir, stage: str, keys, every: int | None) -> LoopCheckpoint | None:
+    """The checkpoint of one batch of a stage, named after its items' cache keys:
+    OUT/.resume/{stage}/{batch key}/ (None when checkpointing is off)."""
+    if every is None:
+        return None
+    return LoopCheckpoint(Path(out_dir) / RESUME_DIR / stage / batch_key(*keys), every)
+
+
 def clear(folder) -> None:
     """Remove a batch's checkpoints (after its results are written)."""
     shutil.rmtree(folder, ignore_errors=True)

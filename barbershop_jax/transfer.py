@@ -194,18 +194,8 @@ class Pipeline:
     def _key(self, hashes):
         return optimize.image_key(self.cfg.seed, _digest(*hashes))
 
-    def _checkpoint(self, stage, keys):
-        """The resume checkpoint of one batch (resume.py), named after its items' keys."""
-        if self.checkpoint_every is None:
-            return None
-        folder = self.out / resume.RESUME_DIR / stage / resume.batch_key(*keys)
-        return resume.LoopCheckpoint(folder, self.checkpoint_every)
-
     def _edit(self, face, ref) -> TargetEdit:
         return self.pair_edits.get((face, ref)) or TargetEdit()
-
-    def _fail(self, item, reason):
-        self.failures.append((item, reason))
 
     def _align_paths(self, face, ref):
         d = self.out / f"Align_{self.cfg.sign}"
@@ -219,8 +209,7 @@ class Pipeline:
             done = api.embed(sources, self.out, consts, self.embed_cfg, batch_size=self.batch_size,
                              progress=self.progress, devices=self.devices, checkpoint_every=self.checkpoint_every,
                              failures=failed)
-        for name, reason in failed:
-            self.failures.append((name, reason))
+        self.failures += failed
         return {e.name: e for e in done}
 
     def align_pairs(self, pairs, sources, embedded) -> dict:
@@ -254,7 +243,7 @@ class Pipeline:
             parsed = dict(zip([n for f, r, _ in batch for n in (f, r)],
                               self._parsed_of([sources[n] for f, r, _ in batch for n in (f, r)])))
         keys = [self._key((sources[f].image_hash, sources[r].image_hash)) for f, r, _ in batch]
-        ckpt = self._checkpoint("align", [k for _, _, k in batch])
+        ckpt = resume.batch_checkpoint(self.out, "align", [k for _, _, k in batch], self.checkpoint_every)
         edits = [self._edit(f, r) for f, r, _ in batch]
         bg, hair_id = labels_map.id("background"), labels_map.id("hair")
 
@@ -289,7 +278,8 @@ class Pipeline:
         out = {}
         for i, (face, ref, key) in enumerate(batch[:n_real]):
             if not (np.isfinite(structure_f[i]).all() and np.isfinite(np.asarray(result.image[i])).all()):
-                self._fail((face, ref), f"{face} with {ref}: alignment diverged (NaN or infinity); nothing written")
+                self.failures.append(((face, ref), f"{face} with {ref}: alignment diverged (NaN or infinity); "
+                                                   "nothing written"))
                 continue
             npz, labels_png = self._align_paths(face, ref)
             npz.with_suffix(".json").unlink(missing_ok=True)
@@ -351,7 +341,7 @@ class Pipeline:
             col(lambda f, s, c: small[f]), col(lambda f, s, c: small[c]),
             col(lambda f, s, c: parsed[f][1]), col(lambda f, s, c: parsed[c][1]),
             jnp.stack([self._key(tuple(sources[n].image_hash for n in t)) for t, _, _ in batch]))
-        ckpt = self._checkpoint("blend", [k for _, k, _ in batch])
+        ckpt = resume.batch_checkpoint(self.out, "blend", [k for _, k, _ in batch], self.checkpoint_every)
         with self._timed("blending"):
             result = blending.blend(self.models, inputs, cfg, progress=self.progress, devices=self.devices,
                                     checkpoint=ckpt)
@@ -361,7 +351,8 @@ class Pipeline:
         for i, (t, key, npz) in enumerate(batch[:n_real]):
             face, shape, color = t
             if not (np.isfinite(latent_in[i]).all() and np.isfinite(np.asarray(result.image[i])).all()):
-                self._fail(t, f"{face}, {shape}, {color}: blending diverged (NaN or infinity); nothing written")
+                self.failures.append((t, f"{face}, {shape}, {color}: blending diverged (NaN or infinity); "
+                                         "nothing written"))
                 continue
             npz.with_suffix(".json").unlink(missing_ok=True)
             cache_lib.save_latents_npz(npz, latent_in[i], structure_f[i])
