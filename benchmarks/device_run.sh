@@ -1,13 +1,37 @@
 #!/usr/bin/env bash
-# One prepared GPU session: the 1024 px parity check, then the generator benchmark.
-# Usage on a GPU machine, from the repository root:  OUT=results_dir bash benchmarks/device_run.sh
+# One prepared GPU session, about 9 minutes on an H100 (the device tool's 15-minute budget):
+# the benchmark suite at 1024 px, most important first, each part started only while time is left.
+#   1. every stage's step at batch 8, PyTorch at batch 1 and 8 beside it; a whole transfer of 8
+#      triples at 1/10 of the official step counts (checks the prediction from the steps)
+#   2. the embedding steps in bfloat16 at batch 8
+#   3. every stage's step at batch 1
+#   4. the W+ step with rematerialisation at batch 8 and 16 (memory against speed)
+# Usage on a GPU machine, from the repository root:
+#   OUT=dir BUDGET=seconds [PACK=file.tgz] bash benchmarks/device_run.sh
+# PACK: also pack OUT into one archive after each part (for a transfer that takes few files).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# No preallocation: JAX and PyTorch share the GPU here, and the peak counters mean what they say.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT="${OUT:-benchmarks/results}"
+BUDGET="${BUDGET:-500}"
 mkdir -p "$OUT"
+start=$(date +%s)
+left() { echo $(( BUDGET - ($(date +%s) - start) )); }
+suite() {
+    python3 benchmarks/suite.py --size 1024 --out "$OUT" "$@" 2>&1 | grep -v "^matplotlib"
+    [ -n "${PACK:-}" ] && tar czf "$PACK" -C "$OUT" .
+}
+
 nvidia-smi -L
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
-python3 benchmarks/check_1024.py 2>&1 | tee "$OUT/check_1024.log"
-cp benchmarks/results/check_1024_*.json "$OUT/" 2>/dev/null
-python3 benchmarks/bench_generator.py --size 1024 --batches 1 2 4 8 --reps 5 --out "$OUT" 2>&1 | tee "$OUT/bench_1024.log"
-python3 benchmarks/bench_generator.py --size 1024 --batches 4 --reps 5 --upconv dilated --no-torch --out "$OUT" 2>&1 | tee "$OUT/bench_1024_dilated.log"
+suite --batches 8 --torch-batched --transfer-batch 8 --transfer-scale 0.1 --deadline $(( $(left) - 150 )) \
+    | tee "$OUT/suite_b8.log"
+[ "$(left)" -gt 100 ] && suite --batches 8 --stages W+ FS --dtype bfloat16 --torch none \
+    --deadline $(( $(left) - 70 )) | tee "$OUT/suite_bf16.log"
+[ "$(left)" -gt 100 ] && suite --batches 1 --tag suite_gpu_1024px_b1 --deadline $(( $(left) - 60 )) \
+    | tee "$OUT/suite_b1.log"
+[ "$(left)" -gt 80 ] && suite --batches 8 16 --stages W+ --remat --torch none --tag suite_gpu_1024px_remat \
+    --deadline $(( $(left) - 60 )) | tee "$OUT/suite_remat.log"
+echo "device_run.sh: $(( $(date +%s) - start )) s"
+[ -n "${PACK:-}" ] && tar czf "$PACK" -C "$OUT" .

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import sys
 import tempfile
@@ -23,6 +24,25 @@ sys.path.insert(0, str(Path(__file__).parent))
 from barbershop_jax import compile_cache  # noqa: E402
 
 compile_cache.enable()  # in this process too: the subprocesses then find what the tests compiled
+
+
+@contextlib.contextmanager
+def count_compilations():
+    """Yields a list that collects the name of every program XLA compiles (or reads from the
+    persistent cache) inside the block: what jit's in-memory caches missed."""
+    from jax._src import dispatch, monitoring
+
+    names = []
+
+    def listener(event, duration, **kwargs):
+        if event == dispatch.BACKEND_COMPILE_EVENT:
+            names.append(kwargs.get("fun_name", "?"))
+
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
 
 
 def nhwc(t):

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from barbershop_jax import blending, cli, demo, image_io, landmarks, optimize, resume, transfer
+from conftest import count_compilations
 from barbershop_jax.losses import p_norm
 from barbershop_jax.models import bisenet, vgg16
 from barbershop_jax.transfer_config import Models, TransferConfig
@@ -150,8 +151,11 @@ def test_batch_equals_single_runs(batch_run, models, tmp_path):
     for sub in ("W+", "FS"):  # the same embeddings: this test is about the transfer stages
         shutil.copytree(out / sub, single_out / sub)
     for t, expected in list(zip(triples, batched))[:3]:
-        # Alone, at the batch run's size: padded (optimize.batches), so nothing compiles again.
-        [one] = _transfer(models, single_out, batch_size=2).transfer_many([t])
+        # Alone, at the batch run's size: padded (optimize.batches), so nothing compiles again:
+        # not the loops' chunks, not the stages' other programs, not a triple's eager work.
+        with count_compilations() as compiled:
+            [one] = _transfer(models, single_out, batch_size=2).transfer_many([t])
+        assert compiled == [], compiled
         agree = np.mean(one.target_labels == expected.target_labels)
         assert agree >= 0.995, agree  # argmax labels: a float-level tie may flip a pixel
         if agree == 1.0:

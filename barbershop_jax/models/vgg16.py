@@ -41,6 +41,7 @@ class VGG16Features(nn.Module):
     style loss feeds raw [-1, 1] images). Max pools floor odd sizes, as torch's MaxPool2d(2)."""
     widths: tuple = (64, 128, 256, 512, 512)
     precision: Any = None
+    dtype: Any = jnp.float32    # compute dtype of the convolutions; the taps are returned in float32
 
     @nn.compact
     def __call__(self, x, taps=TAPS):
@@ -55,12 +56,12 @@ class VGG16Features(nn.Module):
             if block > 1:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
             for i in range(1, n_convs + 1):
-                x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), precision=self.precision,
+                x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), precision=self.precision, dtype=self.dtype,
                             name=f"conv{block}_{i}")(x)
                 x = jax.nn.relu(x)
             tap = f"relu{block}_{n_convs}"
             if tap in taps:
-                out[tap] = x
+                out[tap] = x.astype(jnp.float32)
         return out
 
 
@@ -70,11 +71,15 @@ class VGG16Config:
     """The architecture. Defaults: torchvision's vgg16 (ImageNet weights, LPIPS v0.1 lins)."""
     widths: tuple = (64, 128, 256, 512, 512)   # channels of blocks 1..5 (torchvision: fixed)
     lpips_version: str = "0.1"                  # which lpips weights/v*/vgg.pth the lins come from
+    dtype: str = "float32"                      # compute dtype of the convolutions: float32 or bfloat16
+                                                # (a run-time choice, not saved with the weights)
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if len(self.widths) != len(BLOCKS):
             raise ValueError(f"widths needs {len(BLOCKS)} entries, got {self.widths}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
 
     def to_json(self) -> dict:
         return {"widths": list(self.widths), "lpips_version": self.lpips_version}
@@ -102,7 +107,8 @@ class VGG16:
 
     def features(self, x, taps=TAPS) -> dict:
         """x (B, H, W, 3) -> {tap: (B, h, w, C)} for the requested taps (no normalisation)."""
-        return VGG16Features(self.config.widths).apply({"params": self.params}, x, tuple(taps))
+        return VGG16Features(self.config.widths, dtype=jnp.dtype(self.config.dtype)).apply(
+            {"params": self.params}, x, tuple(taps))
 
 
 def init(config: VGG16Config, key) -> VGG16:
