@@ -157,6 +157,24 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
                 imported = store.import_official(import_official, name, image_hash, cfg, (n_lat, d), f_shape)
                 log.info("%s: imported %s from %s", name, ", ".join(imported) or "nothing", import_official)
 
+    with image_io.BackgroundWrites() as writes:  # results are written while the next batch runs
+        failed, w_plus, results = _embed_todo(items, store, consts, cfg, batch_size, fs, progress, devices,
+                                              out_dir, checkpoint_every, writes)
+    if failed and failures is None:
+        raise NonFiniteError(failed[0][1])
+    if failures is not None:
+        failures.extend(failed)
+    bad = {name for name, _ in failed}
+    return [EmbeddedImage(it.name, it.image_hash, w_plus[it.name], *(results.get(it.name, (None, None))))
+            for it in items if it.name not in bad]
+
+
+def _embed_todo(items, store, consts, cfg, batch_size, fs, progress, devices, out_dir, checkpoint_every, writes):
+    """The batches of `embed` that the cache does not hold: (failed, w_plus, FS results)."""
+    g = consts.generator
+    n_lat, d = g.config.n_latent, g.config.style_dim
+    r = 2 ** (cfg.fs_block + 2)
+    f_shape = (r, r, g.config.channels(r))
     failed: list = []
     w_plus = {it.name: store.get_w_plus(it.name, it.image_hash, cfg, (n_lat, d)) for it in items}
     todo = [it for it in items if w_plus[it.name] is None]
@@ -166,15 +184,16 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
                                        checkpoint_every)
         w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=progress, devices=devices, checkpoint=ckpt)
         images = _render_last_step(consts, w, targets.key, cfg.w_steps, cfg)
+        written = []
         for it, w_i, im in zip(batch, np.asarray(w), images):
             if not np.isfinite(w_i).all():
                 failed.append((it.name, f"{it.path or it.name}: W+ embedding diverged (NaN or infinity); "
                                         "nothing written"))
                 continue
-            store.put_w_plus(it.name, it.image_hash, cfg, w_i, im)
+            written.append(writes.submit(store.put_w_plus, it.name, it.image_hash, cfg, w_i, im))
             w_plus[it.name] = w_i
-        if ckpt is not None:
-            resume.clear(ckpt.folder)
+        if ckpt is not None:  # once the batch's results are on disk
+            writes.submit(resume.clear, ckpt.folder, after=written)
 
     results = {}
     if fs:
@@ -191,22 +210,17 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
             latent_in, structure_f, _ = embedding.embed_fs(consts, targets, w, cfg, progress=progress,
                                                            devices=devices, checkpoint=ckpt)
             images = _render_fs(consts, latent_in, structure_f, targets.key, cfg)
+            written = []
             for it, li, f, im in zip(batch, np.asarray(latent_in), np.asarray(structure_f), images):
                 if not (np.isfinite(li).all() and np.isfinite(f).all()):
                     failed.append((it.name, f"{it.path or it.name}: FS embedding diverged (NaN or infinity); "
                                             "nothing written"))
                     continue
-                store.put_fs(it.name, it.image_hash, cfg, li, f, im)
+                written.append(writes.submit(store.put_fs, it.name, it.image_hash, cfg, li, f, im))
                 results[it.name] = (li, f)
             if ckpt is not None:
-                resume.clear(ckpt.folder)
-    if failed and failures is None:
-        raise NonFiniteError(failed[0][1])
-    if failures is not None:
-        failures.extend(failed)
-    bad = {name for name, _ in failed}
-    return [EmbeddedImage(it.name, it.image_hash, w_plus[it.name], *(results.get(it.name, (None, None))))
-            for it in items if it.name not in bad]
+                writes.submit(resume.clear, ckpt.folder, after=written)
+    return failed, w_plus, results
 
 
 def identify(images) -> list[ImageSource]:

@@ -97,6 +97,56 @@ def atomic_write(path, write) -> Path:
     return path
 
 
+class BackgroundWrites:
+    """File writes run on a few threads while the caller goes on with the next batch.
+
+    Why: encoding a 1024 px PNG takes a fair fraction of a second on one core. Measured on an
+    H100 at batch 8 (benchmarks/README.md), the embedding stage spent as long writing its
+    renders and codes as in its optimisation loops, a tenth of the official steps. Each write
+    stays atomic (atomic_write) and keeps its own order (arrays, then PNG, then the key);
+    leaving the block waits for every write, also when the block raises, and re-raises the
+    first failed write's error."""
+
+    def __init__(self, workers: int | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1),
+                                        thread_name_prefix="barbershop-write")
+        self._pending = []
+
+    def submit(self, fn, *args, after=(), **kwargs):
+        """Run fn(*args, **kwargs) on a writer thread. after: futures of earlier submits that
+        must succeed first (fn is skipped if one failed). Returns fn's future."""
+        after = tuple(after)
+
+        def run():
+            if any(f.exception() is not None for f in after):  # submitted earlier: no deadlock
+                return None
+            return fn(*args, **kwargs)
+
+        future = self._pool.submit(run)
+        self._pending.append(future)
+        return future
+
+    def wait(self):
+        """Block until every write so far is done; re-raise the first error."""
+        pending, self._pending = self._pending, []
+        errors = [f.exception() for f in pending]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+        return False
+
+
 def save_png(path, image_uint8) -> Path:
     """Write a uint8 (H, W, 3) array as PNG atomically."""
     return atomic_write(path, lambda f: Image.fromarray(np.asarray(image_uint8)).save(f, format="PNG"))

@@ -126,10 +126,14 @@ def stage_problem(stage: str, models: Models, pca, batch: int, embed_cfg, cfg: T
 
 # ----------------------------------------------------------------------------- JAX timing
 def _flops_per_step(step, step_cfg, consts, state, data) -> float | None:
+    """XLA's count for one vmapped step, from the HLO lowered for the CPU: the same program
+    on every backend (GPU lowerings report no cost analysis before compilation)."""
     vstep = jax.jit(jax.vmap(step, in_axes=(None, 0, 0, None, None)), static_argnums=(4,))
     try:
-        cost = vstep.lower(consts, state, data, jnp.int32(0), step_cfg).cost_analysis()
-    except Exception:  # noqa: BLE001 (a backend without cost analysis)
+        cost = vstep.trace(consts, state, data, jnp.int32(0), step_cfg).lower(
+            lowering_platforms=("cpu",)).cost_analysis()
+    except Exception:  # noqa: BLE001 (no cost analysis: report none)
+        traceback.print_exc()
         return None
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"]) if cost and "flops" in cost else None
@@ -155,8 +159,8 @@ def _device_peak():
     return stats.get("peak_bytes_in_use")
 
 
-def peak_flops(dtype: str) -> float | None:
-    kind = jax.devices()[0].device_kind
+def peak_flops(dtype: str, kind: str | None = None) -> float | None:
+    kind = kind or jax.devices()[0].device_kind
     for name, peaks in PEAK_FLOPS.items():
         if name in kind:
             return peaks[dtype]
@@ -343,6 +347,28 @@ def write(result, out: Path, tag: str):
     plot(result, out / f"{tag}.png")
 
 
+def fill_flops(path: Path):
+    """FLOPs per step for the rows of an earlier run that lack them (a run on a machine whose
+    cost analysis failed): counted here, on the same step at the same shapes."""
+    result = json.loads(path.read_text())
+    meta = result["meta"]
+    models, pca = build_models(meta["size"], meta["dtype"], meta.get("remat", False), meta.get("channel_max", 512))
+    embed_cfg = embedding.EmbedConfig(lpips_size=min(256, meta["size"] // 2), chunk=meta["chunk"])
+    cfg = TransferConfig(chunk=meta["chunk"]).resolve(meta["size"])
+    peak = peak_flops(meta["dtype"], meta["device"])
+    for r in result["rows"]:
+        j = r.get("jax")
+        if not j or j.get("flops_per_step"):
+            continue
+        j["flops_per_step"] = _flops_per_step(*stage_problem(r["stage"], models, pca, r["batch"], embed_cfg, cfg)[:5])
+        achieved = j["flops_per_step"] / (j["ms_per_step"] / 1e3)
+        j["tflops_per_s"], j["fraction_of_peak"] = achieved / 1e12, achieved / peak if peak else None
+        j["flops_counted_after"] = True
+        print(r["stage"], r["batch"], f"{j['flops_per_step'] / 1e9:.1f} GFLOP", flush=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 # ----------------------------------------------------------------------------- main
 def _attempt(fn, *args, **kwargs) -> dict:
     """fn's result, or {"error": one line} (an out-of-memory batch, a torch.compile failure):
@@ -366,6 +392,7 @@ def main(argv=None):
                    help="compute dtype of the generator's and VGG's convolutions")
     p.add_argument("--remat", action="store_true", help="rematerialise the generator's layers in the backward pass")
     p.add_argument("--torch", default="eager", choices=["eager", "none"], help="PyTorch reference")
+    p.add_argument("--no-jax", action="store_true", help="the PyTorch reference alone")
     p.add_argument("--torch-batched", action="store_true", help="also time PyTorch at each batch size > 1")
     p.add_argument("--torch-compile", action="store_true", help="also time PyTorch under torch.compile (batch 1)")
     p.add_argument("--transfer-batch", type=int, nargs="*", default=[], help="time whole transfers at these batches")
@@ -378,10 +405,11 @@ def main(argv=None):
     p.add_argument("--tag", help="output name (default suite_{platform}_{size}px[_{dtype}])")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--plot-only", metavar="JSON", help="redraw the table and plot of an earlier run")
+    p.add_argument("--fill-flops", metavar="JSON", help="count the FLOPs missing from an earlier run, then redraw")
     args = p.parse_args(argv)
-    if args.plot_only:
-        src = Path(args.plot_only)
-        result = json.loads(src.read_text())
+    if args.plot_only or args.fill_flops:
+        src = Path(args.plot_only or args.fill_flops)
+        result = fill_flops(src) if args.fill_flops else json.loads(src.read_text())
         write(result, src.parent, src.stem)
         print(markdown(result))
         return
@@ -427,6 +455,8 @@ def main(argv=None):
                 continue
             row = {"stage": stage, "batch": batch}
             try:
+                if args.no_jax:
+                    raise RuntimeError("not run (--no-jax)")
                 row["jax"] = time_jax_stage(stage, models, pca, batch, chunk=chunk, unroll=unroll, reps=args.reps,
                                             embed_cfg=embed_cfg, cfg=cfg, dtype=args.dtype)
             except Exception as e:  # noqa: BLE001 (report and go on: an OOM at a large batch, say)

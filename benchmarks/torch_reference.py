@@ -51,8 +51,16 @@ class Nets:
         for net in (self.generator, self.parser, self.lpips, self.lpips_spatial):
             net.requires_grad_(False)
         self.noise_shapes = [n.shape[2:] for n in self.generator.const_noise()]
+        self.imagenet_mean, self.imagenet_std = TB.IMAGENET_MEAN.to(device), TB.IMAGENET_STD.to(device)
         self.parse_size = min(512, size)
         self.loss_size = min(256, size // 2)
+
+    def segment(self, image):
+        """The parser's main-head logits of a generator image (Barbershop's call, unclamped)."""
+        import torch_bisenet as TB
+
+        x = TB.bicubic_downsample((image + 1) / 2, image.shape[2] // self.parse_size)
+        return self.parser((x - self.imagenet_mean) / self.imagenet_std)[0]
 
     def noise(self, batch):
         import torch
@@ -124,7 +132,7 @@ def make_step(nets: Nets, stage: str, batch: int, compile: bool = False):
 
         def loss_fn(head, noise):
             _, img = g(torch.cat([head, w_start[:, ALIGN_LATENTS:]], 1), noise)
-            logits = TB.segment(nets.parser, (img + 1) / 2, nets.parse_size, clamp=False)
+            logits = nets.segment(img)
             ce = F.cross_entropy(logits, labels, reduction="none")
             bg = F.cross_entropy(logits, torch.zeros_like(labels), reduction="none")
             return ((ce * keep).sum((1, 2)) / keep.sum((1, 2)) + (bg * (1 - keep)).mean((1, 2))).sum()
@@ -140,7 +148,7 @@ def make_step(nets: Nets, stage: str, batch: int, compile: bool = False):
 
         def loss_fn(head, noise):
             _, img = g(torch.cat([head, w_start[:, ALIGN_LATENTS:]], 1), noise)
-            logits = TB.segment(nets.parser, (img + 1) / 2, nets.parse_size, clamp=False)
+            logits = nets.segment(img)
             ce = F.cross_entropy(logits, labels) * batch
             hair = (logits.argmax(1, keepdim=True) == 10).float().detach()
             hair = F.interpolate(hair, size=(small, small), mode="nearest")
