@@ -40,12 +40,29 @@ def content_hash(pixels: np.ndarray) -> str:
 
 
 def tree_fingerprint(tree) -> str:
-    """sha256 over every array of a pytree (weights, statistics), in tree order."""
+    """sha256 over every array of a pytree (weights, statistics), in tree order, and over the
+    models' non-default numerics (a bfloat16 compute dtype, a convolution precision), which
+    change the results without changing the arrays. Default float32 models hash their arrays
+    alone, so the keys of earlier runs stay valid."""
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         h.update(jax.tree_util.keystr(path).encode())
         h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
+    for tag in _numerics(tree):
+        h.update(tag.encode())
     return h.hexdigest()
+
+
+def _numerics(tree) -> list[str]:
+    models = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: hasattr(x, "config"))
+    tags = []
+    for m in models:
+        config = getattr(m, "config", None)
+        for field, default in (("dtype", "float32"), ("precision", None)):
+            value = getattr(config, field, default)
+            if value != default:
+                tags.append(f"{type(m).__name__}.{field}={value}")
+    return tags
 
 
 def _key(kind: str, image_hash: str, weights: str, cfg, fields) -> str:

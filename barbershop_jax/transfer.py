@@ -440,15 +440,18 @@ def summary(results: list[TransferResult], timings: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def load_models(weights=None):
+def load_models(weights=None, dtype: str = "float32"):
     """(Models, p-norm statistics) from a converted weights directory (stylegan2/, bisenet/,
-    vgg16/), or the embedded default (tiny random models) when `weights` is None."""
+    vgg16/), or the embedded default (tiny random models) when `weights` is None. dtype: the
+    generator's and VGG16's compute dtype (api.with_dtype); the parser stays float32."""
     if weights is None:
         from barbershop_jax import demo
-        consts = demo.embedded_consts()
-        return Models(consts.generator, demo.embedded_parser(), consts.vgg), consts.pca
-    from barbershop_jax.models import bisenet, stylegan2, vgg16
-    return Models(stylegan2.load(weights), bisenet.load(weights), vgg16.load(weights)), stylegan2.load_pca(weights)
+        parser = demo.embedded_parser()
+    else:
+        from barbershop_jax.models import bisenet
+        parser = bisenet.load(weights)
+    consts = api.load_models(weights, dtype)
+    return Models(consts.generator, parser, consts.vgg), consts.pca
 
 
 _EMBED_FIELDS = {f.name for f in dataclasses.fields(embedding.EmbedConfig)}
@@ -481,16 +484,19 @@ class HairTransfer:
     compile_cache: use XLA's persistent compilation cache (compile_cache.py), on by default.
     checkpoint_every: the optimisation loops save their state every so many steps under
     OUT/.resume/, so an interrupted run resumes mid-stage (resume.py); None turns it off.
+    dtype: "bfloat16" runs the generator's and VGG16's convolutions in bfloat16 (faster on
+    GPUs and TPUs; see api.with_dtype); the default "float32" matches the official code.
     """
 
     def __init__(self, weights=None, out_dir=None, *, batch_size: int = 4, progress: bool = True, devices=None,
-                 compile_cache: bool = True, checkpoint_every: int | None = resume.DEFAULT_EVERY, **options):
+                 compile_cache: bool = True, checkpoint_every: int | None = resume.DEFAULT_EVERY,
+                 dtype: str = "float32", **options):
         import tempfile
 
         if compile_cache:
             from barbershop_jax import compile_cache as cc
             cc.enable()
-        self.models, self.pca = load_models(weights)
+        self.models, self.pca = load_models(weights, dtype)
         if out_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="barbershop-jax-")
             out_dir = self._tmp.name

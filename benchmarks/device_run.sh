@@ -5,10 +5,10 @@
 #      triples at 1/10 of the official step counts (checks the prediction from the steps)
 #   2. the embedding steps in bfloat16 at batch 8
 #   3. every stage's step at batch 1
-#   4. the W+ step with rematerialisation at batch 8 and 16 (memory against speed)
 # Usage on a GPU machine, from the repository root:
 #   OUT=dir BUDGET=seconds [PACK=file.tgz] bash benchmarks/device_run.sh
-# PACK: also pack OUT into one archive after each part (for a transfer that takes few files).
+# PACK: also pack OUT into one archive after each part (for a transfer that takes few files);
+# a path outside OUT.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # No preallocation: JAX and PyTorch share the GPU here, and the peak counters mean what they say.
@@ -31,7 +31,5 @@ suite --batches 8 --torch-batched --transfer-batch 8 --transfer-scale 0.1 --dead
     --deadline $(( $(left) - 70 )) | tee "$OUT/suite_bf16.log"
 [ "$(left)" -gt 100 ] && suite --batches 1 --tag suite_gpu_1024px_b1 --deadline $(( $(left) - 60 )) \
     | tee "$OUT/suite_b1.log"
-[ "$(left)" -gt 80 ] && suite --batches 8 16 --stages W+ --remat --torch none --tag suite_gpu_1024px_remat \
-    --deadline $(( $(left) - 60 )) | tee "$OUT/suite_remat.log"
 echo "device_run.sh: $(( $(date +%s) - start )) s"
 [ -n "${PACK:-}" ] && tar czf "$PACK" -C "$OUT" .

@@ -67,11 +67,11 @@ def official_steps() -> dict:
 
 
 # ----------------------------------------------------------------------------- models
-def build_models(size: int, dtype: str = "float32", remat: bool = False, channel_max: int = 512):
+def build_models(size: int, dtype: str = "float32", channel_max: int = 512):
     """Random models at the official architecture (channel multiplier 2, 512 channels, the
     full BiSeNet and VGG16) and p-norm statistics: (Models, pca)."""
     key = jax.random.PRNGKey(0)
-    config = stylegan2.GeneratorConfig(size=size, dtype=dtype, remat=remat, channel_max=channel_max)
+    config = stylegan2.GeneratorConfig(size=size, dtype=dtype, channel_max=channel_max)
     g = stylegan2.init(config, key)
     vgg = vgg16.init(vgg16.VGG16Config(dtype=dtype), jax.random.fold_in(key, 1))
     parser = bisenet.init(bisenet.BiSeNetConfig(), jax.random.fold_in(key, 2))
@@ -352,7 +352,7 @@ def fill_flops(path: Path):
     cost analysis failed): counted here, on the same step at the same shapes."""
     result = json.loads(path.read_text())
     meta = result["meta"]
-    models, pca = build_models(meta["size"], meta["dtype"], meta.get("remat", False), meta.get("channel_max", 512))
+    models, pca = build_models(meta["size"], meta["dtype"], meta.get("channel_max", 512))
     embed_cfg = embedding.EmbedConfig(lpips_size=min(256, meta["size"] // 2), chunk=meta["chunk"])
     cfg = TransferConfig(chunk=meta["chunk"]).resolve(meta["size"])
     peak = peak_flops(meta["dtype"], meta["device"])
@@ -390,7 +390,6 @@ def main(argv=None):
     p.add_argument("--channel-max", type=int, default=512, help="the generator's widest layer (official: 512)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="compute dtype of the generator's and VGG's convolutions")
-    p.add_argument("--remat", action="store_true", help="rematerialise the generator's layers in the backward pass")
     p.add_argument("--torch", default="eager", choices=["eager", "none"], help="PyTorch reference")
     p.add_argument("--no-jax", action="store_true", help="the PyTorch reference alone")
     p.add_argument("--torch-batched", action="store_true", help="also time PyTorch at each batch size > 1")
@@ -424,7 +423,7 @@ def main(argv=None):
 
     chunk_default, unroll = optimize.loop_defaults()
     chunk = args.chunk or chunk_default
-    models, pca = build_models(args.size, args.dtype, args.remat, args.channel_max)
+    models, pca = build_models(args.size, args.dtype, args.channel_max)
     embed_cfg = embedding.EmbedConfig(lpips_size=min(256, args.size // 2), chunk=chunk)
     cfg = TransferConfig(chunk=chunk).resolve(args.size)
 
@@ -439,7 +438,7 @@ def main(argv=None):
                                                                              else f"_{args.dtype}")
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "jax": jax.__version__,
             "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform, "size": args.size,
-            "dtype": args.dtype, "remat": args.remat, "channel_max": args.channel_max, "chunk": chunk, "unroll": unroll, "reps": args.reps,
+            "dtype": args.dtype, "channel_max": args.channel_max, "chunk": chunk, "unroll": unroll, "reps": args.reps,
             "torch": None, "torch_device": nets and nets.device, "official_steps": official_steps()}
     if nets is not None:
         import torch

@@ -354,3 +354,23 @@ def test_two_processes_share_the_images(consts, tmp_path):
         assert p.returncode == 0, err[-2000:]
         assert f"1 image(s) embedded by process {i} of 2" in out
     assert sorted(p.name for p in (tmp_path / "out" / "FS").glob("*.npz")) == ["face0.npz", "face1.npz"]
+
+
+def test_bfloat16_compute_is_an_option_cached_apart(consts):
+    """api.with_dtype: both networks compute in bfloat16, close to float32, and the cache keys
+    of their results differ from float32 ones (which keep their earlier keys)."""
+    g16, vgg16_ = api.with_dtype(consts.generator, "bfloat16"), api.with_dtype(consts.vgg, "bfloat16")
+    assert api.with_dtype(consts.generator, "float32") is consts.generator
+    half = consts._replace(generator=g16, vgg=vgg16_)
+    assert cache.tree_fingerprint(half) != cache.tree_fingerprint(consts)
+    assert cache.tree_fingerprint(consts) == cache.tree_fingerprint(make_consts())
+    w = consts.generator.mean_w_plus(1)
+    full, low = consts.generator.render(w, noise="const"), g16.render(w, noise="const")
+    err = float(jnp.abs(full - low).max() / jnp.abs(full).max())
+    assert 0 < err < 0.05, err
+    x = full[:, ::2, ::2]
+    taps, taps16 = consts.vgg.features(x), vgg16_.features(x)
+    assert all(taps16[t].dtype == jnp.float32 for t in taps16)
+    assert 0 < float(jnp.abs(taps["relu3_3"] - taps16["relu3_3"]).max()) < 0.05 * float(jnp.abs(taps["relu3_3"]).max())
+    with pytest.raises(ValueError, match="dtype"):
+        api.with_dtype(consts.generator, "float16")

@@ -206,8 +206,6 @@ class GeneratorConfig:
     dtype: str = "float32"          # compute dtype of the convolutions: float32 or bfloat16
     precision: str | None = None    # XLA conv precision; None is the backend default (TF32 on
                                     # recent NVIDIA GPUs, like PyTorch's cudnn default), "highest" is strict fp32
-    remat: bool = False             # recompute each styled layer's activations in the backward pass instead of
-                                    # keeping them: less memory for a larger batch, about one more forward's work
 
     def __post_init__(self):
         if self.size < 8 or self.size > 1024 or self.size & (self.size - 1):
@@ -248,8 +246,7 @@ class GeneratorConfig:
         return 0 if block == 0 else 2 * block - 1
 
     def to_json(self) -> dict:
-        """The saved config: the architecture and numerics (remat, a memory choice, is not saved)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "remat"}
+        return dataclasses.asdict(self)
 
     def replace(self, **changes) -> "GeneratorConfig":
         return dataclasses.replace(self, **changes)
@@ -283,17 +280,14 @@ class Generator(nn.Module):
     def setup(self):
         c = self.config
         opts = dict(dtype=jnp.dtype(c.dtype), precision=c.precision)
-        # remat: the backward pass recomputes a layer's activations from its input (checkpointing
-        # at layer boundaries), so only the inputs of the layers stay in memory.
-        styled_conv = nn.remat(StyledConv) if c.remat else StyledConv
         self.mapping = MappingNetwork(c.style_dim, c.n_mlp, c.lr_mlp)
         self.const_input = self.param("input", nn.initializers.normal(1.0), (1, 4, 4, c.channels(4)))
-        self.conv1 = styled_conv(c.channels(4), **opts)
+        self.conv1 = StyledConv(c.channels(4), **opts)
         self.to_rgb1 = ToRGB(**opts)
         convs, to_rgbs = [], []
         for b in range(1, c.n_blocks + 1):
             ch = c.channels(2 ** (b + 2))
-            convs += [styled_conv(ch, upsample=True, **opts), styled_conv(ch, **opts)]
+            convs += [StyledConv(ch, upsample=True, **opts), StyledConv(ch, **opts)]
             to_rgbs.append(ToRGB(**opts))
         self.convs = convs
         self.to_rgbs = to_rgbs
