@@ -211,4 +211,3 @@ def test_conv_transpose_matches_torch():
     out = stylegan2.conv_transpose_2x(jnp.asarray(x), jnp.asarray(k))
     assert out.shape == (2, 11, 15, 6)
     assert rel_err(out, nhwc(ref)) <= 1e-5
-
