@@ -374,3 +374,15 @@ def test_bfloat16_compute_is_an_option_cached_apart(consts):
     assert 0 < float(jnp.abs(taps["relu3_3"] - taps16["relu3_3"]).max()) < 0.05 * float(jnp.abs(taps["relu3_3"]).max())
     with pytest.raises(ValueError, match="dtype"):
         api.with_dtype(consts.generator, "float16")
+
+
+def test_the_compilation_counter_sees_compilations():
+    """The counter the no-recompilation tests rely on (conftest.count_compilations)."""
+    from conftest import count_compilations
+
+    fn = jax.jit(lambda x: x * 3 + 1)
+    with count_compilations() as first:
+        fn(jnp.ones(7))
+    with count_compilations() as again:
+        fn(jnp.ones(7) * 2)
+    assert any("lambda" in name for name in first) and again == []
