@@ -380,9 +380,9 @@ def test_the_compilation_counter_sees_compilations():
     """The counter the no-recompilation tests rely on (conftest.count_compilations)."""
     from conftest import count_compilations
 
-    fn = jax.jit(lambda x: x * 3 + 1)
+    fn, x, y = jax.jit(lambda x: x * 3 + 1), jnp.ones(7), jnp.zeros(7)
     with count_compilations() as first:
-        fn(jnp.ones(7))
+        fn(x)
     with count_compilations() as again:
-        fn(jnp.ones(7) * 2)
+        fn(y)
     assert any("lambda" in name for name in first) and again == []
