@@ -12,6 +12,7 @@ import dataclasses
 from typing import NamedTuple
 
 SIGNS = ("realistic", "fidelity")
+DEFAULT_REGION = "hair"  # the official code transfers hair only
 
 
 class Models(NamedTuple):
@@ -24,6 +25,7 @@ class Models(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class TransferConfig:
     sign: str = "realistic"         # target-mask inpainting loss: "realistic" or "fidelity"
+    region: str = DEFAULT_REGION    # what is transferred: label names, comma-separated ("brows,eyes")
     smooth: int = 5                 # dilation/erosion iterations of the F-mixing masks
     learning_rate: float = 0.01     # Adam, every stage
     ce_lambda: float = 1.0          # segmentation cross-entropy weight
@@ -46,6 +48,12 @@ class TransferConfig:
     chunk: int | None = None        # steps per compiled scan (None: optimize.loop_defaults)
 
     def __post_init__(self):
+        # One spelling per region set ("eyes, brows" -> "brows,eyes"): it is part of cache keys
+        # and file names. The names are checked against the parser's labels by region_ids.
+        names = self.region.split(",") if isinstance(self.region, str) else list(self.region)
+        object.__setattr__(self, "region", ",".join(sorted({n.strip() for n in names if n.strip()})))
+        if not self.region:
+            raise ValueError(f"region: no label name given (e.g. {DEFAULT_REGION!r} or 'brows,eyes')")
         if self.sign not in SIGNS:
             raise ValueError(f"sign must be one of {SIGNS}, got {self.sign!r}")
         if self.smooth < 0 or self.blend_smooth < 0:
@@ -67,6 +75,10 @@ class TransferConfig:
         return dataclasses.replace(self, sign="realistic", smooth=0, inpaint_steps=0, align_steps1=0, align_steps2=0,
                                    blend_steps=0, align_more_region=False, blend_smooth=0, blend_parse_size=None,
                                    seed=0, chunk=None)
+
+    def region_ids(self, label_map) -> tuple:
+        """The class ids of `region` in a parser's label map (a ValueError for unknown names)."""
+        return label_map.region_ids(self.region)
 
     def check_resolved(self):
         if None in (self.parse_size, self.loss_size, self.blend_parse_size):

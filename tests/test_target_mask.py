@@ -95,6 +95,7 @@ def test_shorter_hair_uncovers_forehead_and_ears():
     np.testing.assert_array_equal(filled, expected)
     np.testing.assert_array_equal(merged.hair_face, face == 10)
     np.testing.assert_array_equal(merged.hair_shape, shape == 10)
+    np.testing.assert_array_equal(merged.freed, (face == 10) & (shape != 10))  # hair: removed to background
 
 
 def test_other_neck_and_shoulders_keep_the_face_s():
@@ -184,7 +185,7 @@ def test_gan_rounds_combine_as_the_official():
     hair_shape[1, :2] = True
     inputs = target_mask.InpaintInputs(
         jnp.asarray(np.full((4, 4), 1, np.int32)), jnp.asarray(uncovered), jnp.zeros((4, 4), bool),
-        jnp.asarray(hair_face), jnp.asarray(hair_shape), jax.random.PRNGKey(0))
+        jnp.asarray(hair_face & ~hair_shape), jax.random.PRNGKey(0))  # freed: all background for hair
     generated1 = np.arange(16, dtype=np.int32).reshape(4, 4) % 16
     previous, round2_target = target_mask._after_round1(inputs, jnp.asarray(generated1), 0)
     expected_previous = np.ones((4, 4), np.int32)
