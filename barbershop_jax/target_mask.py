@@ -8,14 +8,17 @@ names, e.g. brows, eyes, lips), with background and cloth as the label map names
        target = seg2 where seg2 is in R, else seg1 with its R removed (below)
    and the regions the face cannot fill: `uncovered` (the official OB_region) where seg2 shows
    a face part (not R, background or cloth) but seg1 without R has background.
-   What the removed R becomes is the one hair-specific choice of the official code, made
-   general here (`remove_region`), class by class:
-     - hair and hat (OUTLINE_REGIONS) become background, as the official does for hair: they
-       cover the head's outline, what lies beneath them is unknown, and the inpainting below
-       decides it;
-     - any other class (brows, eyes, lips, nose, ears, ...) takes the label of the nearest
-       face pixel outside R: a region inside the face lies on skin (or on whatever surrounds
-       it), and background in the middle of a face would make alignment paint a hole there.
+   The official choices here are hair-specific; the general rule, class by class, tells
+   regions on the head's outline (hair and hat: OUTLINE_REGIONS) from the others:
+     - removed (`remove_region`), an outline class becomes background, as the official does
+       for hair: what lies beneath it is unknown and the inpainting below decides it. Any
+       other class (brows, eyes, lips, nose, ears, ...) takes the label of the nearest face
+       pixel outside R: a region inside the face lies on skin (or on whatever surrounds it),
+       and background in the middle of a face would make alignment paint a hole there.
+     - `uncovered` may include the face's background only when R has an outline class (hair
+       can widen the head: the official OB_region); otherwise only pixels of the face's own R
+       (where its nearest surroundings are background), so that a lips or eyes transfer
+       leaves every label outside the face's and the shape's R as it was.
    `freed` marks the pixels R leaves (in seg1, not in seg2) that the removal left as
    background: the ones whose label is unknown (for hair, all of hair1 & ~hair2).
 2. Heuristic inpainting (`heuristic_target`, OpenCV): Navier-Stokes inpainting (radius 3) of
@@ -72,13 +75,17 @@ def _nearest_outside(inside: np.ndarray) -> tuple:
     return rows, cols
 
 
+def _outline_ids(label_map: LabelMap) -> tuple:
+    return label_map.ids(*(name for name in OUTLINE_REGIONS if name in label_map.names))
+
+
 def remove_region(labels, region, label_map: LabelMap) -> np.ndarray:
     """`labels` (P, P) without the classes `region` (ids): hair and hat pixels become
     background, the others the label of the nearest pixel outside `region` (module docstring)."""
     labels = np.asarray(labels).astype(np.int32)
     inside = np.isin(labels, region)
     bg = label_map.id("background")
-    outline = np.isin(labels, label_map.ids(*(r for r in OUTLINE_REGIONS if r in label_map.names)))
+    outline = np.isin(labels, _outline_ids(label_map))
     out = np.where(inside & outline, bg, labels)
     interior = inside & ~outline
     if interior.any():
@@ -98,7 +105,8 @@ def merge_labels(face_labels, shape_labels, labels: LabelMap, region=None) -> Me
     region1, region2 = np.isin(seg1, region), np.isin(seg2, region)
     keep = (seg1 != bg) | region2
     seg1_without = remove_region(seg1, region, labels)
-    uncovered = ~np.isin(seg2, (*region, bg, cloth)) & (seg1_without == bg)
+    reach = region1 | (seg1 == bg) if set(region) & set(_outline_ids(labels)) else region1
+    uncovered = ~np.isin(seg2, (*region, bg, cloth)) & (seg1_without == bg) & reach
     target = np.where(region2, seg2, seg1_without).astype(np.int32)
     freed = region1 & ~region2 & (seg1_without == bg)
     return MergedLabels(target, uncovered, keep, region1, region2, freed)

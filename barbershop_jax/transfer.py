@@ -283,10 +283,9 @@ class Pipeline:
         with self._timed("parsing"):
             names = [n for f, s, r, _ in batch for n in (f, s, r)]
             parsed = dict(zip(names, self._parsed_of([sources[n] for n in names])))
-        # The target mask's key is the (face, shape) pair's, whatever the latent reference: a
-        # structure reference leaves the target mask as it is.
-        mask_keys = [self._key((sources[f].image_hash, sources[s].image_hash)) for f, s, _, _ in batch]
-        keys = [self._key(self._align_hashes(sources, f, s, r)) for f, s, r, _ in batch]
+        # The noise key is the (face, shape) pair's, whatever the latent reference: a structure
+        # reference changes neither the target mask nor the face's side of the alignment.
+        keys = [self._key((sources[f].image_hash, sources[s].image_hash)) for f, s, _, _ in batch]
         ckpt = resume.batch_checkpoint(self.out, "align", [k for _, _, _, k in batch], self.checkpoint_every)
         edits = [self._edit(f, s) for f, s, _, _ in batch]
         bg = labels_map.id("background")
@@ -301,7 +300,7 @@ class Pipeline:
                 target = jnp.asarray(np.stack([e.target for e in edits]), jnp.int32)
             else:
                 inputs = _stack([target_mask.prepare(parsed[f][0], shape_labels(s, e), labels_map, k, self.region)
-                                 for (f, s, _, _), k, e in zip(batch, mask_keys, edits)])
+                                 for (f, s, _, _), k, e in zip(batch, keys, edits)])
                 target = target_mask.gan_inpaint(self.models, inputs, cfg, progress=self.progress,
                                                  devices=self.devices, checkpoint=ckpt and ckpt.sub("mask"))
                 target = jnp.asarray(np.stack([np.asarray(e.target, np.int32) if e.target is not None else t
@@ -393,7 +392,8 @@ class Pipeline:
             col(lambda f, s, c, st: small[f]), col(lambda f, s, c, st: small[c]),
             col(lambda f, s, c, st: self._region_of(parsed[f][1])),
             col(lambda f, s, c, st: self._region_of(parsed[c][1])),
-            jnp.stack([self._key(self._triple_hashes(sources, t)) for t, _, _ in batch]))
+            # The noise key of (face, shape, color): a structure reference changes the final F only.
+            jnp.stack([self._key(tuple(sources[n].image_hash for n in t[:3])) for t, _, _ in batch]))
         ckpt = resume.batch_checkpoint(self.out, "blend", [k for _, k, _ in batch], self.checkpoint_every)
         with self._timed("blending"):
             result = blending.blend(self.models, inputs, cfg, progress=self.progress, devices=self.devices,
