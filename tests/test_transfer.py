@@ -528,3 +528,34 @@ def test_another_region_changes_only_its_labels_and_the_blend_masks_follow_it(ba
     np.testing.assert_array_equal(result.hair_mask, masks.erode(at_loss_size(parsed["cid"][1]), 1))
     assert result.hair_mask.any()
     assert not result.face_mask[np.asarray(masks.dilate(at_loss_size(parsed["ann"][1]), 1)) > 0].any()
+
+
+def test_cli_region_and_structure_reach_the_transfer_and_unknown_regions_are_one_line(tmp_path, capsys, monkeypatch,
+                                                                                        models):
+    calls = []
+    monkeypatch.setattr(transfer, "load_models", lambda weights=None: models)
+    monkeypatch.setattr(transfer.HairTransfer, "transfer_many",
+                        lambda self, good, **k: calls.append((good, k, self.options)) or [])
+    a, b = (image_io.save_png(tmp_path / f"{n}.png", np.full((64, 64, 3), i, np.uint8)) for i, n in enumerate("ab"))
+    assert cli.main(["transfer", "--face", str(a), "--shape", str(a), "--color", str(a), "--structure", str(b),
+                     "--region", "lips", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    [(good, kwargs, options)] = calls
+    assert [tuple(s.path for s in t) for t in good] == [(a, a, a, b)]
+    assert options["region"] == "lips" and kwargs["regions"] == [None]
+    (tmp_path / "t.csv").write_text("face,shape,color,structure,region\na.png,a.png,a.png,b.png,\n"
+                                    "a.png,a.png,a.png,,brows\n")
+    assert cli.main(["transfer", "--pairs", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o2"), "--quiet"]) == 0
+    good, kwargs, options = calls[1]
+    assert [tuple(s.path for s in t) for t in good] == [(a, a, a, b), (a, a, a)]
+    assert kwargs["regions"] == [None, "brows"] and "region" not in options
+
+    monkeypatch.undo()
+    monkeypatch.setattr(transfer, "load_models", lambda weights=None: models)
+    monkeypatch.setattr(transfer.Pipeline, "run", lambda *a, **k: pytest.fail("ran with an unknown region"))
+    capsys.readouterr()
+    rc = cli.main(["transfer", "--face", str(a), "--shape", str(a), "--color", str(a), "--region", "hair,beard",
+                   "--out", str(tmp_path / "o3"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1
+    assert err[0].startswith("barbershop-jax: error: region 'beard,hair': unknown region name(s) 'beard'; valid "
+                             "names: background, skin")
