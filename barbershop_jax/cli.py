@@ -228,8 +228,7 @@ def _transfer(args):
         for r in results:
             print(f"{r.face}: pasted into its photo: {r.pasted_path}")
     if failures:
-        columns = ("face", "shape", "color", "structure")[:max(len(t) for t, _ in failures)]
-        path = transfer.write_failures(args.out, failures, columns)
+        path = transfer.write_failures(args.out, failures)
         print(f"{len(failures)} of {n_triples} triple(s) failed; see {path}", file=sys.stderr)
         for _, msg in failures:
             print(f"barbershop-jax: error: {msg}", file=sys.stderr)

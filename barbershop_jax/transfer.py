@@ -23,9 +23,9 @@ Output layout under OUT (the official names, so the official code can read ours)
 with tag = sign (official) for hair, {sign}_{region} otherwise (e.g. realistic_brows+eyes),
 and {shape} written {shape}+{structure} where a structure reference is given (the target
 mask stays the (face, shape) one). Ours beside them: Align_{tag}/{face}_{ref}_labels.png
-(the target label map, 8-bit grey levels = class ids) and a JSON key beside each npz. As in cache.py, an entry whose key
-matches (same images, weights and settings) is reused, so a re-run skips finished work; arrays
-are written before their key, each atomically.
+(the target label map, 8-bit grey levels = class ids) and a JSON key beside each npz. As in
+cache.py, an entry whose key matches (same images, weights and settings) is reused, so a
+re-run skips finished work; arrays are written before their key, each atomically.
 """
 from __future__ import annotations
 
@@ -221,7 +221,7 @@ class Pipeline:
     @staticmethod
     def _stem(face, shape, ref) -> str:
         """{face}_{shape}, or {face}_{shape}+{ref} for an alignment to another latent reference."""
-        return f"{face}_{shape}" if ref == shape else f"{face}_{shape}+{ref}"
+        return f"{face}_{_references(shape, ref)}"
 
     def _align_hashes(self, sources, face, shape, ref) -> tuple:
         """The images an alignment depends on (the official pair, or all three)."""
@@ -321,8 +321,8 @@ class Pipeline:
         out = {}
         for i, (face, shape, ref, key) in enumerate(batch[:n_real]):
             if not (np.isfinite(structure_f[i]).all() and np.isfinite(np.asarray(result.image[i])).all()):
-                self.failures.append(((face, shape, ref), f"{face} with {self._stem('', shape, ref)[1:]}: "
-                                                          "alignment diverged (NaN or infinity); nothing written"))
+                self.failures.append(((face, shape, ref), f"{face} with {_references(shape, ref)}: alignment "
+                                                          "diverged (NaN or infinity); nothing written"))
                 continue
             npz, labels_png = self._align_paths(face, shape, ref)
             npz.with_suffix(".json").unlink(missing_ok=True)
@@ -404,8 +404,8 @@ class Pipeline:
         for i, (t, key, npz) in enumerate(batch[:n_real]):
             face, shape, color, structure = t
             if not (np.isfinite(latent_in[i]).all() and np.isfinite(np.asarray(result.image[i])).all()):
-                self.failures.append((t, f"{face}, {self._stem('', shape, structure)[1:]}, {color}: blending "
-                                         "diverged (NaN or infinity); nothing written"))
+                self.failures.append((t, f"{face}, {_references(shape, structure)}, {color}: blending diverged "
+                                         "(NaN or infinity); nothing written"))
                 continue
             npz.with_suffix(".json").unlink(missing_ok=True)
             cache_lib.save_latents_npz(npz, latent_in[i], structure_f[i])
@@ -490,6 +490,11 @@ class Pipeline:
         images, alignments or itself."""
         related = {t, *t, *_alignments(t)}
         return next((reason for item, reason in self.failures if item in related), "failed")
+
+
+def _references(shape, structure) -> str:
+    """The shape and structure references in file names and messages: shape, or shape+structure."""
+    return shape if structure == shape else f"{shape}+{structure}"
 
 
 def _alignments(t) -> tuple:
@@ -617,7 +622,8 @@ class HairTransfer:
         groups = {}
         for i, region in enumerate(regions):
             groups.setdefault(region or None, []).append(i)
-        pipelines = {region: self.pipeline(**options, **({"region": region} if region else {})) for region in groups}
+        pipelines = {region: self.pipeline(**{**options, **({"region": region} if region else {})})
+                     for region in groups}
         labels = self.models.parser.labels
         size = next((pipeline.cfg.parse_size for pipeline in pipelines.values()), None)  # the same for every region
         edits = [None if e is None else dataclasses.replace(e, target=None if e.target is None else (
@@ -720,10 +726,14 @@ def check_triples(triples, size: int | None = None):
     return good, failures
 
 
-def write_failures(out_dir, failures, columns=("face", "shape", "color")) -> Path:
-    """OUT/failures.csv: the columns of each failed item (empty where it has fewer), then the error."""
+def write_failures(out_dir, failures, columns=None) -> Path:
+    """OUT/failures.csv: the columns of each failed item (empty where it has fewer), then the
+    error. columns: default face, shape, color (and structure where an item has one)."""
     import csv
     import io
+
+    if columns is None:
+        columns = ("face", "shape", "color", "structure")[:max([3, *(len(item) for item, _ in failures)])]
 
     buf = io.StringIO()
     writer = csv.writer(buf)

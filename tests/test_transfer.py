@@ -516,7 +516,7 @@ def test_another_region_changes_only_its_labels_and_the_blend_masks_follow_it(ba
     counts[[labels.id("hair"), labels.id("background"), labels.id("hat")]] = 0
     region = labels.names[int(np.argmax(counts))]
     # A thin region would vanish under 5 erosions at 32 px; no align step 2 (it compiles longest).
-    [result] = ht.transfer_many([(path["ann"], path["bob"], path["cid"])], region=region, blend_smooth=1,
+    [result] = ht.transfer_many([(path["ann"], path["bob"], path["cid"])], regions=[region], blend_smooth=1,
                                 align_steps2=0)
     assert result.path.name == f"ann_bob_cid_realistic_{region}.png"
     assert (out / f"Align_realistic_{region}" / "ann_bob.npz").is_file() and not (out / "Align_realistic").exists()
