@@ -510,7 +510,7 @@ def summary(results: list[TransferResult], timings: dict[str, float]) -> str:
     lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()]
     lines += [f"| total | {sum(timings.values()):.1f} |", "", "| face | shape | color | result |",
               "| --- | --- | --- | --- |"]
-    lines += [f"| {r.face} | {r.shape} | {r.color} | {r.path} |" for r in results]
+    lines += [f"| {r.face} | {_references(r.shape, r.structure)} | {r.color} | {r.path} |" for r in results]
     return "\n".join(lines)
 
 
