@@ -366,7 +366,7 @@ def test_saved_target_masks_read_back_exactly_and_bad_ones_are_refused(tmp_path)
 
 
 # ----------------------------------------------------------------------------- other regions
-REGION_CODE = {**CODE, "b": 5, "y": 4, "m": 7, "u": 8, "l": 9}  # + brows, eyes, mouth, upper and lower lip
+REGION_CODE = {**CODE, "b": 5, "y": 4, "m": 7, "u": 8, "l": 9, "t": 11}  # + brows, eyes, mouth, lips, hat
 
 
 def region_labels(*rows):
@@ -457,3 +457,22 @@ def test_removed_regions_become_background_on_the_outline_and_their_surroundings
     np.testing.assert_array_equal(merged.uncovered, freed & (shape != 0))  # only (3, 0): the shape shows skin
     hair = target_mask.merge_labels(face, shape, LABELS)
     assert hair.uncovered[1, [0, 6]].all()  # hair: also the face's background where the shape shows skin
+
+
+def test_the_heuristic_fills_a_hole_in_a_region_of_several_classes_with_the_nearest_one():
+    """Hair and hat together: a patch of the face's hat the shape's does not cover is
+    inpainted back to hat (the nearest class of the region), not to hair."""
+    face = region_labels("t t t t h h h h",
+                         "t t t t h h h h",
+                         "t t t t h h h h",
+                         "t t s s s s h h",
+                         "t t s o o s h h",
+                         ". . s s s s . .",
+                         ". . n n n n . .",
+                         "c c c c c c c c")
+    shape = face.copy()
+    shape[1, 1:3] = REGION_CODE["e"]
+    region = LABELS.region_ids("hair,hat")
+    merged = target_mask.merge_labels(face, shape, LABELS, region)
+    assert (merged.target[1, 1:3] == 0).all() and merged.uncovered.sum() == 2 and merged.uncovered[1, 1:3].all()
+    np.testing.assert_array_equal(target_mask.heuristic_target(merged, LABELS, region), face)
