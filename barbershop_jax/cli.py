@@ -368,8 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in TRANSFER_STEPS:
         tr.add_argument("--" + name.replace("_", "-"), type=int, help=text)
     tr.add_argument("--save-target-mask", action="store_true",
-                    help="also write each target mask as OUT/target_masks/{face}_{ref}.png: an indexed PNG whose "
-                         "values are class ids (legend.json beside it), to edit and give back with --target-mask")
+                    help="also write each target mask as OUT/target_masks/{face}_{ref}.png (target_masks_{region}/ "
+                         "for a region other than hair): an indexed PNG whose values are class ids (legend.json "
+                         "beside it), to edit and give back with --target-mask")
     tr.add_argument("--target-mask", metavar="PNG", help="use this target mask for (face, shape) instead of "
                                                          "computing it (an indexed or grey PNG of class ids)")
     tr.add_argument("--shape-transform", metavar="scale=S,dx=X,dy=Y",

@@ -182,7 +182,7 @@ class Pipeline:
         self.failures: list = []  # (item: an image name, an alignment or a triple, reason), this run
         self.triple_failures: list = []  # (triple of names, reason): the triples without a result
         self.pair_edits: dict = {}  # (face, shape) -> TargetEdit
-        self.save_target_masks = False  # also write OUT/target_masks/{face}_{ref}.png (indexed) + legend.json
+        self.save_target_masks = False  # also write OUT/target_masks{region_suffix}/{face}_{ref}.png + legend.json
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
@@ -600,7 +600,8 @@ class HairTransfer:
         regions: one region (or None: the `region` option, hair by default) per triple, e.g.
         "lips" or "brows,eyes"; the triples of each region run as one batch run.
         save_target_masks: also write OUT/target_masks/{face}_{ref}.png (indexed: values are
-        class ids, in the label colours) and legend.json, to edit and give back."""
+        class ids, in the label colours) and legend.json, to edit and give back (the folder
+        is target_masks_{region} for a region other than hair)."""
         triples = list(triples)
         if align:
             aligner = align if isinstance(align, face_crop.Aligner) else face_crop.Aligner()
