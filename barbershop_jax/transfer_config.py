@@ -4,7 +4,8 @@ Defaults are the official command-line defaults (Barbershop main.py) and the con
 stages hard-code; every departure is a named option. Sizes: the official code parses faces at
 512 px (`parse_size`), computes its masks, style and blend losses at 256 px (`loss_size`), and
 mixes F on its own grid (32x32 at block 3); `resolve` shrinks the first two for generators
-below 1024 px so that the small configs of tests and the demo run the same code.
+below 1024 px so that the small configs of tests and the demo run the same code. `region`
+generalises the official's hair to any labels of the parser (target_mask.py: the rule).
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ class TransferConfig:
 
     def step_config(self) -> "TransferConfig":
         """The fields the optimisation steps read; the rest blanked (optimize.run's compile key:
-        the inpainting rounds and align step 1 share one compiled step whatever the sign)."""
+        the inpainting rounds and align step 1 share one compiled step whatever the sign). The
+        region stays: align step 2's style loss reads it."""
         return dataclasses.replace(self, sign="realistic", smooth=0, inpaint_steps=0, align_steps1=0, align_steps2=0,
                                    blend_steps=0, align_more_region=False, blend_smooth=0, blend_parse_size=None,
                                    seed=0, chunk=None)
