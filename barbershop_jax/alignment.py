@@ -1,7 +1,9 @@
 """Alignment and structure transfer (Barbershop models/Alignment.py, align_images), batched.
 
-For one pair (face = im1, reference = im2: the shape reference, or the colour reference in the
-second alignment) and the target labels from target_mask.py:
+For one pair (face = im1, reference = im2: the shape reference, or the structure reference
+when one is given, or the colour reference in the second alignment) and the target labels
+from target_mask.py (built from the face and the shape reference), for the transferred region
+R (TransferConfig.region; "hair" below is R, the official's only region):
 
 - Step 1 (align_steps1 = 140): optimise w[0:6] of the face, starting from its W+ code, with
   w[6:] from its FS code; loss ce_lambda * CE(parse(G(w)), target). A1 = F of the last
@@ -9,13 +11,15 @@ second alignment) and the target labels from target_mask.py:
 - Step 2 (align_steps2 = 100): the same from the reference's W+ and FS codes, plus
   style_lambda (4e4) * the Gram style loss between the hair of the reference's first render
   (before any step) and the hair of the current render, both at loss_size (256), the masks
-  from the argmax labels of each. A2 = F of the last iterate's latents.
+  from the argmax labels of each. A2 = F of the last iterate's latents. Step 2 aligns the
+  reference's latents, so the reference gives the structure (F) inside R.
 - F mixing (`mix_structure`) on F's grid, masks at loss_size, dilated or eroded `smooth` times,
   resized to the grid with PyTorch's bicubic (unclamped weights):
       F = A1 + (1 - dilate(hair1 | hair_t)) * (F1 - A1)
       F = A2 + (1 - erode(hair_t))          * (F  - A2)   (align_more_region: the first mask)
       F = F2 + (1 - erode(hair2 & hair_t))  * (F  - F2)
-  with F1, F2 the FS codes' F and hair_t the target's hair.
+  with F1, F2 the FS codes' F and hair_t the target's hair. Every mask here is R's, from the
+  labels the official reads hair from (the fields keep the official's hair_* names).
 - Output: latent_in = the face's FS latents (unchanged), latent_F = the mixed F, and the
   render of both (the official Align PNG).
 
@@ -48,8 +52,8 @@ class AlignInputs(NamedTuple):
     s_ref: jax.Array
     f_ref: jax.Array
     target: jax.Array       # (P, P) int32: target labels (target_mask.py)
-    hair_face: jax.Array    # (P, P) float: hair of the face's parse
-    hair_ref: jax.Array     # (P, P) float: hair of the reference's parse
+    hair_face: jax.Array    # (P, P) float: the region (hair by default) of the face's parse
+    hair_ref: jax.Array     # (P, P) float: the region of the reference's parse
     key: jax.Array          # the pair's PRNG key
 
 
@@ -73,8 +77,9 @@ def _latents(head, s_code):
     return jnp.concatenate([head, s_code[head.shape[0]:]])
 
 
-def _hair(logits, labels):
-    return (jnp.argmax(logits, axis=-1) == labels.id("hair")).astype(jnp.float32)
+def _region(logits, ids):
+    """The transferred region of a render's argmax labels, (P, P) float."""
+    return masks.region(jnp.argmax(logits, axis=-1), ids)
 
 
 class SegmentationTarget(NamedTuple):
@@ -135,7 +140,7 @@ def fit_segmentation(models: Models, heads, targets: SegmentationTarget, n_steps
 
 
 def _step2(models: Models, state, data, i, cfg):
-    s_ref, target, ref_small, ref_hair, key = data
+    s_ref, target, ref_small, ref_region, key = data
     g, parser = models.generator, models.parser
     factor = g.config.size // cfg.loss_size
 
@@ -144,9 +149,10 @@ def _step2(models: Models, state, data, i, cfg):
                          key=jax.random.fold_in(jax.random.fold_in(key, STEP2_TAG), i))
         logits = parser.segment_generated(image, parse_size=cfg.parse_size)[0]
         ce = cfg.ce_lambda * segmentation.cross_entropy(logits, target)
-        hair = jax.lax.stop_gradient(resample.nearest_resize(_hair(logits, parser.labels)[None], cfg.loss_size))
+        region = _region(logits, cfg.region_ids(parser.labels))
+        region = jax.lax.stop_gradient(resample.nearest_resize(region[None], cfg.loss_size))
         small = resample.bicubic_downsample(image, factor)
-        style = cfg.style_lambda * style_loss(models.vgg, ref_small[None], small, ref_hair[None], hair,
+        style = cfg.style_lambda * style_loss(models.vgg, ref_small[None], small, ref_region[None], region,
                                               size=cfg.loss_size)[0]
         return ce + style, {"loss": ce + style, "ce": ce, "style": style}
 
@@ -167,7 +173,7 @@ def _tagged(keys, tag):
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _between_steps(models: Models, heads1, inputs: AlignInputs, cfg):
     """A1 (F of step 1's last latents) and the fixed side of step 2's style loss: the
-    reference's render before step 2 (I_Structure_Style_changed) at loss_size and its hair."""
+    reference's render before step 2 (I_Structure_Style_changed) at loss_size and its region."""
     g, parser = models.generator, models.parser
 
     def one(head1, x: AlignInputs):
@@ -175,9 +181,10 @@ def _between_steps(models: Models, heads1, inputs: AlignInputs, cfg):
                         key=jax.random.fold_in(x.key, A1_TAG))[0][0]
         image = g.render(_latents(x.w_ref[:cfg.align_latents], x.s_ref)[None], noise=cfg.noise,
                          key=jax.random.fold_in(x.key, REF_TAG))
-        hair = _hair(parser.segment_generated(image, parse_size=cfg.parse_size)[0], parser.labels)
+        logits = parser.segment_generated(image, parse_size=cfg.parse_size)[0]
+        region = _region(logits, cfg.region_ids(parser.labels))
         small = resample.bicubic_downsample(image, g.config.size // cfg.loss_size)[0]
-        return a1, small, resample.nearest_resize(hair[None], cfg.loss_size)[0]
+        return a1, small, resample.nearest_resize(region[None], cfg.loss_size)[0]
 
     return jax.vmap(one)(heads1, inputs)
 
@@ -190,16 +197,17 @@ def _mask_weights(mask, cfg, grid: int, grow: bool, iterations: int):
     return masks.torch_bicubic_resize(mask, grid)[..., None]
 
 
-def mix_structure(a1, a2, f_face, f_ref, hair_face, hair_ref, hair_target, cfg: TransferConfig):
-    """The F mixing of one pair (module docstring). F arrays (r, r, C), masks (P, P) in {0, 1}."""
+def mix_structure(a1, a2, f_face, f_ref, region_face, region_ref, region_target, cfg: TransferConfig):
+    """The F mixing of one pair (module docstring). F arrays (r, r, C), masks (P, P) in {0, 1}:
+    the transferred region in the face, the reference and the target."""
     grid = a1.shape[0]
-    union = 1.0 - (1.0 - hair_face) * (1.0 - hair_target)
+    union = 1.0 - (1.0 - region_face) * (1.0 - region_target)
     low = 1.0 - _mask_weights(union, cfg, grid, True, cfg.smooth)
     mixed = a1 + low * (f_face - a1)
     if not cfg.align_more_region:
-        low = 1.0 - _mask_weights(hair_target, cfg, grid, False, cfg.smooth)
+        low = 1.0 - _mask_weights(region_target, cfg, grid, False, cfg.smooth)
     mixed = a2 + low * (mixed - a2)
-    low = 1.0 - _mask_weights(hair_ref * hair_target, cfg, grid, False, cfg.smooth)
+    low = 1.0 - _mask_weights(region_ref * region_target, cfg, grid, False, cfg.smooth)
     return f_ref + low * (mixed - f_ref)
 
 
@@ -207,13 +215,13 @@ def mix_structure(a1, a2, f_face, f_ref, hair_face, hair_ref, hair_target, cfg: 
 def _finish(models: Models, a1, heads2, inputs: AlignInputs, cfg):
     """A2 (F of step 2's last latents), the F mixing, and the render of the result."""
     g = models.generator
-    hair_id = models.parser.labels.id("hair")
+    ids = cfg.region_ids(models.parser.labels)
 
     def one(a1, head2, x: AlignInputs):
         a2 = g.features(_latents(head2, x.s_ref)[None], block=3, noise=cfg.noise,
                         key=jax.random.fold_in(x.key, A2_TAG))[0][0]
-        hair_t = (x.target == hair_id).astype(jnp.float32)
-        f = mix_structure(a1, a2, x.f_face, x.f_ref, x.hair_face, x.hair_ref, hair_t, cfg)
+        region_t = masks.region(x.target, ids)
+        f = mix_structure(a1, a2, x.f_face, x.f_ref, x.hair_face, x.hair_ref, region_t, cfg)
         image = g.render_from_features(f[None], x.s_face[None], block=3, noise=cfg.noise,
                                        key=jax.random.fold_in(x.key, RENDER_TAG))[0]
         return f, image

@@ -1,7 +1,9 @@
 """Appearance blending (Barbershop models/Blending.py, blend_images), batched over triples.
 
 For one triple (face = im1, shape = im2, colour = im3), with the FS latents s1, s3 and the
-aligned F of (face, colour) and of (face, shape) from alignment.py:
+aligned F of (face, colour) and of (face, shape) from alignment.py (of the face aligned to the
+structure reference, when one is given), for the transferred region R (TransferConfig.region;
+"hair" below is R, the official's only region: every mask comes from R's labels):
 
 - Masks at loss_size (256), each dilated or eroded blend_smooth (5, hard-coded) times:
   HM_1D, HM_3D: the face's and the colour reference's hair (parsed at blend_parse_size, i.e.
@@ -40,8 +42,8 @@ class BlendInputs(NamedTuple):
     f_final: jax.Array       # (r, r, C): F aligned to the shape reference (Align face_shape)
     face_small: jax.Array    # (L, L, 3) in [-1, 1]: the face, LANCZOS to loss_size
     color_small: jax.Array   # (L, L, 3): the colour reference likewise
-    hair_face: jax.Array     # (Q, Q) float: the face's hair at blend_parse_size
-    hair_color: jax.Array    # (Q, Q) float: the colour reference's hair
+    hair_face: jax.Array     # (Q, Q) float: the face's region (hair by default) at blend_parse_size
+    hair_color: jax.Array    # (Q, Q) float: the colour reference's region
     key: jax.Array           # the triple's PRNG key
 
 
@@ -50,7 +52,7 @@ class BlendResult(NamedTuple):
     structure_f: jax.Array   # (r, r, C) = f_final
     image: jax.Array         # (size, size, 3): the result, about [-1, 1]
     face_mask: jax.Array     # (L, L): the region held to the face
-    hair_mask: jax.Array     # (L, L): the region held to the colour reference (HM_3E)
+    hair_mask: jax.Array     # (L, L): the region held to the colour reference (HM_3E: its R, eroded)
 
 
 class _State(NamedTuple):
@@ -76,6 +78,7 @@ def blend_masks(models: Models, inputs: BlendInputs, cfg: TransferConfig):
     """(face region, colour hair HM_3E), each (B, L, L)."""
     g, parser = models.generator, models.parser
     n = cfg.blend_smooth
+    ids = cfg.region_ids(parser.labels)
 
     def one(x: BlendInputs):
         hm_1d = masks.dilate(_at_loss_size(x.hair_face, cfg), n)
@@ -84,7 +87,7 @@ def blend_masks(models: Models, inputs: BlendInputs, cfg: TransferConfig):
         image = g.render_from_features(x.f_blend[None], x.s_face[None], block=3, noise=cfg.noise,
                                        key=jax.random.fold_in(x.key, HAIR_X_TAG))
         labels = jnp.argmax(parser.segment_generated(image, parse_size=cfg.parse_size)[0], axis=-1)
-        hm_xd = masks.dilate(_at_loss_size((labels == parser.labels.id("hair")).astype(jnp.float32), cfg), n)
+        hm_xd = masks.dilate(_at_loss_size(masks.region(labels, ids), cfg), n)
         return (1.0 - hm_1d) * (1.0 - hm_3d) * (1.0 - hm_xd), hm_3e
 
     return jax.vmap(one)(inputs)

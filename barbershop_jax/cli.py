@@ -74,9 +74,10 @@ TRANSFER_STEPS = (("w_steps", "W+ embedding steps (official: 1100)"), ("fs_steps
 
 
 def _read_triples(csv_path):
-    """(triples of paths, edits): CSV columns face, shape, color, and optionally target_mask
-    and shape_transform (one TargetEdit or None per row); relative paths are resolved against
-    the CSV file's folder."""
+    """(triples of paths, edits, regions): CSV columns face, shape, color, and optionally
+    structure (a fourth reference: the triple gets it as a fourth path), region (label names,
+    e.g. "brows,eyes"; None per row where empty), target_mask and shape_transform (one
+    TargetEdit or None per row); relative paths are resolved against the CSV file's folder."""
     import csv
     from pathlib import Path
 
@@ -92,11 +93,14 @@ def _read_triples(csv_path):
     except OSError as e:
         raise ValueError(f"{csv_path}: cannot read ({e.strerror})") from None
     resolve = lambda v: (csv_path.parent / v.strip()) if not Path(v.strip()).is_absolute() else Path(v.strip())  # noqa: E731
-    triples = [tuple(resolve(row[k] or "") for k in ("face", "shape", "color")) for row in rows]
+    given = lambda row, k: (row.get(k) or "").strip()  # noqa: E731 (optional columns: empty or absent)
+    triples = [tuple(resolve(row[k] or "") for k in ("face", "shape", "color"))
+               + ((resolve(given(row, "structure")),) if given(row, "structure") else ()) for row in rows]
     # Optional columns: target_mask (an indexed PNG) and shape_transform ("scale=..,dx=..,dy=..").
-    edits = [_edit(resolve(row["target_mask"]) if (row.get("target_mask") or "").strip() else None,
+    edits = [_edit(resolve(given(row, "target_mask")) if given(row, "target_mask") else None,
                    row.get("shape_transform") or None) for row in rows]
-    return triples, edits
+    regions = [given(row, "region") or None for row in rows]
+    return triples, edits, regions
 
 
 def _edit(target_mask, shape_transform):
@@ -158,31 +162,32 @@ def _transfer(args):
     from barbershop_jax.image_io import ImageError
 
     if args.pairs:
-        if args.face or args.shape or args.color:
-            raise ValueError("give either --pairs or --face/--shape/--color, not both")
+        if args.face or args.shape or args.color or args.structure:
+            raise ValueError("give either --pairs or --face/--shape/--color/--structure, not both")
         if args.target_mask or args.shape_transform:
             raise ValueError("with --pairs, give target masks and shape transforms as the CSV's target_mask and "
                              "shape_transform columns")
-        triples, edits = _read_triples(args.pairs)
+        triples, edits, regions = _read_triples(args.pairs)
     elif args.face and args.shape and args.color:
-        triples = [(args.face, args.shape, args.color)]
-        edits = [_edit(args.target_mask, args.shape_transform)]
+        triples = [(args.face, args.shape, args.color) + ((args.structure,) if args.structure else ())]
+        edits, regions = [_edit(args.target_mask, args.shape_transform)], [None]
     else:
         raise ValueError("give --face, --shape and --color (or --pairs triples.csv)")
-    options = {k: getattr(args, k) for k in ("sign", "smooth", "seed", "noise", *(n for n, _ in TRANSFER_STEPS))
-               if getattr(args, k) is not None}
+    # --region: every triple's region (with --pairs: of the rows whose region column is empty).
+    options = {k: getattr(args, k) for k in ("sign", "smooth", "seed", "noise", "region",
+                                             *(n for n, _ in TRANSFER_STEPS)) if getattr(args, k) is not None}
     if not triples:
         raise ValueError(f"{args.pairs}: no triples (one row per transfer after the header)")
+    row_key = lambda i: (*map(str, triples[i]), regions[i] or "")  # noqa: E731
     first_row = {}
-    for i, t in enumerate(triples):
-        first_row.setdefault(tuple(map(str, t)), i)
-    for i, t in enumerate(triples):
-        if first_row[tuple(map(str, t))] != i:  # rows count from 2: the header is row 1
-            print(f"barbershop-jax: note: {args.pairs}: row {i + 2} repeats row {first_row[tuple(map(str, t))] + 2}; "
+    for i in range(len(triples)):
+        first_row.setdefault(row_key(i), i)
+    for i in range(len(triples)):
+        if first_row[row_key(i)] != i:  # rows count from 2: the header is row 1
+            print(f"barbershop-jax: note: {args.pairs}: row {i + 2} repeats row {first_row[row_key(i)] + 2}; "
                   "it is done once", file=sys.stderr)
-    keep = [first_row[tuple(map(str, t))] == i for i, t in enumerate(triples)]
-    triples = [t for t, k in zip(triples, keep) if k]
-    edits = [e for e, k in zip(edits, keep) if k]
+    keep = [first_row[row_key(i)] == i for i in range(len(triples))]
+    triples, edits, regions = ([x for x, k in zip(column, keep) if k] for column in (triples, edits, regions))
     n_triples = len(triples)
     if args.paste_back and not args.align:
         from barbershop_jax import face_crop
@@ -200,20 +205,22 @@ def _transfer(args):
         originals = triples
         triples, align_failures = transfer.align_inputs(
             triples, Path(args.out) / "aligned", _aligner(args, ht.models.generator.config.size),
-            roles=(0,) if args.align == "face" else (0, 1, 2))
+            roles=(0,) if args.align == "face" else None)
         failed = {tuple(map(str, t)) for t, _ in align_failures}
-        edits = [e for t, e in zip(originals, edits) if tuple(map(str, t)) not in failed]
+        ok = [tuple(map(str, t)) not in failed for t in originals]
+        edits, regions = ([x for x, k in zip(column, ok) if k] for column in (edits, regions))
     size = _generator_size(args.weights) if args.no_resize else None
     good, failures = transfer.check_triples(triples, size)  # before loading any model
     bad = {tuple(map(str, t)) for t, _ in failures}
-    edits = [e for t, e in zip(triples, edits) if tuple(map(str, t)) not in bad]
+    ok = [tuple(map(str, t)) not in bad for t in triples]
+    edits, regions = ([x for x, k in zip(column, ok) if k] for column in (edits, regions))
     failures = align_failures + failures
     if not good:
         if args.pairs:
             transfer.write_failures(args.out, failures)
         raise ImageError("; ".join(f"{msg}" for _, msg in failures[:3]))
     ht = ht or hair_transfer()
-    results = ht.transfer_many(good, paste_back=args.paste_back, feather=args.feather, edits=edits,
+    results = ht.transfer_many(good, paste_back=args.paste_back, feather=args.feather, edits=edits, regions=regions,
                                save_target_masks=args.save_target_mask)
     failures += ht.failures  # optimisations that diverged: those triples only
     results = [r for r in results if r is not None]
@@ -347,12 +354,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     tr = sub.add_parser("transfer", help="hairstyle transfer: the face of --face with the hair shape of --shape "
-                                         "and the hair colour of --color")
+                                         "and the hair colour of --color (or any --region)")
     tr.add_argument("--face", help="identity image (official im1)")
-    tr.add_argument("--shape", help="hair-shape reference (im2)")
-    tr.add_argument("--color", help="hair-colour reference (im3)")
-    tr.add_argument("--pairs", metavar="CSV", help="batch mode: a CSV with columns face, shape, color (paths "
-                                                  "relative to the CSV's folder)")
+    tr.add_argument("--shape", help="shape reference (im2): the region's outline in the target mask")
+    tr.add_argument("--color", help="appearance reference (im3): the region's fine detail and colour")
+    tr.add_argument("--structure", metavar="IMG", help="structure reference: the region's coarse structure (its "
+                                                       "aligned F) (default: the shape reference, as the official)")
+    tr.add_argument("--region", metavar="NAMES", help="the transferred region: parser label names, comma-separated, "
+                                                      "e.g. hair (default), lips, brows,eyes")
+    tr.add_argument("--pairs", metavar="CSV", help="batch mode: a CSV with columns face, shape, color, and optionally "
+                                                  "structure, region, target_mask, shape_transform (paths relative "
+                                                  "to the CSV's folder)")
     tr.add_argument("--weights", help="converted weights directory (default: the embedded tiny random models)")
     tr.add_argument("--out", required=True, help="output folder (official layout; embeddings and alignments "
                                                  "found there are reused)")
@@ -364,13 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in TRANSFER_STEPS:
         tr.add_argument("--" + name.replace("_", "-"), type=int, help=text)
     tr.add_argument("--save-target-mask", action="store_true",
-                    help="also write each target mask as OUT/target_masks/{face}_{ref}.png: an indexed PNG whose "
-                         "values are class ids (legend.json beside it), to edit and give back with --target-mask")
+                    help="also write each target mask as OUT/target_masks/{face}_{ref}.png (target_masks_{region}/ "
+                         "for a region other than hair): an indexed PNG whose values are class ids (legend.json "
+                         "beside it), to edit and give back with --target-mask")
     tr.add_argument("--target-mask", metavar="PNG", help="use this target mask for (face, shape) instead of "
                                                          "computing it (an indexed or grey PNG of class ids)")
     tr.add_argument("--shape-transform", metavar="scale=S,dx=X,dy=Y",
-                    help="scale the shape reference's hair about its centre and move it by (dx, dy) pixels of the "
-                         "target mask before the merge")
+                    help="scale the shape reference's region (hair by default) about its centre and move it by "
+                         "(dx, dy) pixels of the target mask before the merge")
     tr.add_argument("--align", nargs="?", const="all", choices=["all", "face"],
                     help="the inputs are ordinary photos: cut their FFHQ crops first, into OUT/aligned/ (all three, "
                          "or only the face with --align face)")

@@ -1,26 +1,42 @@
 """The target segmentation mask (Barbershop models/Alignment.py, create_target_segmentation_mask).
 
 From the face's labels (seg1) and the shape reference's labels (seg2), both at parse_size
-(512), with hair, background and cloth as the label map names them (10, 0, 15 in seg.pth):
+(512), for the transferred region R (TransferConfig.region: hair by default, or any label
+names, e.g. brows, eyes, lips), with background and cloth as the label map names them:
 
-1. Merge (`merge_labels`, numpy): the face without its hair, the shape reference's hair on top
-       target = hair where seg2 is hair, else seg1 with its hair set to background
+1. Merge (`merge_labels`, numpy): the face without its R, the shape reference's R on top
+       target = seg2 where seg2 is in R, else seg1 with its R removed (below)
    and the regions the face cannot fill: `uncovered` (the official OB_region) where seg2 shows
-   a face part (not hair, background or cloth) but seg1 has background or hair.
+   a face part (not R, background or cloth) but seg1 without R has background.
+   The official choices here are hair-specific; the general rule, class by class, tells
+   regions on the head's outline (hair and hat: OUTLINE_REGIONS) from the others:
+     - removed (`remove_region`), an outline class becomes background, as the official does
+       for hair: what lies beneath it is unknown and the inpainting below decides it. Any
+       other class (brows, eyes, lips, nose, ears, ...) takes the label of the nearest face
+       pixel outside R: a region inside the face lies on skin (or on whatever surrounds it),
+       and background in the middle of a face would make alignment paint a hole there.
+     - `uncovered` may include the face's background only when R has an outline class (hair
+       can widen the head: the official OB_region); otherwise only pixels of the face's own R
+       (where its nearest surroundings are background), so that a lips or eyes transfer
+       leaves every label outside the face's and the shape's R as it was.
+   `freed` marks the pixels R leaves (in seg1, not in seg2) that the removal left as
+   background: the ones whose label is unknown (for hair, all of hair1 & ~hair2).
 2. Heuristic inpainting (`heuristic_target`, OpenCV): Navier-Stokes inpainting (radius 3) of
-   the hair indicator, known only on target's background and hair pixels outside `uncovered`;
-   inside `uncovered` the target becomes hair where the inpainted value truncates to 1
-   (official: `.astype(uint8) * 10`), else background.
+   the R indicator, known only on target's background and R pixels outside `uncovered`;
+   inside `uncovered` the target becomes R (the class of the nearest R pixel: hair for hair)
+   where the inpainted value truncates to 1 (official: `.astype(uint8) * 10`), else background.
 3. GAN inpainting (`gan_inpaint`, jitted, vmapped over pairs): two rounds of 80 Adam steps on
    w[0:6] from latent_avg (w[6:] fixed at latent_avg), minimising a segmentation loss of the
    render's labels against the target:
      'realistic': CE over the non-background target pixels + CE of background over the pixels
-                  that `keep` (ggg: face labelled, or shape hair) leaves out;
+                  that `keep` (ggg: face labelled, or shape R) leaves out;
      'fidelity':  plain CE.
-   Round 1 fills `hair1 & ~hair2` (where the face's old hair goes away) with the GAN's labels;
-   round 2 aims at that target with `uncovered` set to background, and takes the GAN's
-   non-background labels inside `uncovered`. The labels used are those of each round's last
-   forward pass (before the final update), as in the official loop.
+   Round 1 fills `freed` with the GAN's labels; round 2 aims at that target with `uncovered`
+   set to background, and takes the GAN's non-background labels inside `uncovered`. The
+   labels used are those of each round's last forward pass (before the final update), as in
+   the official loop.
+With R = hair every step is the official one (the NamedTuples keep the official's hair_*
+names for R's masks).
 """
 from __future__ import annotations
 
@@ -34,48 +50,86 @@ import numpy as np
 
 from barbershop_jax import alignment
 from barbershop_jax.models.bisenet import LabelMap
-from barbershop_jax.transfer_config import Models, TransferConfig
+from barbershop_jax.transfer_config import DEFAULT_REGION, Models, TransferConfig
 
 INPAINT_RADIUS = 3  # cv2.inpaint radius, official
 ROUND_TAGS = (101, 102)  # noise-key tags of the two GAN rounds
+OUTLINE_REGIONS = ("hair", "hat")  # removed, they become background (the official's rule for hair)
 
 
 class MergedLabels(NamedTuple):
     """The merge rule's maps for one pair, numpy (P, P)."""
-    target: np.ndarray      # int32: the face without hair, the shape's hair on top
+    target: np.ndarray      # int32: the face without R, the shape's R on top
     uncovered: np.ndarray   # bool: OB_region
-    keep: np.ndarray        # bool: ggg = face labelled (not background) or shape hair
-    hair_face: np.ndarray   # bool
-    hair_shape: np.ndarray  # bool
+    keep: np.ndarray        # bool: ggg = face labelled (not background) or shape R
+    hair_face: np.ndarray   # bool: R in the face (the official's hair1)
+    hair_shape: np.ndarray  # bool: R in the shape reference (hair2)
+    freed: np.ndarray       # bool: R of the face that neither the shape's R nor the removal fills
 
 
-def _ids(labels: LabelMap):
-    return labels.id("background"), labels.id("hair"), labels.id("cloth")
+def _nearest_outside(inside: np.ndarray) -> tuple:
+    """For every pixel, the (row, col) of the nearest pixel where `inside` is False."""
+    from scipy import ndimage
+
+    _, (rows, cols) = ndimage.distance_transform_edt(inside, return_indices=True)
+    return rows, cols
 
 
-def merge_labels(face_labels, shape_labels, labels: LabelMap) -> MergedLabels:
-    """Step 1, for one pair of (P, P) label maps."""
-    bg, hair, cloth = _ids(labels)
+def _outline_ids(label_map: LabelMap) -> tuple:
+    return label_map.ids(*(name for name in OUTLINE_REGIONS if name in label_map.names))
+
+
+def remove_region(labels, region, label_map: LabelMap) -> np.ndarray:
+    """`labels` (P, P) without the classes `region` (ids): hair and hat pixels become
+    background, the others the label of the nearest pixel outside `region` (module docstring)."""
+    labels = np.asarray(labels).astype(np.int32)
+    inside = np.isin(labels, region)
+    bg = label_map.id("background")
+    outline = np.isin(labels, _outline_ids(label_map))
+    out = np.where(inside & outline, bg, labels)
+    interior = inside & ~outline
+    if interior.any():
+        if inside.all():
+            return np.full_like(labels, bg)
+        rows, cols = _nearest_outside(inside)
+        out = np.where(interior, labels[rows, cols], out)
+    return out.astype(np.int32)
+
+
+def merge_labels(face_labels, shape_labels, labels: LabelMap, region=None) -> MergedLabels:
+    """Step 1, for one pair of (P, P) label maps. region: class ids of R (default: hair)."""
+    region = labels.region_ids(DEFAULT_REGION) if region is None else tuple(region)
+    bg, cloth = labels.id("background"), labels.id("cloth")
     seg1 = np.asarray(face_labels).astype(np.int32)
     seg2 = np.asarray(shape_labels).astype(np.int32)
-    hair1, hair2 = seg1 == hair, seg2 == hair
-    keep = (seg1 != bg) | hair2
-    seg1_bald = np.where(hair1, bg, seg1)
-    uncovered = ~np.isin(seg2, (hair, bg, cloth)) & (seg1_bald == bg)
-    target = np.where(hair2, hair, seg1_bald).astype(np.int32)
-    return MergedLabels(target, uncovered, keep, hair1, hair2)
+    region1, region2 = np.isin(seg1, region), np.isin(seg2, region)
+    keep = (seg1 != bg) | region2
+    seg1_without = remove_region(seg1, region, labels)
+    reach = region1 | (seg1 == bg) if set(region) & set(_outline_ids(labels)) else region1
+    uncovered = ~np.isin(seg2, (*region, bg, cloth)) & (seg1_without == bg) & reach
+    target = np.where(region2, seg2, seg1_without).astype(np.int32)
+    freed = region1 & ~region2 & (seg1_without == bg)
+    return MergedLabels(target, uncovered, keep, region1, region2, freed)
 
 
-def heuristic_target(merged: MergedLabels, labels: LabelMap) -> np.ndarray:
-    """Step 2: the merged target with `uncovered` filled by OpenCV's Navier-Stokes inpainting."""
+def heuristic_target(merged: MergedLabels, labels: LabelMap, region=None) -> np.ndarray:
+    """Step 2: the merged target with `uncovered` filled by OpenCV's Navier-Stokes inpainting
+    of the R indicator (R: class ids, default hair)."""
     import cv2
 
-    bg, hair, _ = _ids(labels)
+    region = labels.region_ids(DEFAULT_REGION) if region is None else tuple(region)
+    bg = labels.id("background")
     target = merged.target
-    region = (~np.isin(target, (bg, hair))) | merged.uncovered
-    known_hair = np.where(region, 0.0, target == hair).astype(np.float32)  # official: label / 10
-    inpainted = cv2.inpaint(known_hair, region.astype(np.uint8) * 255, INPAINT_RADIUS, cv2.INPAINT_NS)
-    filled = np.where(inpainted.astype(np.uint8) >= 1, hair, bg)  # .astype(uint8): truncation
+    in_region = np.isin(target, region)
+    inpaint_mask = (~np.isin(target, (bg, *region))) | merged.uncovered
+    known = np.where(inpaint_mask, 0.0, in_region).astype(np.float32)  # official: label / 10
+    inpainted = cv2.inpaint(known, inpaint_mask.astype(np.uint8) * 255, INPAINT_RADIUS, cv2.INPAINT_NS)
+    if len(region) == 1 or not in_region.any():
+        region_label = np.full_like(target, region[0])
+    else:  # R of several classes: the class of the nearest R pixel
+        rows, cols = _nearest_outside(~in_region)
+        region_label = target[rows, cols]
+    filled = np.where(inpainted.astype(np.uint8) >= 1, region_label, bg)  # .astype(uint8): truncation
     return np.where(merged.uncovered, filled, target).astype(np.int32)
 
 
@@ -84,17 +138,16 @@ class InpaintInputs(NamedTuple):
     target: jax.Array      # (P, P) int32: heuristic_target
     uncovered: jax.Array   # (P, P) bool
     keep: jax.Array        # (P, P) bool
-    hair_face: jax.Array   # (P, P) bool
-    hair_shape: jax.Array  # (P, P) bool
+    freed: jax.Array       # (P, P) bool: MergedLabels.freed (round 1 fills it)
     key: jax.Array         # the pair's PRNG key
 
 
-def prepare(face_labels, shape_labels, labels: LabelMap, key) -> InpaintInputs:
-    """Steps 1 and 2 for one pair (host), as the inputs of `gan_inpaint` (unbatched)."""
-    merged = merge_labels(face_labels, shape_labels, labels)
-    return InpaintInputs(jnp.asarray(heuristic_target(merged, labels)), jnp.asarray(merged.uncovered),
-                         jnp.asarray(merged.keep), jnp.asarray(merged.hair_face),
-                         jnp.asarray(merged.hair_shape), key)
+def prepare(face_labels, shape_labels, labels: LabelMap, key, region=None) -> InpaintInputs:
+    """Steps 1 and 2 for one pair (host), as the inputs of `gan_inpaint` (unbatched).
+    region: class ids of R (default: hair)."""
+    merged = merge_labels(face_labels, shape_labels, labels, region)
+    return InpaintInputs(jnp.asarray(heuristic_target(merged, labels, region)), jnp.asarray(merged.uncovered),
+                         jnp.asarray(merged.keep), jnp.asarray(merged.freed), key)
 
 
 def round_targets(target, keep, tail, keys, sign: str, bg: int) -> alignment.SegmentationTarget:
@@ -119,8 +172,7 @@ def _round(models, target, keep, keys, cfg, desc, progress, devices, checkpoint)
 
 @jax.jit
 def _after_round1(inputs: InpaintInputs, generated, bg):
-    freed = inputs.hair_face & ~inputs.hair_shape
-    target = jnp.where(freed, generated, inputs.target)
+    target = jnp.where(inputs.freed, generated, inputs.target)
     return target, jnp.where(inputs.uncovered, bg, target)
 
 

@@ -1,25 +1,31 @@
 """The complete hairstyle transfer, for one triple or thousands: files, caching and batches
 around the pure stages (embedding.py, target_mask.py, alignment.py, blending.py).
 
-For triples (face, shape, colour):
+For triples (face, shape, colour), or quadruples (face, shape, colour, structure) whose
+structure reference differs from the shape reference:
 1. every distinct image is embedded once, in W+ then FS (api.embed, through the cache);
-2. every distinct pair (face, shape) and (face, colour) gets its target mask and alignment,
-   batched over pairs (the official aligns (face, colour) only when colour != shape; a pair
-   two triples share is aligned once);
+2. every distinct alignment gets its target mask and alignment, batched: the face aligned to
+   the shape reference (or to the structure reference, when one is given) under the target
+   mask of (face, shape), and to the colour reference under that of (face, colour) (the
+   official aligns (face, colour) only when colour != shape; an alignment two triples share
+   is done once);
 3. every triple is blended, batched over triples.
+Everything is done for the transferred region (TransferConfig.region, hair by default).
 
 Output layout under OUT (the official names, so the official code can read ours):
 
     W+/{name}.npy, FS/{name}.npz                        embeddings (cache.py)
-    vis_mask_{face}_{shape}_{sign}.png                  the target mask, coloured
-    Align_{sign}/{face}_{ref}.npz  (.png)               latent_in, latent_F (NCHW)
-    Blend_{sign}/{face}_{shape}_{color}.npz  (.png)     latent_in, latent_F
-    {face}_{shape}_{color}_{sign}.png                   the result
+    vis_mask_{face}_{shape}_{tag}.png                   the target mask, coloured
+    Align_{tag}/{face}_{ref}.npz  (.png)                latent_in, latent_F (NCHW)
+    Blend_{tag}/{face}_{shape}_{color}.npz  (.png)      latent_in, latent_F
+    {face}_{shape}_{color}_{tag}.png                    the result
 
-and ours beside them: Align_{sign}/{face}_{ref}_labels.png (the target label map, 8-bit
-grey levels = class ids) and a JSON key beside each npz. As in cache.py, an entry whose key
-matches (same images, weights and settings) is reused, so a re-run skips finished work; arrays
-are written before their key, each atomically.
+with tag = sign (official) for hair, {sign}_{region} otherwise (e.g. realistic_brows+eyes),
+and {shape} written {shape}+{structure} where a structure reference is given (the target
+mask stays the (face, shape) one). Ours beside them: Align_{tag}/{face}_{ref}_labels.png
+(the target label map, 8-bit grey levels = class ids) and a JSON key beside each npz. As in
+cache.py, an entry whose key matches (same images, weights and settings) is reused, so a
+re-run skips finished work; arrays are written before their key, each atomically.
 """
 from __future__ import annotations
 
@@ -40,7 +46,7 @@ from PIL import Image
 from barbershop_jax import (alignment, api, blending, embedding, face_crop, image_io, optimize, resample, resume,
                             target_mask)
 from barbershop_jax import cache as cache_lib
-from barbershop_jax.transfer_config import Models, TransferConfig
+from barbershop_jax.transfer_config import DEFAULT_REGION, Models, TransferConfig
 
 log = logging.getLogger("barbershop_jax")
 
@@ -58,12 +64,13 @@ class TransferResult:
     face: str
     shape: str
     color: str
+    structure: str              # the structure reference (the shape reference unless one is given)
     image: np.ndarray           # (size, size, 3) uint8: the result
     target_labels: np.ndarray   # (P, P) int32: the target mask of (face, shape)
     latent_in: np.ndarray       # (n_latent, d): the blended latents
-    structure_f: np.ndarray     # (r, r, C): F aligned to the shape reference
+    structure_f: np.ndarray     # (r, r, C): F aligned to the structure (= shape) reference
     face_mask: np.ndarray | None  # (L, L): the blend's face region (None when read from the cache)
-    hair_mask: np.ndarray | None  # (L, L): the blend's colour-hair region (likewise)
+    hair_mask: np.ndarray | None  # (L, L): the blend's colour-reference region (hair by default; likewise)
     path: Path                  # the result PNG
     pasted: np.ndarray | None = None    # with paste-back: the face's photo with the result in it
     pasted_path: Path | None = None     # ... and its PNG
@@ -81,6 +88,8 @@ def _digest(*parts: str) -> str:
 
 def _stage_key(kind, hashes, weights, embed_cfg, cfg, fields, edit: str = "") -> str:
     settings = {f: getattr(cfg, f) for f in fields}
+    if cfg.region != DEFAULT_REGION:  # only then: the keys of hair transfers stay as they were
+        settings["region"] = cfg.region
     embed_settings = {f: getattr(embed_cfg, f) for f in cache_lib.FS_FIELDS}
     blob = {"kind": kind, "images": list(hashes), "weights": weights, "embedding": embed_settings,
             "settings": settings}
@@ -95,8 +104,8 @@ class TargetEdit:
 
     target: (P, P) class ids that replace the computed target mask (P: the parse size;
     target_mask.read_label_png reads and checks one from a file); shape_transform:
-    (scale, dx, dy) applied to the shape reference's hair before the merge
-    (target_mask.move_region). Either may be None."""
+    (scale, dx, dy) applied to the shape reference's region (hair by default) before the
+    merge (target_mask.move_region). Either may be None."""
     target: np.ndarray | None = None
     shape_transform: tuple | None = None
 
@@ -126,11 +135,11 @@ def _read_labels(path: Path, size: int):
 @functools.partial(jax.jit, static_argnames=("size", "parse_size", "blend_parse_size"))
 def _parse(parser, pixels_uint8, size, parse_size, blend_parse_size):
     """The official parse of real images: ToTensor ([0, 1]), bicubic down, clamp, normalise.
-    Returns (labels at parse_size (B, P, P) int32, hair at blend_parse_size (B, Q, Q) float)."""
+    Returns labels (B, P, P) at parse_size and (B, Q, Q) at blend_parse_size, int32."""
     image01 = pixels_uint8.astype(jnp.float32) / 255.0
     labels = parser.labels_of(image01, parse_size=parse_size)
     blend_labels = labels if blend_parse_size == parse_size else parser.labels_of(image01, parse_size=blend_parse_size)
-    return labels, (blend_labels == parser.labels.id("hair")).astype(jnp.float32)
+    return labels, blend_labels
 
 
 def _stack(items):
@@ -143,7 +152,11 @@ def _batches(items, batch_size):
 
 
 class Pipeline:
-    """Runs triples through every stage with one set of models, settings and output folder."""
+    """Runs triples through every stage with one set of models, settings and output folder.
+
+    Internally a triple is (face, shape, color, structure), structure = shape unless given; an
+    alignment is (face, mask reference, latent reference): the face aligned to the latent
+    reference under the target mask of (face, mask reference)."""
 
     def __init__(self, models: Models, pca, out_dir, embed_cfg: embedding.EmbedConfig, cfg: TransferConfig, *,
                  batch_size: int = 4, progress: bool = True, devices=None,
@@ -153,6 +166,10 @@ class Pipeline:
         self.size = models.generator.config.size
         self.embed_cfg = embed_cfg
         self.cfg = cfg.resolve(self.size)
+        self.region = self.cfg.region_ids(models.parser.labels)  # checks the names before any work
+        # File names: the official ones for hair, the region appended to the sign otherwise.
+        self.region_suffix = "" if self.cfg.region == DEFAULT_REGION else "_" + self.cfg.region.replace(",", "+")
+        self.tag = self.cfg.sign + self.region_suffix
         self.batch_size, self.progress, self.devices = batch_size, progress, devices
         self.weights = cache_lib.tree_fingerprint((models, pca))
         g = models.generator.config
@@ -162,10 +179,10 @@ class Pipeline:
         self._parsed: dict[str, tuple] = {}
         self.sources: dict[str, api.ImageSource] = {}  # every input of `run`, by name
         self.checkpoint_every = checkpoint_every
-        self.failures: list = []  # (item: an image name, a pair or a triple, reason), this run
+        self.failures: list = []  # (item: an image name, an alignment or a triple, reason), this run
         self.triple_failures: list = []  # (triple of names, reason): the triples without a result
         self.pair_edits: dict = {}  # (face, shape) -> TargetEdit
-        self.save_target_masks = False  # also write OUT/target_masks/{face}_{ref}.png (indexed) + legend.json
+        self.save_target_masks = False  # also write OUT/target_masks{region_suffix}/{face}_{ref}.png + legend.json
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
@@ -178,18 +195,22 @@ class Pipeline:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
 
     def _parsed_of(self, sources):
-        """(labels at parse_size, hair at blend_parse_size) per source, parsed once each."""
+        """(labels at parse_size, labels at blend_parse_size) per source, parsed once each."""
         todo = list({s.name: s for s in sources if s.name not in self._parsed}.values())
         for batch in _batches(todo, self.batch_size):
             pixels = np.stack([api.fit_to_size(s.load(), self.size, s.path or s.name) for s in batch])
             # Every batch padded to batch_size (a forward pass): one compilation.
             pad = self.batch_size - len(batch)
             pixels = np.concatenate([pixels, np.repeat(pixels[-1:], pad, axis=0)]) if pad > 0 else pixels
-            labels, hair = _parse(self.models.parser, jnp.asarray(pixels), self.size, self.cfg.parse_size,
-                                  self.cfg.blend_parse_size)
-            for s, lab, h in zip(batch, np.asarray(labels), np.asarray(hair)):
-                self._parsed[s.name] = (lab, h)
+            labels, blend_labels = _parse(self.models.parser, jnp.asarray(pixels), self.size, self.cfg.parse_size,
+                                          self.cfg.blend_parse_size)
+            for s, lab, blend_lab in zip(batch, np.asarray(labels), np.asarray(blend_labels)):
+                self._parsed[s.name] = (lab, blend_lab)
         return [self._parsed[s.name] for s in sources]
+
+    def _region_of(self, labels) -> np.ndarray:
+        """The transferred region of a label map, float 0/1."""
+        return np.isin(labels, self.region).astype(np.float32)
 
     def _key(self, hashes):
         return optimize.image_key(self.cfg.seed, _digest(*hashes))
@@ -197,9 +218,28 @@ class Pipeline:
     def _edit(self, face, ref) -> TargetEdit:
         return self.pair_edits.get((face, ref)) or TargetEdit()
 
-    def _align_paths(self, face, ref):
-        d = self.out / f"Align_{self.cfg.sign}"
-        return d / f"{face}_{ref}.npz", d / f"{face}_{ref}_labels.png"
+    @staticmethod
+    def _stem(face, shape, ref) -> str:
+        """{face}_{shape}, or {face}_{shape}+{ref} for an alignment to another latent reference."""
+        return f"{face}_{_references(shape, ref)}"
+
+    def _align_hashes(self, sources, face, shape, ref) -> tuple:
+        """The images an alignment depends on (the official pair, or all three)."""
+        names = (face, ref) if ref == shape else (face, shape, ref)
+        return tuple(sources[n].image_hash for n in names)
+
+    def _align_paths(self, face, shape, ref):
+        d, stem = self.out / f"Align_{self.tag}", self._stem(face, shape, ref)
+        return d / f"{stem}.npz", d / f"{stem}_labels.png"
+
+    def _triple_stem(self, t) -> str:
+        face, shape, color, structure = t
+        return f"{self._stem(face, shape, structure)}_{color}"
+
+    def _triple_hashes(self, sources, t) -> tuple:
+        face, shape, color, structure = t
+        names = (face, shape, color) if structure == shape else t
+        return tuple(sources[n].image_hash for n in names)
 
     # ------------------------------------------------------------------ stages
     def embed(self, sources):
@@ -212,98 +252,103 @@ class Pipeline:
         self.failures += failed
         return {e.name: e for e in done}
 
-    def align_pairs(self, pairs, sources, embedded) -> dict:
-        """Target mask and alignment of each distinct (face, ref) pair, cached. -> {pair: _Aligned}"""
+    def align_pairs(self, alignments, sources, embedded) -> dict:
+        """Target mask and alignment of each distinct (face, shape, ref) alignment, cached.
+        -> {alignment: _Aligned}"""
         out, todo = {}, []
-        for face, ref in pairs:
-            key = _stage_key("Align", (sources[face].image_hash, sources[ref].image_hash), self.weights,
-                             self.embed_cfg, self.cfg, ALIGN_FIELDS, self._edit(face, ref).tag())
-            npz, labels_png = self._align_paths(face, ref)
+        for face, shape, ref in alignments:
+            key = _stage_key("Align", self._align_hashes(sources, face, shape, ref), self.weights,
+                             self.embed_cfg, self.cfg, ALIGN_FIELDS, self._edit(face, shape).tag())
+            npz, labels_png = self._align_paths(face, shape, ref)
             hit = cache_lib.read_latents_npz(npz, self.latent_shape, self.f_shape) if cache_lib.key_matches(npz, key) else None
             labels = _read_labels(labels_png, self.cfg.parse_size) if hit is not None else None
             if labels is not None:
-                out[(face, ref)] = _Aligned(labels, hit[1])
+                out[(face, shape, ref)] = _Aligned(labels, hit[1])
             else:
-                todo.append((face, ref, key))
+                todo.append((face, shape, ref, key))
         for batch, padded in optimize.batches(todo, self.batch_size, "align"):
             out.update(self._align_batch(padded, sources, embedded, len(batch)))
         if self.save_target_masks:
-            folder = self.out / "target_masks"
+            folder = self.out / f"target_masks{self.region_suffix}"
             n_classes = len(self.models.parser.labels.names)
-            for (face, ref), a in out.items():
-                target_mask.save_label_png(folder / f"{face}_{ref}.png", a.target, n_classes)
+            for (face, shape, _), a in out.items():  # one target mask per (face, shape)
+                target_mask.save_label_png(folder / f"{face}_{shape}.png", a.target, n_classes)
             if out:
                 cache_lib.save_json(folder / "legend.json", target_mask.legend(self.models.parser.labels))
         return out
 
     def _align_batch(self, batch, sources, embedded, n_real):
-        """One batch of pairs (the last n - n_real repeat a pair, to keep the compiled size)."""
+        """One batch of alignments (the last n - n_real repeat one, to keep the compiled size)."""
         cfg, labels_map = self.cfg, self.models.parser.labels
         with self._timed("parsing"):
-            parsed = dict(zip([n for f, r, _ in batch for n in (f, r)],
-                              self._parsed_of([sources[n] for f, r, _ in batch for n in (f, r)])))
-        keys = [self._key((sources[f].image_hash, sources[r].image_hash)) for f, r, _ in batch]
-        ckpt = resume.batch_checkpoint(self.out, "align", [k for _, _, k in batch], self.checkpoint_every)
-        edits = [self._edit(f, r) for f, r, _ in batch]
-        bg, hair_id = labels_map.id("background"), labels_map.id("hair")
+            names = [n for f, s, r, _ in batch for n in (f, s, r)]
+            parsed = dict(zip(names, self._parsed_of([sources[n] for n in names])))
+        # The noise key is the (face, shape) pair's, whatever the latent reference: a structure
+        # reference changes neither the target mask nor the face's side of the alignment.
+        keys = [self._key((sources[f].image_hash, sources[s].image_hash)) for f, s, _, _ in batch]
+        ckpt = resume.batch_checkpoint(self.out, "align", [k for _, _, _, k in batch], self.checkpoint_every)
+        edits = [self._edit(f, s) for f, s, _, _ in batch]
+        bg = labels_map.id("background")
 
-        def shape_labels(r, edit):
+        def shape_labels(s, edit):
             if edit.shape_transform is None:
-                return parsed[r][0]
-            return target_mask.move_region(parsed[r][0], (hair_id,), bg, *edit.shape_transform)
+                return parsed[s][0]
+            return target_mask.move_region(parsed[s][0], self.region, bg, *edit.shape_transform)
 
         with self._timed("target mask"):
             if all(e.target is not None for e in edits):  # every mask given: no GAN inpainting
                 target = jnp.asarray(np.stack([e.target for e in edits]), jnp.int32)
             else:
-                inputs = _stack([target_mask.prepare(parsed[f][0], shape_labels(r, e), labels_map, k)
-                                 for (f, r, _), k, e in zip(batch, keys, edits)])
+                inputs = _stack([target_mask.prepare(parsed[f][0], shape_labels(s, e), labels_map, k, self.region)
+                                 for (f, s, _, _), k, e in zip(batch, keys, edits)])
                 target = target_mask.gan_inpaint(self.models, inputs, cfg, progress=self.progress,
                                                  devices=self.devices, checkpoint=ckpt and ckpt.sub("mask"))
                 target = jnp.asarray(np.stack([np.asarray(e.target, np.int32) if e.target is not None else t
                                                for e, t in zip(edits, np.asarray(target))]))
-        hair = lambda n: (parsed[n][0] == labels_map.id("hair")).astype(np.float32)  # noqa: E731
+        region = lambda n: self._region_of(parsed[n][0])  # noqa: E731
         e = lambda n, field: getattr(embedded[n], field)  # noqa: E731
         align_inputs = alignment.AlignInputs(*[jnp.asarray(np.stack(x)) for x in (
-            [e(f, "w_plus") for f, _, _ in batch], [e(f, "latent_in") for f, _, _ in batch],
-            [e(f, "structure_f") for f, _, _ in batch], [e(r, "w_plus") for _, r, _ in batch],
-            [e(r, "latent_in") for _, r, _ in batch], [e(r, "structure_f") for _, r, _ in batch])],
-            target, jnp.asarray(np.stack([hair(f) for f, _, _ in batch])),
-            jnp.asarray(np.stack([hair(r) for _, r, _ in batch])), jnp.stack(keys))
+            [e(f, "w_plus") for f, _, _, _ in batch], [e(f, "latent_in") for f, _, _, _ in batch],
+            [e(f, "structure_f") for f, _, _, _ in batch], [e(r, "w_plus") for _, _, r, _ in batch],
+            [e(r, "latent_in") for _, _, r, _ in batch], [e(r, "structure_f") for _, _, r, _ in batch])],
+            target, jnp.asarray(np.stack([region(f) for f, _, _, _ in batch])),
+            jnp.asarray(np.stack([region(r) for _, _, r, _ in batch])), jnp.stack(keys))
         with self._timed("alignment"):
             result = alignment.align(self.models, align_inputs, cfg, progress=self.progress, devices=self.devices,
                                      checkpoint=ckpt and ckpt.sub("align"))
         target = np.asarray(target)
         structure_f, images = np.asarray(result.structure_f), image_io.to_uint8(np.asarray(result.image))
         out = {}
-        for i, (face, ref, key) in enumerate(batch[:n_real]):
+        for i, (face, shape, ref, key) in enumerate(batch[:n_real]):
             if not (np.isfinite(structure_f[i]).all() and np.isfinite(np.asarray(result.image[i])).all()):
-                self.failures.append(((face, ref), f"{face} with {ref}: alignment diverged (NaN or infinity); "
-                                                   "nothing written"))
+                self.failures.append(((face, shape, ref), f"{face} with {_references(shape, ref)}: alignment "
+                                                          "diverged (NaN or infinity); nothing written"))
                 continue
-            npz, labels_png = self._align_paths(face, ref)
+            npz, labels_png = self._align_paths(face, shape, ref)
             npz.with_suffix(".json").unlink(missing_ok=True)
-            image_io.save_png(self.out / f"vis_mask_{face}_{ref}_{cfg.sign}.png", target_mask.colourise(target[i]))
+            image_io.save_png(self.out / f"vis_mask_{face}_{shape}_{self.tag}.png", target_mask.colourise(target[i]))
             _save_labels(labels_png, target[i])
             cache_lib.save_latents_npz(npz, embedded[face].latent_in, structure_f[i])
             image_io.save_png(npz.with_suffix(".png"), images[i])
             cache_lib.save_json(npz.with_suffix(".json"), {"key": key, "face": face, "reference": ref,
+                                                           **({"shape": shape} if shape != ref else {}),
                                                            "weights": self.weights})
-            out[(face, ref)] = _Aligned(target[i], structure_f[i])
+            out[(face, shape, ref)] = _Aligned(target[i], structure_f[i])
         if ckpt is not None:
             resume.clear(ckpt.folder)
         return out
 
     def blend_triples(self, triples, sources, embedded, aligned) -> list[TransferResult]:
+        """triples: (face, shape, color, structure) each."""
         results = {}
         todo = []
         for t in triples:
-            face, shape, color = t
-            key = _stage_key("Blend", tuple(sources[n].image_hash for n in t), self.weights, self.embed_cfg,
+            face, shape, color, _ = t
+            key = _stage_key("Blend", self._triple_hashes(sources, t), self.weights, self.embed_cfg,
                              self.cfg, ALIGN_FIELDS + BLEND_FIELDS,
                              _digest(self._edit(face, shape).tag(), self._edit(face, color).tag())
                              if self._edit(face, shape).tag() or self._edit(face, color).tag() else "")
-            npz = self.out / f"Blend_{self.cfg.sign}" / f"{face}_{shape}_{color}.npz"
+            npz = self.out / f"Blend_{self.tag}" / f"{self._triple_stem(t)}.npz"
             cached = self._cached_blend(t, key, npz, aligned)
             if cached is not None:
                 results[t] = cached
@@ -313,9 +358,12 @@ class Pipeline:
             results.update(self._blend_batch(padded, sources, embedded, aligned, len(batch)))
         return [results.get(t) for t in triples]  # None: the triple's blend diverged
 
+    def _result_path(self, t) -> Path:
+        return self.out / f"{self._triple_stem(t)}_{self.tag}.png"
+
     def _cached_blend(self, t, key, npz, aligned):
         hit = cache_lib.read_latents_npz(npz, self.latent_shape, self.f_shape) if cache_lib.key_matches(npz, key) else None
-        path = self.out / f"{'_'.join(t)}_{self.cfg.sign}.png"
+        path = self._result_path(t)
         if hit is None or not path.is_file():
             return None
         try:
@@ -323,7 +371,9 @@ class Pipeline:
         except image_io.ImageError:
             return None
         # The blend masks are not stored: a cached result carries None for them.
-        return TransferResult(*t, image, aligned[(t[0], t[1])].target, hit[0], hit[1], None, None, path)
+        face, shape, color, structure = t
+        return TransferResult(face, shape, color, structure, image, aligned[(face, shape, structure)].target, hit[0],
+                              hit[1], None, None, path)
 
     def _blend_batch(self, batch, sources, embedded, aligned, n_real):
         cfg, size = self.cfg, self.size
@@ -336,11 +386,14 @@ class Pipeline:
             small[n] = resample.uint8_to_signed(resample.lanczos_resize(pixels, cfg.loss_size))
         col = lambda fn: jnp.asarray(np.stack([fn(*t) for t, _, _ in batch]))  # noqa: E731
         inputs = blending.BlendInputs(
-            col(lambda f, s, c: embedded[f].latent_in), col(lambda f, s, c: embedded[c].latent_in),
-            col(lambda f, s, c: aligned[(f, c)].structure_f), col(lambda f, s, c: aligned[(f, s)].structure_f),
-            col(lambda f, s, c: small[f]), col(lambda f, s, c: small[c]),
-            col(lambda f, s, c: parsed[f][1]), col(lambda f, s, c: parsed[c][1]),
-            jnp.stack([self._key(tuple(sources[n].image_hash for n in t)) for t, _, _ in batch]))
+            col(lambda f, s, c, st: embedded[f].latent_in), col(lambda f, s, c, st: embedded[c].latent_in),
+            col(lambda f, s, c, st: aligned[(f, c, c)].structure_f),
+            col(lambda f, s, c, st: aligned[(f, s, st)].structure_f),
+            col(lambda f, s, c, st: small[f]), col(lambda f, s, c, st: small[c]),
+            col(lambda f, s, c, st: self._region_of(parsed[f][1])),
+            col(lambda f, s, c, st: self._region_of(parsed[c][1])),
+            # The noise key of (face, shape, color): a structure reference changes the final F only.
+            jnp.stack([self._key(tuple(sources[n].image_hash for n in t[:3])) for t, _, _ in batch]))
         ckpt = resume.batch_checkpoint(self.out, "blend", [k for _, k, _ in batch], self.checkpoint_every)
         with self._timed("blending"):
             result = blending.blend(self.models, inputs, cfg, progress=self.progress, devices=self.devices,
@@ -349,20 +402,21 @@ class Pipeline:
         images = image_io.to_uint8(np.asarray(result.image))
         out = {}
         for i, (t, key, npz) in enumerate(batch[:n_real]):
-            face, shape, color = t
+            face, shape, color, structure = t
             if not (np.isfinite(latent_in[i]).all() and np.isfinite(np.asarray(result.image[i])).all()):
-                self.failures.append((t, f"{face}, {shape}, {color}: blending diverged (NaN or infinity); "
-                                         "nothing written"))
+                self.failures.append((t, f"{face}, {_references(shape, structure)}, {color}: blending diverged "
+                                         "(NaN or infinity); nothing written"))
                 continue
             npz.with_suffix(".json").unlink(missing_ok=True)
             cache_lib.save_latents_npz(npz, latent_in[i], structure_f[i])
             image_io.save_png(npz.with_suffix(".png"), images[i])
-            path = image_io.save_png(self.out / f"{face}_{shape}_{color}_{cfg.sign}.png", images[i])
+            path = image_io.save_png(self._result_path(t), images[i])
             cache_lib.save_json(npz.with_suffix(".json"), {"key": key, "face": face, "shape": shape, "color": color,
+                                                           **({"structure": structure} if structure != shape else {}),
                                                            "weights": self.weights})
-            out[t] = TransferResult(face, shape, color, images[i], aligned[(face, shape)].target, latent_in[i],
-                                    structure_f[i], np.asarray(result.face_mask[i]), np.asarray(result.hair_mask[i]),
-                                    path)
+            out[t] = TransferResult(face, shape, color, structure, images[i], aligned[(face, shape, structure)].target,
+                                    latent_in[i], structure_f[i], np.asarray(result.face_mask[i]),
+                                    np.asarray(result.hair_mask[i]), path)
         if ckpt is not None:
             resume.clear(ckpt.folder)
         return out
@@ -370,7 +424,7 @@ class Pipeline:
     def paste_back(self, results: list[TransferResult], feather: float = FEATHER) -> list[TransferResult]:
         """Each result pasted into the photo its face crop was cut from (face_crop.paste_back),
         over the union of the old and new hair with the face, feathered by `feather` times the
-        result's side. Writes {face}_{shape}_{color}_{sign}_pasted.png."""
+        result's side. Writes {face}_{shape}_{color}_{tag}_pasted.png."""
         label_map = self.models.parser.labels
         with self._timed("paste-back"):
             after = self._parsed_of([api.as_source(r.image, name=f"result:{r.path.name}") for r in results
@@ -396,13 +450,20 @@ class Pipeline:
 
     # ------------------------------------------------------------------ all
     def run(self, triples, edits=None) -> list[TransferResult]:
-        """triples: [(face, shape, color)] of paths, PIL images, arrays or api.ImageSource.
+        """triples: [(face, shape, color)] or [(face, shape, color, structure)] of paths, PIL
+        images, arrays or api.ImageSource (structure None or absent: the shape reference).
         edits: None, or one TargetEdit (or None) per triple, for its (face, shape) pair."""
-        named = [tuple(api.as_source(x) for x in t) for t in triples]
+        given = [tuple(t[:3]) if len(t) == 4 and t[3] is None else tuple(t) for t in triples]
+        for t in given:
+            if len(t) not in (3, 4) or any(x is None for x in t):
+                raise ValueError(f"a triple of {len(t)} images with {sum(x is None for x in t)} missing: give "
+                                 "(face, shape, color) or (face, shape, color, structure)")
+        named = [tuple(api.as_source(x) for x in t) for t in given]
         sources = {s.name: s for s in api.identify([s for t in named for s in t])}
         self.sources.update(sources)
-        triples = [tuple(s.name for s in t) for t in named]
-        for t, edit in zip(triples, edits or ()):
+        given = [tuple(s.name for s in t) for t in named]
+        quads = [(*t[:3], t[3] if len(t) == 4 else t[1]) for t in given]
+        for t, edit in zip(quads, edits or ()):
             if edit is None or (edit.target is None and edit.shape_transform is None):
                 continue
             pair = (t[0], t[1])
@@ -412,22 +473,35 @@ class Pipeline:
             self.pair_edits[pair] = edit
         embedded = self.embed(list(sources.values()))
         # A failed image (its optimisation diverged) fails its triples only; the rest go on.
-        live = [t for t in triples if all(n in embedded for n in t)]
-        pairs = list(dict.fromkeys(p for f, s, c in live for p in ((f, s), (f, c))))
+        live = [t for t in quads if all(n in embedded for n in t)]
+        alignments = list(dict.fromkeys(a for t in live for a in _alignments(t)))
         with self._timed("parsing"):
-            needed = {n for p in pairs for n in p}
+            needed = {n for a in alignments for n in a}
             self._parsed_of([s for name, s in sources.items() if name in needed])
-        aligned = self.align_pairs(pairs, sources, embedded)
-        live = [t for t in live if (t[0], t[1]) in aligned and (t[0], t[2]) in aligned]
+        aligned = self.align_pairs(alignments, sources, embedded)
+        live = [t for t in live if all(a in aligned for a in _alignments(t))]
         blended = dict(zip(live, self.blend_triples(live, sources, embedded, aligned)))
-        results = [blended.get(t) for t in triples]
-        self.triple_failures = [(t, self._reason(t)) for t, r in zip(triples, results) if r is None]
+        results = [blended.get(t) for t in quads]
+        self.triple_failures = [(t, self._reason(q)) for t, q, r in zip(given, quads, results) if r is None]
         return results
 
     def _reason(self, t) -> str:
-        """Why triple t has no result: the first failure of its images, pairs or itself."""
-        related = {t, *t, (t[0], t[1]), (t[0], t[2])}
+        """Why triple t (face, shape, color, structure) has no result: the first failure of its
+        images, alignments or itself."""
+        related = {t, *t, *_alignments(t)}
         return next((reason for item, reason in self.failures if item in related), "failed")
+
+
+def _references(shape, structure) -> str:
+    """The shape and structure references in file names and messages: shape, or shape+structure."""
+    return shape if structure == shape else f"{shape}+{structure}"
+
+
+def _alignments(t) -> tuple:
+    """The two alignments a triple (face, shape, color, structure) needs: the face to the
+    structure reference under the (face, shape) target mask, and to the colour reference."""
+    face, shape, color, structure = t
+    return (face, shape, structure), (face, color, color)
 
 
 def summary(results: list[TransferResult], timings: dict[str, float]) -> str:
@@ -436,7 +510,7 @@ def summary(results: list[TransferResult], timings: dict[str, float]) -> str:
     lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()]
     lines += [f"| total | {sum(timings.values()):.1f} |", "", "| face | shape | color | result |",
               "| --- | --- | --- | --- |"]
-    lines += [f"| {r.face} | {r.shape} | {r.color} | {r.path} |" for r in results]
+    lines += [f"| {r.face} | {_references(r.shape, r.structure)} | {r.color} | {r.path} |" for r in results]
     return "\n".join(lines)
 
 
@@ -516,19 +590,24 @@ class HairTransfer:
                         devices=self.devices, checkpoint_every=self.checkpoint_every)
 
     def transfer_many(self, triples, *, align=None, paste_back: bool = False, feather: float = FEATHER,
-                      edits=None, save_target_masks: bool = False, **options) -> list[TransferResult]:
-        """Transfer every (face, shape, color) triple; batched, cached, in input order. A
-        triple whose optimisation diverged (NaN or infinity) gives None, with its reason in
-        `self.failures`; the others are unaffected.
+                      edits=None, regions=None, save_target_masks: bool = False, **options) -> list[TransferResult]:
+        """Transfer every (face, shape, color) triple, or (face, shape, color, structure)
+        quadruple (structure: the reference whose aligned F gives the region's structure;
+        None or absent: the shape reference, as the official); batched, cached, in input
+        order. A triple whose optimisation diverged (NaN or infinity) gives None, with its
+        reason in `self.failures`; the others are unaffected.
 
         align: ordinary photos in, FFHQ crops made first (face_crop.Aligner; True for the
         default one, landmarks from a sidecar JSON or dlib); the crops go to OUT/aligned/.
         paste_back: each result is also pasted into the face's photo (the face must be a
         file whose crop transform {stem}.crop.json lies beside it, as align writes it).
         edits: one TargetEdit (or None) per triple: its (face, shape) pair's target mask given
-        (an array, or an indexed PNG path) or its shape reference's hair moved and scaled.
+        (an array, or an indexed PNG path) or its shape reference's region moved and scaled.
+        regions: one region (or None: the `region` option, hair by default) per triple, e.g.
+        "lips" or "brows,eyes"; the triples of each region run as one batch run.
         save_target_masks: also write OUT/target_masks/{face}_{ref}.png (indexed: values are
-        class ids, in the label colours) and legend.json, to edit and give back."""
+        class ids, in the label colours) and legend.json, to edit and give back (the folder
+        is target_masks_{region} for a region other than hair)."""
         triples = list(triples)
         if align:
             aligner = align if isinstance(align, face_crop.Aligner) else face_crop.Aligner()
@@ -543,44 +622,64 @@ class HairTransfer:
                     raise face_crop.FaceCropError("paste-back needs the face as a file with its crop transform "
                                                   "(from align-faces), not an in-memory image")
                 face_crop.read_transform(face)
-        pipeline = self.pipeline(**options)
-        pipeline.save_target_masks = save_target_masks
-        labels, size = self.models.parser.labels, pipeline.cfg.parse_size
+        regions = list(regions) if regions is not None else [None] * len(triples)
+        if len(regions) != len(triples):
+            raise ValueError(f"{len(regions)} regions for {len(triples)} triples: give one (or None) per triple")
+        # One pipeline per region (its settings and file names), each checked before any work.
+        groups = {}
+        for i, region in enumerate(regions):
+            groups.setdefault(region or None, []).append(i)
+        pipelines = {region: self.pipeline(**{**options, **({"region": region} if region else {})})
+                     for region in groups}
+        labels = self.models.parser.labels
+        size = next((pipeline.cfg.parse_size for pipeline in pipelines.values()), None)  # the same for every region
         edits = [None if e is None else dataclasses.replace(e, target=None if e.target is None else (
             target_mask.read_label_png(e.target, labels, size) if isinstance(e.target, (str, Path))
             else target_mask.check_target(e.target, labels, size))) for e in (edits or [])]
         if edits and len(edits) != len(triples):
             raise ValueError(f"{len(edits)} edits for {len(triples)} triples: give one (or None) per triple")
-        try:
-            results = pipeline.run(triples, edits)
-            if paste_back:
-                results = pipeline.paste_back(results, feather)
-        finally:
-            self.timings = pipeline.timings
-            self.failures = pipeline.triple_failures
+        results = [None] * len(triples)
+        self.timings, self.failures = {}, []
+        for region, indices in groups.items():
+            pipeline = pipelines[region]
+            pipeline.save_target_masks = save_target_masks
+            try:
+                done = pipeline.run([triples[i] for i in indices], [edits[i] for i in indices] if edits else None)
+                if paste_back:
+                    done = pipeline.paste_back(done, feather)
+            finally:
+                for stage, seconds in pipeline.timings.items():
+                    self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+                self.failures += pipeline.triple_failures
+            for i, r in zip(indices, done):
+                results[i] = r
         return results
 
-    def transfer(self, face, shape, color, *, target_mask=None, shape_transform=None, **options) -> TransferResult:
-        """One triple: the face with the hair shape of `shape` and the hair colour of `color`.
-        target_mask (array or indexed PNG path) and shape_transform ((scale, dx, dy)) edit the
-        target mask (TargetEdit); takes transfer_many's other options too."""
+    def transfer(self, face, shape, color, *, structure=None, target_mask=None, shape_transform=None,
+                 **options) -> TransferResult:
+        """One triple: the face with the region (hair by default; `region="lips"` etc.) shaped
+        as in `shape`, structured as in `structure` (default: `shape`) and coloured as in
+        `color`. target_mask (array or indexed PNG path) and shape_transform ((scale, dx, dy))
+        edit the target mask (TargetEdit); takes transfer_many's other options too."""
         edit = TargetEdit(target_mask, shape_transform) if target_mask is not None or shape_transform else None
-        result = self.transfer_many([(face, shape, color)], edits=[edit], **options)[0]
+        result = self.transfer_many([(face, shape, color, structure)], edits=[edit], **options)[0]
         if result is None:
             raise api.NonFiniteError(self.failures[0][1])
         return result
 
 
-def align_inputs(triples, out_dir, aligner: face_crop.Aligner, roles=(0, 1, 2)):
-    """Replace the images at `roles` (0 face, 1 shape, 2 colour) of each triple by their FFHQ
-    crops, each distinct photo aligned once. Returns (triples, [(triple, error)]): a triple
-    whose photo has no usable face fails alone."""
+def align_inputs(triples, out_dir, aligner: face_crop.Aligner, roles=None):
+    """Replace the images at `roles` (0 face, 1 shape, 2 colour, 3 structure; None: all) of
+    each triple by their FFHQ crops, each distinct photo aligned once. Returns (triples,
+    [(triple, error)]): a triple whose photo has no usable face fails alone."""
     from barbershop_jax.landmarks import LandmarkError, LandmarkModelError
 
     crops, good, failures = {}, [], []
     for t in triples:
         new, error = list(t), None
-        for i in roles:
+        for i in (range(len(t)) if roles is None else roles):
+            if t[i] is None:  # no structure reference
+                continue
             photo = t[i].path if isinstance(t[i], api.ImageSource) else t[i]
             if not isinstance(photo, (str, Path)):
                 error = error or face_crop.FaceCropError("alignment needs image files, not in-memory images")
@@ -634,15 +733,19 @@ def check_triples(triples, size: int | None = None):
     return good, failures
 
 
-def write_failures(out_dir, failures, columns=("face", "shape", "color")) -> Path:
-    """OUT/failures.csv: the columns of each failed item, then the error."""
+def write_failures(out_dir, failures, columns=None) -> Path:
+    """OUT/failures.csv: the columns of each failed item (empty where it has fewer), then the
+    error. columns: default face, shape, color (and structure where an item has one)."""
     import csv
     import io
+
+    if columns is None:
+        columns = ("face", "shape", "color", "structure")[:max([3, *(len(item) for item, _ in failures)])]
 
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow([*columns, "error"])
     for item, reason in failures:
-        writer.writerow([*(str(x) for x in item), str(reason)])
+        writer.writerow([*(str(x) for x in item), *[""] * (len(columns) - len(item)), str(reason)])
     path = Path(out_dir) / "failures.csv"
     return image_io.atomic_write(path, lambda f: f.write(buf.getvalue().encode()))

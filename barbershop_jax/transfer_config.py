@@ -4,7 +4,8 @@ Defaults are the official command-line defaults (Barbershop main.py) and the con
 stages hard-code; every departure is a named option. Sizes: the official code parses faces at
 512 px (`parse_size`), computes its masks, style and blend losses at 256 px (`loss_size`), and
 mixes F on its own grid (32x32 at block 3); `resolve` shrinks the first two for generators
-below 1024 px so that the small configs of tests and the demo run the same code.
+below 1024 px so that the small configs of tests and the demo run the same code. `region`
+generalises the official's hair to any labels of the parser (target_mask.py: the rule).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import dataclasses
 from typing import NamedTuple
 
 SIGNS = ("realistic", "fidelity")
+DEFAULT_REGION = "hair"  # the official code transfers hair only
 
 
 class Models(NamedTuple):
@@ -24,6 +26,7 @@ class Models(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class TransferConfig:
     sign: str = "realistic"         # target-mask inpainting loss: "realistic" or "fidelity"
+    region: str = DEFAULT_REGION    # what is transferred: label names, comma-separated ("brows,eyes")
     smooth: int = 5                 # dilation/erosion iterations of the F-mixing masks
     learning_rate: float = 0.01     # Adam, every stage
     ce_lambda: float = 1.0          # segmentation cross-entropy weight
@@ -46,6 +49,12 @@ class TransferConfig:
     chunk: int | None = None        # steps per compiled scan (None: optimize.loop_defaults)
 
     def __post_init__(self):
+        # One spelling per region set ("eyes, brows" -> "brows,eyes"): it is part of cache keys
+        # and file names. The names are checked against the parser's labels by region_ids.
+        names = self.region.split(",") if isinstance(self.region, str) else list(self.region)
+        object.__setattr__(self, "region", ",".join(sorted({n.strip() for n in names if n.strip()})))
+        if not self.region:
+            raise ValueError(f"region: no label name given (e.g. {DEFAULT_REGION!r} or 'brows,eyes')")
         if self.sign not in SIGNS:
             raise ValueError(f"sign must be one of {SIGNS}, got {self.sign!r}")
         if self.smooth < 0 or self.blend_smooth < 0:
@@ -63,10 +72,15 @@ class TransferConfig:
 
     def step_config(self) -> "TransferConfig":
         """The fields the optimisation steps read; the rest blanked (optimize.run's compile key:
-        the inpainting rounds and align step 1 share one compiled step whatever the sign)."""
+        the inpainting rounds and align step 1 share one compiled step whatever the sign). The
+        region stays: align step 2's style loss reads it."""
         return dataclasses.replace(self, sign="realistic", smooth=0, inpaint_steps=0, align_steps1=0, align_steps2=0,
                                    blend_steps=0, align_more_region=False, blend_smooth=0, blend_parse_size=None,
                                    seed=0, chunk=None)
+
+    def region_ids(self, label_map) -> tuple:
+        """The class ids of `region` in a parser's label map (a ValueError for unknown names)."""
+        return label_map.region_ids(self.region)
 
     def check_resolved(self):
         if None in (self.parse_size, self.loss_size, self.blend_parse_size):

@@ -95,6 +95,7 @@ def test_shorter_hair_uncovers_forehead_and_ears():
     np.testing.assert_array_equal(filled, expected)
     np.testing.assert_array_equal(merged.hair_face, face == 10)
     np.testing.assert_array_equal(merged.hair_shape, shape == 10)
+    np.testing.assert_array_equal(merged.freed, (face == 10) & (shape != 10))  # hair: removed to background
 
 
 def test_other_neck_and_shoulders_keep_the_face_s():
@@ -184,7 +185,7 @@ def test_gan_rounds_combine_as_the_official():
     hair_shape[1, :2] = True
     inputs = target_mask.InpaintInputs(
         jnp.asarray(np.full((4, 4), 1, np.int32)), jnp.asarray(uncovered), jnp.zeros((4, 4), bool),
-        jnp.asarray(hair_face), jnp.asarray(hair_shape), jax.random.PRNGKey(0))
+        jnp.asarray(hair_face & ~hair_shape), jax.random.PRNGKey(0))  # freed: all background for hair
     generated1 = np.arange(16, dtype=np.int32).reshape(4, 4) % 16
     previous, round2_target = target_mask._after_round1(inputs, jnp.asarray(generated1), 0)
     expected_previous = np.ones((4, 4), np.int32)
@@ -362,3 +363,116 @@ def test_saved_target_masks_read_back_exactly_and_bad_ones_are_refused(tmp_path)
         target_mask.read_label_png(tmp_path / "rgb.png", LABELS, 24)
     with pytest.raises(ValueError, match="no such target mask"):
         target_mask.read_label_png(tmp_path / "none.png", LABELS, 24)
+
+
+# ----------------------------------------------------------------------------- other regions
+REGION_CODE = {**CODE, "b": 5, "y": 4, "m": 7, "u": 8, "l": 9, "t": 11}  # + brows, eyes, mouth, lips, hat
+
+
+def region_labels(*rows):
+    return np.array([[REGION_CODE[ch] for ch in row.replace(" ", "")] for row in rows], np.int32)
+
+
+def test_region_names_resolve_to_class_ids_and_unknown_ones_are_refused():
+    assert LABELS.region_ids("hair") == (10,)
+    assert LABELS.region_ids("lips") == LABELS.region_ids("lower_lip, upper_lip") == (8, 9)
+    assert LABELS.region_ids("eyes,brows") == (4, 5)
+    parsing = bisenet.label_map(19)
+    assert parsing.region_ids("brows,eyes") == (2, 3, 4, 5) and parsing.region_ids("lips") == (12, 13)
+    with pytest.raises(ValueError, match=r"region 'hair,beard': unknown region name\(s\) 'beard'; valid names: "
+                                         r"background, skin, .*, lips"):
+        LABELS.region_ids("hair,beard")
+    assert TransferConfig(region=" eyes, brows").region == TransferConfig(region=("brows", "eyes")).region == "brows,eyes"
+    with pytest.raises(ValueError, match="region: no label name"):
+        TransferConfig(region=" , ")
+
+
+def test_a_lips_transfer_changes_only_the_lips_in_the_target_mask():
+    """The shape reference's lips are wider and lower, its hair and face outline differ: only
+    pixels where either image has lips change; the face's lips the shape's do not cover take
+    the surrounding label (skin); nothing is left to inpaint."""
+    lips = LABELS.region_ids("lips")
+    face = region_labels(". . h h h h . .",
+                         ". h s s s s h .",
+                         ". h s s s s h .",
+                         ". s s u u s s .",
+                         ". s s l l s s .",
+                         ". s s s s s s .",
+                         ". . s s s s . .",
+                         ". . n n n n . .")
+    shape = region_labels(". . . . . . . .",
+                          "h s s s s s s h",
+                          "s s s s s s s s",
+                          "s s s s s s s s",
+                          "s s s s s s s s",
+                          "s u u u u u u s",
+                          "s l l l l l l s",
+                          "s s s s s s s s")
+    merged = target_mask.merge_labels(face, shape, LABELS, lips)
+    expected = region_labels(". . h h h h . .",
+                             ". h s s s s h .",
+                             ". h s s s s h .",
+                             ". s s s s s s .",
+                             ". s s s s s s .",
+                             ". u u u u u u .",
+                             ". l l l l l l .",   # the shape's lips also where the face has background
+                             ". . n n n n . .")
+    np.testing.assert_array_equal(merged.target, expected)
+    either = np.isin(face, lips) | np.isin(shape, lips)
+    np.testing.assert_array_equal(merged.target[~either], face[~either])  # hair and outline: the face's
+    assert not merged.uncovered.any() and not merged.freed.any()
+    np.testing.assert_array_equal(target_mask.heuristic_target(merged, LABELS, lips), merged.target)
+    # The default region (hair) takes the shape's hair and leaves the face's lips.
+    hair = target_mask.merge_labels(face, shape, LABELS)
+    assert (hair.target[0] == 0).all() and (hair.target[3, 3:5] == 8).all()
+
+
+def test_removed_regions_become_background_on_the_outline_and_their_surroundings_inside():
+    """Hair and hat become background (the official rule for hair); another class takes the
+    label of the nearest pixel outside the region, which may be background (an ear's outer
+    pixel): that pixel is `freed`, for the GAN inpainting, and `uncovered` where the shape
+    shows a face part there. Only hair (and hat) reach the face's background."""
+    face = region_labels(". . h h h . .",
+                         ". s s s s s .",
+                         ". s s b s s .",
+                         "e e s y s e e",
+                         ". s s s s s .",
+                         ". . n n n . .")
+    np.testing.assert_array_equal(target_mask.remove_region(face, (10,), LABELS), np.where(face == 10, 0, face))
+    no_brows_or_eyes = target_mask.remove_region(face, LABELS.region_ids("brows,eyes"), LABELS)
+    np.testing.assert_array_equal(no_brows_or_eyes, np.where(np.isin(face, (4, 5)), 1, face))
+    shape = region_labels(". . . . . . .",
+                          "s s s s s s s",
+                          ". s s s s s .",
+                          "s s s s s s .",
+                          ". s s s s s .",
+                          ". . n n n . .")
+    merged = target_mask.merge_labels(face, shape, LABELS, LABELS.region_ids("ears"))
+    expected = face.copy()
+    expected[3] = region_labels(". s s y s s .")[0]  # outer ear pixels: background; inner: skin
+    np.testing.assert_array_equal(merged.target, expected)
+    freed = np.zeros_like(face, bool)
+    freed[3, [0, 6]] = True
+    np.testing.assert_array_equal(merged.freed, freed)
+    np.testing.assert_array_equal(merged.uncovered, freed & (shape != 0))  # only (3, 0): the shape shows skin
+    hair = target_mask.merge_labels(face, shape, LABELS)
+    assert hair.uncovered[1, [0, 6]].all()  # hair: also the face's background where the shape shows skin
+
+
+def test_the_heuristic_fills_a_hole_in_a_region_of_several_classes_with_the_nearest_one():
+    """Hair and hat together: a patch of the face's hat the shape's does not cover is
+    inpainted back to hat (the nearest class of the region), not to hair."""
+    face = region_labels("t t t t h h h h",
+                         "t t t t h h h h",
+                         "t t t t h h h h",
+                         "t t s s s s h h",
+                         "t t s o o s h h",
+                         ". . s s s s . .",
+                         ". . n n n n . .",
+                         "c c c c c c c c")
+    shape = face.copy()
+    shape[1, 1:3] = REGION_CODE["e"]
+    region = LABELS.region_ids("hair,hat")
+    merged = target_mask.merge_labels(face, shape, LABELS, region)
+    assert (merged.target[1, 1:3] == 0).all() and merged.uncovered.sum() == 2 and merged.uncovered[1, 1:3].all()
+    np.testing.assert_array_equal(target_mask.heuristic_target(merged, LABELS, region), face)

@@ -441,3 +441,125 @@ def test_cli_target_mask_flags_reach_the_transfer(tmp_path, capsys, monkeypatch,
     first, second = calls[1]["edits"]
     assert first.target == tmp_path / "m.png" and first.shape_transform is None
     assert second.target is None and second.shape_transform == (1.0, 3.0, 0.0)
+
+
+# ----------------------------------------------------------------------------- regions, structure
+def _with_embeddings(batch_run, folder):
+    """A fresh output folder with the batch run's embeddings: the tests below are about the
+    transfer stages."""
+    for sub in ("W+", "FS"):
+        shutil.copytree(batch_run[0] / sub, folder / sub)
+    return folder
+
+
+def test_hair_and_the_shape_as_structure_given_explicitly_are_the_default_run(batch_run, models, monkeypatch):
+    """region="hair" and structure = the shape reference change no cache key and no file name:
+    the batch run's results are found as they are, and nothing runs again."""
+    out, triples, first = batch_run
+    calls = []
+    for module, name in ((transfer.target_mask, "gan_inpaint"), (transfer.alignment, "align"),
+                         (transfer.blending, "blend")):
+        monkeypatch.setattr(module, name, lambda *a, _n=name, **k: calls.append(_n))
+    again = _transfer(models, out).transfer_many([(*t, t[1]) for t in triples], region="hair")
+    assert calls == []
+    for a, b in zip(first, again):
+        assert (b.shape, b.structure) == (a.shape, a.shape) and b.path == a.path
+        for field in ("image", "target_labels", "latent_in", "structure_f"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_a_structure_reference_changes_f_in_the_region_and_not_s(batch_run, models, images, tmp_path):
+    """(ann, bob, cid) with dan as the structure reference: the same target mask (bob's) and
+    the same blended latents S (the colour reference's side), F differs inside the region and
+    not outside it (where F is the face's own)."""
+    from barbershop_jax import alignment, masks
+
+    out = _with_embeddings(batch_run, tmp_path)
+    path = dict(zip(("ann", "bob", "cid", "dan"), images))
+    ht = _transfer(models, out)
+    ht.transfer_many([(path["ann"], path["cid"], path["cid"])])  # (ann, cid) aligned alone first, as
+    [plain] = ht.transfer_many([(path["ann"], path["bob"], path["cid"])])  # each run below aligns alone
+    [structured] = ht.transfer_many([(path["ann"], path["bob"], path["cid"], path["dan"])])
+    assert structured.structure == "dan" and structured.path.name == "ann_bob+dan_cid_realistic.png"
+    assert (out / "Align_realistic" / "ann_bob+dan.npz").is_file()
+    np.testing.assert_array_equal(structured.target_labels, plain.target_labels)
+    np.testing.assert_array_equal(structured.latent_in, plain.latent_in)
+    cfg = TransferConfig().resolve(64)
+    labels = models[0].parser.labels
+    pipeline = ht.pipeline()
+    hair = lambda n: masks.region(pipeline._parsed_of([transfer.api.as_source(path[n])])[0][0],  # noqa: E731
+                                  cfg.region_ids(labels))
+    target = masks.region(plain.target_labels, cfg.region_ids(labels))
+    # Where the mixing weights of the target's region and of either reference's region in it are 0, F is
+    # A1 (the face aligned to the same target, the same noise) or the face's own F: unchanged.
+    weights = [alignment._mask_weights(m, cfg, 32, False, cfg.smooth)[..., 0]
+               for m in (target, target * hair("bob"), target * hair("dan"))]
+    outside = np.all([np.asarray(w) == 0 for w in weights], axis=0)
+    inside = np.asarray(weights[0]) > 0.5
+    assert outside.any() and inside.any()
+    diff = np.abs(structured.structure_f - plain.structure_f).max(-1)
+    scale = np.abs(plain.structure_f).max()
+    assert diff[outside].max() < 1e-5 * scale
+    assert diff[inside].mean() > 1e-2 * scale
+
+
+def test_another_region_changes_only_its_labels_and_the_blend_masks_follow_it(batch_run, models, images, tmp_path):
+    """A transfer of the class the fixture's parser sees most after hair and background: the
+    target mask differs from the face's labels only where the face or the shape reference has
+    that class; the blend holds the colour reference's (eroded) region to it and keeps the face's
+    (dilated) region out of the face term; the outputs carry the region in their names."""
+    from barbershop_jax import masks, resample
+
+    out = _with_embeddings(batch_run, tmp_path)
+    path = dict(zip(("ann", "bob", "cid", "dan"), images))
+    ht = _transfer(models, out)
+    labels = models[0].parser.labels
+    pipeline = ht.pipeline()
+    parsed = {n: pipeline._parsed_of([transfer.api.as_source(path[n])])[0] for n in ("ann", "bob", "cid")}
+    counts = np.bincount(np.concatenate([parsed[n][0].ravel() for n in ("ann", "bob")]), minlength=16)
+    counts[[labels.id("hair"), labels.id("background"), labels.id("hat")]] = 0
+    region = labels.names[int(np.argmax(counts))]
+    # A thin region would vanish under 5 erosions at 32 px; no align step 2 (it compiles longest).
+    [result] = ht.transfer_many([(path["ann"], path["bob"], path["cid"])], regions=[region], blend_smooth=1,
+                                align_steps2=0)
+    assert result.path.name == f"ann_bob_cid_realistic_{region}.png"
+    assert (out / f"Align_realistic_{region}" / "ann_bob.npz").is_file() and not (out / "Align_realistic").exists()
+    ids = labels.region_ids(region)
+    either = np.isin(parsed["ann"][0], ids) | np.isin(parsed["bob"][0], ids)
+    assert either.any() and (result.target_labels != parsed["ann"][0]).any()
+    np.testing.assert_array_equal(result.target_labels[~either], parsed["ann"][0][~either])
+    at_loss_size = lambda labels_q: resample.nearest_resize(masks.region(labels_q, ids)[None], 32)[0]  # noqa: E731
+    np.testing.assert_array_equal(result.hair_mask, masks.erode(at_loss_size(parsed["cid"][1]), 1))
+    assert result.hair_mask.any()
+    assert not result.face_mask[np.asarray(masks.dilate(at_loss_size(parsed["ann"][1]), 1)) > 0].any()
+
+
+def test_cli_region_and_structure_reach_the_transfer_and_unknown_regions_are_one_line(tmp_path, capsys, monkeypatch,
+                                                                                        models):
+    calls = []
+    monkeypatch.setattr(transfer, "load_models", lambda weights=None: models)
+    monkeypatch.setattr(transfer.HairTransfer, "transfer_many",
+                        lambda self, good, **k: calls.append((good, k, self.options)) or [])
+    a, b = (image_io.save_png(tmp_path / f"{n}.png", np.full((64, 64, 3), i, np.uint8)) for i, n in enumerate("ab"))
+    assert cli.main(["transfer", "--face", str(a), "--shape", str(a), "--color", str(a), "--structure", str(b),
+                     "--region", "lips", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    [(good, kwargs, options)] = calls
+    assert [tuple(s.path for s in t) for t in good] == [(a, a, a, b)]
+    assert options["region"] == "lips" and kwargs["regions"] == [None]
+    (tmp_path / "t.csv").write_text("face,shape,color,structure,region\na.png,a.png,a.png,b.png,\n"
+                                    "a.png,a.png,a.png,,brows\n")
+    assert cli.main(["transfer", "--pairs", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o2"), "--quiet"]) == 0
+    good, kwargs, options = calls[1]
+    assert [tuple(s.path for s in t) for t in good] == [(a, a, a, b), (a, a, a)]
+    assert kwargs["regions"] == [None, "brows"] and "region" not in options
+
+    monkeypatch.undo()
+    monkeypatch.setattr(transfer, "load_models", lambda weights=None: models)
+    monkeypatch.setattr(transfer.Pipeline, "run", lambda *a, **k: pytest.fail("ran with an unknown region"))
+    capsys.readouterr()
+    rc = cli.main(["transfer", "--face", str(a), "--shape", str(a), "--color", str(a), "--region", "hair,beard",
+                   "--out", str(tmp_path / "o3"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1
+    assert err[0].startswith("barbershop-jax: error: region 'beard,hair': unknown region name(s) 'beard'; valid "
+                             "names: background, skin")

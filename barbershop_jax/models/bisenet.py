@@ -38,9 +38,10 @@ LABELS_19 = ("background", "skin", "left_brow", "right_brow", "left_eye", "right
              "eyeglasses", "left_ear", "right_ear", "earring", "nose", "mouth", "upper_lip",
              "lower_lip", "neck", "necklace", "cloth", "hair", "hat")
 # Regions the 19-class checkpoint splits into left and right, so that callers can name
-# "eyes", "brows" or "ears" with either checkpoint.
+# "eyes", "brows" or "ears" with either checkpoint; "lips" names both lips in either.
+_GROUPS_16 = {"lips": ("upper_lip", "lower_lip")}
 _GROUPS_19 = {"eyes": ("left_eye", "right_eye"), "brows": ("left_brow", "right_brow"),
-              "ears": ("left_ear", "right_ear")}
+              "ears": ("left_ear", "right_ear"), "lips": ("upper_lip", "lower_lip")}
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 BN_EPS = 1e-5
@@ -76,11 +77,23 @@ class LabelMap:
         """labels (any shape, int) -> bool array: True where the label is in `regions`."""
         return jnp.isin(labels, jnp.asarray(self.ids(*regions)))
 
+    def region_ids(self, region: str) -> tuple:
+        """Comma-separated region names ("hair", "brows,eyes", "lips") -> their sorted class
+        ids; a ValueError naming the unknown ones and listing the valid names."""
+        names = [n.strip() for n in region.split(",") if n.strip()]
+        groups = dict(self.groups)
+        unknown = [n for n in names if n not in self.names and n not in groups]
+        if unknown or not names:
+            valid = ", ".join([*self.names, *groups])
+            what = f"unknown region name(s) {', '.join(map(repr, unknown))}" if unknown else "no region named"
+            raise ValueError(f"region {region!r}: {what}; valid names: {valid}")
+        return tuple(sorted(set(self.ids(*names))))
+
 
 def label_map(n_classes: int) -> LabelMap:
     """The label map of the 16-class (seg.pth) or 19-class (79999_iter.pth) checkpoint."""
     if n_classes == 16:
-        return LabelMap(LABELS_16)
+        return LabelMap(LABELS_16, tuple(_GROUPS_16.items()))
     if n_classes == 19:
         return LabelMap(LABELS_19, tuple(_GROUPS_19.items()))
     raise ValueError(f"no label map for {n_classes} classes (16: seg.pth, 19: 79999_iter.pth)")
