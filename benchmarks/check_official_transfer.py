@@ -398,13 +398,13 @@ def _ours(work: Path, sections=SECTIONS):
 
             def rounds(inputs=inputs, tag=tag, rkeys=rkeys):  # each round from the official input
                 r = target_mask._round(models, jnp.asarray(ref[f"{tag}/target_heuristic"])[None], inputs.keep,
-                                       rkeys, cfg, "round 1", False, None)
+                                       rkeys, cfg, "round 1", False, None, None)
                 t.labels("target", f"{tag} round 1 labels", (r[0] if isinstance(r, tuple) else r)[0],
                          ref[f"{tag}/round1_labels"])
                 prev, tgt2 = target_mask._after_round1(inputs, jnp.asarray(ref[f"{tag}/round1_labels"])[None], bg)
                 t.labels("target", f"{tag} round 2 target", tgt2[0], ref[f"{tag}/round2_target"])
                 r = target_mask._round(models, jnp.asarray(ref[f"{tag}/round2_target"])[None], inputs.keep,
-                                       rkeys, cfg, "round 2", False, None)
+                                       rkeys, cfg, "round 2", False, None, None)
                 t.labels("target", f"{tag} round 2 labels", (r[0] if isinstance(r, tuple) else r)[0],
                          ref[f"{tag}/round2_labels"])
                 final = target_mask._after_round2(inputs, prev, jnp.asarray(ref[f"{tag}/round2_labels"])[None], bg)
