@@ -82,6 +82,14 @@ class _Aligned:
     structure_f: np.ndarray     # (r, r, C)
 
 
+class _Done:
+    """The future of a write done at once (outside a run's BackgroundWrites)."""
+
+    @staticmethod
+    def exception():
+        return None
+
+
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
@@ -182,6 +190,7 @@ class Pipeline:
         self.failures: list = []  # (item: an image name, an alignment or a triple, reason), this run
         self.triple_failures: list = []  # (triple of names, reason): the triples without a result
         self.pair_edits: dict = {}  # (face, shape) -> TargetEdit
+        self._writes = None  # image_io.BackgroundWrites during run
         self.save_target_masks = False  # also write OUT/target_masks{region_suffix}/{face}_{ref}.png + legend.json
 
     # ------------------------------------------------------------------ helpers
@@ -318,25 +327,40 @@ class Pipeline:
                                      checkpoint=ckpt and ckpt.sub("align"))
         target = np.asarray(target)
         structure_f, images = np.asarray(result.structure_f), image_io.to_uint8(np.asarray(result.image))
-        out = {}
+        out, written = {}, []
         for i, (face, shape, ref, key) in enumerate(batch[:n_real]):
             if not (np.isfinite(structure_f[i]).all() and np.isfinite(np.asarray(result.image[i])).all()):
                 self.failures.append(((face, shape, ref), f"{face} with {_references(shape, ref)}: alignment "
                                                           "diverged (NaN or infinity); nothing written"))
                 continue
             npz, labels_png = self._align_paths(face, shape, ref)
-            npz.with_suffix(".json").unlink(missing_ok=True)
-            image_io.save_png(self.out / f"vis_mask_{face}_{shape}_{self.tag}.png", target_mask.colourise(target[i]))
-            _save_labels(labels_png, target[i])
-            cache_lib.save_latents_npz(npz, embedded[face].latent_in, structure_f[i])
-            image_io.save_png(npz.with_suffix(".png"), images[i])
-            cache_lib.save_json(npz.with_suffix(".json"), {"key": key, "face": face, "reference": ref,
-                                                           **({"shape": shape} if shape != ref else {}),
-                                                           "weights": self.weights})
+            meta = {"key": key, "face": face, "reference": ref, **({"shape": shape} if shape != ref else {}),
+                    "weights": self.weights}
+            written.append(self._write(self._write_alignment, npz, labels_png,
+                                       self.out / f"vis_mask_{face}_{shape}_{self.tag}.png", target[i],
+                                       embedded[face].latent_in, structure_f[i], images[i], meta))
             out[(face, shape, ref)] = _Aligned(target[i], structure_f[i])
-        if ckpt is not None:
-            resume.clear(ckpt.folder)
+        if ckpt is not None:  # once the batch's results are on disk
+            self._write(resume.clear, ckpt.folder, after=written)
         return out
+
+    @staticmethod
+    def _write_alignment(npz, labels_png, vis_png, target, latent_in, structure_f, image, meta):
+        """One alignment's files: the key last, so that a half-written entry has none."""
+        npz.with_suffix(".json").unlink(missing_ok=True)
+        image_io.save_png(vis_png, target_mask.colourise(target))
+        _save_labels(labels_png, target)
+        cache_lib.save_latents_npz(npz, latent_in, structure_f)
+        image_io.save_png(npz.with_suffix(".png"), image)
+        cache_lib.save_json(npz.with_suffix(".json"), meta)
+
+    def _write(self, fn, *args, after=()):
+        """fn(*args) on the run's writer threads (image_io.BackgroundWrites), or now outside a run."""
+        if self._writes is None:
+            if not any(f.exception() is not None for f in after):
+                fn(*args)
+            return _Done()
+        return self._writes.submit(fn, *args, after=after)
 
     def blend_triples(self, triples, sources, embedded, aligned) -> list[TransferResult]:
         """triples: (face, shape, color, structure) each."""
@@ -400,26 +424,31 @@ class Pipeline:
                                     checkpoint=ckpt)
         latent_in, structure_f = np.asarray(result.latent_in), np.asarray(result.structure_f)
         images = image_io.to_uint8(np.asarray(result.image))
-        out = {}
+        out, written = {}, []
         for i, (t, key, npz) in enumerate(batch[:n_real]):
             face, shape, color, structure = t
             if not (np.isfinite(latent_in[i]).all() and np.isfinite(np.asarray(result.image[i])).all()):
                 self.failures.append((t, f"{face}, {_references(shape, structure)}, {color}: blending diverged "
                                          "(NaN or infinity); nothing written"))
                 continue
-            npz.with_suffix(".json").unlink(missing_ok=True)
-            cache_lib.save_latents_npz(npz, latent_in[i], structure_f[i])
-            image_io.save_png(npz.with_suffix(".png"), images[i])
-            path = image_io.save_png(self._result_path(t), images[i])
-            cache_lib.save_json(npz.with_suffix(".json"), {"key": key, "face": face, "shape": shape, "color": color,
-                                                           **({"structure": structure} if structure != shape else {}),
-                                                           "weights": self.weights})
+            path = self._result_path(t)
+            meta = {"key": key, "face": face, "shape": shape, "color": color,
+                    **({"structure": structure} if structure != shape else {}), "weights": self.weights}
+            written.append(self._write(self._write_blend, npz, path, latent_in[i], structure_f[i], images[i], meta))
             out[t] = TransferResult(face, shape, color, structure, images[i], aligned[(face, shape, structure)].target,
                                     latent_in[i], structure_f[i], np.asarray(result.face_mask[i]),
                                     np.asarray(result.hair_mask[i]), path)
         if ckpt is not None:
-            resume.clear(ckpt.folder)
+            self._write(resume.clear, ckpt.folder, after=written)
         return out
+
+    @staticmethod
+    def _write_blend(npz, path, latent_in, structure_f, image, meta):
+        npz.with_suffix(".json").unlink(missing_ok=True)
+        cache_lib.save_latents_npz(npz, latent_in, structure_f)
+        image_io.save_png(npz.with_suffix(".png"), image)
+        image_io.save_png(path, image)
+        cache_lib.save_json(npz.with_suffix(".json"), meta)
 
     def paste_back(self, results: list[TransferResult], feather: float = FEATHER) -> list[TransferResult]:
         """Each result pasted into the photo its face crop was cut from (face_crop.paste_back),
@@ -478,9 +507,15 @@ class Pipeline:
         with self._timed("parsing"):
             needed = {n for a in alignments for n in a}
             self._parsed_of([s for name, s in sources.items() if name in needed])
-        aligned = self.align_pairs(alignments, sources, embedded)
-        live = [t for t in live if all(a in aligned for a in _alignments(t))]
-        blended = dict(zip(live, self.blend_triples(live, sources, embedded, aligned)))
+        # Results are written on background threads while the next batch runs; all are on
+        # disk when run returns (or raises).
+        with image_io.BackgroundWrites() as self._writes:
+            try:
+                aligned = self.align_pairs(alignments, sources, embedded)
+                live = [t for t in live if all(a in aligned for a in _alignments(t))]
+                blended = dict(zip(live, self.blend_triples(live, sources, embedded, aligned)))
+            finally:
+                self._writes = None
         results = [blended.get(t) for t in quads]
         self.triple_failures = [(t, self._reason(q)) for t, q, r in zip(given, quads, results) if r is None]
         return results
