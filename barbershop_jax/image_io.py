@@ -1,6 +1,7 @@
 """Image files in and out. Writes are atomic: a temporary file renamed into place."""
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -105,7 +106,8 @@ class BackgroundWrites:
     renders and codes as in its optimisation loops, a tenth of the official steps. Each write
     stays atomic (atomic_write) and keeps its own order (arrays, then PNG, then the key);
     leaving the block waits for every write, also when the block raises, and re-raises the
-    first failed write's error."""
+    first failed write's error (when the block raised, its error goes on and failed writes are
+    logged)."""
 
     def __init__(self, workers: int | None = None):
         from concurrent.futures import ThreadPoolExecutor
@@ -141,7 +143,13 @@ class BackgroundWrites:
 
     def __exit__(self, exc_type, exc, tb):
         try:
-            self.wait()
+            if exc_type is None:
+                self.wait()
+            else:  # the block's own error (an interruption, say) is the one to report
+                for future in self._pending:
+                    if future.exception() is not None:
+                        logging.getLogger("barbershop_jax").error("a result was not written: %s",
+                                                                  future.exception())
         finally:
             self._pool.shutdown(wait=True)
         return False

@@ -92,3 +92,29 @@ def test_a_diverging_image_fails_alone(consts, tmp_path, monkeypatch):
     assert not (out / resume.RESUME_DIR / "w_plus").exists() or not any((out / resume.RESUME_DIR / "w_plus").iterdir())
     with pytest.raises(api.NonFiniteError, match="im1.png: W\\+ embedding diverged"):
         api.embed(paths, tmp_path / "out2", consts, cfg, batch_size=2, progress=False)
+
+
+def test_background_writes_keep_order_wait_and_report_errors():
+    """image_io.BackgroundWrites: a write waits for those it comes after, leaving the block
+    waits for all, a failed write is raised (and skips what comes after it), and an error of
+    the block itself is the one that goes on."""
+    import time
+
+    done = []
+    with image_io.BackgroundWrites(2) as writes:
+        first = writes.submit(lambda: (time.sleep(0.05), done.append("first")))
+        writes.submit(done.append, "second", after=[first])
+    assert done == ["first", "second"]
+
+    def disk_full():
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        with image_io.BackgroundWrites() as writes:
+            failed = writes.submit(disk_full)
+            writes.submit(done.append, "after a failure", after=[failed])
+    assert "after a failure" not in done
+    with pytest.raises(ValueError, match="the block's"):
+        with image_io.BackgroundWrites() as writes:
+            writes.submit(disk_full)
+            raise ValueError("the block's own error")
