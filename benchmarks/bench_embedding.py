@@ -33,7 +33,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from barbershop_jax import embedding, optimize  # noqa: E402
 from barbershop_jax.losses import p_norm  # noqa: E402
-from barbershop_jax.models import vgg16  # noqa: E402
 
 
 def build(size, lpips_size):

@@ -65,7 +65,7 @@ def _official(work: Path):
     sys.path.insert(0, str(TOOLS))
     import official_stages as S
 
-    opts = S.setup(work)
+    S.setup(work)  # the official options object is not needed here
     (work / "input").mkdir(exist_ok=True)
     paths = [str(work / "input" / f"{n}.png") for n in IMAGES]
     for n, p in zip(IMAGES, paths):
