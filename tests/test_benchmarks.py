@@ -1,0 +1,50 @@
+"""The benchmark suite's building blocks stay in step with the stages they time: each stage's
+problem is built from the stages' own types and lowers to a program with a FLOP count, and
+each PyTorch reference step runs. (The suite itself is run by hand: benchmarks/README.md.)"""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import suite  # noqa: E402
+import torch_reference  # noqa: E402
+from barbershop_jax import embedding  # noqa: E402
+from barbershop_jax.transfer_config import TransferConfig  # noqa: E402
+
+SIZE, CHANNELS = 64, 16  # the smallest size with every stage (FS and blend start at block 4)
+
+
+@pytest.fixture(scope="module")
+def small_models():
+    return suite.build_models(SIZE, channel_max=CHANNELS)
+
+
+@pytest.mark.parametrize("stage", suite.STAGES)
+def test_each_stage_problem_lowers_with_a_flop_count(small_models, stage):
+    models, pca = small_models
+    embed_cfg = embedding.EmbedConfig(lpips_size=SIZE // 2, chunk=2)
+    cfg = TransferConfig(chunk=2).resolve(SIZE)
+    flops = suite._flops_per_step(*suite.stage_problem(stage, models, pca, 1, embed_cfg, cfg))
+    assert flops > 1e6
+
+
+@pytest.fixture(scope="module")
+def nets():
+    pytest.importorskip("torch")
+    return torch_reference.Nets(SIZE, "cpu", channel_max=CHANNELS)
+
+
+@pytest.mark.parametrize("stage", suite.STAGES)
+def test_each_pytorch_reference_step_runs(nets, stage):
+    result = torch_reference.time_step(nets, stage, 2, steps=1, reps=1)
+    assert result["ms_per_step"] > 0 and result["image_steps_per_s"] > 0
+
+
+def test_the_transfer_prediction_adds_the_official_steps():
+    rows = [{"stage": s, "batch": 2, "jax": {"ms_per_step": 10.0}} for s in suite.STAGES]
+    per_image = 10.0 / 2 / 1e3
+    assert suite.predict_transfer(rows, 2) == pytest.approx(per_image * sum(suite.official_steps().values()))
+    assert suite.predict_transfer(rows[:-1], 2) is None  # a stage missing: no prediction
+    assert list(suite.official_steps().values()) == [3300, 750, 600, 200, 400]
