@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# One prepared GPU session, about 9 minutes on an H100 (the device tool's 15-minute budget):
-# the benchmark suite at 1024 px, most important first, each part started only while time is left.
-#   1. every stage's step at batch 8, PyTorch at batch 1 and 8 beside it; a whole transfer of 8
-#      triples at 1/10 of the official step counts (checks the prediction from the steps)
-#   2. the embedding steps in bfloat16 at batch 8
-#   3. every stage's step at batch 1
+# One prepared GPU session for the device tool's 15-minute budget: the benchmark suite at
+# 1024 px, most important first, each part started only while time is left (BUDGET seconds).
+#   1. every stage's step at batch 8, PyTorch at batch 1 and 8 beside it, then a whole transfer
+#      of 8 triples at SCALE times the official step counts (default 1: the official counts;
+#      about 20 s a triple, after about 80 s of compilation)
+#   2. every stage's step at batch 1, and a whole transfer of 1 triple at SCALE
+#   3. the embedding steps in bfloat16 at batch 8
+# Session 4 (H100) ran part 1 at SCALE=0.1 in 355 s, part 3 in 90 s.
 # Usage on a GPU machine, from the repository root:
-#   OUT=dir BUDGET=seconds [PACK=file.tgz] bash benchmarks/device_run.sh
+#   OUT=dir BUDGET=seconds [SCALE=1] [PACK=file.tgz] bash benchmarks/device_run.sh
 # PACK: also pack OUT into one archive after each part (for a transfer that takes few files);
 # a path outside OUT.
 set -uo pipefail
@@ -15,6 +17,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT="${OUT:-benchmarks/results}"
 BUDGET="${BUDGET:-500}"
+SCALE="${SCALE:-1}"
 mkdir -p "$OUT"
 start=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - start) )); }
@@ -25,11 +28,11 @@ suite() {
 
 nvidia-smi -L
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
-suite --batches 8 --torch-batched --transfer-batch 8 --transfer-scale 0.1 --deadline $(( $(left) - 150 )) \
+suite --batches 8 --torch-batched --transfer-batch 8 --transfer-scale "$SCALE" --deadline $(( $(left) - 250 )) \
     | tee "$OUT/suite_b8.log"
+[ "$(left)" -gt 120 ] && suite --batches 1 --torch none --transfer-batch 1 --transfer-scale "$SCALE" \
+    --tag suite_gpu_1024px_b1 --deadline $(( $(left) - 90 )) | tee "$OUT/suite_b1.log"
 [ "$(left)" -gt 100 ] && suite --batches 8 --stages W+ FS --dtype bfloat16 --torch none \
     --deadline $(( $(left) - 70 )) | tee "$OUT/suite_bf16.log"
-[ "$(left)" -gt 100 ] && suite --batches 1 --tag suite_gpu_1024px_b1 --deadline $(( $(left) - 60 )) \
-    | tee "$OUT/suite_b1.log"
 echo "device_run.sh: $(( $(date +%s) - start )) s"
 [ -n "${PACK:-}" ] && tar czf "$PACK" -C "$OUT" .
