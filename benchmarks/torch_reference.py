@@ -32,7 +32,7 @@ ALIGN_LATENTS = 6
 class Nets:
     """The PyTorch networks the stage steps share, on one device."""
 
-    def __init__(self, size: int, device: str, seed: int = 0, channel_max: int = 512):
+    def __init__(self, size: int, device: str, seed: int = 0, channel_max: int = 512, lpips_size: int | None = None):
         import lpips
         import torch
         import torch_bisenet as TB
@@ -53,7 +53,8 @@ class Nets:
         self.noise_shapes = [n.shape[2:] for n in self.generator.const_noise()]
         self.imagenet_mean, self.imagenet_std = TB.IMAGENET_MEAN.to(device), TB.IMAGENET_STD.to(device)
         self.parse_size = min(512, size)
-        self.loss_size = min(256, size // 2)
+        self.loss_size = min(256, size // 2)          # masks, style loss, blend LPIPS
+        self.lpips_size = lpips_size or self.loss_size  # the embedding's LPIPS
 
     def segment(self, image):
         """The parser's main-head logits of a generator image (Barbershop's call, unclamped)."""
@@ -93,7 +94,7 @@ def make_step(nets: Nets, stage: str, batch: int, compile: bool = False):
     torch.manual_seed(1)
     w_start = torch.randn(batch, n_latent, 512, device=dev) * 0.1
     target_full = torch.rand(batch, 3, size, size, device=dev) * 2 - 1
-    small = nets.loss_size if stage in ("align2", "blend") else min(256, size // 2)
+    small = nets.loss_size if stage in ("align2", "blend") else nets.lpips_size
     target_small = torch.rand(batch, 3, small, small, device=dev) * 2 - 1
     labels = torch.randint(0, N_CLASSES, (batch, nets.parse_size, nets.parse_size), device=dev)
     mask = (torch.rand(batch, 1, small, small, device=dev) > 0.5).float()
