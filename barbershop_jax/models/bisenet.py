@@ -28,6 +28,7 @@ import numpy as np
 from flax import struct
 
 from barbershop_jax import resample
+from barbershop_jax.models.conv import conv_general_dilated
 
 # ----------------------------------------------------------------------------- labels
 # Barbershop's seg.pth (16 classes); the pipeline's hair is 10, background 0, cloth 15.
@@ -116,7 +117,7 @@ def conv(features, kernel, stride=1, name=None):
     """A bias-free convolution with torch's symmetric padding kernel // 2."""
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                   use_bias=False, name=name)
+                   use_bias=False, conv_general_dilated=conv_general_dilated, name=name)
 
 
 class ConvBNReLU(nn.Module):

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct, traverse_util
 
+from barbershop_jax.models.conv import conv_general_dilated
+
 # The [1, 3, 3, 1] binomial filter of every StyleGAN2 blur and upsample, normalised to sum 1.
 BLUR_TAPS = np.array([1.0, 3.0, 3.0, 1.0]) / 8.0
 NOISE_MODES = ("random", "const", "none")
@@ -75,8 +77,8 @@ def upsample_2x(x):
 
 
 def _conv(x, kernel, padding, precision, lhs_dilation=(1, 1)):
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, lhs_dilation=lhs_dilation,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+    return conv_general_dilated(x, kernel, (1, 1), padding, lhs_dilation=lhs_dilation,
+                                dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
 
 
 def conv_transpose_2x(x, kernel, precision=None):

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from barbershop_jax.models.conv import conv_general_dilated
+
 # (block, convolutions in the block); every block ends in a 2x2 max pool in torchvision.
 BLOCKS = ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
 TAPS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
@@ -57,6 +59,7 @@ class VGG16Features(nn.Module):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
             for i in range(1, n_convs + 1):
                 x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), precision=self.precision, dtype=self.dtype,
+                            conv_general_dilated=conv_general_dilated,
                             name=f"conv{block}_{i}")(x)
                 x = jax.nn.relu(x)
             tap = f"relu{block}_{n_convs}"
