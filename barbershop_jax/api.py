@@ -34,10 +34,11 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def with_dtype(model, dtype: str):
-    """The generator or VGG16 computing its convolutions in `dtype`: "float32" (the default,
-    as the official code) or "bfloat16" (about 1.4x the speed of the embedding steps on an
-    H100; its effect on quality is measured in benchmarks/README.md). Weights, latents, Adam
-    and the losses' sums stay float32; results are cached apart from float32 ones."""
+    """The generator or VGG16 computing its convolutions in `dtype`, or the face parser
+    computing in it throughout: "float32" (the default, as the official code) or "bfloat16"
+    (about 1.4x the speed of the embedding steps on an H100; its effect on quality is measured
+    in benchmarks/README.md). Weights, latents, Adam and the losses' sums stay float32;
+    results are cached apart from float32 ones."""
     import dataclasses as dc
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")

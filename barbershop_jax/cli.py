@@ -196,7 +196,7 @@ def _transfer(args):
     def hair_transfer():  # loads the models
         return transfer.HairTransfer(args.weights, args.out, batch_size=args.batch_size, progress=not args.quiet,
                                      checkpoint_every=args.checkpoint_every or None, dtype=args.dtype,
-                                     **options)
+                                     parser_dtype=args.parser_dtype, **options)
 
     ht, align_failures = None, []
     if args.align:  # the crops are cut at the generator's size: load the models first
@@ -398,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="refuse images that are not the generator's size (default: resize them, with a warning)")
     _add_checkpoint_flag(tr)
     _add_dtype_flag(tr)
+    tr.add_argument("--parser-dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="compute dtype of the face parser (the segmentation and alignment losses, and the labels "
+                         "the target masks come from); cached apart (default float32, as the official code)")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=_transfer)
 

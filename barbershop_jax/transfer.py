@@ -549,10 +549,11 @@ def summary(results: list[TransferResult], timings: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def load_models(weights=None, dtype: str = "float32"):
+def load_models(weights=None, dtype: str = "float32", parser_dtype: str = "float32"):
     """(Models, p-norm statistics) from a converted weights directory (stylegan2/, bisenet/,
     vgg16/), or the embedded default (tiny random models) when `weights` is None. dtype: the
-    generator's and VGG16's compute dtype (api.with_dtype); the parser stays float32."""
+    generator's and VGG16's compute dtype (api.with_dtype); parser_dtype: the face parser's,
+    apart because its labels are the target masks themselves."""
     if weights is None:
         from barbershop_jax import demo
         parser = demo.embedded_parser()
@@ -560,7 +561,7 @@ def load_models(weights=None, dtype: str = "float32"):
         from barbershop_jax.models import bisenet
         parser = bisenet.load(weights)
     consts = api.load_models(weights, dtype)
-    return Models(consts.generator, parser, consts.vgg), consts.pca
+    return Models(consts.generator, api.with_dtype(parser, parser_dtype), consts.vgg), consts.pca
 
 
 _EMBED_FIELDS = {f.name for f in dataclasses.fields(embedding.EmbedConfig)}
@@ -595,17 +596,19 @@ class HairTransfer:
     OUT/.resume/, so an interrupted run resumes mid-stage (resume.py); None turns it off.
     dtype: "bfloat16" runs the generator's and VGG16's convolutions in bfloat16 (faster on
     GPUs and TPUs; see api.with_dtype); the default "float32" matches the official code.
+    parser_dtype: "bfloat16" runs the face parser in bfloat16 (the segmentation and alignment
+    losses and the masks read from it); float32 by default.
     """
 
     def __init__(self, weights=None, out_dir=None, *, batch_size: int = 4, progress: bool = True, devices=None,
                  compile_cache: bool = True, checkpoint_every: int | None = resume.DEFAULT_EVERY,
-                 dtype: str = "float32", **options):
+                 dtype: str = "float32", parser_dtype: str = "float32", **options):
         import tempfile
 
         if compile_cache:
             from barbershop_jax import compile_cache as cc
             cc.enable()
-        self.models, self.pca = load_models(weights, dtype)
+        self.models, self.pca = load_models(weights, dtype, parser_dtype)
         if out_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="barbershop-jax-")
             out_dir = self._tmp.name

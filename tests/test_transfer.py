@@ -189,14 +189,15 @@ def test_cli_batch_reports_bad_rows_and_goes_on(batch_run, tmp_path, capsys, mon
         w.writerow([str(triples[0][0]), "missing.png", str(triples[0][2])])
     ran = []
     monkeypatch.setattr(transfer, "load_models",
-                        lambda weights=None, dtype="float32": ran.append((weights, dtype)) or (None, None))
+                        lambda weights=None, dtype="float32", parser_dtype="float32":
+                        ran.append((weights, dtype, parser_dtype)) or (None, None))
     monkeypatch.setattr(transfer.HairTransfer, "transfer_many",
                         lambda self, good, **k: ran.append(good) or [])
     rc = cli.main(["transfer", "--pairs", str(manifest), "--out", str(tmp_path / "o"), "--quiet",
-                   "--dtype", "bfloat16"])
+                   "--dtype", "bfloat16", "--parser-dtype", "bfloat16"])
     err = capsys.readouterr().err
     assert rc == 1
-    assert ran[0] == (None, "bfloat16")  # --dtype reaches the models
+    assert ran[0] == (None, "bfloat16", "bfloat16")  # --dtype and --parser-dtype reach the models
     assert "missing.png: no such file" in err and "1 of 2 triple(s) failed" in err
     assert [tuple(source.path for source in t) for t in ran[1]] == [tuple(triples[0])]  # the good row still ran
     with open(tmp_path / "o" / "failures.csv") as f:
@@ -235,7 +236,7 @@ def test_options_are_routed_and_unknown_ones_refused():
 def test_demo_runs_the_whole_transfer(models, tmp_path, monkeypatch, capsys):
     """The README's main command, on the fixture's models (the embedded ones compile longer):
     the bundled photo is aligned, transferred and pasted back."""
-    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32": models)
+    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": models)
     grid = demo.run_transfer(tmp_path, steps=STEPS, progress=False, batch_size=2)  # compiled by earlier tests
     # photo | face crop | shape | colour | result | mask | pasted
     assert np.asarray(Image.open(grid)).shape == (128, 7 * 128, 3)
@@ -265,7 +266,7 @@ def test_cli_align_and_paste_back_route_photos_and_report_faceless_ones(models, 
     manifest = tmp_path / "t.csv"
     manifest.write_text("face,shape,color\na.jpg,a.jpg,a.jpg\nb.jpg,a.jpg,a.jpg\n")
     calls = []
-    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32": models)
+    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": models)
     monkeypatch.setattr(transfer.HairTransfer, "transfer_many", lambda self, good, **k: calls.append((good, k)) or [])
     out = tmp_path / "o"
     rc = cli.main(["transfer", "--pairs", str(manifest), "--out", str(out), "--align", "--paste-back", "--quiet"])
@@ -277,7 +278,7 @@ def test_cli_align_and_paste_back_route_photos_and_report_faceless_ones(models, 
     assert image_io.load_rgb(out / "aligned" / "a.png").shape == (64, 64, 3)  # the generator's size
 
     # --paste-back on a face that is no crop: refused before any model is loaded.
-    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32": pytest.fail("models loaded"))
+    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": pytest.fail("models loaded"))
     rc = cli.main(["transfer", "--face", str(tmp_path / "a.jpg"), "--shape", str(tmp_path / "a.jpg"), "--color",
                    str(tmp_path / "a.jpg"), "--out", str(out), "--paste-back"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -427,7 +428,7 @@ def test_cli_target_mask_flags_reach_the_transfer(tmp_path, capsys, monkeypatch,
     from barbershop_jax import target_mask
 
     calls = []
-    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32": models)
+    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": models)
     monkeypatch.setattr(transfer.HairTransfer, "transfer_many", lambda self, good, **k: calls.append(k) or [])
     a = image_io.save_png(tmp_path / "a.png", np.zeros((64, 64, 3), np.uint8))
     mask = target_mask.save_label_png(tmp_path / "m.png", np.zeros((64, 64), np.int32), 16)
@@ -540,7 +541,7 @@ def test_another_region_changes_only_its_labels_and_the_blend_masks_follow_it(ba
 def test_cli_region_and_structure_reach_the_transfer_and_unknown_regions_are_one_line(tmp_path, capsys, monkeypatch,
                                                                                         models):
     calls = []
-    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32": models)
+    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": models)
     monkeypatch.setattr(transfer.HairTransfer, "transfer_many",
                         lambda self, good, **k: calls.append((good, k, self.options)) or [])
     a, b = (image_io.save_png(tmp_path / f"{n}.png", np.full((64, 64, 3), i, np.uint8)) for i, n in enumerate("ab"))
@@ -557,7 +558,7 @@ def test_cli_region_and_structure_reach_the_transfer_and_unknown_regions_are_one
     assert kwargs["regions"] == [None, "brows"] and "region" not in options
 
     monkeypatch.undo()
-    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32": models)
+    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": models)
     monkeypatch.setattr(transfer.Pipeline, "run", lambda *a, **k: pytest.fail("ran with an unknown region"))
     capsys.readouterr()
     rc = cli.main(["transfer", "--face", str(a), "--shape", str(a), "--color", str(a), "--region", "hair,beard",

@@ -227,12 +227,17 @@ class BiSeNetConfig:
     """The architecture. Default: Barbershop's seg.pth."""
     n_classes: int = 16      # 16 (Barbershop seg.pth) or 19 (zllrunning 79999_iter.pth)
     parse_size: int = 512    # the network's input size in the official pipeline
+    dtype: str = "float32"   # compute dtype: float32, or bfloat16 for the whole network (weights
+                             # cast at each call, logits returned in float32); a run-time choice,
+                             # not saved with the weights
 
     def __post_init__(self):
         label_map(self.n_classes)  # validates n_classes
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"n_classes": self.n_classes, "parse_size": self.parse_size}
 
 
 def abstract_params(config: BiSeNetConfig):
@@ -271,9 +276,15 @@ class FaceParser:
     def logits(self, x, heads=("out",)):
         """Normalised input (B, H, W, 3) -> {head: (B, H, W, n_classes)} logits, upsampled
         bilinearly (align_corners=True) to H, W. Heads: "out" (main), "out16", "out32"."""
-        raw = BiSeNetNet(self.config.n_classes).apply({"params": self.params}, x)
+        params = self.params
+        if self.config.dtype != "float32":
+            # The whole network, batch norms included: with float32 statistics every batch
+            # norm would promote the activations back to float32 between the convolutions.
+            dtype = jnp.dtype(self.config.dtype)
+            params, x = jax.tree.map(lambda p: p.astype(dtype), params), x.astype(dtype)
+        raw = BiSeNetNet(self.config.n_classes).apply({"params": params}, x)
         size = x.shape[1:3]
-        return {h: resample.bilinear_resize(raw[h], size, align_corners=True) for h in heads}
+        return {h: resample.bilinear_resize(raw[h].astype(jnp.float32), size, align_corners=True) for h in heads}
 
     def segment(self, image01, *, clamp: bool = True, parse_size: int | None = None):
         """Main-head logits (B, parse_size, parse_size, n_classes) of an image in [0, 1].
