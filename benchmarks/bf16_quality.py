@@ -1,6 +1,7 @@
 """What bfloat16 compute costs in quality: the same images embedded (W+ then FS) with float32
 and with bfloat16 convolutions, same weights, targets, seeds and steps; reconstruction PSNR,
-SSIM and LPIPS of each (evaluate.py, LPIPS always in float32), and PSNR between the two.
+SSIM and LPIPS of each (evaluate.py, LPIPS always in float32), and PSNR between the two. For
+the face parser in bfloat16 (--parser-dtype): the share of the targets' labels it keeps.
 
 Targets are renders of the generator itself (random w), so that a close reconstruction
 exists and the comparison is not swamped by what random weights cannot represent.
@@ -34,6 +35,15 @@ def targets(g, n, seed):
     return image_io.to_uint8(np.asarray(g.render(g.w_plus_from_w(w), noise="const")))
 
 
+def parser_agreement(parser, pixels) -> float:
+    """Share of pixels whose label the bfloat16 parser gives as the float32 one does."""
+    image01 = jax.numpy.asarray(pixels, jax.numpy.float32) / 255.0
+    parse_size = min(parser.config.parse_size, image01.shape[1])
+    full = parser.labels_of(image01, parse_size=parse_size)
+    half = api.with_dtype(parser, "bfloat16").labels_of(image01, parse_size=parse_size)
+    return float(np.mean(np.asarray(full) == np.asarray(half)))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=1024)
@@ -50,7 +60,8 @@ def main(argv=None):
     models, pca = build_models(args.size, channel_max=args.channel_max)
     g32, vgg32 = models.generator, models.vgg
     pixels = targets(g32, args.images, seed=5)
-    report = {}
+    report = {"parser_labels_kept": parser_agreement(models.parser, pixels)}
+    print("parser labels kept in bfloat16:", report["parser_labels_kept"], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         paths = [image_io.save_png(Path(tmp) / "in" / f"t{i}.png", im) for i, im in enumerate(pixels)]
         for dtype in ("float32", "bfloat16"):
@@ -85,7 +96,9 @@ def main(argv=None):
         r = report[dtype]
         lines.append(f"| {dtype} | {r['W+']['psnr']:.2f} | {r['W+']['ssim']:.4f} | {r['W+']['lpips']:.4f} | "
                      f"{r['FS']['psnr']:.2f} | {r['FS']['ssim']:.4f} | {r['FS']['lpips']:.4f} | {r['seconds']:.0f} |")
-    lines += ["", f"PSNR between the float32 and bfloat16 renders: W+ {between['W+']:.2f} dB, FS {between['FS']:.2f} dB", ""]
+    lines += ["", f"PSNR between the float32 and bfloat16 renders: W+ {between['W+']:.2f} dB, FS {between['FS']:.2f} dB", "",
+              f"Face parser in bfloat16 (random weights): {100 * report['parser_labels_kept']:.1f}% of the targets' "
+              "labels as in float32", ""]
     (out / f"{tag}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

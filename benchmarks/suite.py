@@ -67,14 +67,14 @@ def official_steps() -> dict:
 
 
 # ----------------------------------------------------------------------------- models
-def build_models(size: int, dtype: str = "float32", channel_max: int = 512):
+def build_models(size: int, dtype: str = "float32", channel_max: int = 512, parser_dtype: str = "float32"):
     """Random models at the official architecture (channel multiplier 2, 512 channels, the
     full BiSeNet and VGG16) and p-norm statistics: (Models, pca)."""
     key = jax.random.PRNGKey(0)
     config = stylegan2.GeneratorConfig(size=size, dtype=dtype, channel_max=channel_max)
     g = stylegan2.init(config, key)
     vgg = vgg16.init(vgg16.VGG16Config(dtype=dtype), jax.random.fold_in(key, 1))
-    parser = bisenet.init(bisenet.BiSeNetConfig(), jax.random.fold_in(key, 2))
+    parser = bisenet.init(bisenet.BiSeNetConfig(dtype=parser_dtype), jax.random.fold_in(key, 2))
     pca = p_norm.pca_stats(g, 4096, jax.random.fold_in(key, 3))
     return Models(g, parser, vgg), pca
 
@@ -268,9 +268,14 @@ def _f(x, fmt="{:.1f}"):
     return "-" if x is None else fmt.format(x)
 
 
+def _dtypes(meta) -> str:
+    parser = meta.get("parser_dtype", "float32")
+    return meta["dtype"] if parser == "float32" else f"{meta['dtype']}, parser {parser}"
+
+
 def markdown(result) -> str:
     meta, rows = result["meta"], result["rows"]
-    head = (f"Benchmark suite, {meta['size']} px, {meta['device']}; JAX {meta['jax']} ({meta['dtype']}), PyTorch "
+    head = (f"Benchmark suite, {meta['size']} px, {meta['device']}; JAX {meta['jax']} ({_dtypes(meta)}), PyTorch "
             f"{meta['torch']}; median of {meta['reps']} chunks of {meta['chunk']} steps; {meta['date']}")
     lines = [head, "", "| stage | batch | JAX ms/step | JAX image-steps/s | compile s | GFLOP/step | TFLOP/s | of peak "
              "| XLA MiB | PyTorch b1 ms | PyTorch same-batch image-steps/s | torch.compile image-steps/s "
@@ -352,7 +357,8 @@ def fill_flops(path: Path):
     cost analysis failed): counted here, on the same step at the same shapes."""
     result = json.loads(path.read_text())
     meta = result["meta"]
-    models, pca = build_models(meta["size"], meta["dtype"], meta.get("channel_max", 512))
+    models, pca = build_models(meta["size"], meta["dtype"], meta.get("channel_max", 512),
+                               meta.get("parser_dtype", "float32"))
     embed_cfg = embedding.EmbedConfig(lpips_size=min(256, meta["size"] // 2), chunk=meta["chunk"])
     cfg = TransferConfig(chunk=meta["chunk"]).resolve(meta["size"])
     peak = peak_flops(meta["dtype"], meta["device"])
@@ -390,6 +396,8 @@ def main(argv=None):
     p.add_argument("--channel-max", type=int, default=512, help="the generator's widest layer (official: 512)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="compute dtype of the generator's and VGG's convolutions")
+    p.add_argument("--parser-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="compute dtype of the face parser (segmentation and align 2)")
     p.add_argument("--torch", default="eager", choices=["eager", "none"], help="PyTorch reference")
     p.add_argument("--no-jax", action="store_true", help="the PyTorch reference alone")
     p.add_argument("--torch-batched", action="store_true", help="also time PyTorch at each batch size > 1")
@@ -423,7 +431,7 @@ def main(argv=None):
 
     chunk_default, unroll = optimize.loop_defaults()
     chunk = args.chunk or chunk_default
-    models, pca = build_models(args.size, args.dtype, args.channel_max)
+    models, pca = build_models(args.size, args.dtype, args.channel_max, args.parser_dtype)
     embed_cfg = embedding.EmbedConfig(lpips_size=min(256, args.size // 2), chunk=chunk)
     cfg = TransferConfig(chunk=chunk).resolve(args.size)
 
@@ -434,11 +442,12 @@ def main(argv=None):
         nets = Nets(args.size, "cuda" if torch.cuda.is_available() else "cpu", channel_max=args.channel_max)
     torch_steps = max(2, chunk // 2)
     rows = []
-    tag = args.tag or f"suite_{jax.devices()[0].platform}_{args.size}px" + ("" if args.dtype == "float32"
-                                                                             else f"_{args.dtype}")
+    tag = args.tag or (f"suite_{jax.devices()[0].platform}_{args.size}px"
+                       + ("" if args.dtype == "float32" else f"_{args.dtype}")
+                       + ("" if args.parser_dtype == "float32" else f"_parser_{args.parser_dtype}"))
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "jax": jax.__version__,
             "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform, "size": args.size,
-            "dtype": args.dtype, "channel_max": args.channel_max, "chunk": chunk, "unroll": unroll, "reps": args.reps,
+            "dtype": args.dtype, "parser_dtype": args.parser_dtype, "channel_max": args.channel_max, "chunk": chunk, "unroll": unroll, "reps": args.reps,
             "torch": None, "torch_device": nets and nets.device, "official_steps": official_steps()}
     if nets is not None:
         import torch
