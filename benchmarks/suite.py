@@ -86,7 +86,7 @@ def stage_problem(stage: str, models: Models, pca, batch: int, embed_cfg, cfg: T
     size, n_latent = g.config.size, g.config.n_latent
     k = jax.random.PRNGKey(7)
     keys = jax.random.split(k, batch)
-    w = g.mean_w_plus(batch) + 0.1 * jax.random.normal(jax.random.fold_in(k, 1), (batch, n_latent, 512))
+    w = g.mean_w_plus(batch) + 0.1 * jax.random.normal(jax.random.fold_in(k, 1), (batch, n_latent, g.config.style_dim))
     rand = lambda i, shape, lo=-1.0, hi=1.0: jax.random.uniform(jax.random.fold_in(k, i), shape,  # noqa: E731
                                                                 minval=lo, maxval=hi)
     if stage in ("W+", "FS"):
