@@ -86,7 +86,8 @@ def stage_problem(stage: str, models: Models, pca, batch: int, embed_cfg, cfg: T
     size, n_latent = g.config.size, g.config.n_latent
     k = jax.random.PRNGKey(7)
     keys = jax.random.split(k, batch)
-    w = g.mean_w_plus(batch) + 0.1 * jax.random.normal(jax.random.fold_in(k, 1), (batch, n_latent, g.config.style_dim))
+    w = g.mean_w_plus(batch) + 0.1 * jax.random.normal(jax.random.fold_in(k, 1),
+                                                       (batch, n_latent, g.config.style_dim))
     rand = lambda i, shape, lo=-1.0, hi=1.0: jax.random.uniform(jax.random.fold_in(k, i), shape,  # noqa: E731
                                                                 minval=lo, maxval=hi)
     if stage in ("W+", "FS"):
@@ -391,7 +392,7 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    p.add_argument("--reps", type=int, default=3, help="timed chunks per measurement (median)")
+    p.add_argument("--reps", type=int, help="timed chunks per measurement (median; default 3, --quick 2)")
     p.add_argument("--chunk", type=int, help="steps per chunk (default: the backend's, optimize.loop_defaults)")
     p.add_argument("--channel-max", type=int, default=512, help="the generator's widest layer (official: 512)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
@@ -421,9 +422,11 @@ def main(argv=None):
         print(markdown(result))
         return
     if args.quick:
-        args.size, args.batches, args.reps, args.channel_max, args.chunk = 64, [1, 2], 2, 128, args.chunk or 2
+        args.size, args.batches, args.channel_max, args.chunk = 64, [1, 2], 128, args.chunk or 2
+        args.reps = args.reps or 2
         args.torch_batched = True
         args.transfer_batch, args.transfer_scale = args.transfer_batch or [2], 0.01
+    args.reps = args.reps or 3
     start = time.perf_counter()
     late = lambda: args.deadline and time.perf_counter() - start > args.deadline  # noqa: E731
     from barbershop_jax import compile_cache
@@ -447,7 +450,8 @@ def main(argv=None):
                        + ("" if args.parser_dtype == "float32" else f"_parser_{args.parser_dtype}"))
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "jax": jax.__version__,
             "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform, "size": args.size,
-            "dtype": args.dtype, "parser_dtype": args.parser_dtype, "channel_max": args.channel_max, "chunk": chunk, "unroll": unroll, "reps": args.reps,
+            "dtype": args.dtype, "parser_dtype": args.parser_dtype, "channel_max": args.channel_max, "chunk": chunk,
+            "unroll": unroll, "reps": args.reps,
             "torch": None, "torch_device": nets and nets.device, "official_steps": official_steps()}
     if nets is not None:
         import torch

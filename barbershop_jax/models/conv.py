@@ -73,10 +73,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                               batch_group_count=batch_group_count, precision=precision,
                               preferred_element_type=preferred_element_type)
     lhs_dilation = tuple(lhs_dilation or (1, 1))
-    if (os.environ.get(ENV, "").lower() == "plain" or lhs.ndim != 4 or isinstance(padding, str) or feature_group_count != 1 or batch_group_count != 1
-            or preferred_element_type is not None or any(d != 1 for d in (rhs_dilation or (1, 1)))
-            or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC
-            or rhs.shape[0] * rhs.shape[1] == 1 or rhs.shape[2] < MIN_INPUT_CHANNELS
+    patchable = (os.environ.get(ENV, "").lower() != "plain" and lhs.ndim == 4 and not isinstance(padding, str)
+                 and feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None
+                 and all(d == 1 for d in (rhs_dilation or (1, 1)))
+                 and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
+    if (not patchable or rhs.shape[0] * rhs.shape[1] == 1 or rhs.shape[2] < MIN_INPUT_CHANNELS
             or _output_pixels(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation) > SMALL_OUTPUT_PIXELS):
         return plain(lhs, rhs)
     patch = functools.partial(_patch_conv, strides=tuple(window_strides), padding=tuple(map(tuple, padding)),
