@@ -148,7 +148,6 @@ def test_segment_compiles_once(converted):
     assert len(traces) == 1
 
 
-
 def test_bfloat16_option(converted):
     """api.with_dtype(parser, "bfloat16"): float32 logits close to the float32 network's, the
     same weights file (the dtype is not saved), and cache keys of its own."""
@@ -170,6 +169,7 @@ def test_bfloat16_option(converted):
     assert cache.tree_fingerprint(half) != cache.tree_fingerprint(model)
     with pytest.raises(ValueError, match="dtype"):
         bisenet.BiSeNetConfig(dtype="float16")
+
 
 def test_segment_rejects_sizes_off_the_parse_grid(converted):
     model, _ = converted
