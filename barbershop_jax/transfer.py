@@ -446,8 +446,8 @@ class Pipeline:
     def _write_blend(npz, path, latent_in, structure_f, image, meta):
         npz.with_suffix(".json").unlink(missing_ok=True)
         cache_lib.save_latents_npz(npz, latent_in, structure_f)
-        image_io.save_png(npz.with_suffix(".png"), image)
-        image_io.save_png(path, image)
+        render = image_io.save_png(npz.with_suffix(".png"), image)
+        image_io.atomic_write(path, lambda f: f.write(render.read_bytes()))  # the same PNG: encode once
         cache_lib.save_json(npz.with_suffix(".json"), meta)
 
     def paste_back(self, results: list[TransferResult], feather: float = FEATHER) -> list[TransferResult]:
