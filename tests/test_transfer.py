@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from barbershop_jax import blending, cli, demo, image_io, landmarks, optimize, resume, transfer
-from conftest import count_compilations
+from conftest import count_compilations, render
 from barbershop_jax.losses import p_norm
 from barbershop_jax.models import bisenet, vgg16
 from barbershop_jax.transfer_config import Models, TransferConfig
@@ -29,7 +29,7 @@ def _parser_with_hair(generator):
     """A random BiSeNet whose output channels are permuted so that the class it predicts most
     on generator images is called hair: the hair paths of every stage then have pixels."""
     parser = bisenet.init(bisenet.BiSeNetConfig(), jax.random.PRNGKey(3))
-    images = generator.render(generator.mean_w_plus(1), noise="const")
+    images = render(generator, generator.mean_w_plus(1))
     counts = np.bincount(np.asarray(parser.labels_of((images + 1) / 2, parse_size=64)).ravel(), minlength=16)
     top, hair = int(np.argmax(counts)), parser.labels.id("hair")
     order = np.arange(16)
@@ -51,7 +51,7 @@ def models():
 def images(models, tmp_path_factory):
     g = models[0].generator
     w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(11), (4, g.config.style_dim))))
-    pixels = image_io.to_uint8(np.asarray(g.render(w, noise="const")))
+    pixels = image_io.to_uint8(np.asarray(render(g, w)))
     root = tmp_path_factory.mktemp("in")
     return [image_io.save_png(root / f"{name}.png", p) for name, p in zip(("ann", "bob", "cid", "dan"), pixels)]
 
@@ -132,7 +132,7 @@ def test_blend_clamp_keeps_u_in_the_unit_interval(models):
     cfg = TransferConfig(noise="random").resolve(64)
     w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(5), (2, g.config.style_dim))))
     f, _ = g.features(w, block=3, noise="const")
-    small = jax.image.resize(g.render(w, noise="const"), (2, 32, 32, 3), "linear")
+    small = jax.image.resize(render(g, w), (2, 32, 32, 3), "linear")
     hair = jnp.zeros((2, 64, 64)).at[:, 8:40, 12:52].set(1.0)
     inputs = blending.BlendInputs(w, w[::-1], f, f, small, small[::-1], hair[:, ::2, ::2], hair[::-1, ::2, ::2],
                                   jnp.stack([jax.random.PRNGKey(0)] * 2))

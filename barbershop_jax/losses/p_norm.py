@@ -35,14 +35,14 @@ def pca_stats(model, n_samples: int, key, chunk: int = 50_000) -> dict:
     chunk = min(chunk, n_samples)
 
     @jax.jit
-    def mapped(k):
+    def mapped(model, k):  # the model an argument, not a closure: its weights stay out of the program
         return to_p_space(model.map(jax.random.normal(k, (chunk, d))))
 
     total = np.zeros(d)
     outer = np.zeros((d, d))
     seen = 0
     for i in range(-(-n_samples // chunk)):
-        x = np.asarray(mapped(jax.random.fold_in(key, i)), np.float64)[: n_samples - seen]
+        x = np.asarray(mapped(model, jax.random.fold_in(key, i)), np.float64)[: n_samples - seen]
         total += x.sum(0)
         outer += x.T @ x
         seen += len(x)
