@@ -11,6 +11,8 @@
 #   OUT=dir BUDGET=seconds [SCALE=1] [PACK=file.tgz] bash benchmarks/device_run.sh
 # PACK: also pack OUT into one archive after each part (for a transfer that takes few files);
 # a path outside OUT.
+# A dry run of the whole script on a CPU, before spending device time on it:
+#   OUT=/tmp/dry BUDGET=900 SCALE=0.01 SIZE=64 EXTRA="--channel-max 128 --chunk 2 --reps 1" bash benchmarks/device_run.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # No preallocation: JAX and PyTorch share the GPU here, and the peak counters mean what they say.
@@ -18,20 +20,23 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT="${OUT:-benchmarks/results}"
 BUDGET="${BUDGET:-500}"
 SCALE="${SCALE:-1}"
+SIZE="${SIZE:-1024}"
+EXTRA="${EXTRA:-}"
 mkdir -p "$OUT"
 start=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - start) )); }
 suite() {
-    python3 benchmarks/suite.py --size 1024 --out "$OUT" "$@" 2>&1 | grep -v "^matplotlib"
+    # shellcheck disable=SC2086  # EXTRA: several words
+    python3 benchmarks/suite.py --size "$SIZE" $EXTRA --out "$OUT" "$@" 2>&1 | grep -v "^matplotlib"
     [ -n "${PACK:-}" ] && tar czf "$PACK" -C "$OUT" .
 }
 
-nvidia-smi -L
+nvidia-smi -L 2>/dev/null || echo "no nvidia-smi: a dry run"
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
 suite --batches 8 --torch-batched --transfer-batch 8 --transfer-scale "$SCALE" --deadline $(( $(left) - 250 )) \
     | tee "$OUT/suite_b8.log"
 [ "$(left)" -gt 120 ] && suite --batches 1 --torch none --transfer-batch 1 --transfer-scale "$SCALE" \
-    --tag suite_gpu_1024px_b1 --deadline $(( $(left) - 90 )) | tee "$OUT/suite_b1.log"
+    --suffix _b1 --deadline $(( $(left) - 90 )) | tee "$OUT/suite_b1.log"
 [ "$(left)" -gt 100 ] && suite --batches 8 --dtype bfloat16 --parser-dtype bfloat16 --torch none \
     --deadline $(( $(left) - 70 )) | tee "$OUT/suite_bf16.log"
 echo "device_run.sh: $(( $(date +%s) - start )) s"

@@ -410,7 +410,8 @@ def main(argv=None):
                    help="a small config on a CPU in minutes: 64 px, generator layers of 128 channels, batches 1 2, "
                         "2-step chunks, 2 reps, PyTorch batched, a whole transfer at batch 2 with 1/100 of the "
                         "official steps")
-    p.add_argument("--tag", help="output name (default suite_{platform}_{size}px[_{dtype}])")
+    p.add_argument("--tag", help="output name (default suite_{platform}_{size}px[_{dtype}][suffix])")
+    p.add_argument("--suffix", default="", help="appended to the default output name (e.g. _b1)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--plot-only", metavar="JSON", help="redraw the table and plot of an earlier run")
     p.add_argument("--fill-flops", metavar="JSON", help="count the FLOPs missing from an earlier run, then redraw")
@@ -447,7 +448,7 @@ def main(argv=None):
     rows = []
     tag = args.tag or (f"suite_{jax.devices()[0].platform}_{args.size}px"
                        + ("" if args.dtype == "float32" else f"_{args.dtype}")
-                       + ("" if args.parser_dtype == "float32" else f"_parser_{args.parser_dtype}"))
+                       + ("" if args.parser_dtype == "float32" else f"_parser_{args.parser_dtype}") + args.suffix)
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "jax": jax.__version__,
             "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform, "size": args.size,
             "dtype": args.dtype, "parser_dtype": args.parser_dtype, "channel_max": args.channel_max, "chunk": chunk,

@@ -452,8 +452,9 @@ def init(config: GeneratorConfig, key) -> StyleGAN2:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _init(config: GeneratorConfig, key) -> StyleGAN2:
-    # One compiled program: drawn op by op, every noise and bias shape compiled its own small
-    # program (about 10 s on 2 CPU cores for the embedded default).
+    # One compiled program, which the persistent compilation cache keeps for the next process.
+    # Drawn op by op, every noise and bias shape compiled a small program of its own in every
+    # process (the embedded default: 5 s on 2 CPU cores, against 1.8 s with the cache warm).
     k_params, k_noise, k_extra, _ = jax.random.split(key, 4)  # the 4th: latent_avg's, in init
     noise = [jax.random.normal(jax.random.fold_in(k_noise, i), config.noise_shape(i))
              for i in range(config.num_noises)]
