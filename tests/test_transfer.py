@@ -340,7 +340,9 @@ def test_sigterm_then_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(b
     for name, path in zip(("ann", "bob"), images):
         shutil.copy(path, tmp_path / f"{name}.png")
     (tmp_path / "t.csv").write_text("face,shape,color\nann.png,bob.png,bob.png\nbob.png,ann.png,ann.png\n")
-    steps = {**STEPS, "blend_steps": 40}
+    # Long target-mask and blend loops: each signal lands while its loop still runs (with 2
+    # inpainting steps the loop could end before SIGTERM arrived, and the stop came in align 1).
+    steps = {**STEPS, "inpaint_steps": 20, "blend_steps": 40}
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in steps.items()]
 
     def command(out):
