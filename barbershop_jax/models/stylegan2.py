@@ -443,19 +443,18 @@ class StyleGAN2:
 def init(config: GeneratorConfig, key) -> StyleGAN2:
     """Random weights at the official initial scale, plus small non-zero noise strengths and
     biases (zero at the official init) so that every path of the network is exercised."""
-    model = _init(config, key)
+    k_params, k_noise, k_extra, k_avg = jax.random.split(key, 4)
+    model = _init(config, k_params, k_noise, k_extra)
     # latent_avg as the official code's mean_latent: the mean of 4096 mapped samples.
-    k_avg = jax.random.split(key, 4)[3]
     z = jax.random.normal(k_avg, (4096, config.style_dim))
     return model.replace(latent_avg=jnp.mean(jax.jit(StyleGAN2.map)(model, z), axis=0))
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _init(config: GeneratorConfig, key) -> StyleGAN2:
+def _init(config: GeneratorConfig, k_params, k_noise, k_extra) -> StyleGAN2:
     # One compiled program, which the persistent compilation cache keeps for the next process.
     # Drawn op by op, every noise and bias shape compiled a small program of its own in every
     # process (the embedded default: 5 s on 2 CPU cores, against 1.8 s with the cache warm).
-    k_params, k_noise, k_extra, _ = jax.random.split(key, 4)  # the 4th: latent_avg's, in init
     noise = [jax.random.normal(jax.random.fold_in(k_noise, i), config.noise_shape(i))
              for i in range(config.num_noises)]
     w0 = jnp.zeros((1, config.n_latent, config.style_dim))
