@@ -490,10 +490,10 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     from barbershop_jax import resume
-    if not args.no_compile_cache:
-        from barbershop_jax import compile_cache
-        compile_cache.enable()
     try:
+        if not args.no_compile_cache:
+            from barbershop_jax import compile_cache
+            compile_cache.enable()
         with resume.handle_signals():  # SIGINT/SIGTERM: finish the chunk, save, stop
             rc = args.func(args)
     except resume.Interrupted as e:

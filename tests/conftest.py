@@ -1,6 +1,8 @@
+import atexit
 import contextlib
 import functools
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -9,10 +11,16 @@ from pathlib import Path
 # chunk (optimize.loop_defaults), which multiplies compile time in tests that run a few steps.
 # Set in the environment, so that the subprocesses of CLI tests inherit it.
 os.environ["BARBERSHOP_JAX_LOOP"] = "4,rolled"
-# One persistent compilation cache for the whole run, shared with those subprocesses, so that a
-# program compiled in one process is read from disk by the next. A fresh folder per run: the
-# suite's time does not depend on what an earlier run left behind.
-os.environ["BARBERSHOP_JAX_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="barbershop-jax-test-xla-")
+# One persistent compilation cache for the whole run, shared by the pytest-xdist workers and the
+# CLI tests' subprocesses, so that a program compiled in one process is read from disk by the
+# next (the cache's bound makes JAX lock the folder around each read and write). A fresh folder
+# per run, so that the suite's time does not depend on what an earlier run left behind, and
+# removed when the process that made it exits.
+if not (os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("BARBERSHOP_JAX_TEST_CACHE_MADE")):
+    _cache_dir = tempfile.mkdtemp(prefix="barbershop-jax-test-xla-")
+    os.environ["BARBERSHOP_JAX_COMPILE_CACHE"] = _cache_dir
+    os.environ["BARBERSHOP_JAX_TEST_CACHE_MADE"] = "1"  # the workers, started after this, reuse it
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"  # the many small programs too
 
 import jax  # noqa: E402 (after the environment above, which JAX reads at import)
