@@ -5,7 +5,8 @@
 #      of 8 triples at SCALE times the official step counts (default 1: the official counts;
 #      about 20 s a triple, after about 80 s of compilation)
 #   2. every stage's step at batch 1, and a whole transfer of 1 triple at SCALE
-#   3. every stage's step in bfloat16 (generator, VGG16 and the parser) at batch 8
+#   3. where each stage step's device time goes at batch 8 (benchmarks/profile_step.py)
+#   4. every stage's step in bfloat16 (generator, VGG16 and the parser) at batch 8
 # Session 4 (H100) ran part 1 at SCALE=0.1 in 355 s, part 3 in 90 s.
 # Usage on a GPU machine, from the repository root:
 #   OUT=dir BUDGET=seconds [SCALE=1] [PACK=file.tgz] bash benchmarks/device_run.sh
@@ -37,6 +38,12 @@ suite --batches 8 --torch-batched --transfer-batch 8 --transfer-scale "$SCALE" -
     | tee "$OUT/suite_b8.log"
 [ "$(left)" -gt 120 ] && suite --batches 1 --torch none --transfer-batch 1 --transfer-scale "$SCALE" \
     --suffix _b1 --deadline $(( $(left) - 90 )) | tee "$OUT/suite_b1.log"
+if [ "$(left)" -gt 150 ]; then
+    # shellcheck disable=SC2086  # EXTRA: several words
+    python3 benchmarks/profile_step.py --size "$SIZE" $EXTRA --batch 8 --out "$OUT" --deadline $(( $(left) - 130 )) \
+        2>&1 | tee "$OUT/profile_b8.log"
+    [ -n "${PACK:-}" ] && tar czf "$PACK" -C "$OUT" .
+fi
 [ "$(left)" -gt 100 ] && suite --batches 8 --dtype bfloat16 --parser-dtype bfloat16 --torch none \
     --deadline $(( $(left) - 70 )) | tee "$OUT/suite_bf16.log"
 echo "device_run.sh: $(( $(date +%s) - start )) s"

@@ -48,3 +48,26 @@ def test_the_transfer_prediction_adds_the_official_steps():
     assert suite.predict_transfer(rows, 2) == pytest.approx(per_image * sum(suite.official_steps().values()))
     assert suite.predict_transfer(rows[:-1], 2) is None  # a stage missing: no prediction
     assert list(suite.official_steps().values()) == [3300, 750, 600, 200, 400]
+
+
+def test_the_profile_of_a_stage_names_its_operations(small_models):
+    """profile_step.py on CPU: the trace is read back, its events are matched to the compiled
+    program's HLO instructions, and the kinds' shares add up."""
+    import profile_step
+    models, pca = small_models
+    embed_cfg = embedding.EmbedConfig(lpips_size=SIZE // 2, chunk=2)
+    cfg = TransferConfig(chunk=2).resolve(SIZE)
+    row = profile_step.profile_stage("FS", models, pca, 1, chunk=2, unroll=False, reps=1, embed_cfg=embed_cfg,
+                                     cfg=cfg, top=10)
+    assert row["where"].startswith("host") and row["steps_traced"] == 2
+    assert 0 < row["busy_ms_per_step"] <= row["summed_ms_per_step"] + 1e-9
+    assert row["busy_ms_per_step"] <= row["wall_ms_per_step"] * 1.05
+    assert sum(k["share"] for k in row["kinds"].values()) == pytest.approx(1.0)
+    assert "convolution" in row["kinds"] and len(row["ops"]) == 10
+    assert sum(o["shape"] is not None for o in row["ops"]) >= 8  # found in the HLO text
+
+
+def test_busy_time_counts_overlaps_once():
+    import profile_step
+    events = [("a", "k", 10.0, 0.0), ("b", "k", 5.0, 5.0), ("c", "k", 4.0, 20.0), ("d", "k", 1.0, 21.0)]
+    assert profile_step.busy_ns(events) == 14.0
