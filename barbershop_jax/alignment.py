@@ -244,10 +244,10 @@ def align(models: Models, inputs: AlignInputs, cfg: TransferConfig, *, progress:
     heads1, _ = fit_segmentation(models, inputs.w_face[:, :cfg.align_latents], step1, cfg.align_steps1, cfg,
                                  "Align step 1", progress=progress, devices=devices,
                                  checkpoint=checkpoint and checkpoint.sub("step1"))
-    a1, ref_small, ref_hair = _between_steps(models, heads1, inputs, cfg=cfg)
+    a1, ref_small, ref_hair = _between_steps(models, heads1, inputs, cfg=cfg.program_config())
     state, _ = optimize.run(_step2, cfg, models, _start(inputs.w_ref, cfg),
                             (inputs.s_ref, inputs.target, ref_small, ref_hair, inputs.key), cfg.align_steps2,
                             chunk=cfg.chunk, desc="Align step 2", progress=progress, devices=devices,
                             checkpoint=checkpoint and checkpoint.sub("step2"))
-    structure_f, image = _finish(models, a1, state.result, inputs, cfg=cfg)
+    structure_f, image = _finish(models, a1, state.result, inputs, cfg=cfg.program_config())
     return AlignResult(inputs.s_face, structure_f, image)

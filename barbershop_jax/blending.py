@@ -131,10 +131,10 @@ def blend(models: Models, inputs: BlendInputs, cfg: TransferConfig, *, progress:
           devices=None, checkpoint=None) -> BlendResult:
     """Blend a batch of triples; every array in `inputs` has a leading batch axis."""
     cfg.check_resolved()
-    face_mask, hair_mask = blend_masks(models, inputs, cfg=cfg)
+    face_mask, hair_mask = blend_masks(models, inputs, cfg=cfg.program_config())
     u = jnp.zeros_like(inputs.s_face)
     state = _State(u, jax.vmap(_optimizer(cfg).init)(u), u)
     state, _ = optimize.run(_step, cfg, models, state, (inputs, face_mask, hair_mask), cfg.blend_steps,
                             chunk=cfg.chunk, desc="Blend", progress=progress, devices=devices, checkpoint=checkpoint)
-    latent_in, image = _final_render(models, state.result, inputs, cfg=cfg)
+    latent_in, image = _final_render(models, state.result, inputs, cfg=cfg.program_config())
     return BlendResult(latent_in, inputs.f_final, image, face_mask, hair_mask)

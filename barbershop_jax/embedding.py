@@ -184,7 +184,7 @@ def embed_fs(consts: Consts, targets: Targets, w_plus, cfg: EmbedConfig = EmbedC
     _check(consts, targets, cfg)
     g = consts.generator
     s_index = cfg.s_index(g.config.n_latent)
-    f_init = _f_init(consts, w_plus, targets, cfg=cfg)
+    f_init = _f_init(consts, w_plus, targets, cfg=cfg.step_config())  # step counts: no recompile
     params = FSParams(w_plus[:, s_index:], f_init)
     state = _adam_state(params, cfg)
     data = (targets, target_units(consts.vgg, targets.small), w_plus[:, :s_index], f_init)

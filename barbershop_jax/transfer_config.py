@@ -78,6 +78,13 @@ class TransferConfig:
                                    blend_steps=0, align_more_region=False, blend_smooth=0, blend_parse_size=None,
                                    seed=0, chunk=None)
 
+    def program_config(self) -> "TransferConfig":
+        """The compile key of the stages' programs outside their loops (A1, A2 and the F
+        mixing, the blend masks, the final renders): every field but the step counts, seed and
+        chunk, which none of them reads, so that other step counts compile nothing new."""
+        return dataclasses.replace(self, inpaint_steps=0, align_steps1=0, align_steps2=0, blend_steps=0, seed=0,
+                                   chunk=None)
+
     def region_ids(self, label_map) -> tuple:
         """The class ids of `region` in a parser's label map (a ValueError for unknown names)."""
         return label_map.region_ids(self.region)

@@ -569,3 +569,16 @@ def test_cli_region_and_structure_reach_the_transfer_and_unknown_regions_are_one
     assert rc == 1 and len(err) == 1
     assert err[0].startswith("barbershop-jax: error: region 'beard,hair': unknown region name(s) 'beard'; valid "
                              "names: background, skin")
+
+
+def test_other_step_counts_compile_nothing_new(batch_run, models, tmp_path):
+    """Step counts, like seeds and chunking, are not part of any compiled program: a transfer
+    with every stage's count changed reruns each stage (its cache keys differ) and compiles
+    nothing (the loops' chunks, nor the helpers around them: F init, A1, A2, blend masks)."""
+    _, triples, _ = batch_run
+    other = dict(w_steps=2, fs_steps=3, inpaint_steps=3, align_steps1=2, align_steps2=3, blend_steps=2)
+    assert all(other[k] != STEPS[k] for k in other)
+    with count_compilations() as compiled:
+        [one] = _transfer(models, tmp_path, batch_size=2, **other).transfer_many([triples[0]])
+    assert one is not None
+    assert compiled == [], compiled
