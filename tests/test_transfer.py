@@ -136,7 +136,7 @@ def test_blend_clamp_keeps_u_in_the_unit_interval(models):
     hair = jnp.zeros((2, 64, 64)).at[:, 8:40, 12:52].set(1.0)
     inputs = blending.BlendInputs(w, w[::-1], f, f, small, small[::-1], hair[:, ::2, ::2], hair[::-1, ::2, ::2],
                                   jnp.stack([jax.random.PRNGKey(0)] * 2))
-    face_mask, hair_mask = blending.blend_masks(m, inputs, cfg=cfg)
+    face_mask, hair_mask = blending.blend_masks(m, inputs, cfg=cfg.program_config())  # as blend() calls it
     u = jnp.where(jnp.arange(w.shape[2]) % 2 == 0, 0.004, 0.996) * jnp.ones_like(w)
     state = blending._State(u, jax.vmap(blending._optimizer(cfg).init)(u), u)
     state, _ = optimize.run(blending._step, cfg, m, state, (inputs, face_mask, hair_mask), 3, progress=False)
