@@ -55,6 +55,7 @@ class AlignInputs(NamedTuple):
     hair_face: jax.Array    # (P, P) float: the region (hair by default) of the face's parse
     hair_ref: jax.Array     # (P, P) float: the region of the reference's parse
     key: jax.Array          # the pair's PRNG key
+    region_classes: jax.Array  # (n_classes,) float: 1.0 at the region's classes (masks.class_mask)
 
 
 class AlignResult(NamedTuple):
@@ -77,9 +78,9 @@ def _latents(head, s_code):
     return jnp.concatenate([head, s_code[head.shape[0]:]])
 
 
-def _region(logits, ids):
-    """The transferred region of a render's argmax labels, (P, P) float."""
-    return masks.region(jnp.argmax(logits, axis=-1), ids)
+def _region(logits, classes):
+    """The transferred region (a masks.class_mask) of a render's argmax labels, (P, P) float."""
+    return masks.region_of(jnp.argmax(logits, axis=-1), classes)
 
 
 class SegmentationTarget(NamedTuple):
@@ -140,7 +141,7 @@ def fit_segmentation(models: Models, heads, targets: SegmentationTarget, n_steps
 
 
 def _step2(models: Models, state, data, i, cfg):
-    s_ref, target, ref_small, ref_region, key = data
+    s_ref, target, ref_small, ref_region, key, region_classes = data
     g, parser = models.generator, models.parser
     factor = g.config.size // cfg.loss_size
 
@@ -149,7 +150,7 @@ def _step2(models: Models, state, data, i, cfg):
                          key=jax.random.fold_in(jax.random.fold_in(key, STEP2_TAG), i))
         logits = parser.segment_generated(image, parse_size=cfg.parse_size)[0]
         ce = cfg.ce_lambda * segmentation.cross_entropy(logits, target)
-        region = _region(logits, cfg.region_ids(parser.labels))
+        region = _region(logits, region_classes)
         region = jax.lax.stop_gradient(resample.nearest_resize(region[None], cfg.loss_size))
         small = resample.bicubic_downsample(image, factor)
         style = cfg.style_lambda * style_loss(models.vgg, ref_small[None], small, ref_region[None], region,
@@ -182,7 +183,7 @@ def _between_steps(models: Models, heads1, inputs: AlignInputs, cfg):
         image = g.render(_latents(x.w_ref[:cfg.align_latents], x.s_ref)[None], noise=cfg.noise,
                          key=jax.random.fold_in(x.key, REF_TAG))
         logits = parser.segment_generated(image, parse_size=cfg.parse_size)[0]
-        region = _region(logits, cfg.region_ids(parser.labels))
+        region = _region(logits, x.region_classes)
         small = resample.bicubic_downsample(image, g.config.size // cfg.loss_size)[0]
         return a1, small, resample.nearest_resize(region[None], cfg.loss_size)[0]
 
@@ -215,12 +216,11 @@ def mix_structure(a1, a2, f_face, f_ref, region_face, region_ref, region_target,
 def _finish(models: Models, a1, heads2, inputs: AlignInputs, cfg):
     """A2 (F of step 2's last latents), the F mixing, and the render of the result."""
     g = models.generator
-    ids = cfg.region_ids(models.parser.labels)
 
     def one(a1, head2, x: AlignInputs):
         a2 = g.features(_latents(head2, x.s_ref)[None], block=3, noise=cfg.noise,
                         key=jax.random.fold_in(x.key, A2_TAG))[0][0]
-        region_t = masks.region(x.target, ids)
+        region_t = masks.region_of(x.target, x.region_classes)
         f = mix_structure(a1, a2, x.f_face, x.f_ref, x.hair_face, x.hair_ref, region_t, cfg)
         image = g.render_from_features(f[None], x.s_face[None], block=3, noise=cfg.noise,
                                        key=jax.random.fold_in(x.key, RENDER_TAG))[0]
@@ -244,10 +244,13 @@ def align(models: Models, inputs: AlignInputs, cfg: TransferConfig, *, progress:
     heads1, _ = fit_segmentation(models, inputs.w_face[:, :cfg.align_latents], step1, cfg.align_steps1, cfg,
                                  "Align step 1", progress=progress, devices=devices,
                                  checkpoint=checkpoint and checkpoint.sub("step1"))
-    a1, ref_small, ref_hair = _between_steps(models, heads1, inputs, cfg=cfg.program_config())
+    # The helpers around the loops are keyed like the steps: on the fields they read.
+    a1, ref_small, ref_hair = _between_steps(models, heads1, inputs, cfg=cfg.step_config())
     state, _ = optimize.run(_step2, cfg, models, _start(inputs.w_ref, cfg),
-                            (inputs.s_ref, inputs.target, ref_small, ref_hair, inputs.key), cfg.align_steps2,
+                            (inputs.s_ref, inputs.target, ref_small, ref_hair, inputs.key, inputs.region_classes),
+                            cfg.align_steps2,
                             chunk=cfg.chunk, desc="Align step 2", progress=progress, devices=devices,
                             checkpoint=checkpoint and checkpoint.sub("step2"))
-    structure_f, image = _finish(models, a1, state.result, inputs, cfg=cfg.program_config())
+    structure_f, image = _finish(models, a1, state.result, inputs,
+                                 cfg=cfg.step_config(keep=("smooth", "align_more_region")))
     return AlignResult(inputs.s_face, structure_f, image)

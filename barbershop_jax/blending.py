@@ -45,6 +45,7 @@ class BlendInputs(NamedTuple):
     hair_face: jax.Array     # (Q, Q) float: the face's region (hair by default) at blend_parse_size
     hair_color: jax.Array    # (Q, Q) float: the colour reference's region
     key: jax.Array           # the triple's PRNG key
+    region_classes: jax.Array  # (n_classes,) float: 1.0 at the region's classes (masks.class_mask)
 
 
 class BlendResult(NamedTuple):
@@ -78,7 +79,6 @@ def blend_masks(models: Models, inputs: BlendInputs, cfg: TransferConfig):
     """(face region, colour hair HM_3E), each (B, L, L)."""
     g, parser = models.generator, models.parser
     n = cfg.blend_smooth
-    ids = cfg.region_ids(parser.labels)
 
     def one(x: BlendInputs):
         hm_1d = masks.dilate(_at_loss_size(x.hair_face, cfg), n)
@@ -87,7 +87,7 @@ def blend_masks(models: Models, inputs: BlendInputs, cfg: TransferConfig):
         image = g.render_from_features(x.f_blend[None], x.s_face[None], block=3, noise=cfg.noise,
                                        key=jax.random.fold_in(x.key, HAIR_X_TAG))
         labels = jnp.argmax(parser.segment_generated(image, parse_size=cfg.parse_size)[0], axis=-1)
-        hm_xd = masks.dilate(_at_loss_size(masks.region(labels, ids), cfg), n)
+        hm_xd = masks.dilate(_at_loss_size(masks.region_of(labels, x.region_classes), cfg), n)
         return (1.0 - hm_1d) * (1.0 - hm_3d) * (1.0 - hm_xd), hm_3e
 
     return jax.vmap(one)(inputs)
@@ -131,10 +131,11 @@ def blend(models: Models, inputs: BlendInputs, cfg: TransferConfig, *, progress:
           devices=None, checkpoint=None) -> BlendResult:
     """Blend a batch of triples; every array in `inputs` has a leading batch axis."""
     cfg.check_resolved()
-    face_mask, hair_mask = blend_masks(models, inputs, cfg=cfg.program_config())
+    # The helpers around the loop are keyed like the step: on the fields they read.
+    face_mask, hair_mask = blend_masks(models, inputs, cfg=cfg.step_config(keep=("blend_smooth",)))
     u = jnp.zeros_like(inputs.s_face)
     state = _State(u, jax.vmap(_optimizer(cfg).init)(u), u)
     state, _ = optimize.run(_step, cfg, models, state, (inputs, face_mask, hair_mask), cfg.blend_steps,
                             chunk=cfg.chunk, desc="Blend", progress=progress, devices=devices, checkpoint=checkpoint)
-    latent_in, image = _final_render(models, state.result, inputs, cfg=cfg.program_config())
+    latent_in, image = _final_render(models, state.result, inputs, cfg=cfg.step_config())
     return BlendResult(latent_in, inputs.f_final, image, face_mask, hair_mask)

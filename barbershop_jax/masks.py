@@ -79,3 +79,17 @@ def torch_bicubic_resize(x, size: int):
 def region(labels, ids) -> jnp.ndarray:
     """1.0 where `labels` is one of `ids` (class ids), else 0.0."""
     return jnp.isin(labels, jnp.asarray(ids)).astype(jnp.float32)
+
+
+def class_mask(ids, n_classes: int) -> np.ndarray:
+    """(n_classes,) float32, 1.0 at the class ids of a region: the region as data, so that
+    the compiled stages take it as an argument and one program serves every region."""
+    mask = np.zeros(n_classes, np.float32)
+    mask[list(ids)] = 1.0
+    return mask
+
+
+def region_of(labels, classes) -> jnp.ndarray:
+    """1.0 where `labels` is a class of the region given as a class_mask, else 0.0 (the same
+    values as `region`)."""
+    return jnp.asarray(classes)[labels]

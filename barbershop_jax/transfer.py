@@ -175,6 +175,7 @@ class Pipeline:
         self.embed_cfg = embed_cfg
         self.cfg = cfg.resolve(self.size)
         self.region = self.cfg.region_ids(models.parser.labels)  # checks the names before any work
+        self.region_classes = self.cfg.region_classes(models.parser.labels)  # the region as the stages take it
         # File names: the official ones for hair, the region appended to the sign otherwise.
         self.region_suffix = "" if self.cfg.region == DEFAULT_REGION else "_" + self.cfg.region.replace(",", "+")
         self.tag = self.cfg.sign + self.region_suffix
@@ -321,7 +322,8 @@ class Pipeline:
             [e(f, "structure_f") for f, _, _, _ in batch], [e(r, "w_plus") for _, _, r, _ in batch],
             [e(r, "latent_in") for _, _, r, _ in batch], [e(r, "structure_f") for _, _, r, _ in batch])],
             target, jnp.asarray(np.stack([region(f) for f, _, _, _ in batch])),
-            jnp.asarray(np.stack([region(r) for _, _, r, _ in batch])), jnp.stack(keys))
+            jnp.asarray(np.stack([region(r) for _, _, r, _ in batch])), jnp.stack(keys),
+            jnp.asarray(np.stack([self.region_classes] * len(batch))))
         with self._timed("alignment"):
             result = alignment.align(self.models, align_inputs, cfg, progress=self.progress, devices=self.devices,
                                      checkpoint=ckpt and ckpt.sub("align"))
@@ -417,7 +419,8 @@ class Pipeline:
             col(lambda f, s, c, st: self._region_of(parsed[f][1])),
             col(lambda f, s, c, st: self._region_of(parsed[c][1])),
             # The noise key of (face, shape, color): a structure reference changes the final F only.
-            jnp.stack([self._key(tuple(sources[n].image_hash for n in t[:3])) for t, _, _ in batch]))
+            jnp.stack([self._key(tuple(sources[n].image_hash for n in t[:3])) for t, _, _ in batch]),
+            jnp.asarray(np.stack([self.region_classes] * len(batch))))
         ckpt = resume.batch_checkpoint(self.out, "blend", [k for _, k, _ in batch], self.checkpoint_every)
         with self._timed("blending"):
             result = blending.blend(self.models, inputs, cfg, progress=self.progress, devices=self.devices,

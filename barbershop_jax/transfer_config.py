@@ -70,24 +70,28 @@ class TransferConfig:
                 raise ValueError(f"{name} {value} must divide the generator size {size}")
         return dataclasses.replace(self, parse_size=parse, loss_size=loss, blend_parse_size=blend_parse)
 
-    def step_config(self) -> "TransferConfig":
-        """The fields the optimisation steps read; the rest blanked (optimize.run's compile key:
-        the inpainting rounds and align step 1 share one compiled step whatever the sign). The
-        region stays: align step 2's style loss reads it."""
-        return dataclasses.replace(self, sign="realistic", smooth=0, inpaint_steps=0, align_steps1=0, align_steps2=0,
-                                   blend_steps=0, align_more_region=False, blend_smooth=0, blend_parse_size=None,
-                                   seed=0, chunk=None)
-
-    def program_config(self) -> "TransferConfig":
-        """The compile key of the stages' programs outside their loops (A1, A2 and the F
-        mixing, the blend masks, the final renders): every field but the step counts, seed and
-        chunk, which none of them reads, so that other step counts compile nothing new."""
-        return dataclasses.replace(self, inpaint_steps=0, align_steps1=0, align_steps2=0, blend_steps=0, seed=0,
-                                   chunk=None)
+    def step_config(self, keep: tuple = ()) -> "TransferConfig":
+        """A compiled program's key: the fields the optimisation steps read, the others blanked
+        (the inpainting rounds and align step 1 share one compiled step whatever the sign;
+        step counts, seed and chunking recompile nothing). The region is blanked too: the
+        stages take it as data (masks.class_mask), so every region runs the same programs.
+        keep: blanked fields that a program outside the loops also reads (the F mixing's
+        `smooth`, the blend masks' `blend_smooth`)."""
+        blank = dict(sign="realistic", region=DEFAULT_REGION, smooth=0, inpaint_steps=0, align_steps1=0,
+                     align_steps2=0, blend_steps=0, align_more_region=False, blend_smooth=0, blend_parse_size=None,
+                     seed=0, chunk=None)
+        for name in keep:
+            del blank[name]
+        return dataclasses.replace(self, **blank)
 
     def region_ids(self, label_map) -> tuple:
         """The class ids of `region` in a parser's label map (a ValueError for unknown names)."""
         return label_map.region_ids(self.region)
+
+    def region_classes(self, label_map):
+        """`region` as the stages take it: (n_classes,) float32, 1.0 at its classes."""
+        from barbershop_jax import masks
+        return masks.class_mask(self.region_ids(label_map), len(label_map.names))
 
     def check_resolved(self):
         if None in (self.parse_size, self.loss_size, self.blend_parse_size):

@@ -291,6 +291,7 @@ def _ours(work: Path, sections=SECTIONS):
     g, parser, vgg = models.generator, models.parser, models.vgg
     lm = parser.labels
     bg, hair_id = lm.id("background"), lm.id("hair")
+    hair_classes = jnp.asarray(masks.class_mask((hair_id,), len(lm.names)))  # the region as the stages take it
     ni, n1, n2, nb = STEPS["inpaint"], STEPS["align1"], STEPS["align2"], STEPS["blend"]
     cfg = TransferConfig(noise="const", inpaint_steps=ni, align_steps1=n1, align_steps2=n2,
                          blend_steps=nb).resolve(SIZE)
@@ -423,7 +424,8 @@ def _ours(work: Path, sections=SECTIONS):
                 f_face=jnp.asarray(nhwc(ref[f"FS/{nf}/latent_F"])),
                 w_ref=jnp.asarray(ref[f"W/{nr}"][0]), s_ref=jnp.asarray(ref[f"FS/{nr}/latent_in"][0]),
                 f_ref=jnp.asarray(nhwc(ref[f"FS/{nr}/latent_F"])), target=target,
-                hair_face=jnp.asarray(ref[f"{tag}/hair1"]), hair_ref=jnp.asarray(ref[f"{tag}/hair2"]), key=key)
+                hair_face=jnp.asarray(ref[f"{tag}/hair1"]), hair_ref=jnp.asarray(ref[f"{tag}/hair2"]), key=key,
+                region_classes=hair_classes)
             xb = jax.tree.map(lambda a: a[None], x)
             grads, params = ref[f"{tag}/grad"][2 * ni:, 0], ref[f"{tag}/param"][2 * ni:, 0]
             for k in range(n1):
@@ -448,7 +450,8 @@ def _ours(work: Path, sections=SECTIONS):
                 _, small, hair = alignment._between_steps(models, heads1, xb, cfg=cfg)
                 t.arr("align", f"{tag} step2 reference hair @256", hair[0], ref_hair[0])
                 state, _ = optimize.run(alignment._step2, cfg, models, alignment._start(xb.w_ref, cfg),
-                                        (xb.s_ref, xb.target, small, hair, xb.key), n2, progress=False)
+                                        (xb.s_ref, xb.target, small, hair, xb.key, xb.region_classes), n2,
+                                        progress=False)
                 t.arr("align", f"{tag} step2 last iterate w[0:6]", state.result[0], off_head2,
                       _adam_note(state.result[0], off_head2, grads[n1, :na], lr))
             guarded("align", f"{tag} per-loop", loops)
@@ -493,7 +496,8 @@ def _ours(work: Path, sections=SECTIONS):
             s_face=jnp.asarray(ref["a13/latent_in"][0]), s_color=jnp.asarray(ref[f"FS/{nc}/latent_in"][0]),
             f_blend=jnp.asarray(nhwc(ref["a13/latent_F"])), f_final=jnp.asarray(nhwc(ref["a12/latent_F"])),
             face_small=jnp.asarray(small[nf]), color_small=jnp.asarray(small[nc]),
-            hair_face=jnp.asarray(hair256["face"]), hair_color=jnp.asarray(hair256["color"]), key=key)
+            hair_face=jnp.asarray(hair256["face"]), hair_color=jnp.asarray(hair256["color"]), key=key,
+            region_classes=hair_classes)
         bxb = jax.tree.map(lambda a: a[None], bx)
         face_mask, hair_mask = blending.blend_masks(models, bxb, cfg=cfg)
         t.arr("blend", "face-region mask (blend_masks)", face_mask[0], ref["blend/mask_face"])

@@ -105,6 +105,7 @@ def stage_problem(stage: str, models: Models, pca, batch: int, embed_cfg, cfg: T
     p, l_, q = cfg.parse_size, cfg.loss_size, cfg.blend_parse_size
     labels = jax.random.randint(jax.random.fold_in(k, 4), (batch, p, p), 0, parser.config.n_classes, jnp.int32)
     heads = w[:, :cfg.align_latents]
+    region = jnp.asarray(np.stack([cfg.region_classes(parser.labels)] * batch))  # hair, as data
     if stage == "segmentation":
         x = alignment.SegmentationTarget(w, labels, (labels != 0).astype(jnp.float32),
                                          (labels == 0).astype(jnp.float32), jnp.ones((batch,), bool), keys)
@@ -113,12 +114,12 @@ def stage_problem(stage: str, models: Models, pca, batch: int, embed_cfg, cfg: T
     if stage == "align2":
         hair = (rand(5, (batch, l_, l_), 0, 1) > 0.5).astype(jnp.float32)
         return alignment._step2, cfg.step_config(), models, alignment._start(w, cfg), \
-            (w, labels, rand(6, (batch, l_, l_, 3)), hair, keys)
+            (w, labels, rand(6, (batch, l_, l_, 3)), hair, keys, region)
     if stage == "blend":
         f = g.features(w, block=3, noise="const")[0]
         mask = lambda i, n: (rand(i, (batch, n, n), 0, 1) > 0.5).astype(jnp.float32)  # noqa: E731
         x = blending.BlendInputs(w, w[::-1], f, f[::-1], rand(8, (batch, l_, l_, 3)), rand(9, (batch, l_, l_, 3)),
-                                 mask(10, q), mask(11, q), keys)
+                                 mask(10, q), mask(11, q), keys, region)
         u = jnp.zeros_like(w)
         state = blending._State(u, jax.vmap(blending._optimizer(cfg).init)(u), u)
         return blending._step, cfg.step_config(), models, state, (x, mask(12, l_), mask(13, l_))
