@@ -27,14 +27,13 @@ As everywhere, the iterate kept is the one of the last forward pass (before the 
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from barbershop_jax import masks, optimize, resample
+from barbershop_jax import compile_cache, masks, optimize, resample
 from barbershop_jax.losses import segmentation
 from barbershop_jax.losses.style import style_loss
 from barbershop_jax.transfer_config import Models, TransferConfig
@@ -171,7 +170,7 @@ def _tagged(keys, tag):
     return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, tag)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@compile_cache.jit(static_argnames=("cfg",))
 def _between_steps(models: Models, heads1, inputs: AlignInputs, cfg):
     """A1 (F of step 1's last latents) and the fixed side of step 2's style loss: the
     reference's render before step 2 (I_Structure_Style_changed) at loss_size and its region."""
@@ -212,7 +211,7 @@ def mix_structure(a1, a2, f_face, f_ref, region_face, region_ref, region_target,
     return f_ref + low * (mixed - f_ref)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@compile_cache.jit(static_argnames=("cfg",))
 def _finish(models: Models, a1, heads2, inputs: AlignInputs, cfg):
     """A2 (F of step 2's last latents), the F mixing, and the render of the result."""
     g = models.generator

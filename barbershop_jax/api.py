@@ -3,7 +3,6 @@ the cache consulted here; the stages themselves (embedding.py, ...) are pure fun
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from barbershop_jax import cache as cache_lib
-from barbershop_jax import embedding, image_io, optimize, resample, resume
+from barbershop_jax import compile_cache, embedding, image_io, optimize, resample, resume
 from barbershop_jax.models import stylegan2, vgg16
 
 log = logging.getLogger("barbershop_jax")
@@ -265,7 +264,7 @@ def _targets(batch, size, cfg) -> embedding.Targets:
                              key=jnp.stack([optimize.image_key(cfg.seed, source.image_hash) for source in batch]))
 
 
-@functools.partial(jax.jit, static_argnames=("noise", "block"))
+@compile_cache.jit(static_argnames=("noise", "block"))
 def _render_saved(g, latents, structure_f, keys, step, noise, block):
     """Each image rendered with the noise its loop drew at `step` (per image): the official
     saves the render of its last iteration. W+ when structure_f is None, else FS."""

@@ -20,14 +20,13 @@ structure reference, when one is given), for the transferred region R (TransferC
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from barbershop_jax import masks, optimize, resample
+from barbershop_jax import compile_cache, masks, optimize, resample
 from barbershop_jax.losses.lpips import masked_lpips
 from barbershop_jax.transfer_config import Models, TransferConfig
 
@@ -74,7 +73,7 @@ def _at_loss_size(mask, cfg):
     return resample.nearest_resize(mask[None], cfg.loss_size)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@compile_cache.jit(static_argnames=("cfg",))
 def blend_masks(models: Models, inputs: BlendInputs, cfg: TransferConfig):
     """(face region, colour hair HM_3E), each (B, L, L)."""
     g, parser = models.generator, models.parser
@@ -114,7 +113,7 @@ def _step(models: Models, state, data, i, cfg):
     return _State(u, opt_state, state.params), metrics
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@compile_cache.jit(static_argnames=("cfg",))
 def _final_render(models: Models, u, inputs: BlendInputs, cfg):
     g = models.generator
 

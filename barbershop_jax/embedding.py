@@ -21,14 +21,13 @@ and an image gets the same noise in any batch. The official declares an `l_F` te
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from barbershop_jax import optimize, resample
+from barbershop_jax import compile_cache, optimize, resample
 from barbershop_jax.losses import lpips as lpips_loss
 from barbershop_jax.losses.p_norm import p_norm_loss
 
@@ -86,7 +85,7 @@ def _adam_state(params, cfg):
     return AdamState(params, jax.vmap(_optimizer(cfg).init)(params), params)
 
 
-@jax.jit
+@compile_cache.jit
 def target_units(vgg, small):
     """The targets' LPIPS features, computed once per stage rather than at every step."""
     return lpips_loss.unit_features(vgg, small)  # {tap: (B, h, w, C)}: batched like the targets
@@ -164,7 +163,7 @@ def _fs_step(consts, state, data, i, cfg):
     return AdamState(params, opt_state, result), metrics
 
 
-@functools.partial(jax.jit, static_argnames="cfg")
+@compile_cache.jit(static_argnames="cfg")
 def _f_init(consts, w_plus, targets, cfg):
     """F from the W+ result, per image: the official computes it with one more fresh noise draw."""
     def one(w, key):

@@ -15,7 +15,6 @@ step never reads (step counts, seed, chunk), so that changing those does not rec
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 
@@ -24,12 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from barbershop_jax import compile_cache
+
 log = logging.getLogger("barbershop_jax")
 BATCH_AXIS = "batch"
 LOOP_ENV = "BARBERSHOP_JAX_LOOP"
 
 
-@functools.partial(jax.jit, static_argnames=("step", "cfg", "length", "unroll"), donate_argnums=(1,))
+@compile_cache.jit(static_argnames=("step", "cfg", "length", "unroll"), donate_argnums=(1,))
 def _run_chunk(consts, state, data, start, n_steps, *, step, cfg, length, unroll=1):
     """Steps start .. start + length - 1; those at or beyond n_steps leave the state as it is
     (the last chunk of a stage may be partly idle), so one compilation serves any step count."""

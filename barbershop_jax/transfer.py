@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -43,8 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from barbershop_jax import (alignment, api, blending, embedding, face_crop, image_io, optimize, resample, resume,
-                            target_mask)
+from barbershop_jax import (alignment, api, blending, compile_cache, embedding, face_crop, image_io, optimize,
+                            resample, resume, target_mask)
 from barbershop_jax import cache as cache_lib
 from barbershop_jax.transfer_config import DEFAULT_REGION, Models, TransferConfig
 
@@ -140,7 +139,7 @@ def _read_labels(path: Path, size: int):
     return labels if labels.shape == (size, size) else None
 
 
-@functools.partial(jax.jit, static_argnames=("size", "parse_size", "blend_parse_size"))
+@compile_cache.jit(static_argnames=("size", "parse_size", "blend_parse_size"))
 def _parse(parser, pixels_uint8, size, parse_size, blend_parse_size):
     """The official parse of real images: ToTensor ([0, 1]), bicubic down, clamp, normalise.
     Returns labels (B, P, P) at parse_size and (B, Q, Q) at blend_parse_size, int32."""

@@ -140,7 +140,7 @@ def profile_stage(stage, models, pca, batch, *, chunk, unroll, reps, embed_cfg, 
     state, metrics = optimize._run_chunk(consts, state, data, jnp.int32(0), never, **kw)
     jax.block_until_ready((state, metrics))
     first_s = time.perf_counter() - t
-    hlo = optimize._run_chunk.lower(consts, state, data, jnp.int32(0), never, **kw).compile().as_text()
+    hlo = optimize._run_chunk.compiled(consts, state, data, jnp.int32(0), never, **kw).as_text()  # the program that ran
     table = hlo_instructions(hlo)
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp):

@@ -187,7 +187,7 @@ def time_jax_stage(stage, models, pca, batch, *, chunk, unroll, reps, embed_cfg,
     chunk_s = statistics.median(times[1:])
     ms = chunk_s * 1e3 / chunk
     # The compiled program's memory, read back from the persistent compilation cache.
-    memory = _memory(optimize._run_chunk.lower(consts, state, data, jnp.int32(0), never, **kw).compile())
+    memory = _memory(optimize._run_chunk.compiled(consts, state, data, jnp.int32(0), never, **kw))
     peak = peak_flops(dtype)
     achieved = flops / (ms / 1e3) if flops else None
     return {"ms_per_step": ms, "image_steps_per_s": batch * 1e3 / ms, "compile_s": times[0] - chunk_s,
