@@ -13,12 +13,12 @@ lock around each read and write, so that processes sharing the folder (parallel 
 workers) never read a program another one is still writing; without one JAX writes in place.
 
 Traced programs persist too. A new process would otherwise trace and lower every stage again
-before the XLA cache can serve it: at 1024 px about 2.7 s for each stage's step (the host's
-work, whatever the device), 14 s for the five. The stage functions are declared with `jit`
+before the XLA cache can serve it (the host's work, whatever the device: at 1024 px, batch 8,
+11.4 s for the five stage steps on 2 CPU cores). The stage functions are declared with `jit`
 below instead of `jax.jit`: their first call exports the traced program (`jax.export`:
 StableHLO, no pickle) into the cache folder's `programs/`, and a later process calls the
-exported program, which lowers in a tenth of the time and gives the same numbers, bit for
-bit (tests/test_traced_programs.py checks the W+ step). The file's key holds everything
+exported program, which lowers in a twentieth of the time (0.5 s for the five) and gives the
+same numbers, bit for bit (tests/test_traced_programs.py checks the W+ step). The file's key holds everything
 that can change a trace: the package's source, the versions of JAX and the libraries whose
 code is traced, the backend, the arguments' shapes, dtypes and shardings, the static
 arguments, JAX's trace-affecting settings and the BARBERSHOP_JAX_* variables. Whatever has no
