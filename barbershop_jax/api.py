@@ -143,7 +143,7 @@ class NonFiniteError(ValueError):
 def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding.EmbedConfig | None = None,
           batch_size: int = 4, fs: bool = True, progress: bool = True, devices=None,
           import_official=None, checkpoint_every: int | None = resume.DEFAULT_EVERY,
-          failures: list | None = None) -> list[EmbeddedImage]:
+          failures: list | None = None, split_processes: bool = True) -> list[EmbeddedImage]:
     """Embed images in W+ (and FS), batch by batch, skipping what `out_dir` already holds.
 
     `paths`: image files, or ImageSource items (`as_source`) for images in memory.
@@ -154,6 +154,8 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
     Multi-host (after `jax.distributed.initialize()`): process k of N embeds every N-th
     distinct image, over its own local devices, into the same out_dir (a shared filesystem);
     each process returns its share. Returns one EmbeddedImage per distinct path (of the share).
+    split_processes=False: every process embeds (or reads from out_dir) every image it is
+    given; a transfer needs all the images of its triples.
 
     checkpoint_every: each batch's loops save their state every so many steps under
     out_dir/.resume/, so an interrupted run resumes mid-stage (resume.py); None turns it off.
@@ -165,7 +167,9 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
     cfg = default_embed_config(consts) if cfg is None else cfg
     g = consts.generator
     store = cache_lib.EmbeddingCache(out_dir, cache_lib.tree_fingerprint(consts))
-    items = identify(paths)[jax.process_index()::jax.process_count()]
+    items = identify(paths)
+    if split_processes:
+        items = items[jax.process_index()::jax.process_count()]
     n_lat, d = g.config.n_latent, g.config.style_dim
     r = 2 ** (cfg.fs_block + 2)
     f_shape = (r, r, g.config.channels(r))

@@ -255,9 +255,11 @@ class Pipeline:
         consts = embedding.Consts(self.models.generator, self.models.vgg, self.pca)
         failed = []
         with self._timed("embedding"):
+            # Every image of this process's triples, also under jax.distributed (where api.embed
+            # would embed only this process's share of them).
             done = api.embed(sources, self.out, consts, self.embed_cfg, batch_size=self.batch_size,
                              progress=self.progress, devices=self.devices, checkpoint_every=self.checkpoint_every,
-                             failures=failed)
+                             failures=failed, split_processes=False)
         self.failures += failed
         return {e.name: e for e in done}
 

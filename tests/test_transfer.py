@@ -81,6 +81,20 @@ def batch_run(models, images, tmp_path_factory):
     return out, triples, ht.transfer_many(triples)
 
 
+def test_under_jax_distributed_a_transfer_embeds_every_image_it_needs(batch_run, models, monkeypatch):
+    """api.embed splits the images over jax.distributed's processes (embed --distributed);
+    a transfer must not: each process needs every image of the triples it was given. As
+    process 1 of 2 (faked), the batch run's triples all come back, read from its files."""
+    out, triples, results = batch_run
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    ht = _transfer(models, out)
+    again = ht.transfer_many(triples)
+    assert ht.failures == [] and all(r is not None for r in again)
+    for a, b in zip(results, again, strict=True):
+        np.testing.assert_array_equal(a.image, b.image)
+
+
 def test_outputs_use_the_official_names_shapes_and_keys(batch_run, models):
     out, triples, results = batch_run
     g = models[0].generator
