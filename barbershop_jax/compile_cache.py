@@ -18,12 +18,13 @@ before the XLA cache can serve it (the host's work, whatever the device: at 1024
 below instead of `jax.jit`: their first call exports the traced program (`jax.export`:
 StableHLO, no pickle) into the cache folder's `programs/`, and a later process calls the
 exported program, which lowers in a twentieth of the time (0.5 s for the five) and gives the
-same numbers, bit for bit (tests/test_traced_programs.py checks the W+ step). The file's key holds everything
-that can change a trace: the package's source, the versions of JAX and the libraries whose
-code is traced, the backend, the arguments' shapes, dtypes and shardings, the static
-arguments, JAX's trace-affecting settings and the BARBERSHOP_JAX_* variables. Whatever has no
-stable text (a closure, an object known by its address) or fails to export runs as plain
-`jax.jit`. BARBERSHOP_JAX_TRACE_CACHE=off keeps the XLA cache and traces every run.
+same numbers, bit for bit (tests/test_traced_programs.py checks the W+ step). The file's key
+holds everything that can change a trace: the package's source, the versions of JAX and the
+libraries whose code is traced, the backend, the arguments' shapes, dtypes and shardings, the
+static arguments, JAX's trace-affecting settings and the BARBERSHOP_JAX_* variables. Whatever
+has no stable text (a closure, an object known by its address) or fails to export runs as
+plain `jax.jit`, and so does everything when this JAX lacks an API used here (the process
+says so once). BARBERSHOP_JAX_TRACE_CACHE=off keeps the XLA cache and traces every run.
 """
 from __future__ import annotations
 
@@ -177,6 +178,18 @@ class _PersistentJit:
         return program.compiled if program is not None else self.jitted.lower(*args, **kwargs).compile()
 
     def _resolve(self, args, kwargs):
+        global _programs_dir
+        if _programs_dir is None:
+            return None, None
+        try:
+            return self._resolve_exported(args, kwargs)
+        except (AttributeError, ImportError, NotImplementedError) as e:  # another JAX's internals
+            log.warning("traced programs are not kept in this process (%s: %s); every stage is traced",
+                        type(e).__name__, e)
+            _programs_dir = None
+            return None, None
+
+    def _resolve_exported(self, args, kwargs):
         """(the exported program for these arguments, compiled; or None for plain jax.jit,
         the arguments' leaves)."""
         from jax._src import config, core
@@ -234,9 +247,10 @@ class _PersistentJit:
 
 def _avals(leaves):
     """(shape, dtype, weak type, sharding) of each leaf; None unless all are concrete arrays."""
+    from jax._src.core import Tracer
     avals = []
     for leaf in leaves:
-        if isinstance(leaf, jax.core.Tracer):
+        if isinstance(leaf, Tracer):
             return None
         if isinstance(leaf, jax.Array):
             avals.append((leaf.shape, leaf.dtype, leaf.weak_type, leaf.sharding))

@@ -162,3 +162,16 @@ def test_the_trace_cache_can_be_turned_off_alone(tmp_path, monkeypatch):
     monkeypatch.delenv(compile_cache.TRACE_ENV)
     compile_cache._keep_programs(tmp_path / "programs")
     assert compile_cache._programs_dir == tmp_path / "programs"
+
+
+def test_a_jax_without_the_apis_used_here_runs_everything_plain(programs, monkeypatch, caplog):
+    def missing(leaves):
+        raise AttributeError("module 'jax.core' has no attribute 'Tracer'")  # as a JAX could say
+
+    monkeypatch.setattr(compile_cache, "_avals", missing)
+    x = jnp.arange(3.0)
+    with caplog.at_level(logging.WARNING, logger="barbershop_jax"):
+        out = _new_process_jit(_scale, static_argnames="factor")(x, factor=2.0)
+    np.testing.assert_array_equal(out["y"], x * 2)
+    assert "traced programs are not kept in this process" in caplog.text
+    assert compile_cache._programs_dir is None and not list(programs.glob("*.jaxexport"))
