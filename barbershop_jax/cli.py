@@ -31,6 +31,17 @@ def _image_paths(inputs):
     return paths
 
 
+def _part(text):
+    """'K/N' -> (K, N), 1 <= K <= N."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+        if not 1 <= k <= n:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N with 1 <= K <= N, e.g. 2/4") from None
+    return k, n
+
+
 def _distributed(args):
     """jax.distributed for multi-host runs: explicit flags, or the cluster's environment."""
     if not args.distributed:
@@ -188,6 +199,17 @@ def _transfer(args):
                   "it is done once", file=sys.stderr)
     keep = [first_row[row_key(i)] == i for i in range(len(triples))]
     triples, edits, regions = ([x for x, k in zip(column, keep) if k] for column in (triples, edits, regions))
+    failures_csv = "failures.csv"
+    if args.part:  # before --align and the models: this host's rows only
+        k, n = args.part
+        parts = transfer.parts_by_face([str(t[0]) for t in triples], n)
+        mine = [p == k - 1 for p in parts]
+        print(f"barbershop-jax: part {k} of {n}: {sum(mine)} of {len(triples)} triple(s) (the rows of "
+              f"{len({str(t[0]) for t, m in zip(triples, mine) if m})} face(s))", file=sys.stderr)
+        triples, edits, regions = ([x for x, m in zip(column, mine) if m] for column in (triples, edits, regions))
+        failures_csv = f"failures.part{k}of{n}.csv"
+        if not triples:
+            return 0
     n_triples = len(triples)
     if args.paste_back and not args.align:
         from barbershop_jax import face_crop
@@ -217,7 +239,7 @@ def _transfer(args):
     failures = align_failures + failures
     if not good:
         if args.pairs:
-            transfer.write_failures(args.out, failures)
+            transfer.write_failures(args.out, failures, name=failures_csv)
         raise ImageError("; ".join(f"{msg}" for _, msg in failures[:3]))
     ht = ht or hair_transfer()
     results = ht.transfer_many(good, paste_back=args.paste_back, feather=args.feather, edits=edits, regions=regions,
@@ -229,7 +251,7 @@ def _transfer(args):
         for r in results:
             print(f"{r.face}: pasted into its photo: {r.pasted_path}")
     if failures:
-        path = transfer.write_failures(args.out, failures)
+        path = transfer.write_failures(args.out, failures, name=failures_csv)
         print(f"{len(failures)} of {n_triples} triple(s) failed; see {path}", file=sys.stderr)
         for _, msg in failures:
             print(f"barbershop-jax: error: {msg}", file=sys.stderr)
@@ -365,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--pairs", metavar="CSV", help="batch mode: a CSV with columns face, shape, color, and optionally "
                                                   "structure, region, target_mask, shape_transform (paths relative "
                                                   "to the CSV's folder)")
+    tr.add_argument("--part", metavar="K/N", type=_part,
+                    help="batch mode on N hosts with no coordinator (a job array): do part K of N of the rows, "
+                         "the rows of one face together; failures go to OUT/failures.partKofN.csv")
     tr.add_argument("--weights", help="converted weights directory (default: the embedded tiny random models)")
     tr.add_argument("--out", required=True, help="output folder (official layout; embeddings and alignments "
                                                  "found there are reused)")

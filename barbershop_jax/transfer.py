@@ -775,9 +775,26 @@ def check_triples(triples, size: int | None = None):
     return good, failures
 
 
-def write_failures(out_dir, failures, columns=None) -> Path:
-    """OUT/failures.csv: the columns of each failed item (empty where it has fewer), then the
-    error. columns: default face, shape, color (and structure where an item has one)."""
+def parts_by_face(faces: list[str], n_parts: int) -> list[int]:
+    """The part (0 .. n_parts - 1) of each row, for `transfer --part K/N` on N hosts that share
+    no coordinator: the rows of one face stay together, because every alignment and blend of
+    a row is the face's (with its shape or colour reference), so no part redoes another's; the
+    faces go, most rows first, to the part with the fewest rows so far. The same rows give the
+    same parts on every host."""
+    counts: dict[str, int] = {}
+    for face in faces:
+        counts[face] = counts.get(face, 0) + 1
+    load, part_of = [0] * n_parts, {}
+    for face in sorted(counts, key=lambda f: (-counts[f], f)):
+        part = min(range(n_parts), key=lambda k: (load[k], k))
+        part_of[face] = part
+        load[part] += counts[face]
+    return [part_of[face] for face in faces]
+
+
+def write_failures(out_dir, failures, columns=None, name: str = "failures.csv") -> Path:
+    """OUT/failures.csv (or `name`): the columns of each failed item (empty where it has fewer),
+    then the error. columns: default face, shape, color (and structure where an item has one)."""
     import csv
     import io
 
@@ -789,5 +806,5 @@ def write_failures(out_dir, failures, columns=None) -> Path:
     writer.writerow([*columns, "error"])
     for item, reason in failures:
         writer.writerow([*(str(x) for x in item), *[""] * (len(columns) - len(item)), str(reason)])
-    path = Path(out_dir) / "failures.csv"
+    path = Path(out_dir) / name
     return image_io.atomic_write(path, lambda f: f.write(buf.getvalue().encode()))

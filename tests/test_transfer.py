@@ -194,6 +194,47 @@ def test_cached_rerun_does_no_work(batch_run, models, monkeypatch):
         np.testing.assert_array_equal(a.latent_in, b.latent_in)
 
 
+def test_parts_split_the_rows_by_face_and_do_each_once(batch_run, tmp_path, capsys, monkeypatch):
+    """transfer --part K/N on N hosts with no coordinator: together the parts do every row
+    once; a face's rows (all its alignments) stay in one part; each part writes its own
+    failures file; the parts balance the rows."""
+    _, triples, _ = batch_run
+    rows = triples + [(triples[0][0], triples[1][1], triples[2][2]), (triples[0][0], triples[3][1], triples[0][2])]
+    manifest = tmp_path / "triples.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["face", "shape", "color"])
+        w.writerows([[str(p) for p in t] for t in rows])
+        w.writerow([str(triples[1][0]), "missing.png", str(triples[1][2])])  # bob's: a bad row
+    ran = {}
+    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": (None, None))
+    for k in (1, 2, 3):
+        monkeypatch.setattr(transfer.HairTransfer, "transfer_many",
+                            lambda self, good, k=k, **kw: ran.setdefault(k, [tuple(s.path for s in t) for t in good])
+                            and [])
+        rc = cli.main(["transfer", "--pairs", str(manifest), "--out", str(tmp_path / "o"), "--quiet",
+                       "--part", f"{k}/3"])
+        assert rc == (1 if k == ran_part_of_bob(ran, triples) else 0), (k, ran)
+    done = [t for k in ran for t in ran[k]]
+    assert sorted(done) == sorted(tuple(t) for t in rows)  # every good row, once
+    faces = {k: {t[0] for t in ran[k]} for k in ran}
+    assert all(not faces[a] & faces[b] for a in faces for b in faces if a < b)  # a face in one part
+    # By rows (bad ones too): ann 3, bob 2, cid 1, dan 1 -> ann | bob | cid and dan together.
+    assert sorted(len(ran[k]) for k in ran) == [1, 2, 3]
+    assert any(faces[k] == {triples[2][0], triples[3][0]} for k in faces)
+    bad = [p.name for p in (tmp_path / "o").glob("failures*.csv")]
+    assert bad == [f"failures.part{ran_part_of_bob(ran, triples)}of3.csv"]
+    assert "part 1 of 3: " in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["transfer", "--pairs", str(manifest), "--out", str(tmp_path / "o"), "--part", "4/3"])
+    assert e.value.code == 2 and "expected K/N with 1 <= K <= N" in capsys.readouterr().err
+
+
+def ran_part_of_bob(ran, triples):
+    """The part that got bob's rows (bob's bad row fails there)."""
+    return next((k for k, done in ran.items() if any(t[0] == triples[1][0] for t in done)), None)
+
+
 def test_cli_batch_reports_bad_rows_and_goes_on(batch_run, tmp_path, capsys, monkeypatch):
     out, triples, _ = batch_run
     manifest = tmp_path / "triples.csv"
