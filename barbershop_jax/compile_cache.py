@@ -194,7 +194,7 @@ class _PersistentJit:
         the arguments' leaves)."""
         from jax._src import config, core
 
-        if _programs_dir is None or not self._static.issuperset(kwargs) or not core.trace_state_clean():
+        if not self._static.issuperset(kwargs) or not core.trace_state_clean():
             return None, None
         leaves, in_tree = jax.tree.flatten(args)
         avals = _avals(leaves)

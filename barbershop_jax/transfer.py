@@ -29,6 +29,7 @@ re-run skips finished work; arrays are written before their key, each atomically
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -217,6 +218,10 @@ class Pipeline:
                 self._parsed[s.name] = (lab, blend_lab)
         return [self._parsed[s.name] for s in sources]
 
+    def _region_batch(self, n) -> jax.Array:
+        """The region as the stages take it (a class mask), for a batch of n."""
+        return jnp.asarray(np.stack([self.region_classes] * n))
+
     def _region_of(self, labels) -> np.ndarray:
         """The transferred region of a label map, float 0/1."""
         return np.isin(labels, self.region).astype(np.float32)
@@ -324,7 +329,7 @@ class Pipeline:
             [e(r, "latent_in") for _, _, r, _ in batch], [e(r, "structure_f") for _, _, r, _ in batch])],
             target, jnp.asarray(np.stack([region(f) for f, _, _, _ in batch])),
             jnp.asarray(np.stack([region(r) for _, _, r, _ in batch])), jnp.stack(keys),
-            jnp.asarray(np.stack([self.region_classes] * len(batch))))
+            self._region_batch(len(batch)))
         with self._timed("alignment"):
             result = alignment.align(self.models, align_inputs, cfg, progress=self.progress, devices=self.devices,
                                      checkpoint=ckpt and ckpt.sub("align"))
@@ -421,7 +426,7 @@ class Pipeline:
             col(lambda f, s, c, st: self._region_of(parsed[c][1])),
             # The noise key of (face, shape, color): a structure reference changes the final F only.
             jnp.stack([self._key(tuple(sources[n].image_hash for n in t[:3])) for t, _, _ in batch]),
-            jnp.asarray(np.stack([self.region_classes] * len(batch))))
+            self._region_batch(len(batch)))
         ckpt = resume.batch_checkpoint(self.out, "blend", [k for _, k, _ in batch], self.checkpoint_every)
         with self._timed("blending"):
             result = blending.blend(self.models, inputs, cfg, progress=self.progress, devices=self.devices,
@@ -781,9 +786,7 @@ def parts_by_face(faces: list[str], n_parts: int) -> list[int]:
     a row is the face's (with its shape or colour reference), so no part redoes another's; the
     faces go, most rows first, to the part with the fewest rows so far. The same rows give the
     same parts on every host."""
-    counts: dict[str, int] = {}
-    for face in faces:
-        counts[face] = counts.get(face, 0) + 1
+    counts = collections.Counter(faces)
     load, part_of = [0] * n_parts, {}
     for face in sorted(counts, key=lambda f: (-counts[f], f)):
         part = min(range(n_parts), key=lambda k: (load[k], k))
