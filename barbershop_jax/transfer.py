@@ -330,9 +330,9 @@ class Pipeline:
             target, jnp.asarray(np.stack([region(f) for f, _, _, _ in batch])),
             jnp.asarray(np.stack([region(r) for _, _, r, _ in batch])), jnp.stack(keys),
             self._region_batch(len(batch)))
-        with self._timed("alignment"):
-            result = alignment.align(self.models, align_inputs, cfg, progress=self.progress, devices=self.devices,
-                                     checkpoint=ckpt and ckpt.sub("align"))
+        with self._timed("alignment"):  # blocked inside: the device's work counts here, not after
+            result = jax.block_until_ready(alignment.align(self.models, align_inputs, cfg, progress=self.progress,
+                                                           devices=self.devices, checkpoint=ckpt and ckpt.sub("align")))
         target = np.asarray(target)
         structure_f, images = np.asarray(result.structure_f), image_io.to_uint8(np.asarray(result.image))
         out, written = {}, []
@@ -429,8 +429,8 @@ class Pipeline:
             self._region_batch(len(batch)))
         ckpt = resume.batch_checkpoint(self.out, "blend", [k for _, k, _ in batch], self.checkpoint_every)
         with self._timed("blending"):
-            result = blending.blend(self.models, inputs, cfg, progress=self.progress, devices=self.devices,
-                                    checkpoint=ckpt)
+            result = jax.block_until_ready(blending.blend(self.models, inputs, cfg, progress=self.progress,
+                                                          devices=self.devices, checkpoint=ckpt))
         latent_in, structure_f = np.asarray(result.latent_in), np.asarray(result.structure_f)
         images = image_io.to_uint8(np.asarray(result.image))
         out, written = {}, []
