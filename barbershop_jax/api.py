@@ -163,6 +163,7 @@ def embed(paths, out_dir, consts: embedding.Consts | None = None, cfg: embedding
     as (name, reason) and left out of the result when a list is given; otherwise a
     NonFiniteError is raised once the other images are done.
     """
+    optimize.check_counts("embed", 1, batch_size=batch_size)
     consts = load_models() if consts is None else consts
     cfg = default_embed_config(consts) if cfg is None else cfg
     g = consts.generator

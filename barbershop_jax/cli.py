@@ -31,6 +31,26 @@ def _image_paths(inputs):
     return paths
 
 
+def _at_least(low, kind=int, above=False):
+    """An argparse type: a `kind` number >= low (> low with above=True), else one clear line
+    (a negative batch size once ran nothing and reported success)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value != value or value in (float("inf"), float("-inf")) or value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number {'above' if above else 'of at least'} {low}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+COUNT = _at_least(0)              # step counts, iterations, indices
+POSITIVE = _at_least(1)           # batch sizes, sample counts
+WEIGHT = _at_least(0.0, float)    # loss weights, fractions
+
+
 def _part(text):
     """'K/N' -> (K, N), 1 <= K <= N."""
     try:
@@ -94,15 +114,21 @@ def _read_triples(csv_path):
 
     csv_path = Path(csv_path)
     try:
-        with open(csv_path, newline="") as f:
+        # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark, which would otherwise
+        # become part of the first column's name.
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
-            missing = {"face", "shape", "color"} - set(reader.fieldnames or ())
+            reader.fieldnames = [(name or "").strip().lower() for name in reader.fieldnames or ()]
+            missing = {"face", "shape", "color"} - set(reader.fieldnames)
             if missing:
                 raise ValueError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))} "
                                  "(the header must name face, shape, color)")
-            rows = list(reader)
+            # Rows of empty cells (",,," lines a spreadsheet leaves at the end) are not triples.
+            rows = [row for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
     except OSError as e:
         raise ValueError(f"{csv_path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{csv_path}: not UTF-8 text ({e.reason}); save it as CSV UTF-8") from None
     resolve = lambda v: (csv_path.parent / v.strip()) if not Path(v.strip()).is_absolute() else Path(v.strip())  # noqa: E731
     given = lambda row, k: (row.get(k) or "").strip()  # noqa: E731 (optional columns: empty or absent)
     triples = [tuple(resolve(row[k] or "") for k in ("face", "shape", "color"))
@@ -263,8 +289,19 @@ def _evaluate_embedding(args):
     from pathlib import Path
 
     from barbershop_jax import api, cache, evaluate, image_io
+    if not Path(args.embeddings).is_dir():
+        raise ValueError(f"{args.embeddings}: no such embeddings folder (the --out of barbershop-jax embed)")
+    paths = _image_paths(args.images)
     vgg = api.load_vgg(args.weights)  # LPIPS only: no generator, no PCA statistics
-    report = evaluate.evaluate(_image_paths(args.images), args.embeddings, vgg)
+    report = evaluate.evaluate(paths, args.embeddings, vgg)
+    for item in report["unreadable"]:
+        print(f"barbershop-jax: error: {item['reason']}", file=sys.stderr)
+    if not report["images"]:  # nothing to report: say so instead of writing an empty table
+        if report["missing"]:
+            print(f"barbershop-jax: error: {args.embeddings}: no embeddings of the {len(report['missing'])} "
+                  f"image(s) given (embed them first: barbershop-jax embed IMAGES --out {args.embeddings})",
+                  file=sys.stderr)
+        return 1
     table = evaluate.markdown(report)
     print(table)
     if report["missing"]:
@@ -273,6 +310,7 @@ def _evaluate_embedding(args):
     cache.save_json(out, report)
     image_io.atomic_write(out.with_suffix(".md"), lambda f: f.write((table + "\n").encode()))
     print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 1 if report["unreadable"] else 0
 
 
 def _convert_stylegan2(args):
@@ -299,13 +337,13 @@ def _add_convert(sub):
     p = models.add_parser("stylegan2", help="rosinality StyleGAN2 checkpoint (ffhq.pt) -> DST_DIR/stylegan2")
     p.add_argument("src", help="the .pt checkpoint ({'g_ema', 'latent_avg'} or a training checkpoint)")
     p.add_argument("dst", help="weights directory; the generator goes to DST/stylegan2/")
-    p.add_argument("--size", type=int, help="output size (default: read from the shapes)")
-    p.add_argument("--channel-multiplier", type=int, help="default: read from the shapes")
+    p.add_argument("--size", type=POSITIVE, help="output size (default: read from the shapes)")
+    p.add_argument("--channel-multiplier", type=POSITIVE, help="default: read from the shapes")
     pca = p.add_mutually_exclusive_group()
-    pca.add_argument("--pca-samples", type=int, default=1_000_000,
+    pca.add_argument("--pca-samples", type=COUNT, default=1_000_000,
                      help="samples for the p-norm PCA statistics (official: 1e6; 0 skips)")
     pca.add_argument("--pca", help="import an existing ffhq_PCA.npz instead of computing it")
-    p.add_argument("--n-mean-latent", type=int, default=4096,
+    p.add_argument("--n-mean-latent", type=POSITIVE, default=4096,
                    help="samples for latent_avg when the checkpoint has none (rosinality: 4096)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST/stylegan2")
@@ -328,7 +366,7 @@ def _add_convert(sub):
 
 def _add_checkpoint_flag(p):
     from barbershop_jax.resume import DEFAULT_EVERY
-    p.add_argument("--checkpoint-every", type=int, default=DEFAULT_EVERY, metavar="STEPS",
+    p.add_argument("--checkpoint-every", type=COUNT, default=DEFAULT_EVERY, metavar="STEPS",
                    help=f"save each optimisation loop's state every STEPS steps under OUT/.resume/, so that an "
                         f"interrupted run resumes mid-stage (default {DEFAULT_EVERY}; 0: off)")
 
@@ -346,9 +384,9 @@ def _add_landmark_flags(p):
                                                       "photo, else dlib)")
     p.add_argument("--dlib-model", metavar="DAT", help="dlib's shape_predictor_68_face_landmarks.dat (default: "
                                                       "$BARBERSHOP_DLIB_MODEL)")
-    p.add_argument("--face-index", type=int, help="which face of a photo with several (default: all for "
+    p.add_argument("--face-index", type=COUNT, help="which face of a photo with several (default: all for "
                                                   "align-faces; an error for transfer --align)")
-    p.add_argument("--min-face", type=float, default=64, help="refuse faces whose crop square is smaller than "
+    p.add_argument("--min-face", type=WEIGHT, default=64, help="refuse faces whose crop square is smaller than "
                                                               "this many photo pixels (default 64)")
 
 
@@ -357,8 +395,16 @@ def _add_exif_flag(p):
                    help="read images as stored, ignoring their EXIF orientation (as the official does)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other error here (argparse prints the whole usage
+    block first, which buries the line that says what is wrong); exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="barbershop-jax", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="barbershop-jax", description=__doc__.splitlines()[0])
     parser.add_argument("--no-compile-cache", action="store_true",
                         help="do not use XLA's persistent compilation cache (default: on, in ~/.cache/barbershop-jax/xla "
                              "or $BARBERSHOP_JAX_COMPILE_CACHE)")
@@ -371,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--samples", action="store_true", help="instead: render a grid of generator samples")
-    demo.add_argument("--n", type=int, default=16, help="with --samples: number of samples")
+    demo.add_argument("--n", type=POSITIVE, default=16, help="with --samples: number of samples")
     demo.add_argument("--truncation", type=float, default=1.0, help="with --samples: truncation psi")
     demo.set_defaults(func=_demo)
 
@@ -394,12 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="output folder (official layout; embeddings and alignments "
                                                  "found there are reused)")
     tr.add_argument("--sign", choices=["realistic", "fidelity"], help="target-mask inpainting (default: realistic)")
-    tr.add_argument("--smooth", type=int, help="dilation/erosion of the F-mixing masks (default: 5)")
+    tr.add_argument("--smooth", type=COUNT, help="dilation/erosion of the F-mixing masks (default: 5)")
     tr.add_argument("--seed", type=int, help="seed of the generator noise (default 0)")
     tr.add_argument("--noise", choices=["random", "const", "none"], help="generator noise (official: random)")
-    tr.add_argument("--batch-size", type=int, default=4, help="images, pairs or triples optimised together (default 4)")
+    tr.add_argument("--batch-size", type=POSITIVE, default=4, help="images, pairs or triples optimised together (default 4)")
     for name, text in TRANSFER_STEPS:
-        tr.add_argument("--" + name.replace("_", "-"), type=int, help=text)
+        tr.add_argument("--" + name.replace("_", "-"), type=COUNT, help=text)
     tr.add_argument("--save-target-mask", action="store_true",
                     help="also write each target mask as OUT/target_masks/{face}_{ref}.png (target_masks_{region}/ "
                          "for a region other than hair): an indexed PNG whose values are class ids (legend.json "
@@ -415,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--paste-back", action="store_true",
                     help="also paste each result into the face's photo (OUT/..._pasted.png); the face must come from "
                          "--align or align-faces")
-    tr.add_argument("--feather", type=float, default=0.025,
+    tr.add_argument("--feather", type=WEIGHT, default=0.025,
                     help="paste-back: soft edge of the mask, as a fraction of the image side (default 0.025)")
     _add_landmark_flags(tr)
     _add_exif_flag(tr)
@@ -434,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("photos", nargs="+", help="photo files or folders of photos")
     al.add_argument("--out", required=True, help="output folder: {stem}.png (or {stem}_{i}.png for several faces) "
                                                  "and {stem}.crop.json")
-    al.add_argument("--size", type=int, default=1024, help="crop size (official: 1024)")
+    al.add_argument("--size", type=POSITIVE, default=1024, help="crop size (official: 1024)")
     _add_landmark_flags(al)
     _add_exif_flag(al)
     al.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -444,24 +490,24 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("images", nargs="+", help="image files or folders of images")
     embed.add_argument("--out", required=True, help="output folder: W+/{name}.npy, FS/{name}.npz (official layout)")
     embed.add_argument("--weights", help="converted weights directory (default: the embedded tiny models)")
-    embed.add_argument("--batch-size", type=int, default=4, help="images optimised together (default 4)")
-    embed.add_argument("--w-steps", type=int, help="W+ steps (official: 1100)")
-    embed.add_argument("--fs-steps", type=int, help="FS steps (official: 250)")
-    embed.add_argument("--lr", type=float, help="Adam learning rate (official: 0.01)")
+    embed.add_argument("--batch-size", type=POSITIVE, default=4, help="images optimised together (default 4)")
+    embed.add_argument("--w-steps", type=COUNT, help="W+ steps (official: 1100)")
+    embed.add_argument("--fs-steps", type=COUNT, help="FS steps (official: 250)")
+    embed.add_argument("--lr", type=_at_least(0.0, float, above=True), help="Adam learning rate (official: 0.01)")
     embed.add_argument("--noise", choices=["random", "const", "none"], help="generator noise (official: random)")
     embed.add_argument("--seed", type=int, help="seed of the per-image noise (default 0)")
-    embed.add_argument("--l2-lambda", type=float, help="weight of the full-size MSE (official: 1.0)")
-    embed.add_argument("--percept-lambda", type=float, help="weight of LPIPS at 256 px (official: 1.0)")
-    embed.add_argument("--p-norm-lambda", type=float, help="weight of the p-norm regulariser (official: 0.001)")
-    embed.add_argument("--l-f-lambda", type=float, help="weight of the F regulariser (official: declared, unused: 0)")
+    embed.add_argument("--l2-lambda", type=WEIGHT, help="weight of the full-size MSE (official: 1.0)")
+    embed.add_argument("--percept-lambda", type=WEIGHT, help="weight of LPIPS at 256 px (official: 1.0)")
+    embed.add_argument("--p-norm-lambda", type=WEIGHT, help="weight of the p-norm regulariser (official: 0.001)")
+    embed.add_argument("--l-f-lambda", type=WEIGHT, help="weight of the F regulariser (official: declared, unused: 0)")
     embed.add_argument("--import-official", metavar="DIR",
                        help="adopt the official code's W+/{name}.npy and FS/{name}.npz from DIR instead of computing them")
     embed.add_argument("--no-fs", action="store_true", help="stop after W+")
     embed.add_argument("--distributed", action="store_true",
                        help="multi-host: jax.distributed.initialize(); process k embeds every N-th image")
     embed.add_argument("--coordinator", help="with --distributed: HOST:PORT of process 0 (default: from the cluster)")
-    embed.add_argument("--num-processes", type=int, help="with --distributed: number of processes")
-    embed.add_argument("--process-id", type=int, help="with --distributed: this process's index")
+    embed.add_argument("--num-processes", type=POSITIVE, help="with --distributed: number of processes")
+    embed.add_argument("--process-id", type=COUNT, help="with --distributed: this process's index")
     _add_checkpoint_flag(embed)
     _add_dtype_flag(embed)
     _add_exif_flag(embed)

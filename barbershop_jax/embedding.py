@@ -48,6 +48,16 @@ class EmbedConfig:
     seed: int = 0                  # root of the per-image noise keys
     chunk: int | None = None       # steps per compiled scan (None: optimize.loop_defaults)
 
+    def __post_init__(self):
+        optimize.check_counts("EmbedConfig", w_steps=self.w_steps, fs_steps=self.fs_steps, fs_block=self.fs_block)
+        if self.chunk is not None:
+            optimize.check_counts("EmbedConfig", 1, chunk=self.chunk)
+        if not self.learning_rate > 0:
+            raise ValueError(f"EmbedConfig: learning_rate must be above 0, got {self.learning_rate!r}")
+        for name in ("l2_lambda", "percept_lambda", "p_norm_lambda", "l_f_lambda"):
+            if not getattr(self, name) >= 0:  # NaN fails too
+                raise ValueError(f"EmbedConfig: {name} must be at least 0, got {getattr(self, name)!r}")
+
     def step_config(self) -> "EmbedConfig":
         """The fields the optimisation steps read; the rest blanked (optimize.run's compile key)."""
         return dataclasses.replace(self, w_steps=0, fs_steps=0, seed=0, chunk=None)

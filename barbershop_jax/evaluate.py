@@ -67,12 +67,17 @@ def lpips_256(vgg, a, b, size=256) -> float:
 def evaluate(paths, embed_dir, vgg, lpips_size=256) -> dict:
     """Scores of every image whose embeddings are in `embed_dir`; others are listed as missing.
 
-    Returns {"images": [{name, stage, psnr, ssim, lpips}], "mean": {stage: {...}}, "missing": [...]}.
+    Returns {"images": [{name, stage, psnr, ssim, lpips}], "mean": {stage: {...}}, "missing": [...],
+    "unreadable": [{path, reason}]}: an image that cannot be read is listed, and the rest go on.
     """
-    rows, missing = [], []
+    rows, missing, unreadable = [], [], []
     embed_dir = Path(embed_dir)
     for path in paths:
-        pixels = image_io.load_rgb(path)
+        try:
+            pixels = image_io.load_rgb(path)
+        except image_io.ImageError as e:
+            unreadable.append({"path": str(path), "reason": str(e)})
+            continue
         image_hash = cache_lib.content_hash(pixels)
         name = Path(path).stem
         found = False
@@ -100,7 +105,7 @@ def evaluate(paths, embed_dir, vgg, lpips_size=256) -> dict:
         if sel:
             mean[stage] = {m: float(np.mean([r[m] for r in sel])) for m in ("psnr", "ssim", "lpips")}
             mean[stage]["n"] = len(sel)
-    return {"images": rows, "mean": mean, "missing": missing}
+    return {"images": rows, "mean": mean, "missing": missing, "unreadable": unreadable}
 
 
 def markdown(report: dict) -> str:

@@ -133,5 +133,9 @@ class Landmarks:
             side = sidecar_path(path)
             return _faces(_read_json(side), str(side))
         if self._dlib is None:
+            if path is not None and not (self.dlib_model or os.environ.get(MODEL_ENV)):
+                # Name the photo that needed the model: most runs meant to give it a sidecar.
+                raise LandmarkModelError(f"{path}: no landmarks (no {sidecar_path(path).name} beside it) and no "
+                                         "landmark model: " + DLIB_MODEL_HELP)
             self._dlib = DlibLandmarks(self.dlib_model)
         return self._dlib(photo, path)

@@ -74,6 +74,16 @@ def loop_defaults(platform: str | None = None) -> tuple[int, bool]:
     return (4, True) if platform == "cpu" else (10, False)
 
 
+def check_counts(owner: str, minimum: int = 0, **values):
+    """ValueError naming `owner` and the field unless every value is a whole number (not a
+    bool) of at least `minimum`: step counts (0 skips a stage), batch sizes (minimum 1), chunk
+    lengths. Checked before any work: a negative batch size once ran nothing and reported
+    success, a negative step count silently skipped its stage."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise ValueError(f"{owner}: {name} must be a whole number of at least {minimum}, got {value!r}")
+
+
 _RAN_BATCH_SIZES: set = set()  # (stage, batch size) run in this process: their programs are compiled
 
 
@@ -84,6 +94,7 @@ def batches(items: list, batch_size: int, stage: str):
     before in this process (a short last batch, or a later single item, then reuses the
     compiled programs instead of compiling new ones); otherwise the items' own number (a
     single small run computes no padding). Callers keep the results of `real` only."""
+    check_counts(stage, 1, batch_size=batch_size)
     items = list(items)
     for i in range(0, len(items), batch_size):
         real = items[i:i + batch_size]

@@ -169,6 +169,7 @@ class Pipeline:
     def __init__(self, models: Models, pca, out_dir, embed_cfg: embedding.EmbedConfig, cfg: TransferConfig, *,
                  batch_size: int = 4, progress: bool = True, devices=None,
                  checkpoint_every: int | None = resume.DEFAULT_EVERY):
+        optimize.check_counts("Pipeline", 1, batch_size=batch_size)
         self.models, self.pca = models, pca
         self.out = Path(out_dir)
         self.size = models.generator.config.size
@@ -614,6 +615,10 @@ class HairTransfer:
                  dtype: str = "float32", parser_dtype: str = "float32", **options):
         import tempfile
 
+        # The settings are checked before minutes of loading models.
+        optimize.check_counts("HairTransfer", 1, batch_size=batch_size)
+        embed_overrides, overrides = split_options(options)
+        embedding.EmbedConfig(**embed_overrides), TransferConfig(**overrides)
         if compile_cache:
             from barbershop_jax import compile_cache as cc
             cc.enable()
@@ -625,7 +630,6 @@ class HairTransfer:
         self.batch_size, self.progress, self.devices = batch_size, progress, devices
         self.checkpoint_every = checkpoint_every
         self.failures: list = []  # of the last transfer_many: (triple, reason) of those without a result
-        split_options(options)
         self.options = options
         self.timings: dict[str, float] = {}
 

@@ -57,8 +57,17 @@ class TransferConfig:
             raise ValueError(f"region: no label name given (e.g. {DEFAULT_REGION!r} or 'brows,eyes')")
         if self.sign not in SIGNS:
             raise ValueError(f"sign must be one of {SIGNS}, got {self.sign!r}")
-        if self.smooth < 0 or self.blend_smooth < 0:
-            raise ValueError("smooth and blend_smooth must be >= 0")
+        from barbershop_jax.optimize import check_counts
+        check_counts("TransferConfig", smooth=self.smooth, blend_smooth=self.blend_smooth,
+                     inpaint_steps=self.inpaint_steps, align_steps1=self.align_steps1,
+                     align_steps2=self.align_steps2, blend_steps=self.blend_steps)
+        check_counts("TransferConfig", 1, align_latents=self.align_latents,
+                     **({} if self.chunk is None else {"chunk": self.chunk}))
+        for name in ("ce_lambda", "style_lambda", "face_lambda", "hair_lambda"):
+            if not getattr(self, name) >= 0:  # NaN fails too
+                raise ValueError(f"TransferConfig: {name} must be at least 0, got {getattr(self, name)!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"TransferConfig: learning_rate must be above 0, got {self.learning_rate!r}")
 
     def resolve(self, size: int) -> "TransferConfig":
         """Fill the sizes for a generator of `size` px: the official values at 1024."""

@@ -75,6 +75,20 @@ def test_duplicate_rows_are_done_once(tmp_path, capsys, stub_transfer):
     assert len(stub_transfer[0]) == 1
 
 
+def test_a_spreadsheet_csv_reads_as_written(tmp_path, capsys, stub_transfer):
+    """Excel's "CSV UTF-8": a byte-order mark, CRLF line ends, header cells as typed, and
+    empty rows at the end. Before, the mark made the first column "\ufeffface": missing."""
+    for name in ("a.png", "b.png", "c.png"):
+        good_image(tmp_path / name)
+    (tmp_path / "t.csv").write_bytes(b"\xef\xbb\xbfFace , shape,COLOR\r\na.png, b.png ,c.png\r\n,,\r\n\r\n")
+    assert cli.main(["transfer", "--pairs", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert [[p.path.name for p in t] for t in stub_transfer[0]] == [["a.png", "b.png", "c.png"]]
+    (tmp_path / "latin.csv").write_bytes("face,shape,color\nJos\u00e9.png,b.png,c.png\n".encode("latin-1"))
+    assert cli.main(["transfer", "--pairs", str(tmp_path / "latin.csv"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "latin.csv: not UTF-8 text (invalid continuation byte); save it as CSV UTF-8" in err[0]
+
+
 def test_names_that_would_write_outside_the_output_folder_are_refused(tmp_path):
     pixels = np.zeros((SIZE, SIZE, 3), np.uint8)
     for name in ("../evil", "a/b", "..", "c\\d"):
@@ -109,3 +123,47 @@ def test_missing_weights_are_reported_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "nope: weights directory does not exist" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["transfer", "--batch-size", "0"], "argument --batch-size: '0': expected a number of at least 1"),
+    (["transfer", "--w-steps", "-3"], "argument --w-steps: '-3': expected a number of at least 0"),
+    (["transfer", "--blend-steps", "2.5"], "argument --blend-steps: '2.5' is not an integer"),
+    (["transfer", "--feather", "nan"], "argument --feather: 'nan': expected a number of at least 0.0"),
+    (["embed", "--batch-size", "-1"], "argument --batch-size: '-1': expected a number of at least 1"),
+    (["embed", "--lr", "0"], "argument --lr: '0': expected a number above 0.0"),
+])
+def test_bad_numbers_are_refused_in_one_line_before_any_work(tmp_path, capsys, args, says):
+    """A negative batch size once embedded nothing and reported "1 image(s) embedded"; a
+    negative step count skipped its stage. Now argparse refuses them: one line, exit 2."""
+    a = str(good_image(tmp_path / "a.png"))
+    images = ["--face", a, "--shape", a, "--color", a] if args[0] == "transfer" else [a]
+    with pytest.raises(SystemExit) as stop:
+        cli.main([args[0], *images, "--out", str(tmp_path / "o"), *args[1:]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and says in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_library_refuses_bad_counts_before_loading_models(monkeypatch):
+    from barbershop_jax import embedding, optimize
+    from barbershop_jax.transfer_config import TransferConfig
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("models loaded before the settings were checked")
+    monkeypatch.setattr(transfer, "load_models", no_loading)
+    monkeypatch.setattr(api, "load_models", no_loading)
+    for make, says in [
+        (lambda: transfer.HairTransfer(batch_size=0), "HairTransfer: batch_size must be a whole number of at least 1"),
+        (lambda: transfer.HairTransfer(blend_steps=-1), "TransferConfig: blend_steps must be a whole number"),
+        (lambda: transfer.HairTransfer(w_steps=2.5), "EmbedConfig: w_steps must be a whole number"),
+        (lambda: transfer.HairTransfer(learning_rate=0.0), "learning_rate must be above 0"),
+        (lambda: api.embed([], "unused", batch_size=-1), "embed: batch_size must be a whole number of at least 1"),
+        (lambda: embedding.EmbedConfig(percept_lambda=float("nan")), "percept_lambda must be at least 0"),
+        (lambda: TransferConfig(chunk=0), "TransferConfig: chunk must be a whole number of at least 1"),
+        (lambda: TransferConfig(align_steps1=True), "align_steps1 must be a whole number"),
+        (lambda: list(optimize.batches([1, 2], 0, "w_plus")), "w_plus: batch_size must be a whole number"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            make()
+    assert TransferConfig(blend_steps=0).blend_steps == 0  # 0 steps: a stage that keeps its start

@@ -319,6 +319,24 @@ def test_evaluate_embedding_command(consts, tmp_path, capsys):
     from barbershop_jax import evaluate
     assert report["images"][0]["psnr"] == pytest.approx(evaluate.psnr(render, np.asarray(Image.open(paths[0]))))
 
+    # Nothing evaluated: one line and exit 1, no empty report; an unreadable image is listed
+    # and the others go on; a folder that is not there is named.
+    capsys.readouterr()
+    rc = cli.main(["evaluate-embedding", str(paths[1]), "--embeddings", str(tmp_path / "emb"), "--out",
+                   str(tmp_path / "none.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "no embeddings of the 1 image(s) given (embed them first" in err[0]
+    assert not (tmp_path / "none.json").exists()
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    rc = cli.main(["evaluate-embedding", str(paths[0]), str(tmp_path / "broken.png"), "--embeddings",
+                   str(tmp_path / "emb")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "broken.png: not a readable image" in err[0]
+    report = json.loads((tmp_path / "emb" / "evaluation.json").read_text())
+    assert len(report["images"]) == 2 and report["unreadable"][0]["path"] == str(tmp_path / "broken.png")
+    assert cli.main(["evaluate-embedding", str(paths[0]), "--embeddings", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere: no such embeddings folder" in capsys.readouterr().err
+
 
 def test_official_outputs_are_imported(consts, tmp_path, monkeypatch):
     paths = _write_images(consts, tmp_path / "in", n=1)

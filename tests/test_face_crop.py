@@ -3,6 +3,7 @@ quad worked by hand, the crop's geometry, paste-back, the landmark backends and 
 import io
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,6 +202,10 @@ def test_dlib_backend_without_a_model_says_where_the_model_comes_from(tmp_path, 
         landmarks.DlibLandmarks()
     with pytest.raises(landmarks.LandmarkModelError, match="missing.dat: no such file"):
         landmarks.DlibLandmarks(tmp_path / "missing.dat")
+    # Through the backend chain, the message names the photo that needed the model.
+    with pytest.raises(landmarks.LandmarkModelError, match=r"^photos/c.jpg: no landmarks \(no c.landmarks.json "
+                                                           r"beside it\) and no landmark model: dlib's"):
+        landmarks.Landmarks()(None, Path("photos/c.jpg"))
 
 
 def test_dlib_backend_on_the_bundled_photo():
