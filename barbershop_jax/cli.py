@@ -559,9 +559,28 @@ def main(argv=None) -> int:
         image_io.HONOUR_EXIF = honour_exif
 
 
+OUT_FOLDER_COMMANDS = ("demo", "transfer", "align-faces", "embed")  # their --out is a folder
+
+
+def _check_out_folder(out):
+    """--out must be a folder, or creatable as one, and writable: found before any work (a file
+    there once failed the run at its first checkpoint, after the first loop had run)."""
+    import os
+    from pathlib import Path
+    out = Path(out)
+    existing = next(p for p in (out, *out.parents) if p.exists() or p == Path(p.anchor) or p == Path("."))
+    if not existing.is_dir():
+        where = "" if existing == out else f"{existing} is "
+        raise ValueError(f"{out}: {where}a file, not a folder (--out names the output folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{out}: cannot write in {existing} (permission denied)")
+
+
 def _run(args) -> int:
     from barbershop_jax import resume
     try:
+        if args.command in OUT_FOLDER_COMMANDS:
+            _check_out_folder(args.out)
         if not args.no_compile_cache:
             from barbershop_jax import compile_cache
             compile_cache.enable()

@@ -167,3 +167,14 @@ def test_the_library_refuses_bad_counts_before_loading_models(monkeypatch):
         with pytest.raises(ValueError, match=says):
             make()
     assert TransferConfig(blend_steps=0).blend_steps == 0  # 0 steps: a stage that keeps its start
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(api, "load_models", lambda *a, **k: pytest.fail("models loaded"))
+    a = str(good_image(tmp_path / "a.png"))
+    (tmp_path / "afile").write_text("")
+    for out, says in [(tmp_path / "afile", "afile: a file, not a folder"),
+                      (tmp_path / "afile" / "sub", f"sub: {tmp_path / 'afile'} is a file, not a folder")]:
+        assert cli.main(["embed", a, "--out", str(out)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
