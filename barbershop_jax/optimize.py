@@ -122,6 +122,20 @@ def batch_mesh(devices=None) -> Mesh | None:
     return Mesh(np.asarray(devices), (BATCH_AXIS,))
 
 
+_WARNED_PADDING: set = set()
+
+
+def _warn_idle_devices(n_images: int, n_devices: int):
+    """Once per (batch, device count): a batch that is not a multiple of the device count is
+    padded with copies, so part of the devices compute nothing useful (--batch-size 4 on 8
+    GPUs leaves half of them idle, and nothing else would say so)."""
+    if n_images % n_devices and (n_images, n_devices) not in _WARNED_PADDING:
+        _WARNED_PADDING.add((n_images, n_devices))
+        padded = -(-n_images // n_devices) * n_devices
+        log.warning("a batch of %d over %d devices runs as %d (%d copies): a batch size that is a multiple of "
+                    "%d keeps every device busy", n_images, n_devices, padded, padded - n_images, n_devices)
+
+
 def _pad_batch(tree, multiple):
     """Pad the leading axis to a multiple of `multiple` with copies of the last item."""
     n = jax.tree.leaves(tree)[0].shape[0]
@@ -174,6 +188,7 @@ def run(step, cfg, consts, state, data, n_steps: int, *, chunk: int | None = Non
     n_images = jax.tree.leaves(state)[0].shape[0]
     if mesh is not None:
         (state, data), n_images = _pad_batch((state, data), mesh.size)
+        _warn_idle_devices(n_images, mesh.size)
         shard = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
         state, data = jax.device_put((state, data), shard)
         consts = jax.device_put(consts, NamedSharding(mesh, PartitionSpec()))

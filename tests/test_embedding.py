@@ -164,6 +164,8 @@ def test_sharded_over_four_cpu_devices_equals_unsharded(consts, tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sharded ok (2, 10, 64)" in done.stdout
+    # The idle devices are named once (both stages pad 2 to 4).
+    assert done.stderr.count("a batch of 2 over 4 devices runs as 4 (2 copies)") == 1, done.stderr[-2000:]
     targets = _targets(consts, _known_w_plus(consts, 2, seed=4))
     cfg = embedding.EmbedConfig(w_steps=4, fs_steps=2, lpips_size=32)
     w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
