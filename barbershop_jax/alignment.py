@@ -234,7 +234,7 @@ def plain_ce_target(tail, target, key) -> SegmentationTarget:
     return SegmentationTarget(tail, target, ones, ones, jnp.zeros((), bool), key)
 
 
-def align(models: Models, inputs: AlignInputs, cfg: TransferConfig, *, progress: bool = True,
+def align(models: Models, inputs: AlignInputs, cfg: TransferConfig, *, progress=True,
           devices=None, checkpoint=None) -> AlignResult:
     """Align a batch of pairs; every array in `inputs` has a leading batch axis.
     checkpoint: a resume.LoopCheckpoint for the batch (each step keeps its own below it)."""

@@ -202,22 +202,24 @@ def _embed_todo(items, store, consts, cfg, batch_size, fs, progress, devices, ou
     failed: list = []
     w_plus = {it.name: store.get_w_plus(it.name, it.image_hash, cfg, (n_lat, d)) for it in items}
     todo = [it for it in items if w_plus[it.name] is None]
-    for batch, padded in optimize.batches(todo, batch_size, "w_plus"):
-        targets = _targets(padded, g.config.size, cfg)
-        ckpt = resume.batch_checkpoint(out_dir, "w_plus", [store.w_key(it.image_hash, cfg) for it in padded],
-                                       checkpoint_every)
-        w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=progress, devices=devices, checkpoint=ckpt)
-        images = _render_last_step(consts, w, targets.key, cfg.w_steps, cfg)
-        written = []
-        for it, w_i, im in zip(batch, np.asarray(w), images):
-            if not np.isfinite(w_i).all():
-                failed.append((it.name, f"{it.path or it.name}: W+ embedding diverged (NaN or infinity); "
-                                        "nothing written"))
-                continue
-            written.append(writes.submit(store.put_w_plus, it.name, it.image_hash, cfg, w_i, im))
-            w_plus[it.name] = w_i
-        if ckpt is not None:  # once the batch's results are on disk
-            writes.submit(resume.clear, ckpt.folder, after=written)
+    with optimize.StageProgress("W+ embedding", len(todo), batch_size, cfg.w_steps, enabled=progress) as stage:
+        for batch, padded in optimize.batches(todo, batch_size, "w_plus"):
+            stage.next_batch()
+            targets = _targets(padded, g.config.size, cfg)
+            ckpt = resume.batch_checkpoint(out_dir, "w_plus", [store.w_key(it.image_hash, cfg) for it in padded],
+                                           checkpoint_every)
+            w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=stage, devices=devices, checkpoint=ckpt)
+            images = _render_last_step(consts, w, targets.key, cfg.w_steps, cfg)
+            written = []
+            for it, w_i, im in zip(batch, np.asarray(w), images):
+                if not np.isfinite(w_i).all():
+                    failed.append((it.name, f"{it.path or it.name}: W+ embedding diverged (NaN or infinity); "
+                                            "nothing written"))
+                    continue
+                written.append(writes.submit(store.put_w_plus, it.name, it.image_hash, cfg, w_i, im))
+                w_plus[it.name] = w_i
+            if ckpt is not None:  # once the batch's results are on disk
+                writes.submit(resume.clear, ckpt.folder, after=written)
 
     results = {}
     if fs:
@@ -226,24 +228,26 @@ def _embed_todo(items, store, consts, cfg, batch_size, fs, progress, devices, ou
             if hit is not None:
                 results[it.name] = hit
         todo = [it for it in items if it.name not in results and w_plus[it.name] is not None]
-        for batch, padded in optimize.batches(todo, batch_size, "fs"):
-            targets = _targets(padded, g.config.size, cfg)
-            w = jnp.asarray(np.stack([w_plus[it.name] for it in padded]))
-            ckpt = resume.batch_checkpoint(out_dir, "fs", [store.fs_key(it.image_hash, cfg) for it in padded],
-                                           checkpoint_every)
-            latent_in, structure_f, _ = embedding.embed_fs(consts, targets, w, cfg, progress=progress,
-                                                           devices=devices, checkpoint=ckpt)
-            images = _render_fs(consts, latent_in, structure_f, targets.key, cfg)
-            written = []
-            for it, li, f, im in zip(batch, np.asarray(latent_in), np.asarray(structure_f), images):
-                if not (np.isfinite(li).all() and np.isfinite(f).all()):
-                    failed.append((it.name, f"{it.path or it.name}: FS embedding diverged (NaN or infinity); "
-                                            "nothing written"))
-                    continue
-                written.append(writes.submit(store.put_fs, it.name, it.image_hash, cfg, li, f, im))
-                results[it.name] = (li, f)
-            if ckpt is not None:
-                writes.submit(resume.clear, ckpt.folder, after=written)
+        with optimize.StageProgress("FS embedding", len(todo), batch_size, cfg.fs_steps, enabled=progress) as stage:
+            for batch, padded in optimize.batches(todo, batch_size, "fs"):
+                stage.next_batch()
+                targets = _targets(padded, g.config.size, cfg)
+                w = jnp.asarray(np.stack([w_plus[it.name] for it in padded]))
+                ckpt = resume.batch_checkpoint(out_dir, "fs", [store.fs_key(it.image_hash, cfg) for it in padded],
+                                               checkpoint_every)
+                latent_in, structure_f, _ = embedding.embed_fs(consts, targets, w, cfg, progress=stage,
+                                                               devices=devices, checkpoint=ckpt)
+                images = _render_fs(consts, latent_in, structure_f, targets.key, cfg)
+                written = []
+                for it, li, f, im in zip(batch, np.asarray(latent_in), np.asarray(structure_f), images):
+                    if not (np.isfinite(li).all() and np.isfinite(f).all()):
+                        failed.append((it.name, f"{it.path or it.name}: FS embedding diverged (NaN or infinity); "
+                                                "nothing written"))
+                        continue
+                    written.append(writes.submit(store.put_fs, it.name, it.image_hash, cfg, li, f, im))
+                    results[it.name] = (li, f)
+                if ckpt is not None:
+                    writes.submit(resume.clear, ckpt.folder, after=written)
     return failed, w_plus, results
 
 

@@ -126,7 +126,7 @@ def _final_render(models: Models, u, inputs: BlendInputs, cfg):
     return jax.vmap(one)(u, inputs)
 
 
-def blend(models: Models, inputs: BlendInputs, cfg: TransferConfig, *, progress: bool = True,
+def blend(models: Models, inputs: BlendInputs, cfg: TransferConfig, *, progress=True,
           devices=None, checkpoint=None) -> BlendResult:
     """Blend a batch of triples; every array in `inputs` has a leading batch axis."""
     cfg.check_resolved()

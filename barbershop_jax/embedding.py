@@ -126,7 +126,7 @@ def _w_plus_step(consts, state, data, i, cfg):
 
 
 def embed_w_plus(consts: Consts, targets: Targets, cfg: EmbedConfig = EmbedConfig(), *,
-                 progress: bool = True, devices=None, checkpoint=None):
+                 progress=True, devices=None, checkpoint=None):
     """W+ embedding of a batch. Returns (w_plus (B, n_latent, style_dim), last-step metrics)."""
     _check(consts, targets, cfg)
     n = targets.full.shape[0]
@@ -183,7 +183,7 @@ def _f_init(consts, w_plus, targets, cfg):
 
 
 def embed_fs(consts: Consts, targets: Targets, w_plus, cfg: EmbedConfig = EmbedConfig(), *,
-             progress: bool = True, devices=None, checkpoint=None):
+             progress=True, devices=None, checkpoint=None):
     """FS embedding of a batch from its W+ codes.
 
     Returns:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -146,7 +147,7 @@ def _pad_batch(tree, multiple):
 
 
 def run(step, cfg, consts, state, data, n_steps: int, *, chunk: int | None = None, desc: str = "",
-        progress: bool = True, devices=None, summary=None, checkpoint=None):
+        progress=True, devices=None, summary=None, checkpoint=None):
     """Run `n_steps` of `step` on a batch.
 
     Args:
@@ -154,7 +155,8 @@ def run(step, cfg, consts, state, data, n_steps: int, *, chunk: int | None = Non
       consts: frozen pytree shared by all images (models, statistics).
       state, data: pytrees with a leading batch axis.
       n_steps: total steps; chunk: steps per compiled scan (default: `loop_defaults`).
-      desc: progress-bar label; progress: show it (tqdm, to stderr).
+      desc: progress-bar label; progress: show a bar for this loop (tqdm, to stderr), or a
+        StageProgress: advance the bar of the stage that this loop is part of.
       devices: the devices to shard the batch over (default: all local devices; the batch is
         padded to a multiple of their number).
       summary: metrics -> short string for the progress bar (default: per-image 'loss').
@@ -193,17 +195,21 @@ def run(step, cfg, consts, state, data, n_steps: int, *, chunk: int | None = Non
         state, data = jax.device_put((state, data), shard)
         consts = jax.device_put(consts, NamedSharding(mesh, PartitionSpec()))
     unpad = lambda x: x[:n_images]  # noqa: E731
-    bar = _progress(n_steps, desc, n_images, done) if progress else None
+    if isinstance(progress, StageProgress):
+        bar = progress.loop(desc, done)
+    else:
+        bar = _progress(n_steps, desc, n_images, initial=done) if progress else None
     metrics, saved = None, done
     try:
         while done < n_steps:
             live = min(chunk, n_steps - done)
+            called = time.perf_counter()
             state, metrics = _run_chunk(consts, state, data, jnp.int32(done), jnp.int32(n_steps), step=step,
                                         cfg=step_cfg, length=chunk, unroll=chunk if unroll else 1)
+            dispatch = time.perf_counter() - called  # tracing and compiling, when this call did them
             done += live
-            if bar is not None:
-                bar.update(live)
-                bar.set_postfix_str((summary or _loss_summary)(jax.device_get(metrics)), refresh=False)
+            if bar is not None:  # the metrics wait for the chunk, so the bar moves when its steps are done
+                bar.advance(live, (summary or _loss_summary)(jax.device_get(metrics)), excluded=dispatch)
             stop = resume.stop_requested()
             if checkpoint is not None and (done - saved >= checkpoint.every or done == n_steps or stop):
                 checkpoint.save(jax.tree.map(unpad, state), done)
@@ -226,10 +232,104 @@ def _loss_summary(metrics) -> str:
     return f"loss mean {loss.mean():.4f} min {loss.min():.4f} max {loss.max():.4f}"
 
 
-def _progress(total, desc, n_images, initial=0):
+def _progress(total, desc, n_items, *, initial=0, unit="image"):
+    """A tqdm bar of optimisation steps whose rate and ETA leave out compilation.
+
+    A loop's first chunk may be mostly tracing and compiling (37 s against 0.4 s per chunk for
+    the W+ step at 1024 px). In tqdm's moving average that made the ETA several times too long
+    for the first couple of hundred steps. Here each chunk's time is counted without the time
+    of its dispatching call (where compilation happens; otherwise well under a millisecond),
+    and steps restored from a checkpoint are not counted at all: the rate is the counted
+    steps over the counted time, and unknown ("?") until one chunk has run."""
     from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc=f"{desc} ({n_images} image{'s' if n_images != 1 else ''})",
-                unit="step", leave=True, dynamic_ncols=True)
+
+    class StepBar(tqdm):
+        counted = (0, 0.0)  # steps, seconds
+        mark = None         # when the last chunk was done (or the bar was made)
+
+        def advance(self, steps, postfix, excluded=0.0):
+            now = self._time()
+            steps_so_far, seconds = self.counted
+            self.counted = (steps_so_far + steps, seconds + max(now - self.mark - excluded, 0.0))
+            self.mark = now
+            self.set_postfix_str(postfix, refresh=False)
+            self.update(steps)
+
+        def skip(self, steps):
+            """Steps done without running them here (restored, or a loop that has nothing to do)."""
+            self.mark = self._time()
+            self.update(steps)
+
+        @property
+        def format_dict(self):
+            d = super().format_dict
+            steps, seconds = self.counted
+            # With no rate, tqdm would average n - initial over the elapsed time: make that 0 ("?").
+            d["rate"], d["initial"] = (steps / seconds, d["initial"]) if steps and seconds > 0 else (None, self.n)
+            return d
+
+    bar = StepBar(total=total, initial=initial, desc=f"{desc} ({n_items} {unit}{'s' if n_items != 1 else ''})",
+                  unit="step", leave=True, dynamic_ncols=True, smoothing=0)
+    bar.mark = bar._time()
+    return bar
+
+
+class StageProgress:
+    """One progress bar over every loop of every batch of a stage, with its ETA: thousands of
+    images run as hundreds of batches, and a bar per loop said nothing of the whole.
+
+        with StageProgress("W+ embedding", len(todo), batch_size, w_steps) as stage:
+            for batch in batches(todo, batch_size, "w_plus"):
+                stage.next_batch()
+                run(..., progress=stage)   # or stage.skip(steps) for a loop that does not run
+
+    The postfix names the batch and the loop ("batch 3/750, Align step 2: loss ...").
+    enabled=False: no bar (run() then shows none)."""
+
+    def __init__(self, desc: str, n_items: int, batch_size: int, steps_per_batch: int, *, enabled=True,
+                 unit="image"):
+        self.desc, self.n_batches, self.batch = desc, -(-n_items // batch_size), 0
+        total = self.n_batches * steps_per_batch
+        self.bar = _progress(total, desc, n_items, unit=unit) if enabled and total > 0 else None
+
+    def next_batch(self):
+        self.batch += 1
+
+    def skip(self, steps: int):
+        if self.bar is not None and steps > 0:
+            self.bar.skip(steps)
+
+    def loop(self, desc: str, done: int):
+        """run()'s view of the bar for one loop that starts at step `done` (restored steps are
+        skipped, not timed); None when disabled."""
+        if self.bar is None:
+            return None
+        self.skip(done)
+        where = [f"batch {self.batch}/{self.n_batches}"] if self.n_batches > 1 else []
+        where += [desc] if desc and desc != self.desc else []
+        return _StageLoop(self.bar, ", ".join(where))
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _StageLoop:
+    def __init__(self, bar, where):
+        self.bar, self.where = bar, where
+
+    def advance(self, steps, postfix, excluded=0.0):
+        self.bar.advance(steps, f"{self.where}: {postfix}" if self.where and postfix else self.where or postfix,
+                         excluded)
+
+    def close(self):  # the stage's owner closes the bar
+        pass
 
 
 def image_key(seed: int, content_hash: str) -> jax.Array:

@@ -181,7 +181,7 @@ def _after_round2(inputs: InpaintInputs, previous, generated, bg):
     return jnp.where(inputs.uncovered & (generated != bg), generated, previous)
 
 
-def gan_inpaint(models: Models, inputs: InpaintInputs, cfg: TransferConfig, *, progress: bool = True,
+def gan_inpaint(models: Models, inputs: InpaintInputs, cfg: TransferConfig, *, progress=True,
                 devices=None, checkpoint=None):
     """Step 3 on a batch of pairs. Returns the final target labels (B, P, P) int32.
     checkpoint: a resume.LoopCheckpoint for the batch (each round keeps its own below it)."""

@@ -283,8 +283,13 @@ class Pipeline:
                 out[(face, shape, ref)] = _Aligned(labels, hit[1])
             else:
                 todo.append((face, shape, ref, key))
-        for batch, padded in optimize.batches(todo, self.batch_size, "align"):
-            out.update(self._align_batch(padded, sources, embedded, len(batch)))
+        cfg = self.cfg
+        with optimize.StageProgress("Alignment", len(todo), self.batch_size,
+                                    2 * cfg.inpaint_steps + cfg.align_steps1 + cfg.align_steps2,
+                                    enabled=self.progress, unit="pair") as stage:
+            for batch, padded in optimize.batches(todo, self.batch_size, "align"):
+                stage.next_batch()
+                out.update(self._align_batch(padded, sources, embedded, len(batch), stage))
         if self.save_target_masks:
             folder = self.out / f"target_masks{self.region_suffix}"
             n_classes = len(self.models.parser.labels.names)
@@ -294,8 +299,9 @@ class Pipeline:
                 cache_lib.save_json(folder / "legend.json", target_mask.legend(self.models.parser.labels))
         return out
 
-    def _align_batch(self, batch, sources, embedded, n_real):
-        """One batch of alignments (the last n - n_real repeat one, to keep the compiled size)."""
+    def _align_batch(self, batch, sources, embedded, n_real, stage):
+        """One batch of alignments (the last n - n_real repeat one, to keep the compiled size);
+        stage: the alignment stage's optimize.StageProgress."""
         cfg, labels_map = self.cfg, self.models.parser.labels
         with self._timed("parsing"):
             names = [n for f, s, r, _ in batch for n in (f, s, r)]
@@ -315,10 +321,11 @@ class Pipeline:
         with self._timed("target mask"):
             if all(e.target is not None for e in edits):  # every mask given: no GAN inpainting
                 target = jnp.asarray(np.stack([e.target for e in edits]), jnp.int32)
+                stage.skip(2 * cfg.inpaint_steps)
             else:
                 inputs = _stack([target_mask.prepare(parsed[f][0], shape_labels(s, e), labels_map, k, self.region)
                                  for (f, s, _, _), k, e in zip(batch, keys, edits)])
-                target = target_mask.gan_inpaint(self.models, inputs, cfg, progress=self.progress,
+                target = target_mask.gan_inpaint(self.models, inputs, cfg, progress=stage,
                                                  devices=self.devices, checkpoint=ckpt and ckpt.sub("mask"))
                 target = jnp.asarray(np.stack([np.asarray(e.target, np.int32) if e.target is not None else t
                                                for e, t in zip(edits, np.asarray(target))]))
@@ -332,7 +339,7 @@ class Pipeline:
             jnp.asarray(np.stack([region(r) for _, _, r, _ in batch])), jnp.stack(keys),
             self._region_batch(len(batch)))
         with self._timed("alignment"):  # blocked inside: the device's work counts here, not after
-            result = jax.block_until_ready(alignment.align(self.models, align_inputs, cfg, progress=self.progress,
+            result = jax.block_until_ready(alignment.align(self.models, align_inputs, cfg, progress=stage,
                                                            devices=self.devices, checkpoint=ckpt and ckpt.sub("align")))
         target = np.asarray(target)
         structure_f, images = np.asarray(result.structure_f), image_io.to_uint8(np.asarray(result.image))
@@ -387,8 +394,11 @@ class Pipeline:
                 results[t] = cached
             else:
                 todo.append((t, key, npz))
-        for batch, padded in optimize.batches(todo, self.batch_size, "blend"):
-            results.update(self._blend_batch(padded, sources, embedded, aligned, len(batch)))
+        with optimize.StageProgress("Blend", len(todo), self.batch_size, self.cfg.blend_steps,
+                                    enabled=self.progress, unit="triple") as stage:
+            for batch, padded in optimize.batches(todo, self.batch_size, "blend"):
+                stage.next_batch()
+                results.update(self._blend_batch(padded, sources, embedded, aligned, len(batch), stage))
         return [results.get(t) for t in triples]  # None: the triple's blend diverged
 
     def _result_path(self, t) -> Path:
@@ -408,7 +418,7 @@ class Pipeline:
         return TransferResult(face, shape, color, structure, image, aligned[(face, shape, structure)].target, hit[0],
                               hit[1], None, None, path)
 
-    def _blend_batch(self, batch, sources, embedded, aligned, n_real):
+    def _blend_batch(self, batch, sources, embedded, aligned, n_real, stage):
         cfg, size = self.cfg, self.size
         names = [n for t, _, _ in batch for n in (t[0], t[2])]
         with self._timed("parsing"):
@@ -430,7 +440,7 @@ class Pipeline:
             self._region_batch(len(batch)))
         ckpt = resume.batch_checkpoint(self.out, "blend", [k for _, k, _ in batch], self.checkpoint_every)
         with self._timed("blending"):
-            result = jax.block_until_ready(blending.blend(self.models, inputs, cfg, progress=self.progress,
+            result = jax.block_until_ready(blending.blend(self.models, inputs, cfg, progress=stage,
                                                           devices=self.devices, checkpoint=ckpt))
         latent_in, structure_f = np.asarray(result.latent_in), np.asarray(result.structure_f)
         images = image_io.to_uint8(np.asarray(result.image))

@@ -130,6 +130,55 @@ def test_chunk_lengths():
     assert optimize.chunk_lengths(0, 4) == []
 
 
+def test_progress_rate_and_eta_leave_out_compilation_and_restored_steps():
+    """A loop's first chunk may be mostly compilation; the rate and the ETA count each chunk's
+    time without its dispatching call (in tqdm's average they were several times too long for
+    hundreds of steps), and steps restored from a checkpoint are not timed."""
+    bar = optimize._progress(1100, "W+ embedding", 8)
+    clock = [0.0]
+    bar._time = lambda: clock[0]
+    bar.start_t = bar.last_print_t = bar.mark = 0.0
+    try:
+        assert bar.format_dict["rate"] is None and "<?, ?step/s" in str(bar)  # unknown, not 0
+        bar.skip(100)  # restored
+        clock[0] = 37.0
+        bar.advance(10, "loss 0.5", excluded=36.6)  # 36.6 s compiling in the call, 0.4 s of steps
+        assert bar.format_dict["rate"] == pytest.approx(25.0)
+        clock[0] = 37.4
+        bar.advance(10, "loss 0.4", excluded=0.001)
+        assert bar.format_dict["rate"] == pytest.approx(20 / 0.799)
+        assert "120/1100 [00:37<00:39, 25.03step/s, loss 0.4]" in str(bar)  # (1100 - 120) / 25.03 s left
+    finally:
+        bar.close()
+
+
+def _count_step(consts, state, data, i, cfg):
+    return state + data, {"loss": state}
+
+
+def test_a_stage_has_one_bar_over_its_batches_and_loops(capsys):
+    """StageProgress: one bar, total = batches x steps, advanced by every loop of every batch,
+    its postfix naming the batch and the loop; a loop that does not run is skipped."""
+    with optimize.StageProgress("Alignment", 5, 2, 6 + 4, unit="pair") as stage:
+        for batch, padded in optimize.batches(list(range(5)), 2, "progress_test"):
+            stage.next_batch()
+            x = jnp.zeros((len(padded),))
+            x, _ = optimize.run(_count_step, None, (), x, jnp.ones_like(x), 6, chunk=2, desc="Align step 1",
+                                progress=stage)
+            if stage.batch < 3:
+                x, _ = optimize.run(_count_step, None, (), x, jnp.ones_like(x), 4, chunk=2, desc="Align step 2",
+                                    progress=stage)
+            else:
+                stage.skip(4)
+            assert stage.bar.n == stage.batch * 10
+            np.testing.assert_array_equal(x, 10.0 if stage.batch < 3 else 6.0)
+        assert stage.bar.total == 30 and stage.bar.postfix.startswith("batch 3/3, Align step 1: loss")
+    err = capsys.readouterr().err
+    assert "Alignment (5 pairs)" in err and "30/30" in err and "Align step 2 (" not in err  # no bar of its own
+    with optimize.StageProgress("Blend", 0, 4, 400) as stage:  # nothing to do: no bar
+        assert stage.bar is None and stage.loop("Blend", 0) is None
+
+
 def test_idle_steps_of_the_last_chunk_change_nothing(consts):
     """7 steps in chunks of 4 (one compilation; the second chunk's last step idle) equal 7
     steps in chunks of 7, and the last live step's metrics are reported."""
