@@ -15,6 +15,7 @@ step never reads (step counts, seed, chunk), so that changing those does not rec
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -203,10 +204,10 @@ def run(step, cfg, consts, state, data, n_steps: int, *, chunk: int | None = Non
     try:
         while done < n_steps:
             live = min(chunk, n_steps - done)
-            called = time.perf_counter()
+            called = time.time()
             state, metrics = _run_chunk(consts, state, data, jnp.int32(done), jnp.int32(n_steps), step=step,
                                         cfg=step_cfg, length=chunk, unroll=chunk if unroll else 1)
-            dispatch = time.perf_counter() - called  # tracing and compiling, when this call did them
+            dispatch = (called, time.time())  # tracing, reading and compiling, when this call did them
             done += live
             if bar is not None:  # the metrics wait for the chunk, so the bar moves when its steps are done
                 bar.advance(live, (summary or _loss_summary)(jax.device_get(metrics)), excluded=dispatch)
@@ -232,25 +233,63 @@ def _loss_summary(metrics) -> str:
     return f"loss mean {loss.mean():.4f} min {loss.min():.4f} max {loss.max():.4f}"
 
 
+# Wall-time spans (start, end) of JAX tracing, lowering and compiling (or reading a compiled
+# program from the persistent cache), from its monitoring events: the progress bars leave them
+# out of their rate. Nested traces overlap; _busy merges them.
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+_compile_spans: collections.deque = collections.deque(maxlen=10_000)
+_listening = False
+
+
+def _listen_to_compilation():
+    global _listening
+    if _listening:
+        return
+    _listening = True
+
+    def on_span(event, start, end, **kwargs):
+        if event in _COMPILE_EVENTS:
+            _compile_spans.append((start, end))
+    try:
+        jax.monitoring.register_event_time_span_listener(on_span)
+    except AttributeError:  # a JAX without it: only the chunks' own dispatching calls are left out
+        pass
+
+
+def _busy(spans, lo: float, hi: float) -> float:
+    """Seconds of [lo, hi] covered by the union of `spans`."""
+    total, end = 0.0, lo
+    for a, b in sorted((max(a, lo), min(b, hi)) for a, b in spans if b > lo and a < hi):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
 def _progress(total, desc, n_items, *, initial=0, unit="image"):
     """A tqdm bar of optimisation steps whose rate and ETA leave out compilation.
 
     A loop's first chunk may be mostly tracing and compiling (37 s against 0.4 s per chunk for
-    the W+ step at 1024 px). In tqdm's moving average that made the ETA several times too long
-    for the first couple of hundred steps. Here each chunk's time is counted without the time
-    of its dispatching call (where compilation happens; otherwise well under a millisecond),
-    and steps restored from a checkpoint are not counted at all: the rate is the counted
-    steps over the counted time, and unknown ("?") until one chunk has run."""
+    the W+ step at 1024 px), and a stage compiles small programs between its loops too. In
+    tqdm's moving average that made the ETA several times too long for the first couple of
+    hundred steps. Here the time between two chunks is counted without JAX's compilation
+    spans and the chunk's dispatching call (where its own compilation happens; otherwise well
+    under a millisecond), steps restored from a checkpoint are not counted at all, and the
+    rate is the counted steps over the counted time: unknown ("?") until one chunk has run."""
     from tqdm.auto import tqdm
+    _listen_to_compilation()
 
     class StepBar(tqdm):
         counted = (0, 0.0)  # steps, seconds
         mark = None         # when the last chunk was done (or the bar was made)
 
-        def advance(self, steps, postfix, excluded=0.0):
+        def advance(self, steps, postfix, excluded=None):
+            """`steps` more done; excluded: a (start, end) span of time.time() not to count."""
             now = self._time()
+            spans = [*_compile_spans, *([excluded] if excluded else [])]
             steps_so_far, seconds = self.counted
-            self.counted = (steps_so_far + steps, seconds + max(now - self.mark - excluded, 0.0))
+            self.counted = (steps_so_far + steps, seconds + now - self.mark - _busy(spans, self.mark, now))
             self.mark = now
             self.set_postfix_str(postfix, refresh=False)
             self.update(steps)
@@ -324,7 +363,7 @@ class _StageLoop:
     def __init__(self, bar, where):
         self.bar, self.where = bar, where
 
-    def advance(self, steps, postfix, excluded=0.0):
+    def advance(self, steps, postfix, excluded=None):
         self.bar.advance(steps, f"{self.where}: {postfix}" if self.where and postfix else self.where or postfix,
                          excluded)
 

@@ -1,10 +1,12 @@
 """W+ and FS embedding on the tiny generator: recovery, batching, sharding, seeds, cache."""
+import collections
 import dataclasses
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -130,10 +132,13 @@ def test_chunk_lengths():
     assert optimize.chunk_lengths(0, 4) == []
 
 
-def test_progress_rate_and_eta_leave_out_compilation_and_restored_steps():
-    """A loop's first chunk may be mostly compilation; the rate and the ETA count each chunk's
-    time without its dispatching call (in tqdm's average they were several times too long for
-    hundreds of steps), and steps restored from a checkpoint are not timed."""
+def test_progress_rate_and_eta_leave_out_compilation_and_restored_steps(monkeypatch):
+    """A loop's first chunk may be mostly compilation, and a stage compiles between its loops:
+    the rate and the ETA count the time between chunks without JAX's compilation spans (merged:
+    nested traces overlap) and the chunk's dispatching call (in tqdm's average the ETA was
+    several times too long for hundreds of steps); restored steps are not timed."""
+    spans = collections.deque()
+    monkeypatch.setattr(optimize, "_compile_spans", spans)
     bar = optimize._progress(1100, "W+ embedding", 8)
     clock = [0.0]
     bar._time = lambda: clock[0]
@@ -142,14 +147,27 @@ def test_progress_rate_and_eta_leave_out_compilation_and_restored_steps():
         assert bar.format_dict["rate"] is None and "<?, ?step/s" in str(bar)  # unknown, not 0
         bar.skip(100)  # restored
         clock[0] = 37.0
-        bar.advance(10, "loss 0.5", excluded=36.6)  # 36.6 s compiling in the call, 0.4 s of steps
+        bar.advance(10, "loss 0.5", excluded=(0.2, 36.8))  # 36.6 s compiling in the call, 0.4 s of steps
         assert bar.format_dict["rate"] == pytest.approx(25.0)
-        clock[0] = 37.4
-        bar.advance(10, "loss 0.4", excluded=0.001)
-        assert bar.format_dict["rate"] == pytest.approx(20 / 0.799)
-        assert "120/1100 [00:37<00:39, 25.03step/s, loss 0.4]" in str(bar)  # (1100 - 120) / 25.03 s left
+        spans += [(37.1, 38.1), (37.3, 37.8), (38.0, 38.6)]  # compiling between loops, nested spans
+        clock[0] = 39.0
+        bar.advance(10, "loss 0.4", excluded=(38.9, 38.901))
+        assert bar.format_dict["rate"] == pytest.approx(20 / (0.4 + 2.0 - 1.5 - 0.001))
+        clock[0] = 39.4
+        bar.advance(10, "loss 0.3", excluded=(39.0, 39.001))
+        assert bar.format_dict["rate"] == pytest.approx(30 / 1.298)
+        assert "130/1100 [00:39<00:41, 23.11step/s, loss 0.3]" in str(bar)  # (1100 - 130) / 23.11 s left
     finally:
         bar.close()
+
+
+def test_compilation_spans_are_heard():
+    """The events that the bars leave out exist in this JAX (else the ETA would silently include
+    compilation again)."""
+    optimize._listen_to_compilation()
+    before = time.time()
+    jax.jit(lambda x: jnp.cos(x) * 3.25)(jnp.ones(7)).block_until_ready()
+    assert optimize._busy(optimize._compile_spans, before, time.time()) > 0
 
 
 def _count_step(consts, state, data, i, cfg):
