@@ -258,7 +258,7 @@ def _transfer(args):
         ok = [tuple(map(str, t)) not in failed for t in originals]
         edits, regions = ([x for x, k in zip(column, ok) if k] for column in (edits, regions))
     size = _generator_size(args.weights) if args.no_resize else None
-    good, failures = transfer.check_triples(triples, size)  # before loading any model
+    good, failures = transfer.check_triples(triples, size, progress=not args.quiet)  # before loading any model
     bad = {tuple(map(str, t)) for t, _ in failures}
     ok = [tuple(map(str, t)) not in bad for t in triples]
     edits, regions = ([x for x, k in zip(column, ok) if k] for column in (edits, regions))

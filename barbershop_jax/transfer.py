@@ -507,7 +507,8 @@ class Pipeline:
             if len(t) not in (3, 4) or any(x is None for x in t):
                 raise ValueError(f"a triple of {len(t)} images with {sum(x is None for x in t)} missing: give "
                                  "(face, shape, color) or (face, shape, color, structure)")
-        named = [tuple(api.as_source(x) for x in t) for t in given]
+        flat = iter(api.as_sources([x for t in given for x in t], self.progress))  # files read in parallel
+        named = [tuple(next(flat) for _ in t) for t in given]
         sources = {s.name: s for s in api.identify([s for t in named for s in t])}
         self.sources.update(sources)
         given = [tuple(s.name for s in t) for t in named]
@@ -763,26 +764,24 @@ def align_inputs(triples, out_dir, aligner: face_crop.Aligner, roles=None):
     return good, failures
 
 
-def check_triples(triples, size: int | None = None):
+def check_triples(triples, size: int | None = None, progress: bool = False):
     """Split triples into those whose images all read and those that do not (batch mode goes
     on without the latter). Returns (good triples, [(triple, one-line reason)]); in the good
-    ones every file is an api.ImageSource, read and hashed here once (its pixels are not kept).
-    `size`: refuse images that are not size x size (otherwise they are resized, with a warning)."""
-    good, failures, checked = [], [], {}
+    ones every file is an api.ImageSource, read and hashed here once, in parallel
+    (api.read_sources; its pixels are not kept). `size`: refuse images that are not size x
+    size (otherwise they are resized, with a warning)."""
+    good, failures = [], []
+    checked = api.read_sources([x for t in triples for x in t if isinstance(x, (str, Path))], progress)
+    for path, source in checked.items():
+        if isinstance(source, image_io.ImageError):
+            checked[path] = str(source)
+        elif size is not None and source.shape[:2] != (size, size):
+            h, w = source.shape[:2]
+            checked[path] = f"{path}: {w}x{h}, not the generator's {size}x{size} (refused by --no-resize)"
     for t in triples:
         reason, sources = None, []
         for image in t:
             if isinstance(image, (str, Path)):
-                if str(image) not in checked:
-                    try:
-                        checked[str(image)] = api.as_source(image)
-                    except image_io.ImageError as e:
-                        checked[str(image)] = str(e)
-                    else:
-                        h, w = checked[str(image)].shape[:2]
-                        if size is not None and (h, w) != (size, size):
-                            checked[str(image)] = (f"{image}: {w}x{h}, not the generator's {size}x{size} "
-                                                   "(refused by --no-resize)")
                 image = checked[str(image)]
                 if isinstance(image, str):
                     reason = reason or image

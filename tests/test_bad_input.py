@@ -178,3 +178,26 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path, ca
         assert cli.main(["embed", a, "--out", str(out)]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
+
+
+def test_images_are_read_in_parallel_with_the_same_results(tmp_path, capsys, monkeypatch):
+    """api.read_sources: every distinct path once, on threads, each an ImageSource or the
+    ImageError that says why not (in the paths' order); a bar from READ_BAR_FROM images."""
+    paths = []
+    for i in range(5):
+        rng = np.random.default_rng(i)
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    given = [paths[3], str(paths[0]), tmp_path / "bad.png", *paths, paths[3]]
+    monkeypatch.setattr(api, "READ_BAR_FROM", 2)
+    read = api.read_sources(given, progress=True)
+    assert list(read) == [str(p) for p in (paths[3], paths[0], tmp_path / "bad.png", paths[1], paths[2], paths[4])]
+    for p in paths:
+        assert read[str(p)] == api.as_source(p)  # name, content hash, path, shape
+    assert isinstance(read[str(tmp_path / "bad.png")], image_io.ImageError)
+    err = capsys.readouterr().err
+    assert "Reading images: 100%" in err and "6/6" in err
+    with pytest.raises(image_io.ImageError, match="bad.png: not a readable image"):
+        api.identify(given)
+    assert [s.name for s in api.identify(paths[::-1] + paths)] == ["4", "3", "2", "1", "0"]
