@@ -808,6 +808,24 @@ def parts_by_face(faces: list[str], n_parts: int) -> list[int]:
     return [part_of[face] for face in faces]
 
 
+def write_results(out_dir, done, name: str = "results.csv") -> Path:
+    """OUT/results.csv (or `name`): a row per result, in the input's order: its input files
+    (structure where any triple has one), region (empty: the run's), the result PNG and, with
+    paste-back, the pasted photo. done: [(triple of paths or api.ImageSource, region, result)]."""
+    import csv
+    import io
+
+    n_inputs = max([3, *(len(t) for t, _, _ in done)])
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow([*("face", "shape", "color", "structure")[:n_inputs], "region", "result", "pasted"])
+    for t, region, r in done:
+        inputs = [str(getattr(x, "path", None) or getattr(x, "name", x)) for x in t]
+        writer.writerow([*inputs, *[""] * (n_inputs - len(inputs)), region or "", str(r.path),
+                         str(r.pasted_path or "")])
+    return image_io.atomic_write(Path(out_dir) / name, lambda f: f.write(buf.getvalue().encode()))
+
+
 def write_failures(out_dir, failures, columns=None, name: str = "failures.csv") -> Path:
     """OUT/failures.csv (or `name`): the columns of each failed item (empty where it has fewer),
     then the error. columns: default face, shape, color (and structure where an item has one)."""

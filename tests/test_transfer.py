@@ -247,8 +247,10 @@ def test_cli_batch_reports_bad_rows_and_goes_on(batch_run, tmp_path, capsys, mon
     monkeypatch.setattr(transfer, "load_models",
                         lambda weights=None, dtype="float32", parser_dtype="float32":
                         ran.append((weights, dtype, parser_dtype)) or (None, None))
+    made = lambda t: transfer.TransferResult(*(s.name for s in t), t[1].name, *[None] * 6,  # noqa: E731
+                                             Path(f"o/{t[0].name}_result.png"))
     monkeypatch.setattr(transfer.HairTransfer, "transfer_many",
-                        lambda self, good, **k: ran.append(good) or [])
+                        lambda self, good, **k: ran.append(good) or [made(t) for t in good])
     rc = cli.main(["transfer", "--pairs", str(manifest), "--out", str(tmp_path / "o"), "--quiet",
                    "--dtype", "bfloat16", "--parser-dtype", "bfloat16"])
     err = capsys.readouterr().err
@@ -259,6 +261,10 @@ def test_cli_batch_reports_bad_rows_and_goes_on(batch_run, tmp_path, capsys, mon
     with open(tmp_path / "o" / "failures.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["shape"].endswith("missing.png")
+    with open(tmp_path / "o" / "results.csv") as f:  # which file came of which row
+        rows = list(csv.DictReader(f))
+    assert rows == [{"face": str(triples[0][0]), "shape": str(triples[0][1]), "color": str(triples[0][2]),
+                     "region": "", "result": f"o/{Path(triples[0][0]).stem}_result.png", "pasted": ""}]
 
 
 def test_cli_single_bad_input_is_one_line(tmp_path, capsys):
