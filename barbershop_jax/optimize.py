@@ -287,7 +287,11 @@ def _progress(total, desc, n_items, *, initial=0, unit="image"):
         def advance(self, steps, postfix, excluded=None):
             """`steps` more done; excluded: a (start, end) span of time.time() not to count."""
             now = self._time()
-            spans = [*_compile_spans, *([excluded] if excluded else [])]
+            spans = [excluded] if excluded else []
+            for span in reversed(_compile_spans):  # appended as they end: the recent ones last
+                if span[1] <= self.mark:
+                    break
+                spans.append(span)
             steps_so_far, seconds = self.counted
             self.counted = (steps_so_far + steps, seconds + now - self.mark - _busy(spans, self.mark, now))
             self.mark = now
