@@ -10,4 +10,5 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install -q -e ".[test]"
 # Two workers, one test file each at a time (module fixtures run once): XLA compiles on one
 # core, so 2 workers on 2 cores took 642 s against 814-918 s for one. TEST_WORKERS=0: serial.
-exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
+# --durations: every run names its slowest tests, so that a slower suite shows where.
+exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile --durations=12 "$@"
