@@ -271,11 +271,12 @@ def _transfer(args):
     results = ht.transfer_many(good, paste_back=args.paste_back, feather=args.feather, edits=edits, regions=regions,
                                save_target_masks=args.save_target_mask)
     failures += ht.failures  # optimisations that diverged: those triples only
+    listed = None
     if args.pairs:  # which file came of which row, for the scripts that run many
         done = [(t, region, r) for t, region, r in zip(good, regions, results) if r is not None]
-        transfer.write_results(args.out, done, name=failures_csv.replace("failures", "results"))
+        listed = transfer.write_results(args.out, done, name=failures_csv.replace("failures", "results"))
     results = [r for r in results if r is not None]
-    print(transfer.summary(results, ht.timings))
+    print(transfer.summary(results, ht.timings, listed))
     if args.paste_back:
         for r in results:
             print(f"{r.face}: pasted into its photo: {r.pasted_path}")

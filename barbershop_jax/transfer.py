@@ -560,13 +560,20 @@ def _alignments(t) -> tuple:
     return (face, shape, structure), (face, color, color)
 
 
-def summary(results: list[TransferResult], timings: dict[str, float]) -> str:
-    """The end-of-run table: time per stage, then each triple's output."""
+SUMMARY_ROWS = 20  # results listed at the end of a run; the rest are in results.csv
+
+
+def summary(results: list[TransferResult], timings: dict[str, float], listed: str | None = None) -> str:
+    """The end-of-run table: time per stage, then each triple's output (the first
+    SUMMARY_ROWS when `listed` names a file that lists them all)."""
     lines = ["| stage | seconds |", "| --- | ---: |"]
     lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()]
     lines += [f"| total | {sum(timings.values()):.1f} |", "", "| face | shape | color | result |",
               "| --- | --- | --- | --- |"]
-    lines += [f"| {r.face} | {_references(r.shape, r.structure)} | {r.color} | {r.path} |" for r in results]
+    shown = results[:SUMMARY_ROWS] if listed else results
+    lines += [f"| {r.face} | {_references(r.shape, r.structure)} | {r.color} | {r.path} |" for r in shown]
+    if len(shown) < len(results):
+        lines += ["", f"... and {len(results) - len(shown)} more: every result is listed in {listed}"]
     return "\n".join(lines)
 
 

@@ -288,6 +288,15 @@ def test_cli_manifest_needs_its_columns_and_rows(tmp_path, capsys):
     assert (tmp_path / "o" / "failures.csv").read_text().count("no such file") == 1
 
 
+def test_the_end_table_lists_a_long_run_in_its_results_file():
+    results = [transfer.TransferResult(f"f{i}", "s", "c", "s", *[None] * 6, Path(f"o/f{i}_s_c.png"))
+               for i in range(transfer.SUMMARY_ROWS + 3)]
+    table = transfer.summary(results, {"embedding": 1.0}, Path("o/results.csv")).splitlines()
+    assert table[-1] == "... and 3 more: every result is listed in o/results.csv"
+    assert sum("_s_c.png" in line for line in table) == transfer.SUMMARY_ROWS
+    assert sum("_s_c.png" in line for line in transfer.summary(results, {}).splitlines()) == len(results)
+
+
 def test_options_are_routed_and_unknown_ones_refused():
     embed, tr = transfer.split_options({"w_steps": 5, "blend_steps": 7, "seed": 3})
     assert embed == {"w_steps": 5, "seed": 3} and tr == {"blend_steps": 7, "seed": 3}
