@@ -48,7 +48,7 @@ def _at_least(low, kind=int, above=False):
 
 COUNT = _at_least(0)              # step counts, iterations, indices
 POSITIVE = _at_least(1)           # batch sizes, sample counts
-WEIGHT = _at_least(0.0, float)    # loss weights, fractions
+NON_NEGATIVE = _at_least(0.0, float)  # loss weights, fractions, pixel counts
 
 
 def _part(text):
@@ -390,7 +390,7 @@ def _add_landmark_flags(p):
                                                       "$BARBERSHOP_DLIB_MODEL)")
     p.add_argument("--face-index", type=COUNT, help="which face of a photo with several (default: all for "
                                                   "align-faces; an error for transfer --align)")
-    p.add_argument("--min-face", type=WEIGHT, default=64, help="refuse faces whose crop square is smaller than "
+    p.add_argument("--min-face", type=NON_NEGATIVE, default=64, help="refuse faces whose crop square is smaller than "
                                                               "this many photo pixels (default 64)")
 
 
@@ -465,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--paste-back", action="store_true",
                     help="also paste each result into the face's photo (OUT/..._pasted.png); the face must come from "
                          "--align or align-faces")
-    tr.add_argument("--feather", type=WEIGHT, default=0.025,
+    tr.add_argument("--feather", type=NON_NEGATIVE, default=0.025,
                     help="paste-back: soft edge of the mask, as a fraction of the image side (default 0.025)")
     _add_landmark_flags(tr)
     _add_exif_flag(tr)
@@ -500,10 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--lr", type=_at_least(0.0, float, above=True), help="Adam learning rate (official: 0.01)")
     embed.add_argument("--noise", choices=["random", "const", "none"], help="generator noise (official: random)")
     embed.add_argument("--seed", type=int, help="seed of the per-image noise (default 0)")
-    embed.add_argument("--l2-lambda", type=WEIGHT, help="weight of the full-size MSE (official: 1.0)")
-    embed.add_argument("--percept-lambda", type=WEIGHT, help="weight of LPIPS at 256 px (official: 1.0)")
-    embed.add_argument("--p-norm-lambda", type=WEIGHT, help="weight of the p-norm regulariser (official: 0.001)")
-    embed.add_argument("--l-f-lambda", type=WEIGHT, help="weight of the F regulariser (official: declared, unused: 0)")
+    embed.add_argument("--l2-lambda", type=NON_NEGATIVE, help="weight of the full-size MSE (official: 1.0)")
+    embed.add_argument("--percept-lambda", type=NON_NEGATIVE, help="weight of LPIPS at 256 px (official: 1.0)")
+    embed.add_argument("--p-norm-lambda", type=NON_NEGATIVE, help="weight of the p-norm regulariser (official: 0.001)")
+    embed.add_argument("--l-f-lambda", type=NON_NEGATIVE, help="weight of the F regulariser (official: declared, unused: 0)")
     embed.add_argument("--import-official", metavar="DIR",
                        help="adopt the official code's W+/{name}.npy and FS/{name}.npz from DIR instead of computing them")
     embed.add_argument("--no-fs", action="store_true", help="stop after W+")

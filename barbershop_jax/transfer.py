@@ -636,7 +636,8 @@ class HairTransfer:
         # The settings are checked before minutes of loading models.
         optimize.check_counts("HairTransfer", 1, batch_size=batch_size)
         embed_overrides, overrides = split_options(options)
-        embedding.EmbedConfig(**embed_overrides), TransferConfig(**overrides)
+        embedding.EmbedConfig(**embed_overrides)  # each raises a ValueError naming a bad setting
+        TransferConfig(**overrides)
         if compile_cache:
             from barbershop_jax import compile_cache as cc
             cc.enable()
