@@ -268,12 +268,12 @@ def _transfer(args):
             transfer.write_failures(args.out, failures, name=failures_csv)
         raise ImageError("; ".join(f"{msg}" for _, msg in failures[:3]))
     ht = ht or hair_transfer()
-    results = ht.transfer_many(good, paste_back=args.paste_back, feather=args.feather, edits=edits, regions=regions,
-                               save_target_masks=args.save_target_mask)
+    results = ht.transfer_files(good, paste_back=args.paste_back, feather=args.feather, edits=edits, regions=regions,
+                                save_target_masks=args.save_target_mask)
     failures += ht.failures  # optimisations that diverged: those triples only
     listed = None
-    if args.pairs:  # which file came of which row, for the scripts that run many
-        done = [(t, region, r) for t, region, r in zip(good, regions, results) if r is not None]
+    done = [(t, region, r) for t, region, r in zip(good, regions, results) if r is not None]
+    if args.pairs and done:  # which file came of which row, for the scripts that run many
         listed = transfer.write_results(args.out, done, name=failures_csv.replace("failures", "results"))
     results = [r for r in results if r is not None]
     print(transfer.summary(results, ht.timings, listed))

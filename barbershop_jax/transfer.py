@@ -56,6 +56,7 @@ ALIGN_FIELDS = ("sign", "smooth", "learning_rate", "ce_lambda", "style_lambda", 
 BLEND_FIELDS = ("learning_rate", "face_lambda", "hair_lambda", "blend_steps", "blend_smooth", "blend_parse_size",
                 "parse_size", "loss_size", "guard_empty", "noise", "seed")
 FEATHER = 0.025  # paste-back: the mask's soft edge, as a fraction of the result's side (25 px at 1024)
+WAVE = 256  # triples per transfer_many call of HairTransfer.transfer_files (the command line's batch mode)
 
 
 @dataclasses.dataclass
@@ -724,6 +725,35 @@ class HairTransfer:
             for i, r in zip(indices, done):
                 results[i] = r
         return results
+
+    def transfer_files(self, triples, *, wave: int = WAVE, edits=None, regions=None,
+                       **kwargs) -> list[TransferResult | None]:
+        """transfer_many for runs of any length, as the command line's batch mode runs them:
+        `wave` triples at a time, each result kept as its names and file paths only (its
+        arrays dropped: they are on disk), so that memory stays flat. At 1024 px a result and
+        its alignments hold about 12 MB, more with a pasted photo, and transfer_many keeps
+        them all until it returns: 10,000 triples would need over 100 GB. A later wave reads
+        the embeddings and alignments that an earlier one made from the output folder.
+        timings and failures add up over the waves."""
+        optimize.check_counts("transfer_files", 1, wave=wave)
+        triples = list(triples)
+        out, timings, failures = [], {}, []
+        n_waves = -(-len(triples) // wave)
+        for k, start in enumerate(range(0, len(triples), wave), 1):
+            part = slice(start, start + wave)
+            if n_waves > 1:
+                log.info("wave %d of %d: triples %d to %d of %d", k, n_waves, start + 1,
+                         min(start + wave, len(triples)), len(triples))
+            results = self.transfer_many(triples[part], edits=edits[part] if edits else None,
+                                         regions=regions[part] if regions is not None else None, **kwargs)
+            for stage, seconds in self.timings.items():
+                timings[stage] = timings.get(stage, 0.0) + seconds
+            failures += self.failures
+            out += [None if r is None else dataclasses.replace(
+                r, image=None, target_labels=None, latent_in=None, structure_f=None, face_mask=None, hair_mask=None,
+                pasted=None) for r in results]
+        self.timings, self.failures = timings, failures
+        return out
 
     def transfer(self, face, shape, color, *, structure=None, target_mask=None, shape_transform=None,
                  **options) -> TransferResult:

@@ -297,6 +297,35 @@ def test_the_end_table_lists_a_long_run_in_its_results_file():
     assert sum("_s_c.png" in line for line in transfer.summary(results, {}).splitlines()) == len(results)
 
 
+def test_long_runs_go_in_waves_that_keep_only_file_names(monkeypatch):
+    """HairTransfer.transfer_files (the batch mode's): transfer_many over `wave` triples at a
+    time, its options, edits and regions with them; results keep their names and paths, not
+    their arrays (memory stays flat); timings and failures add up."""
+    calls = []
+
+    def many(self, triples, *, edits=None, regions=None, **options):
+        calls.append((triples, edits, regions, options))
+        self.timings, self.failures = {"embedding": 1.0, "blending": 0.5}, [(t, "diverged") for t in triples
+                                                                            if t[0] == "bad"]
+        return [None if t[0] == "bad" else transfer.TransferResult(
+            *t, t[1], np.zeros((4, 4, 3), np.uint8), np.zeros((2, 2)), np.zeros(3), np.zeros(3), None, None,
+            Path(f"{t[0]}.png"), np.zeros((8, 8, 3), np.uint8), Path(f"{t[0]}_pasted.png")) for t in triples]
+    monkeypatch.setattr(transfer.HairTransfer, "transfer_many", many)
+    ht = object.__new__(transfer.HairTransfer)  # no models: transfer_many is the stub
+    triples = [("f0", "s", "c"), ("bad", "s", "c"), ("f2", "s", "c"), ("f3", "s", "c"), ("f4", "s", "c")]
+    out = ht.transfer_files(triples, wave=2, edits=list("abcde"), regions=[None, "lips", None, None, "hair"],
+                            paste_back=True)
+    assert [(c[0], c[1], c[2]) for c in calls] == [(triples[:2], ["a", "b"], [None, "lips"]),
+                                                   (triples[2:4], ["c", "d"], [None, None]),
+                                                   (triples[4:], ["e"], ["hair"])]
+    assert all(c[3] == {"paste_back": True} for c in calls)
+    assert out[1] is None and [r.path.name for r in out if r] == ["f0.png", "f2.png", "f3.png", "f4.png"]
+    assert all(r.pasted_path.name.endswith("_pasted.png") and r.image is None and r.pasted is None
+               and r.structure_f is None for r in out if r)
+    assert ht.timings == {"embedding": 3.0, "blending": 1.5} and ht.failures == [(triples[1], "diverged")]
+    assert transfer.HairTransfer.transfer_files.__kwdefaults__["wave"] == transfer.WAVE
+
+
 def test_options_are_routed_and_unknown_ones_refused():
     embed, tr = transfer.split_options({"w_steps": 5, "blend_steps": 7, "seed": 3})
     assert embed == {"w_steps": 5, "seed": 3} and tr == {"blend_steps": 7, "seed": 3}
