@@ -83,9 +83,9 @@ def _embed(args):
                  if v is not None}
     cfg = api.default_embed_config(consts, **overrides)
     failures = []
-    done = api.embed(_image_paths(args.images), args.out, consts, cfg, batch_size=args.batch_size,
-                     fs=not args.no_fs, progress=not args.quiet, import_official=args.import_official,
-                     checkpoint_every=args.checkpoint_every or None, failures=failures)
+    done = api.embed_files(_image_paths(args.images), args.out, consts, cfg, batch_size=args.batch_size,
+                           fs=not args.no_fs, progress=not args.quiet, import_official=args.import_official,
+                           checkpoint_every=args.checkpoint_every or None, failures=failures)
     import jax
     share = f" by process {jax.process_index()} of {jax.process_count()}" if jax.process_count() > 1 else ""
     print(f"{len(done)} image(s) embedded{share} under {args.out} (W+{'' if args.no_fs else ' and FS'})")

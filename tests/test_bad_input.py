@@ -201,3 +201,28 @@ def test_images_are_read_in_parallel_with_the_same_results(tmp_path, capsys, mon
     with pytest.raises(image_io.ImageError, match="bad.png: not a readable image"):
         api.identify(given)
     assert [s.name for s in api.identify(paths[::-1] + paths)] == ["4", "3", "2", "1", "0"]
+
+
+def test_embed_files_goes_in_waves_and_refuses_a_name_clash_across_them(tmp_path, monkeypatch):
+    """api.embed_files (the embed command's): every file read and checked first, then `wave`
+    images per embed call, only their names kept; two different images under one name are
+    refused before any work, even when they would fall in different waves."""
+    paths = []
+    for i in range(5):
+        rng = np.random.default_rng(i)
+        (tmp_path / str(i)).mkdir()
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(tmp_path / str(i) / f"im{i}.png")
+        paths.append(tmp_path / str(i) / f"im{i}.png")
+    calls = []
+    monkeypatch.setattr(api, "embed", lambda items, out, consts, cfg, **kw: calls.append((items, kw)) or [
+        api.EmbeddedImage(it.name, it.image_hash, None, None, None) for it in items])
+    names = api.embed_files(paths, tmp_path / "out", consts=object(), wave=2, batch_size=3, progress=False)
+    assert names == [f"im{i}" for i in range(5)]
+    assert [[it.name for it in items] for items, _ in calls] == [["im0", "im1"], ["im2", "im3"], ["im4"]]
+    assert all(kw == {"batch_size": 3, "progress": False} for _, kw in calls)
+    clash = tmp_path / "4" / "im0.png"  # another image named im0, in the last wave
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(clash)
+    calls.clear()
+    with pytest.raises(image_io.ImageError, match="another input is also named 'im0'"):
+        api.embed_files([*paths, clash], tmp_path / "out", consts=object(), wave=2, progress=False)
+    assert calls == []
