@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from pathlib import Path
 
 import jax
@@ -208,12 +209,11 @@ def embed_files(paths, out_dir, consts: embedding.Consts | None = None, cfg: emb
     optimize.check_counts("embed_files", 1, wave=wave)
     items = identify(paths, progress)
     consts = load_models() if consts is None else consts
-    names = []
+    names, started = [], time.time()
     n_waves = -(-len(items) // wave)
     for k, start in enumerate(range(0, len(items), wave), 1):
         if n_waves > 1:
-            log.info("wave %d of %d: images %d to %d of %d", k, n_waves, start + 1, min(start + wave, len(items)),
-                     len(items))
+            optimize.log_wave(k, n_waves, start + 1, min(start + wave, len(items)), len(items), "images", started)
         names += [e.name for e in embed(items[start:start + wave], out_dir, consts, cfg, progress=progress, **kwargs)]
     return names
 

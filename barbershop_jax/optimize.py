@@ -138,6 +138,18 @@ def _warn_idle_devices(n_images: int, n_devices: int):
                     "%d keeps every device busy", n_images, n_devices, padded, padded - n_images, n_devices)
 
 
+def log_wave(k: int, n_waves: int, first: int, last: int, total: int, unit: str, started: float):
+    """One line per wave of a long run (the stage bars span one wave): its place, and from the
+    second wave on the time left by the average wave so far (about: later waves find more of
+    their images embedded already)."""
+    left = ""
+    if k > 1:
+        seconds = (time.time() - started) / (k - 1) * (n_waves - k + 1)
+        hours, minutes = divmod(round(seconds / 60), 60)
+        left = f"; about {f'{hours} h ' if hours else ''}{minutes} min left"
+    log.info("wave %d of %d: %s %d to %d of %d%s", k, n_waves, unit, first, last, total, left)
+
+
 def _pad_batch(tree, multiple):
     """Pad the leading axis to a multiple of `multiple` with copies of the last item."""
     n = jax.tree.leaves(tree)[0].shape[0]

@@ -737,13 +737,13 @@ class HairTransfer:
         timings and failures add up over the waves."""
         optimize.check_counts("transfer_files", 1, wave=wave)
         triples = list(triples)
-        out, timings, failures = [], {}, []
+        out, timings, failures, started = [], {}, [], time.time()
         n_waves = -(-len(triples) // wave)
         for k, start in enumerate(range(0, len(triples), wave), 1):
             part = slice(start, start + wave)
             if n_waves > 1:
-                log.info("wave %d of %d: triples %d to %d of %d", k, n_waves, start + 1,
-                         min(start + wave, len(triples)), len(triples))
+                optimize.log_wave(k, n_waves, start + 1, min(start + wave, len(triples)), len(triples), "triples",
+                                  started)
             results = self.transfer_many(triples[part], edits=edits[part] if edits else None,
                                          regions=regions[part] if regions is not None else None, **kwargs)
             for stage, seconds in self.timings.items():

@@ -2,6 +2,7 @@
 batches equal to single runs, the cache, the blend clamp, the command line and the Python API."""
 import csv
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -324,6 +325,27 @@ def test_long_runs_go_in_waves_that_keep_only_file_names(monkeypatch):
                and r.structure_f is None for r in out if r)
     assert ht.timings == {"embedding": 3.0, "blending": 1.5} and ht.failures == [(triples[1], "diverged")]
     assert transfer.HairTransfer.transfer_files.__kwdefaults__["wave"] == transfer.WAVE
+
+
+def test_a_wave_line_says_how_long_is_left():
+    from barbershop_jax import optimize
+
+    class Lines(logging.Handler):
+        lines: list = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+    logger, handler, level = logging.getLogger("barbershop_jax"), Lines(), logging.getLogger("barbershop_jax").level
+    logger.addHandler(handler)  # (the command line's handler stops propagation to pytest's)
+    logger.setLevel(logging.INFO)
+    try:
+        optimize.log_wave(1, 5, 1, 256, 1200, "triples", time.time())
+        optimize.log_wave(3, 5, 513, 768, 1200, "triples", time.time() - 3600)  # 2 waves in an hour
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert handler.lines == ["wave 1 of 5: triples 1 to 256 of 1200",
+                             "wave 3 of 5: triples 513 to 768 of 1200; about 1 h 30 min left"]
 
 
 def test_options_are_routed_and_unknown_ones_refused():
