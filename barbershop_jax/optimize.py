@@ -260,12 +260,16 @@ def _listen_to_compilation():
         return
     _listening = True
 
-    def on_span(event, start, end, **kwargs):
-        if event in _COMPILE_EVENTS:
-            _compile_spans.append((start, end))
+    def on_span(event, start, end, *args, **kwargs):
+        # JAX calls this inside its compilation: whatever another JAX passes, it must not raise.
+        try:
+            if event in _COMPILE_EVENTS:
+                _compile_spans.append((float(start), float(end)))
+        except Exception:  # noqa: BLE001
+            pass
     try:
         jax.monitoring.register_event_time_span_listener(on_span)
-    except AttributeError:  # a JAX without it: only the chunks' own dispatching calls are left out
+    except Exception:  # noqa: BLE001 (a JAX without it: only the chunks' own dispatching calls are left out)
         pass
 
 
