@@ -846,37 +846,38 @@ def parts_by_face(faces: list[str], n_parts: int) -> list[int]:
     return [part_of[face] for face in faces]
 
 
+INPUT_COLUMNS = ("face", "shape", "color", "structure")
+
+
+def _write_csv(path: Path, header, rows) -> Path:
+    """A CSV file written whole or not at all; each row's missing middle cells (a triple
+    without a structure reference) left empty: rows are (inputs, then the other cells)."""
+    import csv
+    import io
+
+    n_inputs = len(header) - len(rows[0][1]) if rows else 0
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    for inputs, rest in rows:
+        writer.writerow([*(str(x) for x in inputs), *[""] * (n_inputs - len(inputs)), *rest])
+    return image_io.atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
 def write_results(out_dir, done, name: str = "results.csv") -> Path:
     """OUT/results.csv (or `name`): a row per result, in the input's order: its input files
     (structure where any triple has one), region (empty: the run's), the result PNG and, with
     paste-back, the pasted photo. done: [(triple of paths or api.ImageSource, region, result)]."""
-    import csv
-    import io
-
-    n_inputs = max([3, *(len(t) for t, _, _ in done)])
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow([*("face", "shape", "color", "structure")[:n_inputs], "region", "result", "pasted"])
-    for t, region, r in done:
-        inputs = [str(getattr(x, "path", None) or getattr(x, "name", x)) for x in t]
-        writer.writerow([*inputs, *[""] * (n_inputs - len(inputs)), region or "", str(r.path),
-                         str(r.pasted_path or "")])
-    return image_io.atomic_write(Path(out_dir) / name, lambda f: f.write(buf.getvalue().encode()))
+    columns = INPUT_COLUMNS[:max([3, *(len(t) for t, _, _ in done)])]
+    rows = [([getattr(x, "path", None) or getattr(x, "name", x) for x in t],
+             [region or "", str(r.path), str(r.pasted_path or "")]) for t, region, r in done]
+    return _write_csv(Path(out_dir) / name, [*columns, "region", "result", "pasted"], rows)
 
 
 def write_failures(out_dir, failures, columns=None, name: str = "failures.csv") -> Path:
     """OUT/failures.csv (or `name`): the columns of each failed item (empty where it has fewer),
     then the error. columns: default face, shape, color (and structure where an item has one)."""
-    import csv
-    import io
-
     if columns is None:
-        columns = ("face", "shape", "color", "structure")[:max([3, *(len(item) for item, _ in failures)])]
-
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow([*columns, "error"])
-    for item, reason in failures:
-        writer.writerow([*(str(x) for x in item), *[""] * (len(columns) - len(item)), str(reason)])
-    path = Path(out_dir) / name
-    return image_io.atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+        columns = INPUT_COLUMNS[:max([3, *(len(item) for item, _ in failures)])]
+    rows = [(item, [str(reason)]) for item, reason in failures]
+    return _write_csv(Path(out_dir) / name, [*columns, "error"], rows)
