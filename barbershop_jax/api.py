@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from pathlib import Path
 
 import jax
@@ -209,12 +208,9 @@ def embed_files(paths, out_dir, consts: embedding.Consts | None = None, cfg: emb
     optimize.check_counts("embed_files", 1, wave=wave)
     items = identify(paths, progress)
     consts = load_models() if consts is None else consts
-    names, started = [], time.time()
-    n_waves = -(-len(items) // wave)
-    for k, start in enumerate(range(0, len(items), wave), 1):
-        if n_waves > 1:
-            optimize.log_wave(k, n_waves, start + 1, min(start + wave, len(items)), len(items), "images", started)
-        names += [e.name for e in embed(items[start:start + wave], out_dir, consts, cfg, progress=progress, **kwargs)]
+    names = []
+    for start, stop in optimize.waves(len(items), wave, "images"):
+        names += [e.name for e in embed(items[start:stop], out_dir, consts, cfg, progress=progress, **kwargs)]
     return names
 
 

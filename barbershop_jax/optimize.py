@@ -138,6 +138,18 @@ def _warn_idle_devices(n_images: int, n_devices: int):
                     "%d keeps every device busy", n_images, n_devices, padded, padded - n_images, n_devices)
 
 
+def waves(n_items: int, wave: int, unit: str):
+    """(start, stop) of each wave of a long run (api.embed_files, HairTransfer.transfer_files),
+    with a line per wave when there are several (log_wave)."""
+    check_counts(f"waves of {unit}", 1, wave=wave)
+    started, n_waves = time.time(), -(-n_items // wave)
+    for k, start in enumerate(range(0, n_items, wave), 1):
+        stop = min(start + wave, n_items)
+        if n_waves > 1:
+            log_wave(k, n_waves, start + 1, stop, n_items, unit, started)
+        yield start, stop
+
+
 def log_wave(k: int, n_waves: int, first: int, last: int, total: int, unit: str, started: float):
     """One line per wave of a long run (the stage bars span one wave): its place, and from the
     second wave on the time left by the average wave so far (about: later waves find more of

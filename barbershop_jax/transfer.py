@@ -735,15 +735,10 @@ class HairTransfer:
         them all until it returns: 10,000 triples would need over 100 GB. A later wave reads
         the embeddings and alignments that an earlier one made from the output folder.
         timings and failures add up over the waves."""
-        optimize.check_counts("transfer_files", 1, wave=wave)
         triples = list(triples)
-        out, timings, failures, started = [], {}, [], time.time()
-        n_waves = -(-len(triples) // wave)
-        for k, start in enumerate(range(0, len(triples), wave), 1):
-            part = slice(start, start + wave)
-            if n_waves > 1:
-                optimize.log_wave(k, n_waves, start + 1, min(start + wave, len(triples)), len(triples), "triples",
-                                  started)
+        out, timings, failures = [], {}, []
+        for start, stop in optimize.waves(len(triples), wave, "triples"):
+            part = slice(start, stop)
             results = self.transfer_many(triples[part], edits=edits[part] if edits else None,
                                          regions=regions[part] if regions is not None else None, **kwargs)
             for stage, seconds in self.timings.items():
