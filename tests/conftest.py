@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 # Optimisation loops in tests run as rolled scans: on CPU the production default unrolls each
-# chunk (optimize.loop_defaults), which multiplies compile time in tests that run a few steps.
+# chunk (loop.loop_defaults), which multiplies compile time in tests that run a few steps.
 # Set in the environment, so that the subprocesses of CLI tests inherit it.
 os.environ["BARBERSHOP_JAX_LOOP"] = "4,rolled"
 # One persistent compilation cache for the whole run, shared by the pytest-xdist workers and the
@@ -30,7 +30,8 @@ import pytest  # noqa: E402
 jax.config.update("jax_enable_x64", False)
 sys.path.insert(0, str(Path(__file__).parent))
 
-from barbershop_jax import compile_cache  # noqa: E402
+from barbershop_jax.pipeline import compile_cache  # noqa: E402
+from barbershop_jax.stages import loop  # noqa: E402
 
 compile_cache.enable()  # in this process too: the subprocesses then find what the tests compiled
 
@@ -89,7 +90,8 @@ def converted_64(torch_generator_64, tmp_path_factory):
     """torch_generator_64 saved as an official checkpoint and converted by the real command."""
     import torch
     import torch_stylegan2 as T
-    from barbershop_jax import cli, load_generator
+    from barbershop_jax import cli
+    from barbershop_jax import load_generator
 
     root = tmp_path_factory.mktemp("g64")
     torch.save(T.checkpoint(torch_generator_64), root / "g64.pt")

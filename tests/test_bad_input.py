@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from barbershop_jax import api, cli, image_io, transfer
+from barbershop_jax import cli
+from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.config import EmbedConfig
+from barbershop_jax.pipeline import batching
+from barbershop_jax.pipeline import embed as pipeline_embed
+from barbershop_jax.pipeline import hair_transfer
+from barbershop_jax.pipeline import sources
 from barbershop_jax.models import stylegan2
 
 SIZE = stylegan2.tiny_config().size  # the embedded generator's
@@ -19,7 +25,7 @@ def stub_transfer(monkeypatch):
     """No models, no optimisation: records what would have been transferred."""
     ran = []
     monkeypatch.setattr(transfer, "load_models", lambda *args, **kwargs: (None, None))
-    monkeypatch.setattr(transfer.HairTransfer, "transfer_many", lambda self, good, **k: ran.append(good) or [])
+    monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many", lambda self, good, **k: ran.append(good) or [])
     return ran
 
 
@@ -93,11 +99,11 @@ def test_names_that_would_write_outside_the_output_folder_are_refused(tmp_path):
     pixels = np.zeros((SIZE, SIZE, 3), np.uint8)
     for name in ("../evil", "a/b", "..", "c\\d"):
         with pytest.raises(image_io.ImageError, match="not usable as an image name"):
-            api.as_source(pixels, name=name)
+            sources.as_source(pixels, name=name)
     dots = good_image(tmp_path / "...png")  # its stem is ".."
     with pytest.raises(image_io.ImageError, match="not usable as an image name"):
-        api.as_source(dots)
-    good, failures = transfer.check_triples([(dots, dots, dots)])
+        sources.as_source(dots)
+    good, failures = hair_transfer.check_triples([(dots, dots, dots)])
     assert not good and "not usable as an image name" in failures[0][1]
 
 
@@ -107,7 +113,7 @@ def test_out_of_memory_names_the_batch_size_to_try(tmp_path, capsys, monkeypatch
 
     def oom(self, good, **k):
         raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12.5GiB.")
-    monkeypatch.setattr(transfer.HairTransfer, "transfer_many", oom)
+    monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many", oom)
     a = str(tmp_path / "a.png")
     rc = cli.main(["transfer", "--face", a, "--shape", a, "--color", a, "--out", str(tmp_path / "o"),
                    "--batch-size", "8"])
@@ -146,23 +152,23 @@ def test_bad_numbers_are_refused_in_one_line_before_any_work(tmp_path, capsys, a
 
 
 def test_the_library_refuses_bad_counts_before_loading_models(monkeypatch):
-    from barbershop_jax import embedding, optimize
-    from barbershop_jax.transfer_config import TransferConfig
+    from barbershop_jax.stages import embed as embedding
+    from barbershop_jax.config import TransferConfig
 
     def no_loading(*args, **kwargs):
         raise AssertionError("models loaded before the settings were checked")
     monkeypatch.setattr(transfer, "load_models", no_loading)
     monkeypatch.setattr(api, "load_models", no_loading)
     for make, says in [
-        (lambda: transfer.HairTransfer(batch_size=0), "HairTransfer: batch_size must be a whole number of at least 1"),
-        (lambda: transfer.HairTransfer(blend_steps=-1), "TransferConfig: blend_steps must be a whole number"),
-        (lambda: transfer.HairTransfer(w_steps=2.5), "EmbedConfig: w_steps must be a whole number"),
-        (lambda: transfer.HairTransfer(learning_rate=0.0), "learning_rate must be above 0"),
-        (lambda: api.embed([], "unused", batch_size=-1), "embed: batch_size must be a whole number of at least 1"),
-        (lambda: embedding.EmbedConfig(percept_lambda=float("nan")), "percept_lambda must be at least 0"),
+        (lambda: hair_transfer.HairTransfer(batch_size=0), "HairTransfer: batch_size must be a whole number of at least 1"),
+        (lambda: hair_transfer.HairTransfer(blend_steps=-1), "TransferConfig: blend_steps must be a whole number"),
+        (lambda: hair_transfer.HairTransfer(w_steps=2.5), "EmbedConfig: w_steps must be a whole number"),
+        (lambda: hair_transfer.HairTransfer(learning_rate=0.0), "learning_rate must be above 0"),
+        (lambda: pipeline_embed.embed([], "unused", batch_size=-1), "embed: batch_size must be a whole number of at least 1"),
+        (lambda: EmbedConfig(percept_lambda=float("nan")), "percept_lambda must be at least 0"),
         (lambda: TransferConfig(chunk=0), "TransferConfig: chunk must be a whole number of at least 1"),
         (lambda: TransferConfig(align_steps1=True), "align_steps1 must be a whole number"),
-        (lambda: list(optimize.batches([1, 2], 0, "w_plus")), "w_plus: batch_size must be a whole number"),
+        (lambda: list(batching.batches([1, 2], 0, "w_plus")), "w_plus: batch_size must be a whole number"),
     ]:
         with pytest.raises(ValueError, match=says):
             make()
@@ -181,7 +187,7 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path, ca
 
 
 def test_images_are_read_in_parallel_with_the_same_results(tmp_path, capsys, monkeypatch):
-    """api.read_sources: every distinct path once, on threads, each an ImageSource or the
+    """sources.read_sources: every distinct path once, on threads, each an ImageSource or the
     ImageError that says why not (in the paths' order); a bar from READ_BAR_FROM images."""
     paths = []
     for i in range(5):
@@ -191,20 +197,20 @@ def test_images_are_read_in_parallel_with_the_same_results(tmp_path, capsys, mon
     (tmp_path / "bad.png").write_bytes(b"not an image")
     given = [paths[3], str(paths[0]), tmp_path / "bad.png", *paths, paths[3]]
     monkeypatch.setattr(api, "READ_BAR_FROM", 2)
-    read = api.read_sources(given, progress=True)
+    read = sources.read_sources(given, progress=True)
     assert list(read) == [str(p) for p in (paths[3], paths[0], tmp_path / "bad.png", paths[1], paths[2], paths[4])]
     for p in paths:
-        assert read[str(p)] == api.as_source(p)  # name, content hash, path, shape
+        assert read[str(p)] == sources.as_source(p)  # name, content hash, path, shape
     assert isinstance(read[str(tmp_path / "bad.png")], image_io.ImageError)
     err = capsys.readouterr().err
     assert "Reading images: 100%" in err and "6/6" in err
     with pytest.raises(image_io.ImageError, match="bad.png: not a readable image"):
-        api.identify(given)
-    assert [s.name for s in api.identify(paths[::-1] + paths)] == ["4", "3", "2", "1", "0"]
+        sources.identify(given)
+    assert [s.name for s in sources.identify(paths[::-1] + paths)] == ["4", "3", "2", "1", "0"]
 
 
 def test_embed_files_goes_in_waves_and_refuses_a_name_clash_across_them(tmp_path, monkeypatch):
-    """api.embed_files (the embed command's): every file read and checked first, then `wave`
+    """pipeline_embed.embed_files (the embed command's): every file read and checked first, then `wave`
     images per embed call, only their names kept; two different images under one name are
     refused before any work, even when they would fall in different waves."""
     paths = []
@@ -215,8 +221,8 @@ def test_embed_files_goes_in_waves_and_refuses_a_name_clash_across_them(tmp_path
         paths.append(tmp_path / str(i) / f"im{i}.png")
     calls = []
     monkeypatch.setattr(api, "embed", lambda items, out, consts, cfg, **kw: calls.append((items, kw)) or [
-        api.EmbeddedImage(it.name, it.image_hash, None, None, None) for it in items])
-    names = api.embed_files(paths, tmp_path / "out", consts=object(), wave=2, batch_size=3, progress=False)
+        pipeline_embed.EmbeddedImage(it.name, it.image_hash, None, None, None) for it in items])
+    names = pipeline_embed.embed_files(paths, tmp_path / "out", consts=object(), wave=2, batch_size=3, progress=False)
     assert names == [f"im{i}" for i in range(5)]
     assert [[it.name for it in items] for items, _ in calls] == [["im0", "im1"], ["im2", "im3"], ["im4"]]
     assert all(kw == {"batch_size": 3, "progress": False} for _, kw in calls)
@@ -224,5 +230,5 @@ def test_embed_files_goes_in_waves_and_refuses_a_name_clash_across_them(tmp_path
     Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(clash)
     calls.clear()
     with pytest.raises(image_io.ImageError, match="another input is also named 'im0'"):
-        api.embed_files([*paths, clash], tmp_path / "out", consts=object(), wave=2, progress=False)
+        pipeline_embed.embed_files([*paths, clash], tmp_path / "out", consts=object(), wave=2, progress=False)
     assert calls == []

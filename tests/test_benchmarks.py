@@ -10,8 +10,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import suite  # noqa: E402
 import torch_reference  # noqa: E402
-from barbershop_jax import embedding  # noqa: E402
-from barbershop_jax.transfer_config import TransferConfig  # noqa: E402
+from barbershop_jax.stages import embed as embedding  # noqa: E402
+from barbershop_jax.config import EmbedConfig  # noqa: E402
+from barbershop_jax.config import TransferConfig  # noqa: E402
 
 SIZE, CHANNELS = 64, 16  # the smallest size with every stage (FS and blend start at block 4)
 
@@ -24,7 +25,7 @@ def small_models():
 @pytest.mark.parametrize("stage", suite.STAGES)
 def test_each_stage_problem_lowers_with_a_flop_count(small_models, stage):
     models, pca = small_models
-    embed_cfg = embedding.EmbedConfig(lpips_size=SIZE // 2, chunk=2)
+    embed_cfg = EmbedConfig(lpips_size=SIZE // 2, chunk=2)
     cfg = TransferConfig(chunk=2).resolve(SIZE)
     flops = suite._flops_per_step(*suite.stage_problem(stage, models, pca, 1, embed_cfg, cfg))
     assert flops > 1e6
@@ -55,7 +56,7 @@ def test_the_profile_of_a_stage_names_its_operations(small_models):
     program's HLO instructions, and the kinds' shares add up."""
     import profile_step
     models, pca = small_models
-    embed_cfg = embedding.EmbedConfig(lpips_size=SIZE // 2, chunk=2)
+    embed_cfg = EmbedConfig(lpips_size=SIZE // 2, chunk=2)
     cfg = TransferConfig(chunk=2).resolve(SIZE)
     row = profile_step.profile_stage("FS", models, pca, 1, chunk=2, unroll=False, reps=1, embed_cfg=embed_cfg,
                                      cfg=cfg, top=10)

@@ -17,6 +17,7 @@ import torch
 import torch_bisenet as T
 from conftest import nhwc
 from barbershop_jax import cli
+from barbershop_jax.models import bundle
 from barbershop_jax.models import bisenet
 from convert import bisenet as conv
 from convert.common import ConversionError
@@ -149,12 +150,12 @@ def test_segment_compiles_once(converted):
 
 
 def test_bfloat16_option(converted):
-    """api.with_dtype(parser, "bfloat16"): float32 logits close to the float32 network's, the
+    """bundle.with_dtype(parser, "bfloat16"): float32 logits close to the float32 network's, the
     same weights file (the dtype is not saved), and cache keys of its own."""
-    from barbershop_jax import api, cache
+    from barbershop_jax.pipeline import store as cache
 
     model, root = converted
-    half = api.with_dtype(model, "bfloat16")
+    half = bundle.with_dtype(model, "bfloat16")
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 128, 128, 3))
     segment = jax.jit(lambda m, x: m.segment(x, parse_size=64))
     full, low = segment(model, x), segment(half, x)

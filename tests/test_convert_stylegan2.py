@@ -12,7 +12,8 @@ import torch
 
 import torch_stylegan2 as T
 from conftest import rel_err
-from barbershop_jax import cli, load_generator
+from barbershop_jax import cli
+from barbershop_jax import load_generator
 from barbershop_jax.losses import p_norm
 from barbershop_jax.models import stylegan2
 from convert import stylegan2 as conv

@@ -14,7 +14,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from barbershop_jax import api, cache, cli, demo, embedding, image_io, optimize, resample
+from barbershop_jax.pipeline import store as cache
+from barbershop_jax import cli
+from barbershop_jax.stages import embed as embedding
+from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.ops import resample
+from barbershop_jax.config import EmbedConfig
+from barbershop_jax.models import bundle
+from barbershop_jax.models import embedded
+from barbershop_jax.pipeline import batching
+from barbershop_jax.pipeline import embed as pipeline_embed
+from barbershop_jax.pipeline import progress
+from barbershop_jax.stages import loop
 from barbershop_jax.losses import p_norm
 from barbershop_jax.models import vgg16
 from conftest import count_compilations, render, render_from_features
@@ -23,7 +34,7 @@ SMALL_VGG = vgg16.VGG16Config(widths=(8, 16, 16, 32, 32))
 
 
 def make_consts():
-    g = demo.embedded_generator()
+    g = embedded.generator()
     vgg = vgg16.init(SMALL_VGG, jax.random.PRNGKey(1))
     return embedding.Consts(g, vgg, p_norm.pca_stats(g, 2000, jax.random.PRNGKey(2)))
 
@@ -39,7 +50,7 @@ def _targets(consts, w_plus, noise="const", seeds=None):
     small = np.stack([resample.uint8_to_signed(resample.lanczos_resize(im, 32))
                       for im in image_io.to_uint8(np.asarray(image))])
     hashes = seeds or [f"{i:08x}" for i in range(len(w_plus))]
-    keys = jnp.stack([optimize.image_key(0, h) for h in hashes])
+    keys = jnp.stack([loop.image_key(0, h) for h in hashes])
     return embedding.Targets(image, jnp.asarray(small), keys)
 
 
@@ -69,7 +80,7 @@ def test_recovers_a_rendered_image(consts):
     3 dB more. A sign error in the loss, a zero learning rate or a broken gradient fails."""
     g = consts.generator
     targets = _targets(consts, _known_w_plus(consts, 1))
-    cfg = embedding.EmbedConfig(w_steps=60, fs_steps=60, lpips_size=32, noise="const")
+    cfg = EmbedConfig(w_steps=60, fs_steps=60, lpips_size=32, noise="const")
     start = psnr(render(g, g.mean_w_plus(1)), targets.full)
     w_plus, metrics = embedding.embed_w_plus(consts, targets, cfg, progress=False)
     after_w = psnr(render(g, w_plus), targets.full)
@@ -83,7 +94,7 @@ def test_recovers_a_rendered_image(consts):
 def test_batch_equals_single_runs(consts):
     # The settings (and batch sizes 2 and 1) of the other tests here: their programs are reused.
     targets = _targets(consts, _known_w_plus(consts, 2, seed=6))
-    cfg = embedding.EmbedConfig(w_steps=6, fs_steps=4, lpips_size=32)  # random noise
+    cfg = EmbedConfig(w_steps=6, fs_steps=4, lpips_size=32)  # random noise
     w_batch, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
     li_batch, f_batch, _ = embedding.embed_fs(consts, targets, w_batch, cfg, progress=False)
     for i in range(2):
@@ -97,11 +108,11 @@ def test_batch_equals_single_runs(consts):
 
 def test_seed_reproducibility(consts):
     targets = _targets(consts, _known_w_plus(consts, 1, seed=7))
-    cfg = embedding.EmbedConfig(w_steps=4, lpips_size=32)
+    cfg = EmbedConfig(w_steps=4, lpips_size=32)
     a, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
     b, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
     np.testing.assert_array_equal(a, b)
-    other = targets._replace(key=jnp.stack([optimize.image_key(1, "00000000")]))
+    other = targets._replace(key=jnp.stack([loop.image_key(1, "00000000")]))
     c, _ = embedding.embed_w_plus(consts, other, cfg, progress=False)
     assert not np.allclose(a, c)
 
@@ -109,15 +120,15 @@ def test_seed_reproducibility(consts):
 def test_result_is_from_before_the_last_update(consts):
     """Official: the saved W+ is the latent of the last iteration, captured before step()."""
     targets = _targets(consts, _known_w_plus(consts, 1, seed=8))
-    w1, _ = embedding.embed_w_plus(consts, targets, embedding.EmbedConfig(w_steps=1, lpips_size=32), progress=False)
+    w1, _ = embedding.embed_w_plus(consts, targets, EmbedConfig(w_steps=1, lpips_size=32), progress=False)
     np.testing.assert_array_equal(w1, consts.generator.mean_w_plus(1))
 
 
 @pytest.mark.production_loop
 def test_unrolled_chunks_equal_rolled(consts, monkeypatch):
-    """On CPU the loop unrolls its chunks (optimize.loop_defaults); same numbers as rolled."""
+    """On CPU the loop unrolls its chunks (loop.loop_defaults); same numbers as rolled."""
     targets = _targets(consts, _known_w_plus(consts, 2, seed=3))
-    cfg = embedding.EmbedConfig(w_steps=4, lpips_size=32)
+    cfg = EmbedConfig(w_steps=4, lpips_size=32)
     production, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
     # Rolled chunks of the same length: the program test_batch_equals_single_runs compiled.
     monkeypatch.setattr(optimize, "loop_defaults", lambda platform=None: (4, False))
@@ -126,10 +137,10 @@ def test_unrolled_chunks_equal_rolled(consts, monkeypatch):
 
 
 def test_chunk_lengths():
-    assert optimize.chunk_lengths(1100, 10) == [10] * 110
-    assert optimize.chunk_lengths(101, 50) == [50, 50, 1]
-    assert optimize.chunk_lengths(3, 4) == [3]
-    assert optimize.chunk_lengths(0, 4) == []
+    assert loop.chunk_lengths(1100, 10) == [10] * 110
+    assert loop.chunk_lengths(101, 50) == [50, 50, 1]
+    assert loop.chunk_lengths(3, 4) == [3]
+    assert loop.chunk_lengths(0, 4) == []
 
 
 def test_progress_rate_and_eta_leave_out_compilation_and_restored_steps(monkeypatch):
@@ -139,7 +150,7 @@ def test_progress_rate_and_eta_leave_out_compilation_and_restored_steps(monkeypa
     several times too long for hundreds of steps); restored steps are not timed."""
     spans = collections.deque()
     monkeypatch.setattr(optimize, "_compile_spans", spans)
-    bar = optimize._progress(1100, "W+ embedding", 8)
+    bar = progress._progress(1100, "W+ embedding", 8)
     clock = [0.0]
     bar._time = lambda: clock[0]
     bar.start_t = bar.last_print_t = bar.mark = 0.0
@@ -164,10 +175,10 @@ def test_progress_rate_and_eta_leave_out_compilation_and_restored_steps(monkeypa
 def test_compilation_spans_are_heard():
     """The events that the bars leave out exist in this JAX (else the ETA would silently include
     compilation again)."""
-    optimize._listen_to_compilation()
+    progress._listen_to_compilation()
     before = time.time()
     jax.jit(lambda x: jnp.cos(x) * 3.25)(jnp.ones(7)).block_until_ready()
-    assert optimize._busy(optimize._compile_spans, before, time.time()) > 0
+    assert progress._busy(progress._compile_spans, before, time.time()) > 0
 
 
 def _count_step(consts, state, data, i, cfg):
@@ -177,14 +188,14 @@ def _count_step(consts, state, data, i, cfg):
 def test_a_stage_has_one_bar_over_its_batches_and_loops(capsys):
     """StageProgress: one bar, total = batches x steps, advanced by every loop of every batch,
     its postfix naming the batch and the loop; a loop that does not run is skipped."""
-    with optimize.StageProgress("Alignment", 5, 2, 6 + 4, unit="pair") as stage:
-        for batch, padded in optimize.batches(list(range(5)), 2, "progress_test"):
+    with progress.StageProgress("Alignment", 5, 2, 6 + 4, unit="pair") as stage:
+        for batch, padded in batching.batches(list(range(5)), 2, "progress_test"):
             stage.next_batch()
             x = jnp.zeros((len(padded),))
-            x, _ = optimize.run(_count_step, None, (), x, jnp.ones_like(x), 6, chunk=2, desc="Align step 1",
+            x, _ = loop.run(_count_step, None, (), x, jnp.ones_like(x), 6, chunk=2, desc="Align step 1",
                                 progress=stage)
             if stage.batch < 3:
-                x, _ = optimize.run(_count_step, None, (), x, jnp.ones_like(x), 4, chunk=2, desc="Align step 2",
+                x, _ = loop.run(_count_step, None, (), x, jnp.ones_like(x), 4, chunk=2, desc="Align step 2",
                                     progress=stage)
             else:
                 stage.skip(4)
@@ -193,7 +204,7 @@ def test_a_stage_has_one_bar_over_its_batches_and_loops(capsys):
         assert stage.bar.total == 30 and stage.bar.postfix.startswith("batch 3/3, Align step 1: loss")
     err = capsys.readouterr().err
     assert "Alignment (5 pairs)" in err and "30/30" in err and "Align step 2 (" not in err  # no bar of its own
-    with optimize.StageProgress("Blend", 0, 4, 400) as stage:  # nothing to do: no bar
+    with progress.StageProgress("Blend", 0, 4, 400) as stage:  # nothing to do: no bar
         assert stage.bar is None and stage.loop("Blend", 0) is None
 
 
@@ -201,7 +212,7 @@ def test_idle_steps_of_the_last_chunk_change_nothing(consts):
     """7 steps in chunks of 4 (one compilation; the second chunk's last step idle) equal 7
     steps in chunks of 7, and the last live step's metrics are reported."""
     targets = _targets(consts, _known_w_plus(consts, 1, seed=12))
-    cfg = embedding.EmbedConfig(w_steps=7, lpips_size=32, noise="const")
+    cfg = EmbedConfig(w_steps=7, lpips_size=32, noise="const")
     a, metrics_a = embedding.embed_w_plus(consts, targets, dataclasses.replace(cfg, chunk=4), progress=False)
     b, metrics_b = embedding.embed_w_plus(consts, targets, dataclasses.replace(cfg, chunk=7), progress=False)
     assert_adam_close(a, b, steps=7)
@@ -215,11 +226,11 @@ def test_sharded_over_four_cpu_devices_equals_unsharded(consts, tmp_path):
         import sys, jax, numpy as np
         sys.path.insert(0, sys.argv[1])
         import test_embedding as t
-        from barbershop_jax import embedding
+        from barbershop_jax.stages import embed as embedding
         assert len(jax.devices()) == 4, jax.devices()
         consts = t.make_consts()
         targets = t._targets(consts, t._known_w_plus(consts, 2, seed=4))
-        cfg = embedding.EmbedConfig(w_steps=4, fs_steps=2, lpips_size=32)
+        cfg = EmbedConfig(w_steps=4, fs_steps=2, lpips_size=32)
         w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
         li, f, _ = embedding.embed_fs(consts, targets, w, cfg, progress=False)
         np.savez(sys.argv[2], w=np.asarray(w), li=np.asarray(li), f=np.asarray(f))
@@ -234,7 +245,7 @@ def test_sharded_over_four_cpu_devices_equals_unsharded(consts, tmp_path):
     # The idle devices are named once (both stages pad 2 to 4).
     assert done.stderr.count("a batch of 2 over 4 devices runs as 4 (2 copies)") == 1, done.stderr[-2000:]
     targets = _targets(consts, _known_w_plus(consts, 2, seed=4))
-    cfg = embedding.EmbedConfig(w_steps=4, fs_steps=2, lpips_size=32)
+    cfg = EmbedConfig(w_steps=4, fs_steps=2, lpips_size=32)
     w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
     li, f, _ = embedding.embed_fs(consts, targets, w, cfg, progress=False)
     with np.load(out) as sharded:
@@ -278,34 +289,34 @@ class _Counter:
 
 def test_cache_skips_done_work_and_recomputes_damage(consts, tmp_path, monkeypatch):
     paths = _write_images(consts, tmp_path / "in")
-    cfg = embedding.EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
+    cfg = EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
     count = _Counter(monkeypatch)
     out = tmp_path / "out"
-    first = api.embed(paths, out, consts, cfg, batch_size=2, progress=False)
+    first = pipeline_embed.embed(paths, out, consts, cfg, batch_size=2, progress=False)
     assert (count.w, count.fs) == (2, 2)
-    second = api.embed(paths + paths[:1], out, consts, cfg, batch_size=2, progress=False)
+    second = pipeline_embed.embed(paths + paths[:1], out, consts, cfg, batch_size=2, progress=False)
     assert (count.w, count.fs) == (2, 2)  # nothing optimised again, duplicates embedded once
     np.testing.assert_array_equal(first[0].w_plus, second[0].w_plus)
     np.testing.assert_array_equal(first[1].structure_f, second[1].structure_f)
     # A damaged FS file is recomputed (the W+ is still cached).
     (out / "FS" / "face1.npz").write_bytes(b"not a zip")
-    api.embed(paths, out, consts, cfg, batch_size=2, progress=False)
+    pipeline_embed.embed(paths, out, consts, cfg, batch_size=2, progress=False)
     assert (count.w, count.fs) == (2, 3)
     # Other settings are another key: recomputed.
-    api.embed(paths[:1], out, consts, cfg.__class__(**{**cfg.__dict__, "seed": 1}), progress=False)
+    pipeline_embed.embed(paths[:1], out, consts, cfg.__class__(**{**cfg.__dict__, "seed": 1}), progress=False)
     assert (count.w, count.fs) == (3, 4)
 
 
 def test_batches_pad_short_ones_to_a_compiled_size():
-    batches = lambda n, b, stage: [(len(r), len(p)) for r, p in optimize.batches(list(range(n)), b, stage)]  # noqa: E731
+    batches = lambda n, b, stage: [(len(r), len(p)) for r, p in batching.batches(list(range(n)), b, stage)]  # noqa: E731
     assert batches(3, 4, "t1") == [(3, 3)]            # one small run: no padding
     assert batches(5, 2, "t1") == [(2, 2), (2, 2), (1, 2)]  # the short last batch takes the compiled size
     assert batches(1, 2, "t1") == [(1, 2)]            # size 2 ran before: reuse it
     assert batches(1, 3, "t1") == [(1, 3)]            # so did size 3 (the first call)
     assert batches(1, 5, "t1") == [(1, 1)]
-    [(real, padded)] = optimize.batches(["a", "b", "c"], 4, "t2")
+    [(real, padded)] = batching.batches(["a", "b", "c"], 4, "t2")
     assert real == ["a", "b", "c"] and padded == ["a", "b", "c"]
-    assert list(optimize.batches(["a", "b", "c"], 2, "t3"))[1] == (["c"], ["c", "c"])
+    assert list(batching.batches(["a", "b", "c"], 2, "t3"))[1] == (["c"], ["c", "c"])
 
 
 def test_a_short_last_batch_compiles_nothing_new(consts, tmp_path, monkeypatch):
@@ -313,24 +324,24 @@ def test_a_short_last_batch_compiles_nothing_new(consts, tmp_path, monkeypatch):
     batch size 2 and compile nothing. (The settings of the cache test above, so in a full run
     nothing compiles here at all.)"""
     paths = _write_images(consts, tmp_path / "in", n=6)
-    cfg = embedding.EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
-    api.embed(paths[:2], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
+    cfg = EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
+    pipeline_embed.embed(paths[:2], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
     sizes, real_w, real_fs = [], embedding.embed_w_plus, embedding.embed_fs
     monkeypatch.setattr(embedding, "embed_w_plus", lambda c, t, *a, **k: sizes.append(len(t.full)) or real_w(c, t, *a, **k))
     monkeypatch.setattr(embedding, "embed_fs", lambda c, t, *a, **k: sizes.append(len(t.full)) or real_fs(c, t, *a, **k))
     # (This counted jax.jit's own cache once; the stages now run their exported programs, which
     # that cache never sees: XLA's compilation events see both.)
     with count_compilations() as compiled:
-        api.embed(paths[2:5], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
-        api.embed(paths[5:], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
+        pipeline_embed.embed(paths[2:5], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
+        pipeline_embed.embed(paths[5:], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
     assert sizes == [2] * 6  # W+ and FS: 2 batches, then 1
     assert compiled == []
 
 
 def test_files_are_in_the_official_format(consts, tmp_path):
     paths = _write_images(consts, tmp_path / "in", n=1)
-    cfg = embedding.EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32, noise="const")
-    result = api.embed(paths, tmp_path / "out", consts, cfg, progress=False)[0]
+    cfg = EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32, noise="const")
+    result = pipeline_embed.embed(paths, tmp_path / "out", consts, cfg, progress=False)[0]
     w = np.load(tmp_path / "out" / "W+" / "face0.npy")
     assert w.shape == (1, 10, 64) and w.dtype == np.float32
     with np.load(tmp_path / "out" / "FS" / "face0.npz") as z:
@@ -348,7 +359,7 @@ def test_files_are_in_the_official_format(consts, tmp_path):
 
 
 def test_embed_command(tmp_path, capsys):
-    consts = demo.embedded_consts()
+    consts = bundle.load()
     _write_images(consts, tmp_path / "in", n=2)
     args = ["embed", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--w-steps", "2",
             "--fs-steps", "2", "--batch-size", "1", "--quiet"]
@@ -365,7 +376,7 @@ def test_embed_command(tmp_path, capsys):
 def test_psnr_and_ssim_match_scikit_image():
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    from barbershop_jax import evaluate
+    from barbershop_jax.pipeline import evaluate
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
     b = np.clip(a.astype(int) + rng.integers(-40, 41, a.shape), 0, 255).astype(np.uint8)
@@ -378,8 +389,8 @@ def test_psnr_and_ssim_match_scikit_image():
 
 def test_evaluate_embedding_command(consts, tmp_path, capsys):
     paths = _write_images(consts, tmp_path / "in", n=2)
-    cfg = embedding.EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
-    api.embed(paths[:1], tmp_path / "emb", consts, cfg, progress=False)
+    cfg = EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
+    pipeline_embed.embed(paths[:1], tmp_path / "emb", consts, cfg, progress=False)
     assert cli.main(["evaluate-embedding", str(tmp_path / "in"), "--embeddings", str(tmp_path / "emb")]) == 0
     out = capsys.readouterr().out
     assert "no embeddings for 1 image(s)" in out and "mean of 1 | FS" in out
@@ -387,7 +398,7 @@ def test_evaluate_embedding_command(consts, tmp_path, capsys):
     assert [(r["name"], r["stage"]) for r in report["images"]] == [("face0", "W+"), ("face0", "FS")]
     assert report["missing"] == [str(paths[1])]
     render = np.asarray(Image.open(tmp_path / "emb" / "W+" / "face0.png"))
-    from barbershop_jax import evaluate
+    from barbershop_jax.pipeline import evaluate
     assert report["images"][0]["psnr"] == pytest.approx(evaluate.psnr(render, np.asarray(Image.open(paths[0]))))
 
     # Nothing evaluated: one line and exit 1, no empty report; an unreadable image is listed
@@ -419,8 +430,8 @@ def test_official_outputs_are_imported(consts, tmp_path, monkeypatch):
     np.save(official / "W+" / "face0.npy", w)
     np.savez(official / "FS" / "face0.npz", latent_in=w, latent_F=latent_f)
     count = _Counter(monkeypatch)
-    cfg = embedding.EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
-    result = api.embed(paths, tmp_path / "out", consts, cfg, progress=False, import_official=official)[0]
+    cfg = EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
+    result = pipeline_embed.embed(paths, tmp_path / "out", consts, cfg, progress=False, import_official=official)[0]
     assert (count.w, count.fs) == (0, 0)
     np.testing.assert_array_equal(result.w_plus, w[0])
     np.testing.assert_array_equal(result.structure_f, latent_f[0].transpose(1, 2, 0))
@@ -448,10 +459,10 @@ def test_two_processes_share_the_images(consts, tmp_path):
 
 
 def test_bfloat16_compute_is_an_option_cached_apart(consts):
-    """api.with_dtype: both networks compute in bfloat16, close to float32, and the cache keys
+    """bundle.with_dtype: both networks compute in bfloat16, close to float32, and the cache keys
     of their results differ from float32 ones (which keep their earlier keys)."""
-    g16, vgg16_ = api.with_dtype(consts.generator, "bfloat16"), api.with_dtype(consts.vgg, "bfloat16")
-    assert api.with_dtype(consts.generator, "float32") is consts.generator
+    g16, vgg16_ = bundle.with_dtype(consts.generator, "bfloat16"), bundle.with_dtype(consts.vgg, "bfloat16")
+    assert bundle.with_dtype(consts.generator, "float32") is consts.generator
     half = consts._replace(generator=g16, vgg=vgg16_)
     assert cache.tree_fingerprint(half) != cache.tree_fingerprint(consts)
     assert cache.tree_fingerprint(consts) == cache.tree_fingerprint(make_consts())
@@ -464,7 +475,7 @@ def test_bfloat16_compute_is_an_option_cached_apart(consts):
     assert all(taps16[t].dtype == jnp.float32 for t in taps16)
     assert 0 < float(jnp.abs(taps["relu3_3"] - taps16["relu3_3"]).max()) < 0.05 * float(jnp.abs(taps["relu3_3"]).max())
     with pytest.raises(ValueError, match="dtype"):
-        api.with_dtype(consts.generator, "float16")
+        bundle.with_dtype(consts.generator, "float16")
 
 
 def test_the_compilation_counter_sees_compilations():

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from barbershop_jax import cli, face_crop, image_io, landmarks
-from barbershop_jax.demo import example_images
+from barbershop_jax import cli
+from barbershop_jax.pipeline import face_crop
+from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline import landmarks
+from barbershop_jax.pipeline.demo import example_images
 
 
 # ----------------------------------------------------------------------------- the quad by hand

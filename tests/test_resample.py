@@ -10,7 +10,7 @@ from PIL import Image
 
 import torch_bisenet as T
 from conftest import nhwc, rel_err
-from barbershop_jax import resample
+from barbershop_jax.ops import resample
 
 
 def _image(shape, seed=0):

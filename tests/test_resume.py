@@ -6,7 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from barbershop_jax import api, embedding, image_io, resume
+from barbershop_jax.stages import embed as embedding
+from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline import resume
+from barbershop_jax.config import EmbedConfig
+from barbershop_jax.pipeline import embed as pipeline_embed
 from test_embedding import _known_w_plus, _targets, make_consts
 
 
@@ -29,7 +33,7 @@ def stop_after(monkeypatch, n_checks):
 
 def test_interrupted_loop_resumes_with_the_uninterrupted_numbers(consts, tmp_path, monkeypatch):
     targets = _targets(consts, _known_w_plus(consts, 2, seed=21), noise="random")
-    cfg = embedding.EmbedConfig(w_steps=12, lpips_size=32, chunk=4)
+    cfg = EmbedConfig(w_steps=12, lpips_size=32, chunk=4)
     clean, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
 
     ckpt = resume.LoopCheckpoint(tmp_path / "ckpt", every=100)
@@ -51,7 +55,7 @@ def test_interrupted_loop_resumes_with_the_uninterrupted_numbers(consts, tmp_pat
 
 def test_checkpoints_that_do_not_fit_are_ignored(consts, tmp_path):
     targets = _targets(consts, _known_w_plus(consts, 2, seed=22))
-    cfg = embedding.EmbedConfig(w_steps=4, lpips_size=32, chunk=4)
+    cfg = EmbedConfig(w_steps=4, lpips_size=32, chunk=4)
     ckpt = resume.LoopCheckpoint(tmp_path / "ckpt", every=4)
     ckpt.folder.mkdir(parents=True)
     (ckpt.folder / "step_0000002.npz").write_bytes(b"not a zip")             # damaged
@@ -70,10 +74,10 @@ def test_a_diverging_image_fails_alone(consts, tmp_path, monkeypatch):
     folder.mkdir()
     pixels = image_io.to_uint8(np.asarray(consts.generator.render(_known_w_plus(consts, 2, seed=23), noise="const")))
     paths = [image_io.save_png(folder / f"im{i}.png", p) for i, p in enumerate(pixels)]
-    cfg = embedding.EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
-    clean = api.embed(paths, tmp_path / "clean", consts, cfg, batch_size=2, progress=False)
+    cfg = EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
+    clean = pipeline_embed.embed(paths, tmp_path / "clean", consts, cfg, batch_size=2, progress=False)
 
-    real_targets = api._targets
+    real_targets = pipeline_embed._targets
 
     def poisoned(batch, size, cfg):
         t = real_targets(batch, size, cfg)
@@ -83,15 +87,15 @@ def test_a_diverging_image_fails_alone(consts, tmp_path, monkeypatch):
     monkeypatch.setattr(api, "_targets", poisoned)
     failures = []
     out = tmp_path / "out"
-    got = api.embed(paths, out, consts, cfg, batch_size=2, progress=False, failures=failures)
+    got = pipeline_embed.embed(paths, out, consts, cfg, batch_size=2, progress=False, failures=failures)
     assert [name for name, _ in failures] == ["im1"] and "diverged (NaN or infinity)" in failures[0][1]
     assert [e.name for e in got] == ["im0"]
     np.testing.assert_array_equal(got[0].w_plus, clean[0].w_plus)
     np.testing.assert_array_equal(got[0].structure_f, clean[0].structure_f)
     assert not list(out.glob("*/im1.*"))  # nothing written for the failed image
     assert not (out / resume.RESUME_DIR / "w_plus").exists() or not any((out / resume.RESUME_DIR / "w_plus").iterdir())
-    with pytest.raises(api.NonFiniteError, match="im1.png: W\\+ embedding diverged"):
-        api.embed(paths, tmp_path / "out2", consts, cfg, batch_size=2, progress=False)
+    with pytest.raises(pipeline_embed.NonFiniteError, match="im1.png: W\\+ embedding diverged"):
+        pipeline_embed.embed(paths, tmp_path / "out2", consts, cfg, batch_size=2, progress=False)
 
 
 def test_background_writes_keep_order_wait_and_report_errors():

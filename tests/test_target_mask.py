@@ -9,11 +9,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from barbershop_jax import alignment, masks, target_mask
+from barbershop_jax.stages import align as alignment
+from barbershop_jax.ops import masks
+from barbershop_jax.stages import target_mask
+from barbershop_jax.pipeline import store as cache
 from barbershop_jax.losses import lpips as lpips_loss
 from barbershop_jax.losses import segmentation
 from barbershop_jax.models import bisenet, vgg16
-from barbershop_jax.transfer_config import TransferConfig
+from barbershop_jax.config import TransferConfig
 
 LABELS = bisenet.label_map(16)
 # One character per pixel: background, skin, nose, ears, neck, cloth, hair (seg.pth ids).
@@ -347,22 +350,22 @@ def test_shape_transform_text():
 def test_saved_target_masks_read_back_exactly_and_bad_ones_are_refused(tmp_path):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 16, (24, 24)).astype(np.int32)
-    path = target_mask.save_label_png(tmp_path / "m.png", labels, 16)
+    path = cache.save_label_png(tmp_path / "m.png", labels, 16)
     with Image.open(path) as im:
         assert im.mode == "P"
         assert im.getpalette()[3 * 10:3 * 11] == target_mask.palette(16)[10].tolist()  # hair in its colour
-    np.testing.assert_array_equal(target_mask.read_label_png(path, LABELS, 24), labels)
+    np.testing.assert_array_equal(cache.read_label_png(path, LABELS, 24), labels)
     assert target_mask.legend(LABELS)["10"]["name"] == "hair"
     with pytest.raises(ValueError, match="m.png: 24x24, but target masks are 32x32"):
-        target_mask.read_label_png(path, LABELS, 32)
+        cache.read_label_png(path, LABELS, 32)
     Image.fromarray(np.full((24, 24), 200, np.uint8), "L").save(tmp_path / "unknown.png")
     with pytest.raises(ValueError, match=r"label value\(s\) \[200\] unknown to this parser \(16 classes\)"):
-        target_mask.read_label_png(tmp_path / "unknown.png", LABELS, 24)
+        cache.read_label_png(tmp_path / "unknown.png", LABELS, 24)
     Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(tmp_path / "rgb.png")
     with pytest.raises(ValueError, match="a RGB image, not a label map"):
-        target_mask.read_label_png(tmp_path / "rgb.png", LABELS, 24)
+        cache.read_label_png(tmp_path / "rgb.png", LABELS, 24)
     with pytest.raises(ValueError, match="no such target mask"):
-        target_mask.read_label_png(tmp_path / "none.png", LABELS, 24)
+        cache.read_label_png(tmp_path / "none.png", LABELS, 24)
 
 
 # ----------------------------------------------------------------------------- other regions

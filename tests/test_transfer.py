@@ -16,11 +16,29 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from barbershop_jax import blending, cli, demo, image_io, landmarks, optimize, resume, transfer
+from barbershop_jax.stages import blend as blending
+from barbershop_jax import cli
+from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline import landmarks
+from barbershop_jax.pipeline import resume
+from barbershop_jax import config
+from barbershop_jax.models import embedded
+from barbershop_jax.pipeline import align_stage
+from barbershop_jax.pipeline import batch_files
+from barbershop_jax.pipeline import batching
+from barbershop_jax.pipeline import blend_stage
+from barbershop_jax.pipeline import demo
+from barbershop_jax.pipeline import embed as pipeline_embed
+from barbershop_jax.pipeline import hair_transfer
+from barbershop_jax.pipeline import records
+from barbershop_jax.pipeline import run
+from barbershop_jax.pipeline import store as cache
+from barbershop_jax.stages import loop
 from conftest import count_compilations, render
 from barbershop_jax.losses import p_norm
 from barbershop_jax.models import bisenet, vgg16
-from barbershop_jax.transfer_config import Models, TransferConfig
+from barbershop_jax.config import TransferConfig
+from barbershop_jax.models.bundle import Models
 
 SMALL_VGG = vgg16.VGG16Config(widths=(8, 16, 16, 32, 32))
 STEPS = dict(w_steps=3, fs_steps=2, inpaint_steps=2, align_steps1=3, align_steps2=2, blend_steps=3)
@@ -43,7 +61,7 @@ def _parser_with_hair(generator):
 
 @pytest.fixture(scope="module")
 def models():
-    g = demo.embedded_generator()
+    g = embedded.generator()
     vgg = vgg16.init(SMALL_VGG, jax.random.PRNGKey(1))
     return Models(g, _parser_with_hair(g), vgg), p_norm.pca_stats(g, 2000, jax.random.PRNGKey(2))
 
@@ -59,7 +77,7 @@ def images(models, tmp_path_factory):
 
 def _transfer(models, out, **kw):
     (m, pca) = models
-    ht = transfer.HairTransfer.__new__(transfer.HairTransfer)  # the models of the fixture, not load()
+    ht = hair_transfer.HairTransfer.__new__(hair_transfer.HairTransfer)  # the models of the fixture, not load()
     ht.models, ht.pca, ht.out_dir = m, pca, out
     ht.batch_size, ht.progress, ht.devices, ht.timings = kw.pop("batch_size", 2), False, None, {}
     ht.checkpoint_every, ht.failures = kw.pop("checkpoint_every", 2), []
@@ -83,7 +101,7 @@ def batch_run(models, images, tmp_path_factory):
 
 
 def test_under_jax_distributed_a_transfer_embeds_every_image_it_needs(batch_run, models, monkeypatch):
-    """api.embed splits the images over jax.distributed's processes (embed --distributed);
+    """pipeline_embed.embed splits the images over jax.distributed's processes (embed --distributed);
     a transfer must not: each process needs every image of the triples it was given. As
     process 1 of 2 (faked), the batch run's triples all come back, read from its files."""
     out, triples, results = batch_run
@@ -155,7 +173,7 @@ def test_blend_clamp_keeps_u_in_the_unit_interval(models):
     face_mask, hair_mask = blending.blend_masks(m, inputs, cfg=cfg.step_config(keep=("blend_smooth",)))  # as blend()
     u = jnp.where(jnp.arange(w.shape[2]) % 2 == 0, 0.004, 0.996) * jnp.ones_like(w)
     state = blending._State(u, jax.vmap(blending._optimizer(cfg).init)(u), u)
-    state, _ = optimize.run(blending._step, cfg, m, state, (inputs, face_mask, hair_mask), 3, progress=False)
+    state, _ = loop.run(blending._step, cfg, m, state, (inputs, face_mask, hair_mask), 3, progress=False)
     u = np.asarray(state.params)
     assert np.all(u >= 0.0) and np.all(u <= 1.0)
     assert np.mean(u == 0.0) > 0.05 and np.mean(u == 1.0) > 0.05, (np.mean(u == 0.0), np.mean(u == 1.0))
@@ -167,7 +185,7 @@ def test_batch_equals_single_runs(batch_run, models, tmp_path):
     for sub in ("W+", "FS"):  # the same embeddings: this test is about the transfer stages
         shutil.copytree(out / sub, single_out / sub)
     for t, expected in list(zip(triples, batched))[:3]:
-        # Alone, at the batch run's size: padded (optimize.batches), so nothing compiles again:
+        # Alone, at the batch run's size: padded (batching.batches), so nothing compiles again:
         # not the loops' chunks, not the stages' other programs, not a triple's eager work.
         with count_compilations() as compiled:
             [one] = _transfer(models, single_out, batch_size=2).transfer_many([t])
@@ -183,9 +201,9 @@ def test_batch_equals_single_runs(batch_run, models, tmp_path):
 def test_cached_rerun_does_no_work(batch_run, models, monkeypatch):
     out, triples, first = batch_run
     calls = []
-    for module, name in ((transfer.target_mask, "gan_inpaint"), (transfer.alignment, "align"),
-                         (transfer.blending, "blend"), (transfer.api.embedding, "embed_w_plus"),
-                         (transfer.api.embedding, "embed_fs")):
+    for module, name in ((align_stage.target_mask, "gan_inpaint"), (align_stage.alignment, "align"),
+                         (blend_stage.blending, "blend"), (run.embed_lib.embedding, "embed_w_plus"),
+                         (run.embed_lib.embedding, "embed_fs")):
         monkeypatch.setattr(module, name, lambda *a, _n=name, **k: calls.append(_n))
     again = _transfer(models, out).transfer_many(triples)
     assert calls == []
@@ -210,7 +228,7 @@ def test_parts_split_the_rows_by_face_and_do_each_once(batch_run, tmp_path, caps
     ran = {}
     monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": (None, None))
     for k in (1, 2, 3):
-        monkeypatch.setattr(transfer.HairTransfer, "transfer_many",
+        monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many",
                             lambda self, good, k=k, **kw: ran.setdefault(k, [tuple(s.path for s in t) for t in good])
                             and [])
         rc = cli.main(["transfer", "--pairs", str(manifest), "--out", str(tmp_path / "o"), "--quiet",
@@ -248,9 +266,9 @@ def test_cli_batch_reports_bad_rows_and_goes_on(batch_run, tmp_path, capsys, mon
     monkeypatch.setattr(transfer, "load_models",
                         lambda weights=None, dtype="float32", parser_dtype="float32":
                         ran.append((weights, dtype, parser_dtype)) or (None, None))
-    made = lambda t: transfer.TransferResult(*(s.name for s in t), t[1].name, *[None] * 6,  # noqa: E731
+    made = lambda t: records.TransferResult(*(s.name for s in t), t[1].name, *[None] * 6,  # noqa: E731
                                              Path(f"o/{t[0].name}_result.png"))
-    monkeypatch.setattr(transfer.HairTransfer, "transfer_many",
+    monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many",
                         lambda self, good, **k: ran.append(good) or [made(t) for t in good])
     rc = cli.main(["transfer", "--pairs", str(manifest), "--out", str(tmp_path / "o"), "--quiet",
                    "--dtype", "bfloat16", "--parser-dtype", "bfloat16"])
@@ -290,12 +308,12 @@ def test_cli_manifest_needs_its_columns_and_rows(tmp_path, capsys):
 
 
 def test_the_end_table_lists_a_long_run_in_its_results_file():
-    results = [transfer.TransferResult(f"f{i}", "s", "c", "s", *[None] * 6, Path(f"o/f{i}_s_c.png"))
-               for i in range(transfer.SUMMARY_ROWS + 3)]
-    table = transfer.summary(results, {"embedding": 1.0}, Path("o/results.csv")).splitlines()
+    results = [records.TransferResult(f"f{i}", "s", "c", "s", *[None] * 6, Path(f"o/f{i}_s_c.png"))
+               for i in range(batch_files.SUMMARY_ROWS + 3)]
+    table = batch_files.summary(results, {"embedding": 1.0}, Path("o/results.csv")).splitlines()
     assert table[-1] == "... and 3 more: every result is listed in o/results.csv"
-    assert sum("_s_c.png" in line for line in table) == transfer.SUMMARY_ROWS
-    assert sum("_s_c.png" in line for line in transfer.summary(results, {}).splitlines()) == len(results)
+    assert sum("_s_c.png" in line for line in table) == batch_files.SUMMARY_ROWS
+    assert sum("_s_c.png" in line for line in batch_files.summary(results, {}).splitlines()) == len(results)
 
 
 def test_long_runs_go_in_waves_that_keep_only_file_names(monkeypatch):
@@ -308,11 +326,11 @@ def test_long_runs_go_in_waves_that_keep_only_file_names(monkeypatch):
         calls.append((triples, edits, regions, options))
         self.timings, self.failures = {"embedding": 1.0, "blending": 0.5}, [(t, "diverged") for t in triples
                                                                             if t[0] == "bad"]
-        return [None if t[0] == "bad" else transfer.TransferResult(
+        return [None if t[0] == "bad" else records.TransferResult(
             *t, t[1], np.zeros((4, 4, 3), np.uint8), np.zeros((2, 2)), np.zeros(3), np.zeros(3), None, None,
             Path(f"{t[0]}.png"), np.zeros((8, 8, 3), np.uint8), Path(f"{t[0]}_pasted.png")) for t in triples]
-    monkeypatch.setattr(transfer.HairTransfer, "transfer_many", many)
-    ht = object.__new__(transfer.HairTransfer)  # no models: transfer_many is the stub
+    monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many", many)
+    ht = object.__new__(hair_transfer.HairTransfer)  # no models: transfer_many is the stub
     triples = [("f0", "s", "c"), ("bad", "s", "c"), ("f2", "s", "c"), ("f3", "s", "c"), ("f4", "s", "c")]
     out = ht.transfer_files(triples, wave=2, edits=list("abcde"), regions=[None, "lips", None, None, "hair"],
                             paste_back=True)
@@ -324,11 +342,10 @@ def test_long_runs_go_in_waves_that_keep_only_file_names(monkeypatch):
     assert all(r.pasted_path.name.endswith("_pasted.png") and r.image is None and r.pasted is None
                and r.structure_f is None for r in out if r)
     assert ht.timings == {"embedding": 3.0, "blending": 1.5} and ht.failures == [(triples[1], "diverged")]
-    assert transfer.HairTransfer.transfer_files.__kwdefaults__["wave"] == transfer.WAVE
+    assert hair_transfer.HairTransfer.transfer_files.__kwdefaults__["wave"] == config.TRANSFER_WAVE
 
 
 def test_a_wave_line_says_how_long_is_left():
-    from barbershop_jax import optimize
 
     class Lines(logging.Handler):
         lines: list = []
@@ -339,8 +356,8 @@ def test_a_wave_line_says_how_long_is_left():
     logger.addHandler(handler)  # (the command line's handler stops propagation to pytest's)
     logger.setLevel(logging.INFO)
     try:
-        optimize.log_wave(1, 5, 1, 256, 1200, "triples", time.time())
-        optimize.log_wave(3, 5, 513, 768, 1200, "triples", time.time() - 3600)  # 2 waves in an hour
+        batching.log_wave(1, 5, 1, 256, 1200, "triples", time.time())
+        batching.log_wave(3, 5, 513, 768, 1200, "triples", time.time() - 3600)  # 2 waves in an hour
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -349,10 +366,10 @@ def test_a_wave_line_says_how_long_is_left():
 
 
 def test_options_are_routed_and_unknown_ones_refused():
-    embed, tr = transfer.split_options({"w_steps": 5, "blend_steps": 7, "seed": 3})
+    embed, tr = config.split_options({"w_steps": 5, "blend_steps": 7, "seed": 3})
     assert embed == {"w_steps": 5, "seed": 3} and tr == {"blend_steps": 7, "seed": 3}
     with pytest.raises(TypeError, match="colour_steps"):
-        transfer.split_options({"colour_steps": 1})
+        config.split_options({"colour_steps": 1})
 
 
 def test_demo_runs_the_whole_transfer(models, tmp_path, monkeypatch, capsys):
@@ -389,7 +406,7 @@ def test_cli_align_and_paste_back_route_photos_and_report_faceless_ones(models, 
     manifest.write_text("face,shape,color\na.jpg,a.jpg,a.jpg\nb.jpg,a.jpg,a.jpg\n")
     calls = []
     monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": models)
-    monkeypatch.setattr(transfer.HairTransfer, "transfer_many", lambda self, good, **k: calls.append((good, k)) or [])
+    monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many", lambda self, good, **k: calls.append((good, k)) or [])
     out = tmp_path / "o"
     rc = cli.main(["transfer", "--pairs", str(manifest), "--out", str(out), "--align", "--paste-back", "--quiet"])
     err = capsys.readouterr().err
@@ -511,7 +528,7 @@ def test_sigterm_then_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(b
 def test_target_masks_saved_read_back_and_edited(batch_run, models, tmp_path):
     """--save-target-mask writes indexed PNGs; given back with --target-mask they reproduce the
     computed result exactly; an edited mask, or a moved shape, changes it."""
-    from barbershop_jax import target_mask
+    from barbershop_jax.stages import target_mask
 
     out, triples, _ = batch_run
     t = triples[0]  # ann, bob, cid
@@ -526,10 +543,10 @@ def test_target_masks_saved_read_back_and_edited(batch_run, models, tmp_path):
     saved = plain_out / "target_masks" / "ann_bob.png"
     assert (plain_out / "target_masks" / "ann_cid.png").is_file()
     assert json.loads((plain_out / "target_masks" / "legend.json").read_text())["10"]["name"] == "hair"
-    np.testing.assert_array_equal(target_mask.read_label_png(saved, models[0].parser.labels, 64),
+    np.testing.assert_array_equal(cache.read_label_png(saved, models[0].parser.labels, 64),
                                   plain.target_labels)
 
-    again, _ = run("again", edits=[transfer.TargetEdit(saved)])
+    again, _ = run("again", edits=[records.TargetEdit(saved)])
     np.testing.assert_array_equal(again.target_labels, plain.target_labels)
     np.testing.assert_array_equal(again.image, plain.image)
     np.testing.assert_array_equal(again.latent_in, plain.latent_in)
@@ -537,25 +554,25 @@ def test_target_masks_saved_read_back_and_edited(batch_run, models, tmp_path):
     hair, bg = models[0].parser.labels.id("hair"), models[0].parser.labels.id("background")
     edited_mask = np.where(plain.target_labels == hair, bg, plain.target_labels)  # no hair at all
     assert (edited_mask != plain.target_labels).any()
-    edited, _ = run("edited", edits=[transfer.TargetEdit(edited_mask)])
+    edited, _ = run("edited", edits=[records.TargetEdit(edited_mask)])
     np.testing.assert_array_equal(edited.target_labels, edited_mask)
     assert not np.array_equal(edited.structure_f, plain.structure_f)
 
-    moved, _ = run("moved", edits=[transfer.TargetEdit(shape_transform=(1.0, 0.0, 12.0))])
+    moved, _ = run("moved", edits=[records.TargetEdit(shape_transform=(1.0, 0.0, 12.0))])
     assert not np.array_equal(moved.target_labels, plain.target_labels)
 
     with pytest.raises(ValueError, match="but target masks are 64x64"):
-        run("bad", edits=[transfer.TargetEdit(np.zeros((32, 32), np.int32))])
+        run("bad", edits=[records.TargetEdit(np.zeros((32, 32), np.int32))])
 
 
 def test_cli_target_mask_flags_reach_the_transfer(tmp_path, capsys, monkeypatch, models):
-    from barbershop_jax import target_mask
+    from barbershop_jax.stages import target_mask
 
     calls = []
     monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": models)
-    monkeypatch.setattr(transfer.HairTransfer, "transfer_many", lambda self, good, **k: calls.append(k) or [])
+    monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many", lambda self, good, **k: calls.append(k) or [])
     a = image_io.save_png(tmp_path / "a.png", np.zeros((64, 64, 3), np.uint8))
-    mask = target_mask.save_label_png(tmp_path / "m.png", np.zeros((64, 64), np.int32), 16)
+    mask = cache.save_label_png(tmp_path / "m.png", np.zeros((64, 64), np.int32), 16)
     assert cli.main(["transfer", "--face", str(a), "--shape", str(a), "--color", str(a), "--out", str(tmp_path / "o"),
                      "--target-mask", str(mask), "--shape-transform", "scale=1.2,dy=-4", "--save-target-mask",
                      "--quiet"]) == 0
@@ -585,8 +602,8 @@ def test_hair_and_the_shape_as_structure_given_explicitly_are_the_default_run(ba
     the batch run's results are found as they are, and nothing runs again."""
     out, triples, first = batch_run
     calls = []
-    for module, name in ((transfer.target_mask, "gan_inpaint"), (transfer.alignment, "align"),
-                         (transfer.blending, "blend")):
+    for module, name in ((align_stage.target_mask, "gan_inpaint"), (align_stage.alignment, "align"),
+                         (blend_stage.blending, "blend")):
         monkeypatch.setattr(module, name, lambda *a, _n=name, **k: calls.append(_n))
     again = _transfer(models, out).transfer_many([(*t, t[1]) for t in triples], region="hair")
     assert calls == []
@@ -600,7 +617,8 @@ def test_a_structure_reference_changes_f_in_the_region_and_not_s(batch_run, mode
     """(ann, bob, cid) with dan as the structure reference: the same target mask (bob's) and
     the same blended latents S (the colour reference's side), F differs inside the region and
     not outside it (where F is the face's own)."""
-    from barbershop_jax import alignment, masks
+    from barbershop_jax.stages import align as alignment
+    from barbershop_jax.ops import masks
 
     out = _with_embeddings(batch_run, tmp_path)
     path = dict(zip(("ann", "bob", "cid", "dan"), images))
@@ -615,7 +633,7 @@ def test_a_structure_reference_changes_f_in_the_region_and_not_s(batch_run, mode
     cfg = TransferConfig().resolve(64)
     labels = models[0].parser.labels
     pipeline = ht.pipeline()
-    hair = lambda n: masks.region(pipeline._parsed_of([transfer.api.as_source(path[n])])[0][0],  # noqa: E731
+    hair = lambda n: masks.region(pipeline._parsed_of([run.embed_lib.as_source(path[n])])[0][0],  # noqa: E731
                                   cfg.region_ids(labels))
     target = masks.region(plain.target_labels, cfg.region_ids(labels))
     # Where the mixing weights of the target's region and of either reference's region in it are 0, F is
@@ -636,14 +654,15 @@ def test_another_region_changes_only_its_labels_and_the_blend_masks_follow_it(ba
     target mask differs from the face's labels only where the face or the shape reference has
     that class; the blend holds the colour reference's (eroded) region to it and keeps the face's
     (dilated) region out of the face term; the outputs carry the region in their names."""
-    from barbershop_jax import masks, resample
+    from barbershop_jax.ops import masks
+    from barbershop_jax.ops import resample
 
     out = _with_embeddings(batch_run, tmp_path)
     path = dict(zip(("ann", "bob", "cid", "dan"), images))
     ht = _transfer(models, out)
     labels = models[0].parser.labels
     pipeline = ht.pipeline()
-    parsed = {n: pipeline._parsed_of([transfer.api.as_source(path[n])])[0] for n in ("ann", "bob", "cid")}
+    parsed = {n: pipeline._parsed_of([run.embed_lib.as_source(path[n])])[0] for n in ("ann", "bob", "cid")}
     counts = np.bincount(np.concatenate([parsed[n][0].ravel() for n in ("ann", "bob")]), minlength=16)
     counts[[labels.id("hair"), labels.id("background"), labels.id("hat")]] = 0
     region = labels.names[int(np.argmax(counts))]
@@ -668,7 +687,7 @@ def test_cli_region_and_structure_reach_the_transfer_and_unknown_regions_are_one
                                                                                         models):
     calls = []
     monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": models)
-    monkeypatch.setattr(transfer.HairTransfer, "transfer_many",
+    monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many",
                         lambda self, good, **k: calls.append((good, k, self.options)) or [])
     a, b = (image_io.save_png(tmp_path / f"{n}.png", np.full((64, 64, 3), i, np.uint8)) for i, n in enumerate("ab"))
     assert cli.main(["transfer", "--face", str(a), "--shape", str(a), "--color", str(a), "--structure", str(b),
@@ -685,7 +704,7 @@ def test_cli_region_and_structure_reach_the_transfer_and_unknown_regions_are_one
 
     monkeypatch.undo()
     monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": models)
-    monkeypatch.setattr(transfer.Pipeline, "run", lambda *a, **k: pytest.fail("ran with an unknown region"))
+    monkeypatch.setattr(run.Pipeline, "run", lambda *a, **k: pytest.fail("ran with an unknown region"))
     capsys.readouterr()
     rc = cli.main(["transfer", "--face", str(a), "--shape", str(a), "--color", str(a), "--region", "hair,beard",
                    "--out", str(tmp_path / "o3"), "--quiet"])

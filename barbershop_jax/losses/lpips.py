@@ -29,7 +29,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from barbershop_jax import resample
+from barbershop_jax.ops import resample
 from barbershop_jax.models.vgg16 import TAPS, VGG16
 
 SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)   # lpips ScalingLayer.shift

@@ -25,7 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from barbershop_jax import resample
+from barbershop_jax.ops import resample
 from barbershop_jax.models.vgg16 import VGG16
 
 STYLE_TAPS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")  # VGG16_ACTIVATIONS_LIST [3, 8, 15, 22]

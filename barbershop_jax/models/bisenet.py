@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from barbershop_jax import resample
+from barbershop_jax.ops import resample
 from barbershop_jax.models.conv import conv_general_dilated
 
 # ----------------------------------------------------------------------------- labels
@@ -326,7 +326,7 @@ MODEL_NAME = "bisenet"
 
 def load(path) -> FaceParser:
     """Load a converted BiSeNet directory (or a weights root holding `bisenet/`), strictly."""
-    from barbershop_jax import checkpoint
+    from barbershop_jax.models import weights as checkpoint
 
     root, config = checkpoint.open_model(path, MODEL_NAME, BiSeNetConfig)
     tree = checkpoint.restore_strict(root, {"params": abstract_params(config)})
@@ -335,7 +335,7 @@ def load(path) -> FaceParser:
 
 def save(model: FaceParser, dst_root, extra_meta: dict | None = None, overwrite: bool = False):
     """Write `model` as `dst_root/bisenet/` atomically."""
-    from barbershop_jax import checkpoint
+    from barbershop_jax.models import weights as checkpoint
 
     return checkpoint.save_model_dir(dst_root, MODEL_NAME, model.config.to_json(), {"params": model.params},
                                      extra_meta=extra_meta, overwrite=overwrite)

@@ -486,7 +486,7 @@ def load(path, dtype: str | None = None) -> StyleGAN2:
     Strict: the stored arrays must match the architecture in config.json key for key and
     shape for shape; anything else raises a ValueError that names the differences.
     """
-    from barbershop_jax import checkpoint
+    from barbershop_jax.models import weights as checkpoint
 
     root, config = checkpoint.open_model(path, MODEL_NAME, GeneratorConfig)
     if dtype is not None:
@@ -506,7 +506,7 @@ def load(path, dtype: str | None = None) -> StyleGAN2:
 def save(model: StyleGAN2, dst_root, extra_meta: dict | None = None, pca: dict | None = None,
          overwrite: bool = False):
     """Write `model` as `dst_root/stylegan2/` (orbax arrays, config.json, pca.npz), atomically."""
-    from barbershop_jax import checkpoint
+    from barbershop_jax.models import weights as checkpoint
 
     tree = {
         "params": model.params,
@@ -522,7 +522,7 @@ def save(model: StyleGAN2, dst_root, extra_meta: dict | None = None, pca: dict |
 
 def load_pca(path) -> dict:
     """The p-norm PCA statistics stored beside the weights (official ffhq_PCA.npz keys)."""
-    from barbershop_jax import checkpoint
+    from barbershop_jax.models import weights as checkpoint
 
     root = checkpoint.model_dir(path, MODEL_NAME)
     file = root / PCA_FILE

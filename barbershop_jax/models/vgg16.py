@@ -154,7 +154,7 @@ MODEL_NAME = "vgg16"
 def load(path) -> VGG16:
     """Load a converted VGG16 directory (or a weights root holding `vgg16/`), strictly:
     the stored arrays must match config.json key for key and shape for shape."""
-    from barbershop_jax import checkpoint
+    from barbershop_jax.models import weights as checkpoint
 
     root, config = checkpoint.open_model(path, MODEL_NAME, VGG16Config)
     expected = {"params": abstract_params(config), "lpips_lin": abstract_lpips_lin(config)}
@@ -165,7 +165,7 @@ def load(path) -> VGG16:
 
 def save(model: VGG16, dst_root, extra_meta: dict | None = None, overwrite: bool = False):
     """Write `model` as `dst_root/vgg16/` atomically."""
-    from barbershop_jax import checkpoint
+    from barbershop_jax.models import weights as checkpoint
 
     tree = {"params": model.params, "lpips_lin": model.lpips_lin}
     return checkpoint.save_model_dir(dst_root, MODEL_NAME, model.config.to_json(), tree,

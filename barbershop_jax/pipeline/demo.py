@@ -1,6 +1,7 @@
-"""The embedded default: tiny models with fixed random weights and bundled example images, so
-the whole pipeline runs on a CPU in minutes with nothing downloaded. Random weights give no
-real hairstyle: real results need the converted official weights (README: "Real weights")."""
+"""`barbershop-jax demo`: the whole pipeline on the bundled example images, with the embedded
+tiny models (models/embedded.py: fixed random weights) so that it runs on a CPU in minutes
+with nothing downloaded, or with converted weights. Random weights give no real hairstyle:
+real results need the converted official weights (README: "Real weights")."""
 from __future__ import annotations
 
 import functools
@@ -8,39 +9,8 @@ from pathlib import Path
 
 import jax
 
-from barbershop_jax import image_io
-from barbershop_jax.models import stylegan2
-
-EMBEDDED_SEED = 20211119  # fixed: the embedded weights are the same on every machine
-
-
-def embedded_generator() -> stylegan2.StyleGAN2:
-    """The embedded default generator (64 px, see stylegan2.tiny_config)."""
-    return stylegan2.init(stylegan2.tiny_config(), jax.random.PRNGKey(EMBEDDED_SEED))
-
-
-def embedded_consts():
-    """The embedded default for the stages: the tiny generator, a VGG16 with fixed random
-    weights (LPIPS) and p-norm statistics of the generator (20,000 samples)."""
-    from barbershop_jax.embedding import Consts
-    from barbershop_jax.losses import p_norm
-
-    g = embedded_generator()
-    pca = p_norm.pca_stats(g, 20_000, jax.random.PRNGKey(EMBEDDED_SEED + 2))
-    return Consts(g, embedded_vgg(), pca)
-
-
-def embedded_parser():
-    """The embedded default face parser: BiSeNet (16 classes) with fixed random weights."""
-    from barbershop_jax.models import bisenet
-    return bisenet.init(bisenet.BiSeNetConfig(), jax.random.PRNGKey(EMBEDDED_SEED + 3))
-
-
-def embedded_vgg():
-    """The embedded default VGG16 (LPIPS, style loss): fixed random weights."""
-    from barbershop_jax.models import vgg16
-    return vgg16.init(vgg16.VGG16Config(), jax.random.PRNGKey(EMBEDDED_SEED + 1))
-
+from barbershop_jax.models import embedded, stylegan2
+from barbershop_jax.pipeline import image_files as image_io
 
 @functools.partial(jax.jit, static_argnames=("n",))
 def render_samples(model: stylegan2.StyleGAN2, n: int, seed, truncation=1.0):
@@ -53,7 +23,7 @@ def render_samples(model: stylegan2.StyleGAN2, n: int, seed, truncation=1.0):
 
 def run(out_dir, n: int = 16, seed: int = 0, weights=None, truncation: float = 1.0, log=print) -> Path:
     """`barbershop-jax demo`: render a grid of samples to OUT/samples.png."""
-    model = stylegan2.load(weights) if weights else embedded_generator()
+    model = stylegan2.load(weights) if weights else embedded.generator()
     images = image_io.to_uint8(render_samples(model, n, seed, truncation))
     cols = int(n ** 0.5 + 0.999)
     path = image_io.save_png(Path(out_dir) / "samples.png", image_io.grid(images, cols))
@@ -88,10 +58,13 @@ def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, lo
     with `weights`)."""
     import numpy as np
 
-    from barbershop_jax import face_crop, resample, target_mask, transfer
+    from barbershop_jax.ops import resample
+    from barbershop_jax.pipeline import batch_files, face_crop, hair_transfer
+    from barbershop_jax.pipeline.sources import as_source
+    from barbershop_jax.stages import target_mask
 
     steps = ({} if weights else DEMO_STEPS) if steps is None else steps
-    ht = transfer.HairTransfer(weights, out_dir, batch_size=batch_size, progress=progress, seed=seed, **steps)
+    ht = hair_transfer.HairTransfer(weights, out_dir, batch_size=batch_size, progress=progress, seed=seed, **steps)
     size = ht.models.generator.config.size
     images = example_images()
     if not weights:
@@ -102,7 +75,7 @@ def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, lo
     log(f"aligned {images['photo'].name} (landmarks from {images['photo'].stem}.landmarks.json) -> {face.crop_path}")
     # The references are 128 px crops: fit them to the generator once, here, rather than warn per stage.
     refs = [resample.lanczos_resize(image_io.load_rgb(images[r]), size) for r in ("shape", "color")]
-    result = ht.transfer(face.crop_path, api_source(refs[0], "shape"), api_source(refs[1], "color"), paste_back=True)
+    result = ht.transfer(face.crop_path, as_source(refs[0], "shape"), as_source(refs[1], "color"), paste_back=True)
     show = 128
     photo = image_io.load_rgb(images["photo"])
     tiles = [resample.lanczos_resize(x, show) for x in (photo, face.crop, *refs, result.image)]
@@ -110,15 +83,10 @@ def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, lo
     tiles.append(np.asarray(resample.nearest_resize(mask[None], show)[0]))
     tiles.append(resample.lanczos_resize(result.pasted, show))
     grid_path = image_io.save_png(Path(out_dir) / "demo_grid.png", image_io.grid(np.stack(tiles), len(tiles)))
-    log(transfer.summary([result], ht.timings))
+    log(batch_files.summary([result], ht.timings))
     log(f"wrote {result.path}, {result.pasted_path} and {grid_path}\n(photo | face crop | shape | colour | result | "
         "target mask | result pasted into the photo)")
     if not weights:
         log("For a real transfer, convert the official weights (README, 'Real weights') and run:\n  "
             + OFFICIAL_COMMAND)
     return grid_path
-
-
-def api_source(pixels, name):
-    from barbershop_jax import api
-    return api.as_source(pixels, name=name)

@@ -1,6 +1,7 @@
 """Image files in and out. Writes are atomic: a temporary file renamed into place."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -16,7 +17,19 @@ class ImageError(ValueError):
 
 # Turn images upright by their EXIF orientation. The official code ignores it (a phone photo
 # taken upright but stored sideways is processed sideways); `--no-exif` restores that.
-HONOUR_EXIF = True
+HONOUR_EXIF = True  # the process's default (exif_orientation changes it for a block)
+
+
+@contextlib.contextmanager
+def exif_orientation(honour: bool):
+    """Within the block, images are read with (True) or without (False, as the official code)
+    their EXIF orientation, unless a call says otherwise (`load_rgb(exif=...)`)."""
+    global HONOUR_EXIF
+    before, HONOUR_EXIF = HONOUR_EXIF, HONOUR_EXIF and honour
+    try:
+        yield
+    finally:
+        HONOUR_EXIF = before
 
 
 def load_rgb(path, *, exif: bool | None = None) -> np.ndarray:

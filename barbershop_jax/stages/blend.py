@@ -11,7 +11,7 @@ structure reference, when one is given), for the transferred region R (TransferC
   HM_XD: the hair of the render of (s1, F_face_colour), parsed at parse_size, dilated.
   face region = (1 - HM_1D) (1 - HM_3D) (1 - HM_XD).
 - u (n_latent, d) from 0; w = s1 + u (s3 - s1); render from F_face_colour; Adam (lr 0.01)
-  then u clamped to [0, 1] (the official ClampOptimizer), blend_steps (400) steps, minimising
+  then u projected onto [0, 1] (the official ClampOptimizer; optim.py), blend_steps (400) steps, minimising
       face_lambda * masked LPIPS(G, face)   on the face region
     + hair_lambda * masked LPIPS(G, colour) on HM_3E
   with G bicubic-downsampled to loss_size and the references LANCZOS-resized to it.
@@ -20,15 +20,18 @@ structure reference, when one is given), for the transferred region R (TransferC
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from barbershop_jax import compile_cache, masks, optimize, resample
+from barbershop_jax.config import TransferConfig
 from barbershop_jax.losses.lpips import masked_lpips
-from barbershop_jax.transfer_config import Models, TransferConfig
+from barbershop_jax.models.bundle import Models
+from barbershop_jax.ops import masks, resample
+from barbershop_jax.stages import loop
+from barbershop_jax.stages.optim import OptState, Optimizer
 
 STEP_TAG, HAIR_X_TAG, RENDER_TAG = 301, 302, 303
 
@@ -55,14 +58,9 @@ class BlendResult(NamedTuple):
     hair_mask: jax.Array     # (L, L): the region held to the colour reference (HM_3E: its R, eroded)
 
 
-class _State(NamedTuple):
-    params: jax.Array        # u (n_latent, d)
-    opt_state: object
-    result: jax.Array        # u of the last forward pass
-
-
-def _optimizer(cfg):
-    return optax.adam(cfg.learning_rate)
+def optimizer() -> Optimizer:
+    """Adam on u, then u projected onto [0, 1]: the official ClampOptimizer."""
+    return Optimizer(box=(0.0, 1.0))
 
 
 def _mixed(u, s_face, s_color):
@@ -73,7 +71,7 @@ def _at_loss_size(mask, cfg):
     return resample.nearest_resize(mask[None], cfg.loss_size)[0]
 
 
-@compile_cache.jit(static_argnames=("cfg",))
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def blend_masks(models: Models, inputs: BlendInputs, cfg: TransferConfig):
     """(face region, colour hair HM_3E), each (B, L, L)."""
     g, parser = models.generator, models.parser
@@ -83,7 +81,7 @@ def blend_masks(models: Models, inputs: BlendInputs, cfg: TransferConfig):
         hm_1d = masks.dilate(_at_loss_size(x.hair_face, cfg), n)
         hair_3 = _at_loss_size(x.hair_color, cfg)
         hm_3d, hm_3e = masks.dilate(hair_3, n), masks.erode(hair_3, n)
-        image = g.render_from_features(x.f_blend[None], x.s_face[None], block=3, noise=cfg.noise,
+        image = g.render_from_features(x.f_blend[None], x.s_face[None], block=cfg.fs_block, noise=cfg.noise,
                                        key=jax.random.fold_in(x.key, HAIR_X_TAG))
         labels = jnp.argmax(parser.segment_generated(image, parse_size=cfg.parse_size)[0], axis=-1)
         hm_xd = masks.dilate(_at_loss_size(masks.region_of(labels, x.region_classes), cfg), n)
@@ -99,7 +97,7 @@ def _step(models: Models, state, data, i, cfg):
 
     def loss_fn(u):
         w = _mixed(u, x.s_face, x.s_color)
-        image = g.render_from_features(x.f_blend[None], w[None], block=3, noise=cfg.noise,
+        image = g.render_from_features(x.f_blend[None], w[None], block=cfg.fs_block, noise=cfg.noise,
                                        key=jax.random.fold_in(jax.random.fold_in(x.key, STEP_TAG), i))
         small = resample.bicubic_downsample(image, factor)
         face = masked_lpips(models.vgg, small, x.face_small[None], face_mask[None], guard_empty=cfg.guard_empty)[0]
@@ -108,33 +106,31 @@ def _step(models: Models, state, data, i, cfg):
         return loss, {"loss": loss, "face": face, "hair": hair}
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = _optimizer(cfg).update(grads, state.opt_state, state.params)
-    u = jnp.clip(optax.apply_updates(state.params, updates), 0.0, 1.0)
-    return _State(u, opt_state, state.params), metrics
+    u, opt_state = optimizer().apply(grads, state.opt_state, state.params)
+    return OptState(u, opt_state, state.params), metrics
 
 
-@compile_cache.jit(static_argnames=("cfg",))
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def _final_render(models: Models, u, inputs: BlendInputs, cfg):
     g = models.generator
 
     def one(u, x: BlendInputs):
         w = _mixed(u, x.s_face, x.s_color)
-        image = g.render_from_features(x.f_final[None], w[None], block=3, noise=cfg.noise,
+        image = g.render_from_features(x.f_final[None], w[None], block=cfg.fs_block, noise=cfg.noise,
                                        key=jax.random.fold_in(x.key, RENDER_TAG))[0]
         return w, image
 
     return jax.vmap(one)(u, inputs)
 
 
-def blend(models: Models, inputs: BlendInputs, cfg: TransferConfig, *, progress=True,
-          devices=None, checkpoint=None) -> BlendResult:
-    """Blend a batch of triples; every array in `inputs` has a leading batch axis."""
+def blend(models: Models, inputs: BlendInputs, cfg: TransferConfig, *, hook=None) -> BlendResult:
+    """Blend a batch of triples; every array in `inputs` has a leading batch axis.
+    hook: the pipeline's stages.loop.LoopHook for the batch, or None."""
     cfg.check_resolved()
     # The helpers around the loop are keyed like the step: on the fields they read.
     face_mask, hair_mask = blend_masks(models, inputs, cfg=cfg.step_config(keep=("blend_smooth",)))
-    u = jnp.zeros_like(inputs.s_face)
-    state = _State(u, jax.vmap(_optimizer(cfg).init)(u), u)
-    state, _ = optimize.run(_step, cfg, models, state, (inputs, face_mask, hair_mask), cfg.blend_steps,
-                            chunk=cfg.chunk, desc="Blend", progress=progress, devices=devices, checkpoint=checkpoint)
+    state = optimizer().start(jnp.zeros_like(inputs.s_face), cfg.learning_rate)
+    state, _ = loop.run(_step, cfg, models, state, (inputs, face_mask, hair_mask), cfg.blend_steps,
+                        chunk=cfg.chunk, loop=loop.Loop("Blend"), hook=hook)
     latent_in, image = _final_render(models, state.result, inputs, cfg=cfg.step_config())
     return BlendResult(latent_in, inputs.f_final, image, face_mask, hair_mask)

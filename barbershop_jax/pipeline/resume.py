@@ -27,8 +27,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from barbershop_jax.config import DEFAULT_CHECKPOINT_EVERY
+from barbershop_jax.pipeline.image_files import atomic_write
+
 RESUME_DIR = ".resume"
-DEFAULT_EVERY = 50  # steps between checkpoints; at 1024 px on a GPU, well under a minute of work
+DEFAULT_EVERY = DEFAULT_CHECKPOINT_EVERY  # steps between checkpoints (config.py)
 
 _stop = threading.Event()
 _stop_signal: list = []
@@ -129,8 +132,6 @@ class LoopCheckpoint:
 
     def save(self, state, done: int):
         """Write step `done` (one npz, atomically), then drop the older ones."""
-        from barbershop_jax.image_io import atomic_write
-
         leaves = jax.tree.leaves(jax.device_get(state))
         arrays = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
         atomic_write(self.folder / f"step_{done:07d}.npz", lambda f: np.savez(f, **arrays))

@@ -27,16 +27,19 @@ As everywhere, the iterate kept is the one of the last forward pass (before the 
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from barbershop_jax import compile_cache, masks, optimize, resample
+from barbershop_jax.config import TransferConfig
 from barbershop_jax.losses import segmentation
 from barbershop_jax.losses.style import style_loss
-from barbershop_jax.transfer_config import Models, TransferConfig
+from barbershop_jax.models.bundle import Models
+from barbershop_jax.ops import masks, resample
+from barbershop_jax.stages import loop
+from barbershop_jax.stages.optim import ADAM, OptState
 
 # Noise-key tags: each render draws fresh noise (official), from the pair's key and a tag.
 STEP1_TAG, STEP2_TAG, A1_TAG, A2_TAG, REF_TAG, RENDER_TAG = 201, 202, 203, 204, 205, 206
@@ -61,16 +64,6 @@ class AlignResult(NamedTuple):
     latent_in: jax.Array    # (n_latent, d) = s_face
     structure_f: jax.Array  # (r, r, C): the mixed F
     image: jax.Array        # (size, size, 3): render of both, about [-1, 1]
-
-
-class _State(NamedTuple):
-    params: jax.Array       # (align_latents, d)
-    opt_state: object
-    result: jax.Array       # the params of the last forward pass
-
-
-def _optimizer(cfg):
-    return optax.adam(cfg.learning_rate)
 
 
 def _latents(head, s_code):
@@ -98,12 +91,6 @@ class SegmentationTarget(NamedTuple):
     key: jax.Array                # the stage's PRNG key (fold_in(step) per render)
 
 
-class FitState(NamedTuple):
-    params: jax.Array       # (align_latents, d)
-    opt_state: object
-    result: tuple           # (params, labels) of the last forward pass
-
-
 def segmentation_loss(logits, x: SegmentationTarget, bg: int, cfg: TransferConfig):
     nll = segmentation.nll(logits, x.target)
     loss = segmentation.weighted_mean(nll, x.target_weight, cfg.guard_empty)
@@ -125,17 +112,18 @@ def segmentation_step(models: Models, state, x: SegmentationTarget, i, cfg):
         return loss, jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     (loss, labels), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = _optimizer(cfg).update(grads, state.opt_state, state.params)
-    return FitState(optax.apply_updates(state.params, updates), opt_state, (state.params, labels)), {"loss": loss}
+    params, opt_state = ADAM.apply(grads, state.opt_state, state.params)
+    # The result: (params, labels) of the last forward pass.
+    return OptState(params, opt_state, (state.params, labels)), {"loss": loss}
 
 
-def fit_segmentation(models: Models, heads, targets: SegmentationTarget, n_steps, cfg, desc, *, progress=True,
-                     devices=None, checkpoint=None):
+def fit_segmentation(models: Models, heads, targets: SegmentationTarget, n_steps, cfg, which: loop.Loop, *,
+                     hook=None):
     """Run `segmentation_step` on a batch. Returns (heads, labels) of the last forward pass."""
     labels = jnp.zeros_like(targets.target)
-    state = FitState(heads, jax.vmap(_optimizer(cfg).init)(heads), (heads, labels))
-    state, _ = optimize.run(segmentation_step, cfg, models, state, targets, n_steps, chunk=cfg.chunk, desc=desc,
-                            progress=progress, devices=devices, checkpoint=checkpoint)
+    state = ADAM.start(heads, cfg.learning_rate, (heads, labels))
+    state, _ = loop.run(segmentation_step, cfg, models, state, targets, n_steps, chunk=cfg.chunk, loop=which,
+                        hook=hook)
     return state.result
 
 
@@ -157,27 +145,22 @@ def _step2(models: Models, state, data, i, cfg):
         return ce + style, {"loss": ce + style, "ce": ce, "style": style}
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = _optimizer(cfg).update(grads, state.opt_state, state.params)
-    return _State(optax.apply_updates(state.params, updates), opt_state, state.params), metrics
-
-
-def _start(w_plus, cfg):
-    head = w_plus[:, :cfg.align_latents]
-    return _State(head, jax.vmap(_optimizer(cfg).init)(head), head)
+    params, opt_state = ADAM.apply(grads, state.opt_state, state.params)
+    return OptState(params, opt_state, state.params), metrics
 
 
 def _tagged(keys, tag):
     return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, tag)
 
 
-@compile_cache.jit(static_argnames=("cfg",))
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def _between_steps(models: Models, heads1, inputs: AlignInputs, cfg):
     """A1 (F of step 1's last latents) and the fixed side of step 2's style loss: the
     reference's render before step 2 (I_Structure_Style_changed) at loss_size and its region."""
     g, parser = models.generator, models.parser
 
     def one(head1, x: AlignInputs):
-        a1 = g.features(_latents(head1, x.s_face)[None], block=3, noise=cfg.noise,
+        a1 = g.features(_latents(head1, x.s_face)[None], block=cfg.fs_block, noise=cfg.noise,
                         key=jax.random.fold_in(x.key, A1_TAG))[0][0]
         image = g.render(_latents(x.w_ref[:cfg.align_latents], x.s_ref)[None], noise=cfg.noise,
                          key=jax.random.fold_in(x.key, REF_TAG))
@@ -211,17 +194,17 @@ def mix_structure(a1, a2, f_face, f_ref, region_face, region_ref, region_target,
     return f_ref + low * (mixed - f_ref)
 
 
-@compile_cache.jit(static_argnames=("cfg",))
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def _finish(models: Models, a1, heads2, inputs: AlignInputs, cfg):
     """A2 (F of step 2's last latents), the F mixing, and the render of the result."""
     g = models.generator
 
     def one(a1, head2, x: AlignInputs):
-        a2 = g.features(_latents(head2, x.s_ref)[None], block=3, noise=cfg.noise,
+        a2 = g.features(_latents(head2, x.s_ref)[None], block=cfg.fs_block, noise=cfg.noise,
                         key=jax.random.fold_in(x.key, A2_TAG))[0][0]
         region_t = masks.region_of(x.target, x.region_classes)
         f = mix_structure(a1, a2, x.f_face, x.f_ref, x.hair_face, x.hair_ref, region_t, cfg)
-        image = g.render_from_features(f[None], x.s_face[None], block=3, noise=cfg.noise,
+        image = g.render_from_features(f[None], x.s_face[None], block=cfg.fs_block, noise=cfg.noise,
                                        key=jax.random.fold_in(x.key, RENDER_TAG))[0]
         return f, image
 
@@ -234,22 +217,20 @@ def plain_ce_target(tail, target, key) -> SegmentationTarget:
     return SegmentationTarget(tail, target, ones, ones, jnp.zeros((), bool), key)
 
 
-def align(models: Models, inputs: AlignInputs, cfg: TransferConfig, *, progress=True,
-          devices=None, checkpoint=None) -> AlignResult:
+def align(models: Models, inputs: AlignInputs, cfg: TransferConfig, *, hook=None) -> AlignResult:
     """Align a batch of pairs; every array in `inputs` has a leading batch axis.
-    checkpoint: a resume.LoopCheckpoint for the batch (each step keeps its own below it)."""
+    hook: the pipeline's stages.loop.LoopHook for the batch (its two loops are parts "step1"
+    and "step2"), or None."""
     cfg.check_resolved()
     step1 = jax.vmap(plain_ce_target)(inputs.s_face, inputs.target, _tagged(inputs.key, STEP1_TAG))
     heads1, _ = fit_segmentation(models, inputs.w_face[:, :cfg.align_latents], step1, cfg.align_steps1, cfg,
-                                 "Align step 1", progress=progress, devices=devices,
-                                 checkpoint=checkpoint and checkpoint.sub("step1"))
+                                 loop.Loop("Align step 1", "step1"), hook=hook)
     # The helpers around the loops are keyed like the steps: on the fields they read.
     a1, ref_small, ref_hair = _between_steps(models, heads1, inputs, cfg=cfg.step_config())
-    state, _ = optimize.run(_step2, cfg, models, _start(inputs.w_ref, cfg),
-                            (inputs.s_ref, inputs.target, ref_small, ref_hair, inputs.key, inputs.region_classes),
-                            cfg.align_steps2,
-                            chunk=cfg.chunk, desc="Align step 2", progress=progress, devices=devices,
-                            checkpoint=checkpoint and checkpoint.sub("step2"))
+    head2 = inputs.w_ref[:, :cfg.align_latents]
+    state, _ = loop.run(_step2, cfg, models, ADAM.start(head2, cfg.learning_rate),
+                        (inputs.s_ref, inputs.target, ref_small, ref_hair, inputs.key, inputs.region_classes),
+                        cfg.align_steps2, chunk=cfg.chunk, loop=loop.Loop("Align step 2", "step2"), hook=hook)
     structure_f, image = _finish(models, a1, state.result, inputs,
                                  cfg=cfg.step_config(keep=("smooth", "align_more_region")))
     return AlignResult(inputs.s_face, structure_f, image)

@@ -31,6 +31,9 @@ import numpy as np
 import scipy.ndimage
 from PIL import Image
 
+from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline import store as cache
+
 OFFICIAL_SIZE = 1024      # the official crop size; other sizes are LANCZOS-resized from it
 TRANSFORM_SIZE = 4096     # the quad is sampled at this size first (official)
 MIN_FACE = 64             # default: a quad smaller than this (photo pixels) is refused
@@ -295,7 +298,7 @@ class Aligner:
 
     def __post_init__(self):
         if self.landmarks is None:
-            from barbershop_jax.landmarks import Landmarks
+            from barbershop_jax.pipeline.landmarks import Landmarks
             self.landmarks = Landmarks()
         self._written: dict[str, Path] = {}  # crop name -> the photo it was cut from
 
@@ -308,8 +311,6 @@ class Aligner:
                                 "rename one of them")
 
     def align(self, photo_path, out_dir, *, one: bool = False) -> list[AlignedFace]:
-        from barbershop_jax import cache, image_io
-
         photo_path = Path(photo_path)
         pixels = image_io.load_rgb(photo_path, exif=self.exif)
         faces = self.landmarks(pixels, photo_path)
@@ -348,11 +349,30 @@ class Aligner:
 
 def load_source_photo(transform: CropTransform, what="crop") -> np.ndarray:
     """The photo a crop was cut from, checked against the hash stored with the crop."""
-    from barbershop_jax import cache, image_io
-
     if not transform.source:
         raise FaceCropError(f"{what}: its crop transform does not name the source photo")
     photo = image_io.load_rgb(transform.source, exif=transform.exif)
     if transform.source_hash and cache.content_hash(photo) != transform.source_hash:
         raise FaceCropError(f"{transform.source}: the photo has changed since {what} was cut from it")
     return photo
+
+
+def align_photos(aligner: Aligner, photos, out_dir, progress: bool = True):
+    """`align-faces`: the crops of every photo; a photo without a usable face is reported (one
+    line on stderr) and the others go on. Returns (crops, [((photo,), reason)])."""
+    import sys
+
+    from tqdm import tqdm
+
+    from barbershop_jax.pipeline.landmarks import LandmarkError, LandmarkModelError
+
+    crops, failures = [], []
+    for photo in tqdm(photos, desc="align faces", unit="photo", disable=not progress or len(photos) < 2):
+        try:
+            crops += aligner.align(photo, out_dir)
+        except LandmarkModelError:
+            raise  # no photo can succeed: stop here
+        except (FaceCropError, LandmarkError, image_io.ImageError) as e:
+            failures.append(((photo,), str(e)))
+            print(f"barbershop-jax: error: {e}", file=sys.stderr)
+    return crops, failures

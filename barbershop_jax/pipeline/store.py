@@ -1,4 +1,4 @@
-"""The embedding cache: no image is embedded twice.
+"""The store of results, content-addressed: no image is embedded twice, no pair aligned twice.
 
 Files use the official layout, so official latents can be read and ours used by the official
 code:
@@ -11,7 +11,9 @@ Beside each, `{name}.json` records the key the file was made under: a hash of th
 pixels, the weights and every setting that changes the result. An entry counts only when its
 key matches and its arrays load with the expected shapes; otherwise it is recomputed. Arrays
 are written first and the JSON last, each atomically (temporary file, then rename), so an
-interrupted run never leaves an entry that looks finished.
+interrupted run never leaves an entry that looks finished. The alignments and blends keep
+their keys the same way (`stage_key`, pipeline/align_stage.py and blend_stage.py), and their
+target label maps beside them (`save_labels`).
 """
 from __future__ import annotations
 
@@ -19,11 +21,15 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
+from PIL import Image
 
-from barbershop_jax.image_io import atomic_write, save_png
+from barbershop_jax.models.bisenet import LabelMap
+from barbershop_jax.pipeline.image_files import atomic_write, save_png
+from barbershop_jax.stages.target_mask import check_target, palette
 
 W_DIR, FS_DIR = "W+", "FS"
 W_FIELDS = ("w_steps", "learning_rate", "l2_lambda", "percept_lambda", "p_norm_lambda",
@@ -199,3 +205,93 @@ class EmbeddingCache:
             save_png(path.with_suffix(".png"), image_png)
         save_json(path.with_suffix(".json"), {"key": key, "name": name, "image_sha256": image_hash,
                                               "weights": self.weights, **(extra or {})})
+
+
+# ----------------------------------------------------------------------------- weights
+class _EmbeddingWeights(NamedTuple):  # the fields, and so the keys, of earlier versions' Consts
+    generator: object
+    vgg: object
+    pca: dict
+
+
+class _TransferWeights(NamedTuple):  # likewise: the transfer's models without the statistics
+    generator: object
+    parser: object
+    vgg: object
+
+
+def embedding_weights(models) -> str:
+    """The fingerprint of what an embedding depends on (generator, VGG16, p-norm statistics),
+    as the keys of earlier versions computed it: their caches stay valid."""
+    return tree_fingerprint(_EmbeddingWeights(models.generator, models.vgg, models.pca))
+
+
+def transfer_weights(models) -> str:
+    """The fingerprint of every model of a transfer (the alignments' and blends' keys)."""
+    return tree_fingerprint((_TransferWeights(models.generator, models.parser, models.vgg), models.pca))
+
+
+# ----------------------------------------------------------------------------- transfer entries
+ALIGN_FIELDS = ("sign", "smooth", "learning_rate", "ce_lambda", "style_lambda", "inpaint_steps", "align_steps1",
+                "align_steps2", "align_latents", "align_more_region", "parse_size", "loss_size", "guard_empty",
+                "noise", "seed")
+BLEND_FIELDS = ("learning_rate", "face_lambda", "hair_lambda", "blend_steps", "blend_smooth", "blend_parse_size",
+                "parse_size", "loss_size", "guard_empty", "noise", "seed")
+
+
+def digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def stage_key(kind, hashes, weights, embed_cfg, cfg, fields, edit: str = "", default_region: str = "hair") -> str:
+    """The key of an alignment or blend: its images, weights, embedding settings, its own
+    settings (`fields` of the TransferConfig) and target-mask edit."""
+    settings = {f: getattr(cfg, f) for f in fields}
+    if cfg.region != default_region:  # only then: the keys of hair transfers stay as they were
+        settings["region"] = cfg.region
+    embed_settings = {f: getattr(embed_cfg, f) for f in FS_FIELDS}
+    blob = {"kind": kind, "images": list(hashes), "weights": weights, "embedding": embed_settings,
+            "settings": settings}
+    if edit:  # only when there is one, so that the keys of unedited runs stay as they were
+        blob["edit"] = edit
+    return digest(json.dumps(blob, sort_keys=True))
+
+
+def save_labels(path: Path, labels):
+    """A target label map as an 8-bit grey PNG (grey level = class id)."""
+    atomic_write(path, lambda f: Image.fromarray(np.asarray(labels, np.uint8), "L").save(f, format="PNG"))
+
+
+def read_labels(path: Path, size: int):
+    try:
+        with Image.open(path) as im:
+            labels = np.asarray(im).astype(np.int32)
+    except (OSError, ValueError):
+        return None
+    return labels if labels.shape == (size, size) else None
+
+
+def save_label_png(path, labels, n_classes: int):
+    """A label map (P, P) as an indexed PNG: pixel values are the class ids (read back exactly)
+    and the palette shows them in the official colours."""
+    labels = np.asarray(labels)
+    im = Image.fromarray(labels.astype(np.uint8), "P")
+    im.putpalette(palette(max(n_classes, 16)).reshape(-1).tolist())
+    return atomic_write(path, lambda f: im.save(f, format="PNG"))
+
+
+def read_label_png(path, label_map: LabelMap, size: int) -> np.ndarray:
+    """A target mask given by the user (an indexed PNG as save_label_png writes it, or an 8-bit
+    grey PNG of class ids), checked: readable, size x size, only the checkpoint's classes."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise ValueError(f"{path}: a {im.mode} image, not a label map (an indexed or grey PNG whose "
+                                 "values are class ids, as --save-target-mask writes it)")
+            labels = np.asarray(im).astype(np.int32)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such target mask") from None
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    return check_target(labels, label_map, size, path)

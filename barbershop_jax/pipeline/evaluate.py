@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from barbershop_jax import cache as cache_lib
-from barbershop_jax import image_io, resample
+from barbershop_jax.ops import resample
+from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline import store as cache_lib
 from barbershop_jax.losses import lpips as lpips_loss
 
 
@@ -115,3 +116,11 @@ def markdown(report: dict) -> str:
     for stage, m in report["mean"].items():
         lines.append(f"| mean of {m['n']} | {stage} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['lpips']:.4f} |")
     return "\n".join(lines)
+
+
+def write_report(report: dict, out) -> Path:
+    """The report as JSON at `out` and its table as markdown beside it, each atomically."""
+    out = Path(out)
+    cache_lib.save_json(out, report)
+    image_io.atomic_write(out.with_suffix(".md"), lambda f: f.write((markdown(report) + "\n").encode()))
+    return out

@@ -41,16 +41,17 @@ names for R's masks).
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from barbershop_jax import alignment
+from barbershop_jax.config import DEFAULT_REGION, TransferConfig
 from barbershop_jax.models.bisenet import LabelMap
-from barbershop_jax.transfer_config import DEFAULT_REGION, Models, TransferConfig
+from barbershop_jax.models.bundle import Models
+from barbershop_jax.stages import align as alignment
+from barbershop_jax.stages import loop
 
 INPAINT_RADIUS = 3  # cv2.inpaint radius, official
 ROUND_TAGS = (101, 102)  # noise-key tags of the two GAN rounds
@@ -161,12 +162,12 @@ def round_targets(target, keep, tail, keys, sign: str, bg: int) -> alignment.Seg
                                         jnp.ones(target.shape[:1], bool), keys)
 
 
-def _round(models, target, keep, keys, cfg, desc, progress, devices, checkpoint):
+def _round(models, target, keep, keys, cfg, which: loop.Loop, hook):
     g = models.generator
     latent_avg = g.mean_w_plus(target.shape[0])
     x = round_targets(target, keep, latent_avg, keys, cfg.sign, models.parser.labels.id("background"))
     _, labels = alignment.fit_segmentation(models, latent_avg[:, :cfg.align_latents], x, cfg.inpaint_steps, cfg,
-                                           desc, progress=progress, devices=devices, checkpoint=checkpoint)
+                                           which, hook=hook)
     return labels
 
 
@@ -181,20 +182,19 @@ def _after_round2(inputs: InpaintInputs, previous, generated, bg):
     return jnp.where(inputs.uncovered & (generated != bg), generated, previous)
 
 
-def gan_inpaint(models: Models, inputs: InpaintInputs, cfg: TransferConfig, *, progress=True,
-                devices=None, checkpoint=None):
+def gan_inpaint(models: Models, inputs: InpaintInputs, cfg: TransferConfig, *, hook=None):
     """Step 3 on a batch of pairs. Returns the final target labels (B, P, P) int32.
-    checkpoint: a resume.LoopCheckpoint for the batch (each round keeps its own below it)."""
+    hook: the pipeline's stages.loop.LoopHook for the batch (the rounds are its parts
+    "round1" and "round2"), or None."""
     cfg.check_resolved()
     bg = models.parser.labels.id("background")
     keys = [jax.vmap(jax.random.fold_in, in_axes=(0, None))(inputs.key, tag) for tag in ROUND_TAGS]
     if cfg.inpaint_steps <= 0:
         return inputs.target
-    generated = _round(models, inputs.target, inputs.keep, keys[0], cfg, "Target mask 1/2", progress, devices,
-                       checkpoint and checkpoint.sub("round1"))
+    generated = _round(models, inputs.target, inputs.keep, keys[0], cfg, loop.Loop("Target mask 1/2", "round1"),
+                       hook)
     previous, target = _after_round1(inputs, generated, bg)
-    generated = _round(models, target, inputs.keep, keys[1], cfg, "Target mask 2/2", progress, devices,
-                       checkpoint and checkpoint.sub("round2"))
+    generated = _round(models, target, inputs.keep, keys[1], cfg, loop.Loop("Target mask 2/2", "round2"), hook)
     return _after_round2(inputs, previous, generated, bg)
 
 
@@ -223,42 +223,10 @@ def colourise(target) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- editable masks
-def save_label_png(path, labels, n_classes: int):
-    """A label map (P, P) as an indexed PNG: pixel values are the class ids (read back exactly)
-    and the palette shows them in the official colours."""
-    from PIL import Image
-
-    from barbershop_jax import image_io
-
-    labels = np.asarray(labels)
-    im = Image.fromarray(labels.astype(np.uint8), "P")
-    im.putpalette(palette(max(n_classes, 16)).reshape(-1).tolist())
-    return image_io.atomic_write(path, lambda f: im.save(f, format="PNG"))
-
-
 def legend(label_map: LabelMap) -> dict:
     """{class id: {"name", "colour"}}: what the indexed PNG's values mean."""
     colours = palette(max(len(label_map.names), 16))
     return {str(i): {"name": name, "colour": colours[i].tolist()} for i, name in enumerate(label_map.names)}
-
-
-def read_label_png(path, label_map: LabelMap, size: int) -> np.ndarray:
-    """A target mask given by the user (an indexed PNG as save_label_png writes it, or an 8-bit
-    grey PNG of class ids), checked: readable, size x size, only the checkpoint's classes."""
-    from PIL import Image
-
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
-                raise ValueError(f"{path}: a {im.mode} image, not a label map (an indexed or grey PNG whose "
-                                 "values are class ids, as --save-target-mask writes it)")
-            labels = np.asarray(im).astype(np.int32)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such target mask") from None
-    except OSError as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
-    return check_target(labels, label_map, size, path)
 
 
 def check_target(labels, label_map: LabelMap, size: int, what="target mask") -> np.ndarray:

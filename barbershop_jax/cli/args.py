@@ -1,0 +1,214 @@
+"""The command line's arguments: argparse types that refuse bad numbers in one line, and the
+parser of every command (each names the function of cli/main.py that runs it)."""
+from __future__ import annotations
+
+import argparse
+from importlib import metadata
+
+from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, FEATHER
+from barbershop_jax.pipeline.face_crop import MIN_FACE
+
+PLUGIN_GROUP = "barbershop_jax.commands"  # entry points: f(subparsers) adds commands
+
+
+def _at_least(low, kind=int, above=False):
+    """An argparse type: a `kind` number >= low (> low with above=True), else one clear line
+    (a negative batch size once ran nothing and reported success)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value != value or value in (float("inf"), float("-inf")) or value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number {'above' if above else 'of at least'} {low}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+COUNT = _at_least(0)              # step counts, iterations, indices
+POSITIVE = _at_least(1)           # batch sizes, sample counts
+NON_NEGATIVE = _at_least(0.0, float)  # loss weights, fractions, pixel counts
+
+
+def _part(text):
+    """'K/N' -> (K, N), 1 <= K <= N."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+        if not 1 <= k <= n:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N with 1 <= K <= N, e.g. 2/4") from None
+    return k, n
+
+
+TRANSFER_STEPS = (("w_steps", "W+ embedding steps (official: 1100)"), ("fs_steps", "FS embedding steps (official: 250)"),
+                  ("inpaint_steps", "steps of each GAN-inpainting round of the target mask (official: 80)"),
+                  ("align_steps1", "alignment step 1 (official: 140)"), ("align_steps2", "alignment step 2 (official: 100)"),
+                  ("blend_steps", "blending steps (official: 400)"))
+
+
+def _add_checkpoint_flag(p):
+    p.add_argument("--checkpoint-every", type=COUNT, default=DEFAULT_CHECKPOINT_EVERY, metavar="STEPS",
+                   help=f"save each optimisation loop's state every STEPS steps under OUT/.resume/, so that an "
+                        f"interrupted run resumes mid-stage (default {DEFAULT_CHECKPOINT_EVERY}; 0: off)")
+
+
+def _add_dtype_flag(p):
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="compute dtype of the generator's and VGG16's convolutions: bfloat16 is faster on GPUs and "
+                        "TPUs, with a small measured loss of quality (README); results are cached apart "
+                        "(default float32, as the official code)")
+
+
+def _add_landmark_flags(p):
+    p.add_argument("--landmarks", metavar="JSON", help="landmarks as JSON: {photo name: 68 or 5 [x, y] points, or a "
+                                                      "list of faces} (default: {stem}.landmarks.json beside each "
+                                                      "photo, else dlib)")
+    p.add_argument("--dlib-model", metavar="DAT", help="dlib's shape_predictor_68_face_landmarks.dat (default: "
+                                                      "$BARBERSHOP_DLIB_MODEL)")
+    p.add_argument("--face-index", type=COUNT, help="which face of a photo with several (default: all for "
+                                                  "align-faces; an error for transfer --align)")
+    p.add_argument("--min-face", type=NON_NEGATIVE, default=MIN_FACE,
+                   help=f"refuse faces whose crop square is smaller than this many photo pixels (default {MIN_FACE})")
+
+
+def _add_exif_flag(p):
+    p.add_argument("--no-exif", action="store_true",
+                   help="read images as stored, ignoring their EXIF orientation (as the official does)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other error here (argparse prints the whole usage
+    block first, which buries the line that says what is wrong); exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(commands) -> argparse.ArgumentParser:
+    """commands: the module whose functions run the commands (cli/main.py)."""
+    parser = _Parser(prog="barbershop-jax", description="barbershop-jax: Barbershop hairstyle transfer in JAX")
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="do not use XLA's persistent compilation cache (default: on, in ~/.cache/barbershop-jax/xla "
+                             "or $BARBERSHOP_JAX_COMPILE_CACHE)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="the whole transfer on the bundled example images, with the embedded tiny "
+                                       "random-weight models (or --weights)")
+    demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    demo.add_argument("--weights", help="a converted weights directory instead of the embedded default")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--samples", action="store_true", help="instead: render a grid of generator samples")
+    demo.add_argument("--n", type=POSITIVE, default=16, help="with --samples: number of samples")
+    demo.add_argument("--truncation", type=float, default=1.0, help="with --samples: truncation psi")
+    demo.set_defaults(func=commands.demo)
+
+    tr = sub.add_parser("transfer", help="hairstyle transfer: the face of --face with the hair shape of --shape "
+                                         "and the hair colour of --color (or any --region)")
+    tr.add_argument("--face", help="identity image (official im1)")
+    tr.add_argument("--shape", help="shape reference (im2): the region's outline in the target mask")
+    tr.add_argument("--color", help="appearance reference (im3): the region's fine detail and colour")
+    tr.add_argument("--structure", metavar="IMG", help="structure reference: the region's coarse structure (its "
+                                                       "aligned F) (default: the shape reference, as the official)")
+    tr.add_argument("--region", metavar="NAMES", help="the transferred region: parser label names, comma-separated, "
+                                                      "e.g. hair (default), lips, brows,eyes")
+    tr.add_argument("--pairs", metavar="CSV", help="batch mode: a CSV with columns face, shape, color, and optionally "
+                                                  "structure, region, target_mask, shape_transform (paths relative "
+                                                  "to the CSV's folder)")
+    tr.add_argument("--part", metavar="K/N", type=_part,
+                    help="batch mode on N hosts with no coordinator (a job array): do part K of N of the rows, "
+                         "the rows of one face together; failures go to OUT/failures.partKofN.csv")
+    tr.add_argument("--weights", help="converted weights directory (default: the embedded tiny random models)")
+    tr.add_argument("--out", required=True, help="output folder (official layout; embeddings and alignments "
+                                                 "found there are reused)")
+    tr.add_argument("--sign", choices=["realistic", "fidelity"], help="target-mask inpainting (default: realistic)")
+    tr.add_argument("--smooth", type=COUNT, help="dilation/erosion of the F-mixing masks (default: 5)")
+    tr.add_argument("--seed", type=int, help="seed of the generator noise (default 0)")
+    tr.add_argument("--noise", choices=["random", "const", "none"], help="generator noise (official: random)")
+    tr.add_argument("--batch-size", type=POSITIVE, default=DEFAULT_BATCH_SIZE,
+                    help=f"images, pairs or triples optimised together (default {DEFAULT_BATCH_SIZE})")
+    for name, text in TRANSFER_STEPS:
+        tr.add_argument("--" + name.replace("_", "-"), type=COUNT, help=text)
+    tr.add_argument("--save-target-mask", action="store_true",
+                    help="also write each target mask as OUT/target_masks/{face}_{ref}.png (target_masks_{region}/ "
+                         "for a region other than hair): an indexed PNG whose values are class ids (legend.json "
+                         "beside it), to edit and give back with --target-mask")
+    tr.add_argument("--target-mask", metavar="PNG", help="use this target mask for (face, shape) instead of "
+                                                         "computing it (an indexed or grey PNG of class ids)")
+    tr.add_argument("--shape-transform", metavar="scale=S,dx=X,dy=Y",
+                    help="scale the shape reference's region (hair by default) about its centre and move it by "
+                         "(dx, dy) pixels of the target mask before the merge")
+    tr.add_argument("--align", nargs="?", const="all", choices=["all", "face"],
+                    help="the inputs are ordinary photos: cut their FFHQ crops first, into OUT/aligned/ (all three, "
+                         "or only the face with --align face)")
+    tr.add_argument("--paste-back", action="store_true",
+                    help="also paste each result into the face's photo (OUT/..._pasted.png); the face must come from "
+                         "--align or align-faces")
+    tr.add_argument("--feather", type=NON_NEGATIVE, default=FEATHER,
+                    help=f"paste-back: soft edge of the mask, as a fraction of the image side (default {FEATHER})")
+    _add_landmark_flags(tr)
+    _add_exif_flag(tr)
+    tr.add_argument("--no-resize", action="store_true",
+                    help="refuse images that are not the generator's size (default: resize them, with a warning)")
+    _add_checkpoint_flag(tr)
+    _add_dtype_flag(tr)
+    tr.add_argument("--parser-dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="compute dtype of the face parser (the segmentation and alignment losses, and the labels "
+                         "the target masks come from); cached apart (default float32, as the official code)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.set_defaults(func=commands.transfer)
+
+    al = sub.add_parser("align-faces", help="FFHQ-aligned crops of the faces in ordinary photos (the official "
+                                            "align_face.py), each with its transform for paste-back")
+    al.add_argument("photos", nargs="+", help="photo files or folders of photos")
+    al.add_argument("--out", required=True, help="output folder: {stem}.png (or {stem}_{i}.png for several faces) "
+                                                 "and {stem}.crop.json")
+    al.add_argument("--size", type=POSITIVE, default=1024, help="crop size (official: 1024)")
+    _add_landmark_flags(al)
+    _add_exif_flag(al)
+    al.add_argument("--quiet", action="store_true", help="no progress bar")
+    al.set_defaults(func=commands.align_faces)
+
+    embed = sub.add_parser("embed", help="embed images in W+ and FS (cached: nothing is embedded twice)")
+    embed.add_argument("images", nargs="+", help="image files or folders of images")
+    embed.add_argument("--out", required=True, help="output folder: W+/{name}.npy, FS/{name}.npz (official layout)")
+    embed.add_argument("--weights", help="converted weights directory (default: the embedded tiny models)")
+    embed.add_argument("--batch-size", type=POSITIVE, default=DEFAULT_BATCH_SIZE,
+                       help=f"images optimised together (default {DEFAULT_BATCH_SIZE})")
+    embed.add_argument("--w-steps", type=COUNT, help="W+ steps (official: 1100)")
+    embed.add_argument("--fs-steps", type=COUNT, help="FS steps (official: 250)")
+    embed.add_argument("--lr", type=_at_least(0.0, float, above=True), help="Adam learning rate (official: 0.01)")
+    embed.add_argument("--noise", choices=["random", "const", "none"], help="generator noise (official: random)")
+    embed.add_argument("--seed", type=int, help="seed of the per-image noise (default 0)")
+    embed.add_argument("--l2-lambda", type=NON_NEGATIVE, help="weight of the full-size MSE (official: 1.0)")
+    embed.add_argument("--percept-lambda", type=NON_NEGATIVE, help="weight of LPIPS at 256 px (official: 1.0)")
+    embed.add_argument("--p-norm-lambda", type=NON_NEGATIVE, help="weight of the p-norm regulariser (official: 0.001)")
+    embed.add_argument("--l-f-lambda", type=NON_NEGATIVE, help="weight of the F regulariser (official: declared, unused: 0)")
+    embed.add_argument("--import-official", metavar="DIR",
+                       help="adopt the official code's W+/{name}.npy and FS/{name}.npz from DIR instead of computing them")
+    embed.add_argument("--no-fs", action="store_true", help="stop after W+")
+    embed.add_argument("--distributed", action="store_true",
+                       help="multi-host: jax.distributed.initialize(); process k embeds every N-th image")
+    embed.add_argument("--coordinator", help="with --distributed: HOST:PORT of process 0 (default: from the cluster)")
+    embed.add_argument("--num-processes", type=POSITIVE, help="with --distributed: number of processes")
+    embed.add_argument("--process-id", type=COUNT, help="with --distributed: this process's index")
+    _add_checkpoint_flag(embed)
+    _add_dtype_flag(embed)
+    _add_exif_flag(embed)
+    embed.add_argument("--quiet", action="store_true", help="no progress bars")
+    embed.set_defaults(func=commands.embed)
+
+    ev = sub.add_parser("evaluate-embedding", help="PSNR, SSIM and LPIPS of the embeddings of images")
+    ev.add_argument("images", nargs="+", help="the embedded images (files or folders)")
+    ev.add_argument("--embeddings", required=True, help="the folder `embed --out` wrote")
+    ev.add_argument("--weights", help="converted weights (for LPIPS; default: the embedded models)")
+    ev.add_argument("--out", help="report path (default: EMBEDDINGS/evaluation.json, plus .md)")
+    ev.set_defaults(func=commands.evaluate_embedding)
+
+    # Commands of other installed packages: `convert` (PyTorch checkpoints -> Flax) lives in the
+    # convert package, which this runtime never imports; it registers itself as an entry point.
+    for plugin in metadata.entry_points(group=PLUGIN_GROUP):
+        plugin.load()(sub)
+    return parser

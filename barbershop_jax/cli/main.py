@@ -1,0 +1,220 @@
+"""`barbershop-jax` command line: parse arguments, call one library function, report errors
+in one line with a non-zero exit. The arguments are cli/args.py; the work is the pipeline's."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from barbershop_jax.cli import args as args_lib
+
+
+def demo(args):
+    from barbershop_jax.pipeline import demo as demo_lib
+    if args.samples:
+        demo_lib.run(args.out, n=args.n, seed=args.seed, weights=args.weights, truncation=args.truncation)
+    else:
+        demo_lib.run_transfer(args.out, weights=args.weights, seed=args.seed, progress=not args.quiet)
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
+
+
+def _image_paths(inputs):
+    """Files as given; folders expanded to their images, sorted."""
+    paths = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(item)
+    if not paths:
+        raise ValueError(f"no images in {', '.join(map(str, inputs))}")
+    return paths
+
+
+def _distributed(args):
+    """jax.distributed for multi-host runs: explicit flags, or the cluster's environment."""
+    if not args.distributed:
+        return
+    import jax
+    kwargs = {k: v for k, v in {"coordinator_address": args.coordinator, "num_processes": args.num_processes,
+                                "process_id": args.process_id}.items() if v is not None}
+    jax.distributed.initialize(**kwargs)
+
+
+EMBED_FLAGS = {"w_steps": "w_steps", "fs_steps": "fs_steps", "lr": "learning_rate", "noise": "noise", "seed": "seed",
+               "l2_lambda": "l2_lambda", "percept_lambda": "percept_lambda", "p_norm_lambda": "p_norm_lambda",
+               "l_f_lambda": "l_f_lambda"}  # flag -> EmbedConfig field
+
+
+def embed(args):
+    import jax
+
+    from barbershop_jax.config import EmbedConfig
+    from barbershop_jax.models import bundle
+    from barbershop_jax.pipeline import batch_files
+    from barbershop_jax.pipeline import embed as embed_lib
+    _distributed(args)
+    models = bundle.load(args.weights, args.dtype, parser=False)
+    overrides = {field: getattr(args, flag) for flag, field in EMBED_FLAGS.items() if getattr(args, flag) is not None}
+    cfg = EmbedConfig.for_size(models.generator.config.size, **overrides)
+    failures = []
+    done = embed_lib.embed_files(_image_paths(args.images), args.out, models, cfg, batch_size=args.batch_size,
+                                 fs=not args.no_fs, progress=not args.quiet, import_official=args.import_official,
+                                 checkpoint_every=args.checkpoint_every or None, failures=failures)
+    share = f" by process {jax.process_index()} of {jax.process_count()}" if jax.process_count() > 1 else ""
+    print(f"{len(done)} image(s) embedded{share} under {args.out} (W+{'' if args.no_fs else ' and FS'})")
+    if failures:
+        path = batch_files.write_failures(args.out, [((name,), reason) for name, reason in failures],
+                                          columns=("image",))
+        for _, reason in failures:
+            print(f"barbershop-jax: error: {reason}", file=sys.stderr)
+        print(f"{len(failures)} image(s) failed; see {path}", file=sys.stderr)
+        return 1
+
+
+JOB_FLAGS = ("face", "shape", "color", "structure", "pairs", "part", "target_mask", "shape_transform", "weights",
+             "batch_size", "dtype", "parser_dtype", "align", "landmarks", "dlib_model", "face_index", "min_face",
+             "paste_back", "feather", "no_resize", "save_target_mask")
+
+
+def transfer(args):
+    from barbershop_jax.pipeline import transfer_job
+    # --region: every triple's region (with --pairs: of the rows whose region column is empty).
+    options = {k: getattr(args, k) for k in ("sign", "smooth", "seed", "noise", "region",
+                                             *(n for n, _ in args_lib.TRANSFER_STEPS)) if getattr(args, k) is not None}
+    job = transfer_job.TransferJob(args.out, progress=not args.quiet, checkpoint_every=args.checkpoint_every or None,
+                                   options=options, **{k: getattr(args, k) for k in JOB_FLAGS})
+    return transfer_job.run(job)
+
+
+def align_faces(args):
+    from barbershop_jax.pipeline import batch_files, face_crop
+    from barbershop_jax.pipeline.landmarks import Landmarks
+    aligner = face_crop.Aligner(size=args.size, landmarks=Landmarks(args.landmarks, args.dlib_model),
+                                face_index=args.face_index, min_face=args.min_face)
+    photos = _image_paths(args.photos)
+    crops, failures = face_crop.align_photos(aligner, photos, args.out, progress=not args.quiet)
+    print(f"{len(crops)} face crop(s) of {args.size} px from {len(photos) - len(failures)} photo(s) in {args.out} "
+          "(each with its transform, {name}.crop.json)")
+    if failures:
+        path = batch_files.write_failures(Path(args.out), failures, columns=("photo",))
+        print(f"{len(failures)} of {len(photos)} photo(s) failed; see {path}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def evaluate_embedding(args):
+    from barbershop_jax.models import bundle
+    from barbershop_jax.pipeline import evaluate
+    if not Path(args.embeddings).is_dir():
+        raise ValueError(f"{args.embeddings}: no such embeddings folder (the --out of barbershop-jax embed)")
+    paths = _image_paths(args.images)
+    vgg = bundle.load_vgg(args.weights)  # LPIPS only: no generator, no PCA statistics
+    report = evaluate.evaluate(paths, args.embeddings, vgg)
+    for item in report["unreadable"]:
+        print(f"barbershop-jax: error: {item['reason']}", file=sys.stderr)
+    if not report["images"]:  # nothing to report: say so instead of writing an empty table
+        if report["missing"]:
+            print(f"barbershop-jax: error: {args.embeddings}: no embeddings of the {len(report['missing'])} "
+                  f"image(s) given (embed them first: barbershop-jax embed IMAGES --out {args.embeddings})",
+                  file=sys.stderr)
+        return 1
+    out = evaluate.write_report(report, args.out or Path(args.embeddings) / "evaluation.json")
+    print(evaluate.markdown(report))
+    if report["missing"]:
+        print(f"no embeddings for {len(report['missing'])} image(s): {', '.join(report['missing'][:5])}")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 1 if report["unreadable"] else 0
+
+
+def _log_to_stderr():
+    """The library's INFO and above (resumed loops, skipped images) as one line each."""
+    import logging
+
+    class ToStderr(logging.Handler):  # the current sys.stderr at each message, not the one at setup
+        def emit(self, record):
+            print(self.format(record), file=sys.stderr)
+
+    logger = logging.getLogger("barbershop_jax")
+    if not logger.handlers:
+        handler = ToStderr()
+        handler.setFormatter(logging.Formatter("barbershop-jax: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    text = f"{type(e).__name__} {e}"
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
+def build_parser():
+    return args_lib.build_parser(sys.modules[__name__])
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _log_to_stderr()
+    from barbershop_jax.pipeline import image_files
+    with image_files.exif_orientation(not getattr(args, "no_exif", False)):
+        return _run(args)
+
+
+OUT_FOLDER_COMMANDS = ("demo", "transfer", "align-faces", "embed")  # their --out is a folder
+
+
+def _check_out_folder(out):
+    """--out must be a folder, or creatable as one, and writable: found before any work (a file
+    there once failed the run at its first checkpoint, after the first loop had run)."""
+    import os
+    out = Path(out)
+    existing = next(p for p in (out, *out.parents) if p.exists() or p == Path(p.anchor) or p == Path("."))
+    if not existing.is_dir():
+        where = "" if existing == out else f"{existing} is "
+        raise ValueError(f"{out}: {where}a file, not a folder (--out names the output folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{out}: cannot write in {existing} (permission denied)")
+
+
+def _run(args) -> int:
+    from barbershop_jax.pipeline import compile_cache, resume
+    try:
+        if args.command in OUT_FOLDER_COMMANDS:
+            _check_out_folder(args.out)
+        if not args.no_compile_cache:
+            compile_cache.enable()
+        with resume.handle_signals():  # SIGINT/SIGTERM: finish the chunk, save, stop
+            rc = args.func(args)
+    except resume.Interrupted as e:
+        how = ("run the same command again to resume from there" if e.saved else
+               "checkpointing was off (--checkpoint-every 0): finished stages are kept, the interrupted one restarts")
+        print(f"barbershop-jax: {e}; {how}", file=sys.stderr)
+        return 143 if e.signum == 15 else 130
+    except ModuleNotFoundError as e:
+        if e.name == "torch":
+            print("barbershop-jax: error: conversion needs PyTorch: pip install 'barbershop-jax[convert]'",
+                  file=sys.stderr)
+            return 2
+        raise
+    except (ValueError, OSError) as e:  # ConversionError is a ValueError
+        print(f"barbershop-jax: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("barbershop-jax: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if _is_out_of_memory(e):
+            size = getattr(args, "batch_size", None)
+            hint = (f"try --batch-size {max(size // 2, 1)}" if size and size > 1 else
+                    "the model does not fit this device at batch size 1")
+            print(f"barbershop-jax: error: out of device memory at batch size {size}: {hint} "
+                  "(finished work is kept; the same command resumes)", file=sys.stderr)
+            return 1
+        raise
+    return rc or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Batch runs from files: the rows of a manifest CSV, their split over hosts (--part), the
+results and failures CSVs, and the end-of-run table."""
+from __future__ import annotations
+
+import collections
+import csv
+import io
+from pathlib import Path
+
+from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline.records import TargetEdit, TransferResult, references
+from barbershop_jax.stages.target_mask import parse_shape_transform
+
+
+def parts_by_face(faces: list[str], n_parts: int) -> list[int]:
+    """The part (0 .. n_parts - 1) of each row, for `transfer --part K/N` on N hosts that share
+    no coordinator: the rows of one face stay together, because every alignment and blend of
+    a row is the face's (with its shape or colour reference), so no part redoes another's; the
+    faces go, most rows first, to the part with the fewest rows so far. The same rows give the
+    same parts on every host."""
+    counts = collections.Counter(faces)
+    load, part_of = [0] * n_parts, {}
+    for face in sorted(counts, key=lambda f: (-counts[f], f)):
+        part = min(range(n_parts), key=lambda k: (load[k], k))
+        part_of[face] = part
+        load[part] += counts[face]
+    return [part_of[face] for face in faces]
+
+
+INPUT_COLUMNS = ("face", "shape", "color", "structure")
+
+
+def _write_csv(path: Path, header, rows) -> Path:
+    """A CSV file written whole or not at all; each row's missing middle cells (a triple
+    without a structure reference) left empty: rows are (inputs, then the other cells)."""
+    n_inputs = len(header) - len(rows[0][1]) if rows else 0
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    for inputs, rest in rows:
+        writer.writerow([*(str(x) for x in inputs), *[""] * (n_inputs - len(inputs)), *rest])
+    return image_io.atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+def write_results(out_dir, done, name: str = "results.csv") -> Path:
+    """OUT/results.csv (or `name`): a row per result, in the input's order: its input files
+    (structure where any triple has one), region (empty: the run's), the result PNG and, with
+    paste-back, the pasted photo. done: [(triple of paths or sources.ImageSource, region, result)]."""
+    columns = INPUT_COLUMNS[:max([3, *(len(t) for t, _, _ in done)])]
+    rows = [([getattr(x, "path", None) or getattr(x, "name", x) for x in t],
+             [region or "", str(r.path), str(r.pasted_path or "")]) for t, region, r in done]
+    return _write_csv(Path(out_dir) / name, [*columns, "region", "result", "pasted"], rows)
+
+
+def write_failures(out_dir, failures, columns=None, name: str = "failures.csv") -> Path:
+    """OUT/failures.csv (or `name`): the columns of each failed item (empty where it has fewer),
+    then the error. columns: default face, shape, color (and structure where an item has one)."""
+    if columns is None:
+        columns = INPUT_COLUMNS[:max([3, *(len(item) for item, _ in failures)])]
+    rows = [(item, [str(reason)]) for item, reason in failures]
+    return _write_csv(Path(out_dir) / name, [*columns, "error"], rows)
+
+
+SUMMARY_ROWS = 20  # results listed at the end of a run; the rest are in results.csv
+
+
+def summary(results: list[TransferResult], timings: dict[str, float], listed: str | None = None) -> str:
+    """The end-of-run table: time per stage, then each triple's output (the first
+    SUMMARY_ROWS when `listed` names a file that lists them all)."""
+    lines = ["| stage | seconds |", "| --- | ---: |"]
+    lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()]
+    lines += [f"| total | {sum(timings.values()):.1f} |", "", "| face | shape | color | result |",
+              "| --- | --- | --- | --- |"]
+    shown = results[:SUMMARY_ROWS] if listed else results
+    lines += [f"| {r.face} | {references(r.shape, r.structure)} | {r.color} | {r.path} |" for r in shown]
+    if len(shown) < len(results):
+        lines += ["", f"... and {len(results) - len(shown)} more: every result is listed in {listed}"]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- manifests
+def read_triples(csv_path):
+    """(triples of paths, edits, regions): CSV columns face, shape, color, and optionally
+    structure (a fourth reference: the triple gets it as a fourth path), region (label names,
+    e.g. "brows,eyes"; None per row where empty), target_mask and shape_transform (one
+    TargetEdit or None per row); relative paths are resolved against the CSV file's folder."""
+    csv_path = Path(csv_path)
+    try:
+        # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark, which would otherwise
+        # become part of the first column's name.
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            reader.fieldnames = [(name or "").strip().lower() for name in reader.fieldnames or ()]
+            missing = {"face", "shape", "color"} - set(reader.fieldnames)
+            if missing:
+                raise ValueError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))} "
+                                 "(the header must name face, shape, color)")
+            # Rows of empty cells (",,," lines a spreadsheet leaves at the end) are not triples.
+            rows = [row for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
+    except OSError as e:
+        raise ValueError(f"{csv_path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{csv_path}: not UTF-8 text ({e.reason}); save it as CSV UTF-8") from None
+    resolve = lambda v: (csv_path.parent / v.strip()) if not Path(v.strip()).is_absolute() else Path(v.strip())  # noqa: E731
+    given = lambda row, k: (row.get(k) or "").strip()  # noqa: E731 (optional columns: empty or absent)
+    triples = [tuple(resolve(row[k] or "") for k in ("face", "shape", "color"))
+               + ((resolve(given(row, "structure")),) if given(row, "structure") else ()) for row in rows]
+    # Optional columns: target_mask (an indexed PNG) and shape_transform ("scale=..,dx=..,dy=..").
+    edits = [make_edit(resolve(given(row, "target_mask")) if given(row, "target_mask") else None,
+                       row.get("shape_transform") or None) for row in rows]
+    regions = [given(row, "region") or None for row in rows]
+    return triples, edits, regions
+
+
+def make_edit(target_mask, shape_transform):
+    """A TargetEdit from a target mask's path and a shape transform's text, or None."""
+    if target_mask is None and not shape_transform:
+        return None
+    return TargetEdit(target_mask, parse_shape_transform(shape_transform) if shape_transform else None)

@@ -1,0 +1,177 @@
+"""Embedding images from files, batch by batch, through the cache: the pipeline around the
+pure W+ and FS stages (stages/embed.py). Images are read and decoded here (sources.py), results
+written here (store.py), progress and checkpoints attached here (loop_hook.py)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from barbershop_jax import config
+from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, EMBED_WAVE, EmbedConfig, check_counts
+from barbershop_jax.models import bundle
+from barbershop_jax.pipeline import batching, loop_hook, resume
+from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline import progress as progress_lib
+from barbershop_jax.pipeline import store as cache_lib
+from barbershop_jax.pipeline.sources import DecodedImages, identify
+from barbershop_jax.stages import embed as embedding
+from barbershop_jax.stages.loop import image_key
+
+log = logging.getLogger("barbershop_jax")
+
+
+@dataclasses.dataclass
+class EmbeddedImage:
+    name: str
+    image_hash: str
+    w_plus: np.ndarray        # (n_latent, style_dim)
+    latent_in: np.ndarray     # (n_latent, style_dim): FS latents (W+ head + optimised S)
+    structure_f: np.ndarray   # (r, r, C) NHWC
+
+
+class NonFiniteError(ValueError):
+    """An image's optimisation produced NaN or infinity; nothing was written for it."""
+
+
+def embed(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig | None = None,
+          batch_size: int = DEFAULT_BATCH_SIZE, fs: bool = True, progress: bool = True, devices=None,
+          import_official=None, checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
+          failures: list | None = None, split_processes: bool = True, decoded=None) -> list[EmbeddedImage]:
+    """Embed images in W+ (and FS), batch by batch, skipping what `out_dir` already holds.
+
+    `paths`: image files, or ImageSource items (`sources.as_source`) for images in memory.
+    models: the models.bundle.Models (the face parser unused; default: the embedded ones).
+    decoded: the run's sources.DecodedImages (each image decoded once for the whole run), or
+    None for this call's own.
+
+    Writes the official layout under out_dir (W+/{name}.npy, FS/{name}.npz, with a PNG of each
+    render and a JSON key beside it; see store.py). `import_official`: a folder of official
+    outputs (W+/, FS/) whose files are adopted, by image name, where out_dir has no entry yet.
+    Multi-host (after `jax.distributed.initialize()`): process k of N embeds every N-th
+    distinct image, over its own local devices, into the same out_dir (a shared filesystem);
+    each process returns its share. Returns one EmbeddedImage per distinct path (of the share).
+    split_processes=False: every process embeds (or reads from out_dir) every image it is
+    given; a transfer needs all the images of its triples.
+
+    checkpoint_every: each batch's loops save their state every so many steps under
+    out_dir/.resume/, so an interrupted run resumes mid-stage (resume.py); None turns it off.
+    An image whose result holds NaN or infinity is not written: it is listed in `failures`
+    as (name, reason) and left out of the result when a list is given; otherwise a
+    NonFiniteError is raised once the other images are done.
+    """
+    check_counts("embed", 1, batch_size=batch_size)
+    models = bundle.load(parser=False) if models is None else models
+    g = models.generator
+    cfg = EmbedConfig.for_size(g.config.size) if cfg is None else cfg
+    store = cache_lib.EmbeddingCache(out_dir, cache_lib.embedding_weights(models))
+    decoded = DecodedImages(g.config.size) if decoded is None else decoded
+    items = identify(paths, progress)
+    if split_processes:
+        items = items[jax.process_index()::jax.process_count()]
+    n_lat, d = g.config.n_latent, g.config.style_dim
+    f_shape = config.f_shape(g.config, cfg.fs_block)
+    if import_official is not None:
+        for it in items:
+            name, image_hash = it.name, it.image_hash
+            if store.get_w_plus(name, image_hash, cfg, (n_lat, d)) is None:
+                imported = store.import_official(import_official, name, image_hash, cfg, (n_lat, d), f_shape)
+                log.info("%s: imported %s from %s", name, ", ".join(imported) or "nothing", import_official)
+
+    with image_io.BackgroundWrites() as writes:  # results are written while the next batch runs
+        failed, w_plus, results = _embed_todo(items, store, models, cfg, batch_size, fs, progress, devices,
+                                              out_dir, checkpoint_every, writes, decoded)
+    if failed and failures is None:
+        raise NonFiniteError(failed[0][1])
+    if failures is not None:
+        failures.extend(failed)
+    bad = {name for name, _ in failed}
+    return [EmbeddedImage(it.name, it.image_hash, w_plus[it.name], *(results.get(it.name, (None, None))))
+            for it in items if it.name not in bad]
+
+
+def embed_files(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig | None = None, *,
+                wave: int = EMBED_WAVE, progress: bool = True, **kwargs) -> list[str]:
+    """`embed` for any number of images, as `barbershop-jax embed` runs it: every file is read
+    and checked first (two different images under one name are refused before any work), then
+    `wave` images at a time are embedded, and only their names are kept. `embed` returns each
+    image's arrays, and at 1024 px its F alone is 2 MB: 10,000 images held 20 GB. kwargs: as
+    `embed` (batch_size, failures, ...). Returns the names embedded, or found in out_dir, by
+    this process."""
+    check_counts("embed_files", 1, wave=wave)
+    items = identify(paths, progress)
+    models = bundle.load(parser=False) if models is None else models
+    names = []
+    for start, stop in batching.waves(len(items), wave, "images"):
+        names += [e.name for e in embed(items[start:stop], out_dir, models, cfg, progress=progress, **kwargs)]
+    return names
+
+
+def _embed_todo(items, store, models, cfg, batch_size, fs, progress, devices, out_dir, checkpoint_every, writes,
+                decoded):
+    """The batches of `embed` that the cache does not hold: (failed, w_plus, FS results)."""
+    g = models.generator
+    n_lat, d = g.config.n_latent, g.config.style_dim
+    f_shape = config.f_shape(g.config, cfg.fs_block)
+    failed: list = []
+    w_plus = {it.name: store.get_w_plus(it.name, it.image_hash, cfg, (n_lat, d)) for it in items}
+    todo = [it for it in items if w_plus[it.name] is None]
+    with progress_lib.StageProgress("W+ embedding", len(todo), batch_size, cfg.w_steps, enabled=progress) as stage:
+        for batch, padded in batching.batches(todo, batch_size, "w_plus"):
+            stage.next_batch()
+            targets = _targets(padded, decoded, cfg)
+            ckpt = resume.batch_checkpoint(out_dir, "w_plus", [store.w_key(it.image_hash, cfg) for it in padded],
+                                           checkpoint_every)
+            w, _ = embedding.embed_w_plus(models, targets, cfg, hook=loop_hook.hook(stage, ckpt, devices))
+            images = image_io.to_uint8(np.asarray(embedding.w_plus_render(models, w, targets.key, cfg)))
+            written = []
+            for it, w_i, im in zip(batch, np.asarray(w), images):
+                if not np.isfinite(w_i).all():
+                    failed.append((it.name, f"{it.path or it.name}: W+ embedding diverged (NaN or infinity); "
+                                            "nothing written"))
+                    continue
+                written.append(writes.submit(store.put_w_plus, it.name, it.image_hash, cfg, w_i, im))
+                w_plus[it.name] = w_i
+            if ckpt is not None:  # once the batch's results are on disk
+                writes.submit(resume.clear, ckpt.folder, after=written)
+
+    results = {}
+    if fs:
+        for it in items:
+            hit = store.get_fs(it.name, it.image_hash, cfg, (n_lat, d), f_shape)
+            if hit is not None:
+                results[it.name] = hit
+        todo = [it for it in items if it.name not in results and w_plus[it.name] is not None]
+        with progress_lib.StageProgress("FS embedding", len(todo), batch_size, cfg.fs_steps,
+                                        enabled=progress) as stage:
+            for batch, padded in batching.batches(todo, batch_size, "fs"):
+                stage.next_batch()
+                targets = _targets(padded, decoded, cfg)
+                w = jnp.asarray(np.stack([w_plus[it.name] for it in padded]))
+                ckpt = resume.batch_checkpoint(out_dir, "fs", [store.fs_key(it.image_hash, cfg) for it in padded],
+                                               checkpoint_every)
+                latent_in, structure_f, _ = embedding.embed_fs(models, targets, w, cfg,
+                                                               hook=loop_hook.hook(stage, ckpt, devices))
+                images = image_io.to_uint8(np.asarray(embedding.fs_render(models, latent_in, structure_f, targets.key,
+                                                                          cfg)))
+                written = []
+                for it, li, f, im in zip(batch, np.asarray(latent_in), np.asarray(structure_f), images):
+                    if not (np.isfinite(li).all() and np.isfinite(f).all()):
+                        failed.append((it.name, f"{it.path or it.name}: FS embedding diverged (NaN or infinity); "
+                                                "nothing written"))
+                        continue
+                    written.append(writes.submit(store.put_fs, it.name, it.image_hash, cfg, li, f, im))
+                    results[it.name] = (li, f)
+                if ckpt is not None:
+                    writes.submit(resume.clear, ckpt.folder, after=written)
+    return failed, w_plus, results
+
+
+def _targets(batch, decoded, cfg) -> embedding.Targets:
+    """The official ref_im_H and ref_im_L of a batch, from each image's pixels decoded once."""
+    return embedding.Targets(full=jnp.asarray(np.stack([decoded.signed(s) for s in batch])),
+                             small=jnp.asarray(np.stack([decoded.small(s, cfg.lpips_size) for s in batch])),
+                             key=jnp.stack([image_key(cfg.seed, source.image_hash) for source in batch]))

@@ -1,0 +1,235 @@
+"""The Python API of a hairstyle transfer (HairTransfer), and the checks of a batch's inputs
+before any work: every file read, every photo aligned."""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+
+from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, FEATHER, TRANSFER_WAVE
+from barbershop_jax.config import EmbedConfig, TransferConfig, check_counts, split_options
+from barbershop_jax.models import bundle
+from barbershop_jax.pipeline import batching, face_crop, store
+from barbershop_jax.pipeline import compile_cache as compile_cache_lib
+from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline import sources as sources_lib
+from barbershop_jax.pipeline.embed import NonFiniteError
+from barbershop_jax.pipeline.records import TargetEdit, TransferResult
+from barbershop_jax.pipeline.run import Pipeline
+from barbershop_jax.stages import target_mask
+
+
+class HairTransfer:
+    """The Python API.
+
+        ht = HairTransfer("weights/")           # or HairTransfer() for the embedded tiny models
+        result = ht.transfer("face.png", "shape.png", "color.png", sign="fidelity")
+        result.image                            # (1024, 1024, 3) uint8
+        results = ht.transfer_many([(f, s, c), ...])
+
+    Images: paths, PIL images or uint8 arrays (H, W, 3) at the generator's size (others are
+    resized with a warning). Options: any TransferConfig or EmbedConfig field (sign, smooth,
+    seed, blend_steps, w_steps, ...), given here as defaults or per call. Outputs go to
+    `out_dir` in the official layout (default: a temporary folder that lives as long as this
+    object); embeddings and alignments are cached there, so no image is embedded twice.
+    compile_cache: use XLA's persistent compilation cache (compile_cache.py), on by default.
+    checkpoint_every: the optimisation loops save their state every so many steps under
+    OUT/.resume/, so an interrupted run resumes mid-stage (resume.py); None turns it off.
+    dtype: "bfloat16" runs the generator's and VGG16's convolutions in bfloat16 (faster on
+    GPUs and TPUs; see models.bundle.with_dtype); the default "float32" matches the official code.
+    parser_dtype: "bfloat16" runs the face parser in bfloat16 (the segmentation and alignment
+    losses and the masks read from it); float32 by default.
+    """
+
+    def __init__(self, weights=None, out_dir=None, *, batch_size: int = 4, progress: bool = True, devices=None,
+                 compile_cache: bool = True, checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
+                 dtype: str = "float32", parser_dtype: str = "float32", **options):
+        # The settings are checked before minutes of loading models.
+        check_counts("HairTransfer", 1, batch_size=batch_size)
+        embed_overrides, overrides = split_options(options)
+        EmbedConfig(**embed_overrides)  # each raises a ValueError naming a bad setting
+        TransferConfig(**overrides)
+        if compile_cache:
+            compile_cache_lib.enable()
+        self.models = bundle.load(weights, dtype, parser_dtype)
+        if out_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="barbershop-jax-")
+            out_dir = self._tmp.name
+        self.out_dir = Path(out_dir)
+        self.batch_size, self.progress, self.devices = batch_size, progress, devices
+        self.checkpoint_every = checkpoint_every
+        self.failures: list = []  # of the last transfer_many: (triple, reason) of those without a result
+        self.options = options
+        self.timings: dict[str, float] = {}
+
+    def pipeline(self, **options) -> Pipeline:
+        embed_overrides, overrides = split_options({**self.options, **options})
+        return Pipeline(self.models, self.out_dir,
+                        EmbedConfig.for_size(self.models.generator.config.size, **embed_overrides),
+                        TransferConfig(**overrides), batch_size=self.batch_size, progress=self.progress,
+                        devices=self.devices, checkpoint_every=self.checkpoint_every)
+
+    def transfer_many(self, triples, *, align=None, paste_back: bool = False, feather: float = FEATHER,
+                      edits=None, regions=None, save_target_masks: bool = False, **options) -> list[TransferResult]:
+        """Transfer every (face, shape, color) triple, or (face, shape, color, structure)
+        quadruple (structure: the reference whose aligned F gives the region's structure;
+        None or absent: the shape reference, as the official); batched, cached, in input
+        order. A triple whose optimisation diverged (NaN or infinity) gives None, with its
+        reason in `self.failures`; the others are unaffected.
+
+        align: ordinary photos in, FFHQ crops made first (face_crop.Aligner; True for the
+        default one, landmarks from a sidecar JSON or dlib); the crops go to OUT/aligned/.
+        paste_back: each result is also pasted into the face's photo (the face must be a
+        file whose crop transform {stem}.crop.json lies beside it, as align writes it).
+        edits: one TargetEdit (or None) per triple: its (face, shape) pair's target mask given
+        (an array, or an indexed PNG path) or its shape reference's region moved and scaled.
+        regions: one region (or None: the `region` option, hair by default) per triple, e.g.
+        "lips" or "brows,eyes"; the triples of each region run as one batch run.
+        save_target_masks: also write OUT/target_masks/{face}_{ref}.png (indexed: values are
+        class ids, in the label colours) and legend.json, to edit and give back (the folder
+        is target_masks_{region} for a region other than hair)."""
+        triples = list(triples)
+        if align:
+            aligner = align if isinstance(align, face_crop.Aligner) else face_crop.Aligner()
+            triples, failures = align_inputs(triples, self.out_dir / "aligned",
+                                             dataclasses.replace(aligner, size=self.models.generator.config.size))
+            if failures:
+                raise failures[0][1]
+        if paste_back:
+            for t in triples:  # before any optimisation: a face without a transform fails now
+                face = t[0].path if isinstance(t[0], sources_lib.ImageSource) else t[0]
+                if not isinstance(face, (str, Path)):
+                    raise face_crop.FaceCropError("paste-back needs the face as a file with its crop transform "
+                                                  "(from align-faces), not an in-memory image")
+                face_crop.read_transform(face)
+        regions = list(regions) if regions is not None else [None] * len(triples)
+        if len(regions) != len(triples):
+            raise ValueError(f"{len(regions)} regions for {len(triples)} triples: give one (or None) per triple")
+        # One pipeline per region (its settings and file names), each checked before any work.
+        groups = {}
+        for i, region in enumerate(regions):
+            groups.setdefault(region or None, []).append(i)
+        pipelines = {region: self.pipeline(**{**options, **({"region": region} if region else {})})
+                     for region in groups}
+        labels = self.models.parser.labels
+        size = next((pipeline.cfg.parse_size for pipeline in pipelines.values()), None)  # the same for every region
+        edits = [None if e is None else dataclasses.replace(e, target=None if e.target is None else (
+            store.read_label_png(e.target, labels, size) if isinstance(e.target, (str, Path))
+            else target_mask.check_target(e.target, labels, size))) for e in (edits or [])]
+        if edits and len(edits) != len(triples):
+            raise ValueError(f"{len(edits)} edits for {len(triples)} triples: give one (or None) per triple")
+        results = [None] * len(triples)
+        self.timings, self.failures = {}, []
+        for region, indices in groups.items():
+            pipeline = pipelines[region]
+            pipeline.save_target_masks = save_target_masks
+            try:
+                done = pipeline.run([triples[i] for i in indices], [edits[i] for i in indices] if edits else None)
+                if paste_back:
+                    done = pipeline.paste_back(done, feather)
+            finally:
+                for stage, seconds in pipeline.timings.items():
+                    self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+                self.failures += pipeline.triple_failures
+            for i, r in zip(indices, done):
+                results[i] = r
+        return results
+
+    def transfer_files(self, triples, *, wave: int = TRANSFER_WAVE, edits=None, regions=None,
+                       **kwargs) -> list[TransferResult | None]:
+        """transfer_many for runs of any length, as the command line's batch mode runs them:
+        `wave` triples at a time, each result kept as its names and file paths only (its
+        arrays dropped: they are on disk), so that memory stays flat. At 1024 px a result and
+        its alignments hold about 12 MB, more with a pasted photo, and transfer_many keeps
+        them all until it returns: 10,000 triples would need over 100 GB. A later wave reads
+        the embeddings and alignments that an earlier one made from the output folder.
+        timings and failures add up over the waves."""
+        triples = list(triples)
+        out, timings, failures = [], {}, []
+        for start, stop in batching.waves(len(triples), wave, "triples"):
+            part = slice(start, stop)
+            results = self.transfer_many(triples[part], edits=edits[part] if edits else None,
+                                         regions=regions[part] if regions is not None else None, **kwargs)
+            for stage, seconds in self.timings.items():
+                timings[stage] = timings.get(stage, 0.0) + seconds
+            failures += self.failures
+            out += [None if r is None else dataclasses.replace(
+                r, image=None, target_labels=None, latent_in=None, structure_f=None, face_mask=None, hair_mask=None,
+                pasted=None) for r in results]
+        self.timings, self.failures = timings, failures
+        return out
+
+    def transfer(self, face, shape, color, *, structure=None, target_mask=None, shape_transform=None,
+                 **options) -> TransferResult:
+        """One triple: the face with the region (hair by default; `region="lips"` etc.) shaped
+        as in `shape`, structured as in `structure` (default: `shape`) and coloured as in
+        `color`. target_mask (array or indexed PNG path) and shape_transform ((scale, dx, dy))
+        edit the target mask (TargetEdit); takes transfer_many's other options too."""
+        edit = TargetEdit(target_mask, shape_transform) if target_mask is not None or shape_transform else None
+        result = self.transfer_many([(face, shape, color, structure)], edits=[edit], **options)[0]
+        if result is None:
+            raise NonFiniteError(self.failures[0][1])
+        return result
+
+
+def align_inputs(triples, out_dir, aligner: face_crop.Aligner, roles=None):
+    """Replace the images at `roles` (0 face, 1 shape, 2 colour, 3 structure; None: all) of
+    each triple by their FFHQ crops, each distinct photo aligned once. Returns (triples,
+    [(triple, error)]): a triple whose photo has no usable face fails alone."""
+    from barbershop_jax.pipeline.landmarks import LandmarkError, LandmarkModelError
+
+    crops, good, failures = {}, [], []
+    for t in triples:
+        new, error = list(t), None
+        for i in (range(len(t)) if roles is None else roles):
+            if t[i] is None:  # no structure reference
+                continue
+            photo = t[i].path if isinstance(t[i], sources_lib.ImageSource) else t[i]
+            if not isinstance(photo, (str, Path)):
+                error = error or face_crop.FaceCropError("alignment needs image files, not in-memory images")
+                continue
+            if str(photo) not in crops:
+                try:
+                    crops[str(photo)] = aligner.align_one(photo, out_dir).crop_path
+                except LandmarkModelError:
+                    raise  # no photo can succeed: stop here
+                except (face_crop.FaceCropError, LandmarkError, image_io.ImageError) as e:
+                    crops[str(photo)] = e
+            if isinstance(crops[str(photo)], Exception):
+                error = error or crops[str(photo)]
+            else:
+                new[i] = crops[str(photo)]
+        if error is not None:
+            failures.append((t, error))
+        else:
+            good.append(tuple(new))
+    return good, failures
+
+
+def check_triples(triples, size: int | None = None, progress: bool = False):
+    """Split triples into those whose images all read and those that do not (batch mode goes
+    on without the latter). Returns (good triples, [(triple, one-line reason)]); in the good
+    ones every file is a sources.ImageSource, read and hashed here once, in parallel
+    (sources.read_sources; its pixels are not kept). `size`: refuse images that are not size x
+    size (otherwise they are resized, with a warning)."""
+    good, failures = [], []
+    checked = sources_lib.read_sources([x for t in triples for x in t if isinstance(x, (str, Path))], progress)
+    for path, source in checked.items():
+        if isinstance(source, image_io.ImageError):
+            checked[path] = str(source)
+        elif size is not None and source.shape[:2] != (size, size):
+            h, w = source.shape[:2]
+            checked[path] = f"{path}: {w}x{h}, not the generator's {size}x{size} (refused by --no-resize)"
+    for t in triples:
+        reason, sources = None, []
+        for image in t:
+            if isinstance(image, (str, Path)):
+                image = checked[str(image)]
+                if isinstance(image, str):
+                    reason = reason or image
+            sources.append(image)
+        if reason:
+            failures.append((t, reason))
+        else:
+            good.append(tuple(sources))
+    return good, failures

@@ -1,0 +1,191 @@
+"""The run's inputs: each distinct image read once (files on up to 16 threads, in-memory
+arrays as given), named, hashed and checked. The pixels' hash is every cache key."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from barbershop_jax.ops import resample
+from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline import store as cache_lib
+
+log = logging.getLogger("barbershop_jax")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSource:
+    """One distinct input image: a file (read again when needed, so memory stays flat, unless
+    its pixels are kept for the run) or pixels given in memory (Python API)."""
+    name: str
+    image_hash: str
+    path: Path | None = None
+    pixels: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    shape: tuple = ()  # (H, W, 3) of the decoded image
+
+    def load(self) -> np.ndarray:
+        """uint8 RGB (H, W, 3)."""
+        return self.pixels if self.pixels is not None else image_io.load_rgb(self.path)
+
+
+def check_name(name: str) -> str:
+    """Image names become file names under the output folder: no folders, no way out of it."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise image_io.ImageError(f"{name!r}: not usable as an image name (it names output files; no '/', "
+                                  "'\\' or '..')")
+    return name
+
+
+def as_source(image, name: str | None = None, keep_pixels: bool = False) -> ImageSource:
+    """A path, PIL image, uint8 array (H, W, 3) or ImageSource as an ImageSource. In-memory
+    images are named `name`, or after their content hash. keep_pixels: a file's decoded pixels
+    stay with it (a run that reads it again), instead of being read again when needed."""
+    if isinstance(image, ImageSource):
+        return image
+    if isinstance(image, (str, Path)):
+        name = check_name(name or Path(image).stem)
+        pixels = image_io.load_rgb(image)
+        return ImageSource(name, cache_lib.content_hash(pixels), Path(image), pixels if keep_pixels else None,
+                           pixels.shape)
+    if name is not None:
+        check_name(name)
+    pixels = image_io.as_rgb_array(image)
+    image_hash = cache_lib.content_hash(pixels)
+    return ImageSource(name or f"image_{image_hash[:12]}", image_hash, None, pixels, pixels.shape)
+
+
+_WARNED: set = set()
+
+
+def fit_to_size(pixels: np.ndarray, size: int, what) -> np.ndarray:
+    """uint8 pixels at the generator's size; others are resized (LANCZOS) with a warning (once
+    per input)."""
+    if pixels.shape[:2] != (size, size):
+        if (str(what), size) not in _WARNED:
+            _WARNED.add((str(what), size))
+            log.warning("%s: %dx%d, resized to the generator's %dx%d (LANCZOS)", what, pixels.shape[1],
+                        pixels.shape[0], size, size)
+        pixels = resample.lanczos_resize(pixels, size)
+    return pixels
+
+
+def read_target(path, size: int, lpips_size: int):
+    """(full (size, size, 3) in [-1, 1], small (lpips_size, lpips_size, 3) in [-1, 1]): the
+    official ref_im_H and ref_im_L. Other sizes are resized to the generator's, with a warning.
+    `path`: a file or an ImageSource."""
+    source = path if isinstance(path, ImageSource) else None
+    pixels = source.load() if source else image_io.load_rgb(path)
+    pixels = fit_to_size(pixels, size, source.path or source.name if source else path)
+    full = resample.uint8_to_signed(pixels)
+    small = resample.uint8_to_signed(resample.lanczos_resize(pixels, lpips_size))
+    return full, small
+
+
+READ_THREADS = min(16, os.cpu_count() or 1)
+READ_BAR_FROM = 32  # images: fewer are read without a progress bar
+
+
+def read_sources(paths, progress: bool = True, keep_pixels: bool = False) -> dict:
+    """{str(path): ImageSource, or the ImageError that says why it cannot be used} for each
+    distinct path, decoded and hashed on READ_THREADS threads (PIL's decoders and hashlib let
+    go of the GIL: 32 ms per 1024 px PNG on one core, and 3,000 images were a silent minute and
+    a half before the first step, on every run, cached or not), with a bar from READ_BAR_FROM."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    def read(path):
+        try:
+            return as_source(path, keep_pixels=keep_pixels)
+        except image_io.ImageError as e:
+            return e
+
+    distinct = list(dict.fromkeys(str(p) for p in paths))
+    with ThreadPoolExecutor(READ_THREADS) as pool, \
+            tqdm(total=len(distinct), desc="Reading images", unit="image", dynamic_ncols=True,
+                 disable=not progress or len(distinct) < READ_BAR_FROM) as bar:
+        read_all = [pool.submit(read, Path(p)) for p in distinct]
+        for future in read_all:
+            future.add_done_callback(lambda _: bar.update())
+        return {p: future.result() for p, future in zip(distinct, read_all)}
+
+
+def as_sources(images, progress: bool = False, keep_pixels: bool = False) -> list[ImageSource]:
+    """as_source of each image, the files read in parallel (read_sources); the first image
+    that cannot be used raises its ImageError."""
+    images = list(images)
+    read = read_sources([x for x in images if isinstance(x, (str, Path))], progress, keep_pixels)
+    sources = [read[str(x)] if isinstance(x, (str, Path)) else as_source(x) for x in images]
+    for source in sources:
+        if isinstance(source, image_io.ImageError):
+            raise source
+    return sources
+
+
+def identify(images, progress: bool = False) -> list[ImageSource]:
+    """The distinct images among `images` (paths or ImageSources), in order (files read in
+    parallel: as_sources). Two different images under one name are refused: the cache files
+    are named after the image."""
+    items, seen = [], {}
+    for source in as_sources(images, progress):
+        if source.name in seen:
+            if seen[source.name] != source.image_hash:
+                raise image_io.ImageError(f"{source.path or source.name}: another input is also named "
+                                          f"{source.name!r}; rename one")
+            continue
+        seen[source.name] = source.image_hash
+        items.append(source)
+    return items
+
+
+class DecodedImages:
+    """The pixels of a run's images at the generator's size, each decoded (and resized, when
+    it must be) once, and the downsized copies the stages read, each made once: the W+ and FS
+    targets, the face parse and the blend's references all read these. Bounded: past
+    `max_bytes` the least recently used image is dropped (decoded again if needed), so a wave
+    of thousands of 1024 px images does not hold them all."""
+
+    def __init__(self, size: int, max_bytes: int = 2 * 2**30):
+        self.size, self.max_bytes = size, max_bytes
+        self._arrays: collections.OrderedDict = collections.OrderedDict()  # (name, what) -> array
+        self._bytes = 0
+
+    def _get(self, key, make):
+        if key in self._arrays:
+            self._arrays.move_to_end(key)
+            return self._arrays[key]
+        value = make()
+        self._arrays[key] = value
+        self._bytes += value.nbytes
+        while self._bytes > self.max_bytes and len(self._arrays) > 1:
+            _, dropped = self._arrays.popitem(last=False)
+            self._bytes -= dropped.nbytes
+        return value
+
+    def adopt(self, source: ImageSource) -> ImageSource:
+        """Keep the pixels a source was read with (the hash's decode serves the stages too);
+        returns the source without them when it is a file, so that only this bounded store
+        holds them."""
+        if source.pixels is not None:
+            self.pixels(source)
+            if source.path is not None:
+                return dataclasses.replace(source, pixels=None)
+        return source
+
+    def pixels(self, source: ImageSource) -> np.ndarray:
+        """uint8 (size, size, 3)."""
+        return self._get((source.name, "pixels"), lambda: fit_to_size(source.load(), self.size,
+                                                                        source.path or source.name))
+
+    def signed(self, source: ImageSource) -> np.ndarray:
+        """(size, size, 3) in [-1, 1] (the official ref_im_H); not kept: 4x the pixels' bytes."""
+        return resample.uint8_to_signed(self.pixels(source))
+
+    def small(self, source: ImageSource, size: int) -> np.ndarray:
+        """(size, size, 3) in [-1, 1], LANCZOS from the pixels (ref_im_L, the blend's references)."""
+        return self._get((source.name, size), lambda: resample.uint8_to_signed(
+            resample.lanczos_resize(self.pixels(source), size)))
