@@ -14,8 +14,8 @@ import re
 import jax
 import numpy as np
 
-from barbershop_jax.losses import p_norm
-from barbershop_jax.models import stylegan2
+from barbershop_jax.models import pca as pca_lib
+from barbershop_jax.models import stylegan2, stylegan2_layers
 from barbershop_jax.models.stylegan2 import GeneratorConfig
 
 from .common import ConversionError, check_keys, to_numpy, torch_load
@@ -119,7 +119,7 @@ def _to_rgb(sd, prefix):
 
 def _check_blur_kernels(sd, src):
     """The blur buffers must be the standard [1, 3, 3, 1] filter the Flax model hard-codes."""
-    k1 = stylegan2.BLUR_TAPS * 2.0
+    k1 = stylegan2_layers.BLUR_TAPS * 2.0
     expected = np.outer(k1, k1)
     for key, value in sd.items():
         if key.endswith("blur.kernel") or key.endswith("upsample.kernel"):
@@ -189,11 +189,11 @@ def run(src, dst, size=None, channel_multiplier=None, pca_samples=1_000_000, pca
     log(f"{src}: StyleGAN2 {c.size} px, channel multiplier {c.channel_multiplier}, "
         f"style_dim {c.style_dim}, n_mlp {c.n_mlp}; latent_avg {info['latent_avg']}")
     if pca_file is not None:
-        pca = p_norm.read_pca_file(pca_file, c.style_dim)
+        pca = pca_lib.read_pca_file(pca_file, c.style_dim)
         info["pca"] = f"imported from {pca_file}"
     elif pca_samples:
         log(f"computing p-norm PCA statistics from {pca_samples} mapped samples ...")
-        pca = p_norm.pca_stats(model, pca_samples, jax.random.PRNGKey(seed + 1))
+        pca = pca_lib.pca_stats(model, pca_samples, jax.random.PRNGKey(seed + 1))
         info["pca"] = f"computed from {pca_samples} mapped samples, seed {seed + 1}"
     else:
         pca = None

@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install -q -e ".[test]"
+# The layers' import contracts (pyproject.toml, [tool.importlinter]): a stage that imports the
+# pipeline, or the runtime importing torch, fails here before any test runs.
+.venv/bin/lint-imports --no-cache
 # Two workers, one test file each at a time (module fixtures run once): XLA compiles on one
 # core, so 2 workers on 2 cores took 642 s against 814-918 s for one. TEST_WORKERS=0: serial.
 # --durations: every run names its slowest tests, so that a slower suite shows where.

@@ -31,21 +31,23 @@ jax.config.update("jax_enable_x64", False)
 sys.path.insert(0, str(Path(__file__).parent))
 
 from barbershop_jax.pipeline import compile_cache  # noqa: E402
-from barbershop_jax.stages import loop  # noqa: E402
 
 compile_cache.enable()  # in this process too: the subprocesses then find what the tests compiled
+
+
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # JAX's event name (public API only)
 
 
 @contextlib.contextmanager
 def count_compilations():
     """Yields a list that collects the name of every program XLA compiles (or reads from the
     persistent cache) inside the block: what jit's in-memory caches missed."""
-    from jax._src import dispatch, monitoring
+    from jax import monitoring
 
     names = []
 
     def listener(event, duration, **kwargs):
-        if event == dispatch.BACKEND_COMPILE_EVENT:
+        if event == BACKEND_COMPILE_EVENT:
             names.append(kwargs.get("fun_name", "?"))
 
     monitoring.register_event_duration_secs_listener(listener)

@@ -6,6 +6,8 @@ import csv
 
 import numpy as np
 import pytest
+
+from barbershop_jax.models import bundle
 from PIL import Image
 
 from barbershop_jax import cli
@@ -24,7 +26,7 @@ SIZE = stylegan2.tiny_config().size  # the embedded generator's
 def stub_transfer(monkeypatch):
     """No models, no optimisation: records what would have been transferred."""
     ran = []
-    monkeypatch.setattr(transfer, "load_models", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr(bundle, "load", lambda *args, **kwargs: (None, None))
     monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many", lambda self, good, **k: ran.append(good) or [])
     return ran
 
@@ -109,7 +111,7 @@ def test_names_that_would_write_outside_the_output_folder_are_refused(tmp_path):
 
 def test_out_of_memory_names_the_batch_size_to_try(tmp_path, capsys, monkeypatch):
     good_image(tmp_path / "a.png")
-    monkeypatch.setattr(transfer, "load_models", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr(bundle, "load", lambda *args, **kwargs: (None, None))
 
     def oom(self, good, **k):
         raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12.5GiB.")
@@ -152,13 +154,11 @@ def test_bad_numbers_are_refused_in_one_line_before_any_work(tmp_path, capsys, a
 
 
 def test_the_library_refuses_bad_counts_before_loading_models(monkeypatch):
-    from barbershop_jax.stages import embed as embedding
     from barbershop_jax.config import TransferConfig
 
     def no_loading(*args, **kwargs):
         raise AssertionError("models loaded before the settings were checked")
-    monkeypatch.setattr(transfer, "load_models", no_loading)
-    monkeypatch.setattr(api, "load_models", no_loading)
+    monkeypatch.setattr(bundle, "load", no_loading)
     for make, says in [
         (lambda: hair_transfer.HairTransfer(batch_size=0), "HairTransfer: batch_size must be a whole number of at least 1"),
         (lambda: hair_transfer.HairTransfer(blend_steps=-1), "TransferConfig: blend_steps must be a whole number"),
@@ -176,7 +176,7 @@ def test_the_library_refuses_bad_counts_before_loading_models(monkeypatch):
 
 
 def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(api, "load_models", lambda *a, **k: pytest.fail("models loaded"))
+    monkeypatch.setattr(bundle, "load", lambda *a, **k: pytest.fail("models loaded"))
     a = str(good_image(tmp_path / "a.png"))
     (tmp_path / "afile").write_text("")
     for out, says in [(tmp_path / "afile", "afile: a file, not a folder"),
@@ -196,7 +196,7 @@ def test_images_are_read_in_parallel_with_the_same_results(tmp_path, capsys, mon
         paths.append(tmp_path / f"{i}.png")
     (tmp_path / "bad.png").write_bytes(b"not an image")
     given = [paths[3], str(paths[0]), tmp_path / "bad.png", *paths, paths[3]]
-    monkeypatch.setattr(api, "READ_BAR_FROM", 2)
+    monkeypatch.setattr(sources, "READ_BAR_FROM", 2)
     read = sources.read_sources(given, progress=True)
     assert list(read) == [str(p) for p in (paths[3], paths[0], tmp_path / "bad.png", paths[1], paths[2], paths[4])]
     for p in paths:
@@ -220,9 +220,9 @@ def test_embed_files_goes_in_waves_and_refuses_a_name_clash_across_them(tmp_path
         Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(tmp_path / str(i) / f"im{i}.png")
         paths.append(tmp_path / str(i) / f"im{i}.png")
     calls = []
-    monkeypatch.setattr(api, "embed", lambda items, out, consts, cfg, **kw: calls.append((items, kw)) or [
+    monkeypatch.setattr(pipeline_embed, "embed", lambda items, out, models, cfg, **kw: calls.append((items, kw)) or [
         pipeline_embed.EmbeddedImage(it.name, it.image_hash, None, None, None) for it in items])
-    names = pipeline_embed.embed_files(paths, tmp_path / "out", consts=object(), wave=2, batch_size=3, progress=False)
+    names = pipeline_embed.embed_files(paths, tmp_path / "out", models=object(), wave=2, batch_size=3, progress=False)
     assert names == [f"im{i}" for i in range(5)]
     assert [[it.name for it in items] for items, _ in calls] == [["im0", "im1"], ["im2", "im3"], ["im4"]]
     assert all(kw == {"batch_size": 3, "progress": False} for _, kw in calls)
@@ -230,5 +230,5 @@ def test_embed_files_goes_in_waves_and_refuses_a_name_clash_across_them(tmp_path
     Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(clash)
     calls.clear()
     with pytest.raises(image_io.ImageError, match="another input is also named 'im0'"):
-        pipeline_embed.embed_files([*paths, clash], tmp_path / "out", consts=object(), wave=2, progress=False)
+        pipeline_embed.embed_files([*paths, clash], tmp_path / "out", models=object(), wave=2, progress=False)
     assert calls == []

@@ -34,9 +34,9 @@ def test_console_script_runs(tmp_path):
 
 
 def test_runtime_never_imports_torch():
-    code = ("import sys; import barbershop_jax, barbershop_jax.cli, barbershop_jax.demo, "
+    code = ("import sys; import barbershop_jax, barbershop_jax.cli, barbershop_jax.pipeline.demo, "
             "barbershop_jax.losses.p_norm, barbershop_jax.models.stylegan2; "
-            "barbershop_jax.demo.run(sys.argv[1], n=1); "
+            "barbershop_jax.pipeline.demo.run(sys.argv[1], n=1); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     done = subprocess.run([sys.executable, "-c", code, "/tmp/bj-notorch"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

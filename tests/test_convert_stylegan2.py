@@ -15,6 +15,7 @@ from conftest import rel_err
 from barbershop_jax import cli
 from barbershop_jax import load_generator
 from barbershop_jax.losses import p_norm
+from barbershop_jax.models import pca as pca_lib
 from barbershop_jax.models import stylegan2
 from convert import stylegan2 as conv
 
@@ -106,7 +107,7 @@ def test_pca_stats_computed_and_imported(tmp_path):
     np.savez(tmp_path / "ffhq_PCA.npz", **stats)
     assert cli.main(["convert", "stylegan2", str(tmp_path / "g.pt"), str(tmp_path / "w2"),
                      "--pca", str(tmp_path / "ffhq_PCA.npz")]) == 0
-    for k in p_norm.PCA_KEYS:
+    for k in pca_lib.PCA_KEYS:
         np.testing.assert_array_equal(stylegan2.load_pca(tmp_path / "w2")[k], stats[k])
 
 

@@ -21,12 +21,14 @@ from barbershop_jax.pipeline import image_files as image_io
 from barbershop_jax.ops import resample
 from barbershop_jax.config import EmbedConfig
 from barbershop_jax.models import bundle
+from barbershop_jax.models.bundle import Models
+from barbershop_jax.pipeline import loop_hook
 from barbershop_jax.models import embedded
 from barbershop_jax.pipeline import batching
 from barbershop_jax.pipeline import embed as pipeline_embed
 from barbershop_jax.pipeline import progress
 from barbershop_jax.stages import loop
-from barbershop_jax.losses import p_norm
+from barbershop_jax.models import pca as pca_lib
 from barbershop_jax.models import vgg16
 from conftest import count_compilations, render, render_from_features
 
@@ -36,7 +38,7 @@ SMALL_VGG = vgg16.VGG16Config(widths=(8, 16, 16, 32, 32))
 def make_consts():
     g = embedded.generator()
     vgg = vgg16.init(SMALL_VGG, jax.random.PRNGKey(1))
-    return embedding.Consts(g, vgg, p_norm.pca_stats(g, 2000, jax.random.PRNGKey(2)))
+    return Models(g, None, vgg, pca_lib.pca_stats(g, 2000, jax.random.PRNGKey(2)))
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +84,9 @@ def test_recovers_a_rendered_image(consts):
     targets = _targets(consts, _known_w_plus(consts, 1))
     cfg = EmbedConfig(w_steps=60, fs_steps=60, lpips_size=32, noise="const")
     start = psnr(render(g, g.mean_w_plus(1)), targets.full)
-    w_plus, metrics = embedding.embed_w_plus(consts, targets, cfg, progress=False)
+    w_plus, metrics = embedding.embed_w_plus(consts, targets, cfg)
     after_w = psnr(render(g, w_plus), targets.full)
-    latent_in, structure_f, _ = embedding.embed_fs(consts, targets, w_plus, cfg, progress=False)
+    latent_in, structure_f, _ = embedding.embed_fs(consts, targets, w_plus, cfg)
     after_fs = psnr(render_from_features(g, structure_f, latent_in), targets.full)
     assert after_w >= start + 8.0, (start, after_w)
     assert after_fs >= after_w + 3.0, (after_w, after_fs)
@@ -95,13 +97,13 @@ def test_batch_equals_single_runs(consts):
     # The settings (and batch sizes 2 and 1) of the other tests here: their programs are reused.
     targets = _targets(consts, _known_w_plus(consts, 2, seed=6))
     cfg = EmbedConfig(w_steps=6, fs_steps=4, lpips_size=32)  # random noise
-    w_batch, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
-    li_batch, f_batch, _ = embedding.embed_fs(consts, targets, w_batch, cfg, progress=False)
+    w_batch, _ = embedding.embed_w_plus(consts, targets, cfg)
+    li_batch, f_batch, _ = embedding.embed_fs(consts, targets, w_batch, cfg)
     for i in range(2):
         one = jax.tree.map(lambda x: x[i:i + 1], targets)
-        w, _ = embedding.embed_w_plus(consts, one, cfg, progress=False)
+        w, _ = embedding.embed_w_plus(consts, one, cfg)
         assert_adam_close(w, w_batch[i:i + 1], steps=6)
-        li, f, _ = embedding.embed_fs(consts, one, w, cfg, progress=False)
+        li, f, _ = embedding.embed_fs(consts, one, w, cfg)
         assert_adam_close(li, li_batch[i:i + 1])
         assert_adam_close(f, f_batch[i:i + 1])
 
@@ -109,18 +111,18 @@ def test_batch_equals_single_runs(consts):
 def test_seed_reproducibility(consts):
     targets = _targets(consts, _known_w_plus(consts, 1, seed=7))
     cfg = EmbedConfig(w_steps=4, lpips_size=32)
-    a, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
-    b, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
+    a, _ = embedding.embed_w_plus(consts, targets, cfg)
+    b, _ = embedding.embed_w_plus(consts, targets, cfg)
     np.testing.assert_array_equal(a, b)
     other = targets._replace(key=jnp.stack([loop.image_key(1, "00000000")]))
-    c, _ = embedding.embed_w_plus(consts, other, cfg, progress=False)
+    c, _ = embedding.embed_w_plus(consts, other, cfg)
     assert not np.allclose(a, c)
 
 
 def test_result_is_from_before_the_last_update(consts):
     """Official: the saved W+ is the latent of the last iteration, captured before step()."""
     targets = _targets(consts, _known_w_plus(consts, 1, seed=8))
-    w1, _ = embedding.embed_w_plus(consts, targets, EmbedConfig(w_steps=1, lpips_size=32), progress=False)
+    w1, _ = embedding.embed_w_plus(consts, targets, EmbedConfig(w_steps=1, lpips_size=32))
     np.testing.assert_array_equal(w1, consts.generator.mean_w_plus(1))
 
 
@@ -129,10 +131,10 @@ def test_unrolled_chunks_equal_rolled(consts, monkeypatch):
     """On CPU the loop unrolls its chunks (loop.loop_defaults); same numbers as rolled."""
     targets = _targets(consts, _known_w_plus(consts, 2, seed=3))
     cfg = EmbedConfig(w_steps=4, lpips_size=32)
-    production, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
+    production, _ = embedding.embed_w_plus(consts, targets, cfg)
     # Rolled chunks of the same length: the program test_batch_equals_single_runs compiled.
-    monkeypatch.setattr(optimize, "loop_defaults", lambda platform=None: (4, False))
-    rolled, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
+    monkeypatch.setattr(loop, "loop_defaults", lambda platform=None: (4, False))
+    rolled, _ = embedding.embed_w_plus(consts, targets, cfg)
     assert_adam_close(production, rolled)
 
 
@@ -149,7 +151,7 @@ def test_progress_rate_and_eta_leave_out_compilation_and_restored_steps(monkeypa
     nested traces overlap) and the chunk's dispatching call (in tqdm's average the ETA was
     several times too long for hundreds of steps); restored steps are not timed."""
     spans = collections.deque()
-    monkeypatch.setattr(optimize, "_compile_spans", spans)
+    monkeypatch.setattr(progress, "_compile_spans", spans)
     bar = progress._progress(1100, "W+ embedding", 8)
     clock = [0.0]
     bar._time = lambda: clock[0]
@@ -192,11 +194,11 @@ def test_a_stage_has_one_bar_over_its_batches_and_loops(capsys):
         for batch, padded in batching.batches(list(range(5)), 2, "progress_test"):
             stage.next_batch()
             x = jnp.zeros((len(padded),))
-            x, _ = loop.run(_count_step, None, (), x, jnp.ones_like(x), 6, chunk=2, desc="Align step 1",
-                                progress=stage)
+            x, _ = loop.run(_count_step, None, (), x, jnp.ones_like(x), 6, chunk=2, loop=loop.Loop("Align step 1"),
+                            hook=loop_hook.PipelineHook(stage))
             if stage.batch < 3:
-                x, _ = loop.run(_count_step, None, (), x, jnp.ones_like(x), 4, chunk=2, desc="Align step 2",
-                                    progress=stage)
+                x, _ = loop.run(_count_step, None, (), x, jnp.ones_like(x), 4, chunk=2,
+                                loop=loop.Loop("Align step 2"), hook=loop_hook.PipelineHook(stage))
             else:
                 stage.skip(4)
             assert stage.bar.n == stage.batch * 10
@@ -213,8 +215,8 @@ def test_idle_steps_of_the_last_chunk_change_nothing(consts):
     steps in chunks of 7, and the last live step's metrics are reported."""
     targets = _targets(consts, _known_w_plus(consts, 1, seed=12))
     cfg = EmbedConfig(w_steps=7, lpips_size=32, noise="const")
-    a, metrics_a = embedding.embed_w_plus(consts, targets, dataclasses.replace(cfg, chunk=4), progress=False)
-    b, metrics_b = embedding.embed_w_plus(consts, targets, dataclasses.replace(cfg, chunk=7), progress=False)
+    a, metrics_a = embedding.embed_w_plus(consts, targets, dataclasses.replace(cfg, chunk=4))
+    b, metrics_b = embedding.embed_w_plus(consts, targets, dataclasses.replace(cfg, chunk=7))
     assert_adam_close(a, b, steps=7)
     np.testing.assert_allclose(metrics_a["loss"], metrics_b["loss"], rtol=1e-4)
 
@@ -226,13 +228,14 @@ def test_sharded_over_four_cpu_devices_equals_unsharded(consts, tmp_path):
         import sys, jax, numpy as np
         sys.path.insert(0, sys.argv[1])
         import test_embedding as t
+        from barbershop_jax.config import EmbedConfig
         from barbershop_jax.stages import embed as embedding
         assert len(jax.devices()) == 4, jax.devices()
         consts = t.make_consts()
         targets = t._targets(consts, t._known_w_plus(consts, 2, seed=4))
         cfg = EmbedConfig(w_steps=4, fs_steps=2, lpips_size=32)
-        w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
-        li, f, _ = embedding.embed_fs(consts, targets, w, cfg, progress=False)
+        w, _ = embedding.embed_w_plus(consts, targets, cfg)
+        li, f, _ = embedding.embed_fs(consts, targets, w, cfg)
         np.savez(sys.argv[2], w=np.asarray(w), li=np.asarray(li), f=np.asarray(f))
         print("sharded ok", w.shape)
     """)
@@ -246,8 +249,8 @@ def test_sharded_over_four_cpu_devices_equals_unsharded(consts, tmp_path):
     assert done.stderr.count("a batch of 2 over 4 devices runs as 4 (2 copies)") == 1, done.stderr[-2000:]
     targets = _targets(consts, _known_w_plus(consts, 2, seed=4))
     cfg = EmbedConfig(w_steps=4, fs_steps=2, lpips_size=32)
-    w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
-    li, f, _ = embedding.embed_fs(consts, targets, w, cfg, progress=False)
+    w, _ = embedding.embed_w_plus(consts, targets, cfg)
+    li, f, _ = embedding.embed_fs(consts, targets, w, cfg)
     with np.load(out) as sharded:
         assert_adam_close(sharded["w"], w)
         assert_adam_close(sharded["f"], f, steps=2)
@@ -359,7 +362,7 @@ def test_files_are_in_the_official_format(consts, tmp_path):
 
 
 def test_embed_command(tmp_path, capsys):
-    consts = bundle.load()
+    consts = bundle.load(parser=False)
     _write_images(consts, tmp_path / "in", n=2)
     args = ["embed", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--w-steps", "2",
             "--fs-steps", "2", "--batch-size", "1", "--quiet"]

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import pytest
 
 from barbershop_jax.config import EmbedConfig, TransferConfig
 from barbershop_jax.models import embedded, vgg16
 from barbershop_jax.models.bundle import Models
-from barbershop_jax.losses import p_norm
+from barbershop_jax.models import pca as pca_lib
 from barbershop_jax.pipeline import image_files
 from barbershop_jax.pipeline.run import Pipeline
 from conftest import render
@@ -28,7 +27,7 @@ FIELDS = ("image", "target_labels", "latent_in", "structure_f", "face_mask", "ha
 def run_recorded_transfer(out: Path) -> dict:
     g = embedded.generator()
     models = Models(g, _parser_with_hair(g), vgg16.init(SMALL_VGG, jax.random.PRNGKey(1)),
-                    p_norm.pca_stats(g, 2000, jax.random.PRNGKey(2)))
+                    pca_lib.pca_stats(g, 2000, jax.random.PRNGKey(2)))
     w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(11), (4, g.config.style_dim))))
     pixels = image_files.to_uint8(np.asarray(render(g, w)))
     ann, bob, cid, dan = [image_files.save_png(out / "in" / f"{n}.png", p) for n, p in zip(NAMES, pixels)]

@@ -8,7 +8,7 @@ import pytest
 
 from barbershop_jax.stages import embed as embedding
 from barbershop_jax.pipeline import image_files as image_io
-from barbershop_jax.pipeline import resume
+from barbershop_jax.pipeline import loop_hook, resume
 from barbershop_jax.config import EmbedConfig
 from barbershop_jax.pipeline import embed as pipeline_embed
 from test_embedding import _known_w_plus, _targets, make_consts
@@ -34,21 +34,21 @@ def stop_after(monkeypatch, n_checks):
 def test_interrupted_loop_resumes_with_the_uninterrupted_numbers(consts, tmp_path, monkeypatch):
     targets = _targets(consts, _known_w_plus(consts, 2, seed=21), noise="random")
     cfg = EmbedConfig(w_steps=12, lpips_size=32, chunk=4)
-    clean, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
+    clean, _ = embedding.embed_w_plus(consts, targets, cfg)
 
     ckpt = resume.LoopCheckpoint(tmp_path / "ckpt", every=100)
     stop_after(monkeypatch, 3)  # after the second chunk
     with pytest.raises(resume.Interrupted) as info:
-        embedding.embed_w_plus(consts, targets, cfg, progress=False, checkpoint=ckpt)
+        embedding.embed_w_plus(consts, targets, cfg, hook=loop_hook.PipelineHook(checkpoint=ckpt))
     assert (info.value.done, info.value.total, info.value.saved) == (8, 12, True)
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["step_0000008.npz"]  # saved on the stop
 
     monkeypatch.undo()
-    resumed, metrics = embedding.embed_w_plus(consts, targets, cfg, progress=False, checkpoint=ckpt)
+    resumed, metrics = embedding.embed_w_plus(consts, targets, cfg, hook=loop_hook.PipelineHook(checkpoint=ckpt))
     np.testing.assert_array_equal(resumed, clean)
     assert metrics is not None
     # Done and saved: a third call restores the finished loop and runs no step.
-    again, metrics = embedding.embed_w_plus(consts, targets, cfg, progress=False, checkpoint=ckpt)
+    again, metrics = embedding.embed_w_plus(consts, targets, cfg, hook=loop_hook.PipelineHook(checkpoint=ckpt))
     np.testing.assert_array_equal(again, clean)
     assert metrics is None
 
@@ -60,8 +60,8 @@ def test_checkpoints_that_do_not_fit_are_ignored(consts, tmp_path):
     ckpt.folder.mkdir(parents=True)
     (ckpt.folder / "step_0000002.npz").write_bytes(b"not a zip")             # damaged
     np.savez(ckpt.folder / "step_0000003.npz", leaf_0000=np.zeros((7,)))    # another batch's
-    clean, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False)
-    got, metrics = embedding.embed_w_plus(consts, targets, cfg, progress=False, checkpoint=ckpt)
+    clean, _ = embedding.embed_w_plus(consts, targets, cfg)
+    got, metrics = embedding.embed_w_plus(consts, targets, cfg, hook=loop_hook.PipelineHook(checkpoint=ckpt))
     assert metrics is not None  # started over
     np.testing.assert_array_equal(got, clean)
     assert sorted(p.name for p in ckpt.folder.iterdir()) == ["step_0000004.npz"]
@@ -79,12 +79,12 @@ def test_a_diverging_image_fails_alone(consts, tmp_path, monkeypatch):
 
     real_targets = pipeline_embed._targets
 
-    def poisoned(batch, size, cfg):
-        t = real_targets(batch, size, cfg)
+    def poisoned(batch, decoded, cfg):
+        t = real_targets(batch, decoded, cfg)
         bad = np.array([s.name == "im1" for s in batch])
         full = np.where(bad[:, None, None, None], np.nan, np.asarray(t.full))
         return t._replace(full=jax.numpy.asarray(full))
-    monkeypatch.setattr(api, "_targets", poisoned)
+    monkeypatch.setattr(pipeline_embed, "_targets", poisoned)
     failures = []
     out = tmp_path / "out"
     got = pipeline_embed.embed(paths, out, consts, cfg, batch_size=2, progress=False, failures=failures)

@@ -9,7 +9,7 @@ import torch
 
 import torch_stylegan2 as T
 from conftest import nhwc, rel_err
-from barbershop_jax.models import stylegan2
+from barbershop_jax.models import stylegan2, stylegan2_layers
 
 TOL = 1e-4
 
@@ -208,6 +208,6 @@ def test_conv_transpose_matches_torch():
     k = np.random.default_rng(1).normal(size=(3, 3, 4, 6)).astype(np.float32)
     ref = torch.nn.functional.conv_transpose2d(torch.from_numpy(x.transpose(0, 3, 1, 2)),
                                                torch.from_numpy(k.transpose(2, 3, 0, 1)), stride=2)
-    out = stylegan2.conv_transpose_2x(jnp.asarray(x), jnp.asarray(k))
+    out = stylegan2_layers.conv_transpose_2x(jnp.asarray(x), jnp.asarray(k))
     assert out.shape == (2, 11, 15, 6)
     assert rel_err(out, nhwc(ref)) <= 1e-5

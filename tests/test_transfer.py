@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from barbershop_jax.models import bundle
 from PIL import Image
 
 from barbershop_jax.stages import blend as blending
@@ -28,14 +30,13 @@ from barbershop_jax.pipeline import batch_files
 from barbershop_jax.pipeline import batching
 from barbershop_jax.pipeline import blend_stage
 from barbershop_jax.pipeline import demo
-from barbershop_jax.pipeline import embed as pipeline_embed
 from barbershop_jax.pipeline import hair_transfer
 from barbershop_jax.pipeline import records
-from barbershop_jax.pipeline import run
+from barbershop_jax.pipeline import run, sources
 from barbershop_jax.pipeline import store as cache
 from barbershop_jax.stages import loop
 from conftest import count_compilations, render
-from barbershop_jax.losses import p_norm
+from barbershop_jax.models import pca as pca_lib
 from barbershop_jax.models import bisenet, vgg16
 from barbershop_jax.config import TransferConfig
 from barbershop_jax.models.bundle import Models
@@ -63,12 +64,12 @@ def _parser_with_hair(generator):
 def models():
     g = embedded.generator()
     vgg = vgg16.init(SMALL_VGG, jax.random.PRNGKey(1))
-    return Models(g, _parser_with_hair(g), vgg), p_norm.pca_stats(g, 2000, jax.random.PRNGKey(2))
+    return Models(g, _parser_with_hair(g), vgg, pca_lib.pca_stats(g, 2000, jax.random.PRNGKey(2)))
 
 
 @pytest.fixture(scope="module")
 def images(models, tmp_path_factory):
-    g = models[0].generator
+    g = models.generator
     w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(11), (4, g.config.style_dim))))
     pixels = image_io.to_uint8(np.asarray(render(g, w)))
     root = tmp_path_factory.mktemp("in")
@@ -76,9 +77,8 @@ def images(models, tmp_path_factory):
 
 
 def _transfer(models, out, **kw):
-    (m, pca) = models
     ht = hair_transfer.HairTransfer.__new__(hair_transfer.HairTransfer)  # the models of the fixture, not load()
-    ht.models, ht.pca, ht.out_dir = m, pca, out
+    ht.models, ht.out_dir = models, out
     ht.batch_size, ht.progress, ht.devices, ht.timings = kw.pop("batch_size", 2), False, None, {}
     ht.checkpoint_every, ht.failures = kw.pop("checkpoint_every", 2), []
     ht.options = {**STEPS, "noise": "random", **kw}
@@ -116,7 +116,7 @@ def test_under_jax_distributed_a_transfer_embeds_every_image_it_needs(batch_run,
 
 def test_outputs_use_the_official_names_shapes_and_keys(batch_run, models):
     out, triples, results = batch_run
-    g = models[0].generator
+    g = models.generator
     n, d, c = g.config.n_latent, g.config.style_dim, g.config.channels(32)
     for name in ("ann", "bob", "cid", "dan"):
         assert np.load(out / "W+" / f"{name}.npy").shape == (1, n, d)
@@ -160,7 +160,7 @@ def test_blend_weights_stay_between_face_and_colour(batch_run):
 def test_blend_clamp_keeps_u_in_the_unit_interval(models):
     """Started next to 0 and 1, Adam steps push u past them; the clamp after each step holds
     it inside. (The batch run's settings and shapes: its compiled step is reused.)"""
-    m, _ = models
+    m = models
     g = m.generator
     cfg = TransferConfig(noise="random").resolve(64)
     w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(5), (2, g.config.style_dim))))
@@ -172,8 +172,8 @@ def test_blend_clamp_keeps_u_in_the_unit_interval(models):
                                   jnp.asarray(np.stack([cfg.region_classes(m.parser.labels)] * 2)))
     face_mask, hair_mask = blending.blend_masks(m, inputs, cfg=cfg.step_config(keep=("blend_smooth",)))  # as blend()
     u = jnp.where(jnp.arange(w.shape[2]) % 2 == 0, 0.004, 0.996) * jnp.ones_like(w)
-    state = blending._State(u, jax.vmap(blending._optimizer(cfg).init)(u), u)
-    state, _ = loop.run(blending._step, cfg, m, state, (inputs, face_mask, hair_mask), 3, progress=False)
+    state = blending.optimizer().start(u, cfg.learning_rate)
+    state, _ = loop.run(blending._step, cfg, m, state, (inputs, face_mask, hair_mask), 3)
     u = np.asarray(state.params)
     assert np.all(u >= 0.0) and np.all(u <= 1.0)
     assert np.mean(u == 0.0) > 0.05 and np.mean(u == 1.0) > 0.05, (np.mean(u == 0.0), np.mean(u == 1.0))
@@ -226,7 +226,7 @@ def test_parts_split_the_rows_by_face_and_do_each_once(batch_run, tmp_path, caps
         w.writerows([[str(p) for p in t] for t in rows])
         w.writerow([str(triples[1][0]), "missing.png", str(triples[1][2])])  # bob's: a bad row
     ran = {}
-    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": (None, None))
+    monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": (None, None))
     for k in (1, 2, 3):
         monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many",
                             lambda self, good, k=k, **kw: ran.setdefault(k, [tuple(s.path for s in t) for t in good])
@@ -263,7 +263,7 @@ def test_cli_batch_reports_bad_rows_and_goes_on(batch_run, tmp_path, capsys, mon
         w.writerow([str(p) for p in triples[0]])
         w.writerow([str(triples[0][0]), "missing.png", str(triples[0][2])])
     ran = []
-    monkeypatch.setattr(transfer, "load_models",
+    monkeypatch.setattr(bundle, "load",
                         lambda weights=None, dtype="float32", parser_dtype="float32":
                         ran.append((weights, dtype, parser_dtype)) or (None, None))
     made = lambda t: records.TransferResult(*(s.name for s in t), t[1].name, *[None] * 6,  # noqa: E731
@@ -375,7 +375,7 @@ def test_options_are_routed_and_unknown_ones_refused():
 def test_demo_runs_the_whole_transfer(models, tmp_path, monkeypatch, capsys):
     """The README's main command, on the fixture's models (the embedded ones compile longer):
     the bundled photo is aligned, transferred and pasted back."""
-    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": models)
+    monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
     grid = demo.run_transfer(tmp_path, steps=STEPS, progress=False, batch_size=2)  # compiled by earlier tests
     # photo | face crop | shape | colour | result | mask | pasted
     assert np.asarray(Image.open(grid)).shape == (128, 7 * 128, 3)
@@ -405,7 +405,7 @@ def test_cli_align_and_paste_back_route_photos_and_report_faceless_ones(models, 
     manifest = tmp_path / "t.csv"
     manifest.write_text("face,shape,color\na.jpg,a.jpg,a.jpg\nb.jpg,a.jpg,a.jpg\n")
     calls = []
-    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": models)
+    monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
     monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many", lambda self, good, **k: calls.append((good, k)) or [])
     out = tmp_path / "o"
     rc = cli.main(["transfer", "--pairs", str(manifest), "--out", str(out), "--align", "--paste-back", "--quiet"])
@@ -417,7 +417,7 @@ def test_cli_align_and_paste_back_route_photos_and_report_faceless_ones(models, 
     assert image_io.load_rgb(out / "aligned" / "a.png").shape == (64, 64, 3)  # the generator's size
 
     # --paste-back on a face that is no crop: refused before any model is loaded.
-    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": pytest.fail("models loaded"))
+    monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": pytest.fail("models loaded"))
     rc = cli.main(["transfer", "--face", str(tmp_path / "a.jpg"), "--shape", str(tmp_path / "a.jpg"), "--color",
                    str(tmp_path / "a.jpg"), "--out", str(out), "--paste-back"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -431,7 +431,7 @@ def weights_dir(models, tmp_path_factory):
     (the shapes and settings of the batch run: the persistent compilation cache serves both)."""
     from barbershop_jax.models import stylegan2
 
-    m, pca = models
+    m, pca = models, models.pca
     root = tmp_path_factory.mktemp("weights")
     stylegan2.save(m.generator, root, pca=pca)
     bisenet.save(m.parser, root)
@@ -528,7 +528,6 @@ def test_sigterm_then_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(b
 def test_target_masks_saved_read_back_and_edited(batch_run, models, tmp_path):
     """--save-target-mask writes indexed PNGs; given back with --target-mask they reproduce the
     computed result exactly; an edited mask, or a moved shape, changes it."""
-    from barbershop_jax.stages import target_mask
 
     out, triples, _ = batch_run
     t = triples[0]  # ann, bob, cid
@@ -543,7 +542,7 @@ def test_target_masks_saved_read_back_and_edited(batch_run, models, tmp_path):
     saved = plain_out / "target_masks" / "ann_bob.png"
     assert (plain_out / "target_masks" / "ann_cid.png").is_file()
     assert json.loads((plain_out / "target_masks" / "legend.json").read_text())["10"]["name"] == "hair"
-    np.testing.assert_array_equal(cache.read_label_png(saved, models[0].parser.labels, 64),
+    np.testing.assert_array_equal(cache.read_label_png(saved, models.parser.labels, 64),
                                   plain.target_labels)
 
     again, _ = run("again", edits=[records.TargetEdit(saved)])
@@ -551,7 +550,7 @@ def test_target_masks_saved_read_back_and_edited(batch_run, models, tmp_path):
     np.testing.assert_array_equal(again.image, plain.image)
     np.testing.assert_array_equal(again.latent_in, plain.latent_in)
 
-    hair, bg = models[0].parser.labels.id("hair"), models[0].parser.labels.id("background")
+    hair, bg = models.parser.labels.id("hair"), models.parser.labels.id("background")
     edited_mask = np.where(plain.target_labels == hair, bg, plain.target_labels)  # no hair at all
     assert (edited_mask != plain.target_labels).any()
     edited, _ = run("edited", edits=[records.TargetEdit(edited_mask)])
@@ -566,10 +565,9 @@ def test_target_masks_saved_read_back_and_edited(batch_run, models, tmp_path):
 
 
 def test_cli_target_mask_flags_reach_the_transfer(tmp_path, capsys, monkeypatch, models):
-    from barbershop_jax.stages import target_mask
 
     calls = []
-    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": models)
+    monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
     monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many", lambda self, good, **k: calls.append(k) or [])
     a = image_io.save_png(tmp_path / "a.png", np.zeros((64, 64, 3), np.uint8))
     mask = cache.save_label_png(tmp_path / "m.png", np.zeros((64, 64), np.int32), 16)
@@ -631,9 +629,9 @@ def test_a_structure_reference_changes_f_in_the_region_and_not_s(batch_run, mode
     np.testing.assert_array_equal(structured.target_labels, plain.target_labels)
     np.testing.assert_array_equal(structured.latent_in, plain.latent_in)
     cfg = TransferConfig().resolve(64)
-    labels = models[0].parser.labels
+    labels = models.parser.labels
     pipeline = ht.pipeline()
-    hair = lambda n: masks.region(pipeline._parsed_of([run.embed_lib.as_source(path[n])])[0][0],  # noqa: E731
+    hair = lambda n: masks.region(pipeline._parsed_of([sources.as_source(path[n])])[0][0],  # noqa: E731
                                   cfg.region_ids(labels))
     target = masks.region(plain.target_labels, cfg.region_ids(labels))
     # Where the mixing weights of the target's region and of either reference's region in it are 0, F is
@@ -660,9 +658,9 @@ def test_another_region_changes_only_its_labels_and_the_blend_masks_follow_it(ba
     out = _with_embeddings(batch_run, tmp_path)
     path = dict(zip(("ann", "bob", "cid", "dan"), images))
     ht = _transfer(models, out)
-    labels = models[0].parser.labels
+    labels = models.parser.labels
     pipeline = ht.pipeline()
-    parsed = {n: pipeline._parsed_of([run.embed_lib.as_source(path[n])])[0] for n in ("ann", "bob", "cid")}
+    parsed = {n: pipeline._parsed_of([sources.as_source(path[n])])[0] for n in ("ann", "bob", "cid")}
     counts = np.bincount(np.concatenate([parsed[n][0].ravel() for n in ("ann", "bob")]), minlength=16)
     counts[[labels.id("hair"), labels.id("background"), labels.id("hat")]] = 0
     region = labels.names[int(np.argmax(counts))]
@@ -686,7 +684,7 @@ def test_another_region_changes_only_its_labels_and_the_blend_masks_follow_it(ba
 def test_cli_region_and_structure_reach_the_transfer_and_unknown_regions_are_one_line(tmp_path, capsys, monkeypatch,
                                                                                         models):
     calls = []
-    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": models)
+    monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
     monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many",
                         lambda self, good, **k: calls.append((good, k, self.options)) or [])
     a, b = (image_io.save_png(tmp_path / f"{n}.png", np.full((64, 64, 3), i, np.uint8)) for i, n in enumerate("ab"))
@@ -703,7 +701,7 @@ def test_cli_region_and_structure_reach_the_transfer_and_unknown_regions_are_one
     assert kwargs["regions"] == [None, "brows"] and "region" not in options
 
     monkeypatch.undo()
-    monkeypatch.setattr(transfer, "load_models", lambda weights=None, dtype="float32", parser_dtype="float32": models)
+    monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
     monkeypatch.setattr(run.Pipeline, "run", lambda *a, **k: pytest.fail("ran with an unknown region"))
     capsys.readouterr()
     rc = cli.main(["transfer", "--face", str(a), "--shape", str(a), "--color", str(a), "--region", "hair,beard",

@@ -216,5 +216,3 @@ def _run(args) -> int:
     return rc or 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())

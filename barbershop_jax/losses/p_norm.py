@@ -5,70 +5,16 @@
 The statistics are a PCA of leaky_relu(mapping(z), slope 5) over random z, stored with the
 official keys of `ffhq_PCA.npz`: X_mean (d,), X_comp (d, d) with one component per row,
 X_stdev (d,) = sqrt(explained variance), X_var_ratio (d,). The official code weights the
-term by p_norm_lambda = 0.001; the caller applies the weight.
+term by p_norm_lambda = 0.001; the caller applies the weight. The statistics themselves are
+models/pca.py's: they are stored with the generator's weights.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
-PCA_KEYS = ("X_mean", "X_comp", "X_stdev", "X_var_ratio")
-LEAKY_SLOPE = 5.0  # PULSE's inverse of the mapping network's 0.2 leaky ReLU
-
-
-def to_p_space(w):
-    return jax.nn.leaky_relu(w, LEAKY_SLOPE)
-
+from barbershop_jax.models.pca import to_p_space
 
 def p_norm_loss(w_plus, pca: dict):
     """Unweighted p-norm of latents (..., d); the mean over every latent and component."""
     x = (to_p_space(w_plus) - pca["X_mean"]) @ jnp.asarray(pca["X_comp"]).T / pca["X_stdev"]
     return jnp.mean(jnp.square(x))
-
-
-def pca_stats(model, n_samples: int, key, chunk: int = 50_000) -> dict:
-    """PCA of the mapped latents in p-space, as the official build_PCA_model computes it
-    (there with 1e6 samples and sklearn's IncrementalPCA keeping all d components, which is
-    the exact PCA). Accumulated in float64 chunk by chunk, so memory stays flat."""
-    d = model.config.style_dim
-    chunk = min(chunk, n_samples)
-
-    @jax.jit
-    def mapped(model, k):  # the model an argument, not a closure: its weights stay out of the program
-        return to_p_space(model.map(jax.random.normal(k, (chunk, d))))
-
-    total = np.zeros(d)
-    outer = np.zeros((d, d))
-    seen = 0
-    for i in range(-(-n_samples // chunk)):
-        x = np.asarray(mapped(model, jax.random.fold_in(key, i)), np.float64)[: n_samples - seen]
-        total += x.sum(0)
-        outer += x.T @ x
-        seen += len(x)
-    mean = total / seen
-    cov = (outer - seen * np.outer(mean, mean)) / (seen - 1)
-    eigval, eigvec = np.linalg.eigh(cov)
-    order = np.argsort(eigval)[::-1]
-    eigval = np.clip(eigval[order], 0.0, None)
-    return {"X_mean": mean.astype(np.float32),
-            "X_comp": eigvec[:, order].T.astype(np.float32),
-            "X_stdev": np.sqrt(eigval).astype(np.float32),
-            "X_var_ratio": (eigval / eigval.sum()).astype(np.float32)}
-
-
-def read_pca_file(path, style_dim: int) -> dict:
-    """Import an existing ffhq_PCA.npz (no pickle), checking keys and shapes."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            stats = {k: np.asarray(z[k], np.float32) for k in z.files if k in PCA_KEYS}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable PCA file ({e})") from None
-    want = {"X_mean": (style_dim,), "X_comp": (style_dim, style_dim), "X_stdev": (style_dim,)}
-    for k, shape in want.items():
-        if k not in stats:
-            raise ValueError(f"{path}: PCA file lacks {k}")
-        if stats[k].shape != shape:
-            raise ValueError(f"{path}: {k} has shape {stats[k].shape}, expected {shape}")
-    stats.setdefault("X_var_ratio", np.square(stats["X_stdev"]) / np.square(stats["X_stdev"]).sum())
-    return stats

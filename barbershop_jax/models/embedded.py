@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import jax
 
-from barbershop_jax.losses import p_norm
+from barbershop_jax.models import pca as pca_lib
 from barbershop_jax.models import bisenet, stylegan2, vgg16
 
 EMBEDDED_SEED = 20211119  # fixed: the embedded weights are the same on every machine
@@ -24,7 +24,7 @@ def vgg() -> vgg16.VGG16:
 
 def pca(g: stylegan2.StyleGAN2) -> dict:
     """p-norm statistics of the embedded generator."""
-    return p_norm.pca_stats(g, PCA_SAMPLES, jax.random.PRNGKey(EMBEDDED_SEED + 2))
+    return pca_lib.pca_stats(g, PCA_SAMPLES, jax.random.PRNGKey(EMBEDDED_SEED + 2))
 
 
 def parser() -> bisenet.FaceParser:

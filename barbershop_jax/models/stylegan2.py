@@ -1,7 +1,8 @@
 """StyleGAN2 generator (rosinality's PyTorch port, as Barbershop uses it) in Flax, NHWC.
 
-Reads top to bottom: resampling helpers, the layers named after the paper (EqualDense,
-ModulatedConv2d, StyledConv, ToRGB), the mapping and synthesis networks, the configuration,
+Reads top to bottom (the resampling and the layers named after the paper, EqualDense,
+ModulatedConv2d, StyledConv, ToRGB, are models/stylegan2_layers.py): the configuration, the
+mapping and synthesis networks,
 `StyleGAN2` (the frozen weights plus the pure entry points the pipeline uses) and `load()`.
 
 Numbers match the official code (SPEC.md section 2) with one change of *how*, not *what*:
@@ -29,171 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct, traverse_util
 
-from barbershop_jax.models.conv import conv_general_dilated
 
-# The [1, 3, 3, 1] binomial filter of every StyleGAN2 blur and upsample, normalised to sum 1.
-BLUR_TAPS = np.array([1.0, 3.0, 3.0, 1.0]) / 8.0
+from barbershop_jax.models.stylegan2_layers import EqualDense, PixelNorm, StyledConv, ToRGB
+
 NOISE_MODES = ("random", "const", "none")
-# Dense layers (mapping, modulation, demodulation) run in full float32, as PyTorch's default
-# matmul does; they are cheap. Convolutions follow GeneratorConfig.precision.
-HIGHEST = jax.lax.Precision.HIGHEST
-
-
-# ----------------------------------------------------------------------------- resampling
-def _upfirdn_1d(x, taps, axis, up, pad):
-    """upfirdn along one axis: zero-insert by `up`, pad (pad0, pad1), true convolution with
-    `taps` (a flipped correlation), stride 1. Shifted adds, not a depthwise convolution:
-    on CPU the grouped convolution was about 13x slower."""
-    if up > 1:
-        zeros = [jnp.zeros_like(x)] * (up - 1)
-        x = jnp.stack([x, *zeros], axis=axis + 1)
-        shape = list(x.shape)
-        shape[axis:axis + 2] = [shape[axis] * up]
-        x = x.reshape(shape)
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = pad
-    x = jnp.pad(x, widths)
-    n_out = x.shape[axis] - len(taps) + 1
-    flipped = taps[::-1]
-    out = 0.0
-    for t, tap in enumerate(flipped):
-        out = out + float(tap) * jax.lax.slice_in_dim(x, t, t + n_out, axis=axis)
-    return out
-
-
-def upfirdn2d(x, taps, up=1, pad=(0, 0)):
-    """rosinality's upfirdn2d for a separable kernel outer(taps, taps), on NHWC arrays."""
-    x = _upfirdn_1d(x, taps, axis=1, up=up, pad=pad)
-    return _upfirdn_1d(x, taps, axis=2, up=up, pad=pad)
-
-
-def blur(x, pad):
-    """Blur of the up-convolution: kernel outer(k, k) * 4 (the upsample factor squared)."""
-    return upfirdn2d(x, BLUR_TAPS * 2.0, up=1, pad=pad)
-
-
-def upsample_2x(x):
-    """ToRGB's skip upsample: upfirdn2d(up=2, kernel * 4, pad (2, 1))."""
-    return upfirdn2d(x, BLUR_TAPS * 2.0, up=2, pad=(2, 1))
-
-
-def _conv(x, kernel, padding, precision, lhs_dilation=(1, 1)):
-    return conv_general_dilated(x, kernel, (1, 1), padding, lhs_dilation=lhs_dilation,
-                                dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
-
-
-def conv_transpose_2x(x, kernel, precision=None):
-    """PyTorch's conv_transpose2d(stride=2, padding=0): (H, W) -> (2H+1, 2W+1), HWIO kernel.
-
-    Written as a stride-1 convolution of the zero-inserted input with the flipped kernel,
-    which XLA hands to cuDNN as a transposed convolution. A polyphase form (four small dense
-    convolutions of the phases, no zero multiplications) was measured: as fast on CPU and
-    13% slower on an H100 (benchmarks/README.md), so it was dropped.
-    """
-    k = kernel.shape[0]
-    return _conv(x, kernel[::-1, ::-1], [(k - 1, k - 1)] * 2, precision, lhs_dilation=(2, 2))
-
-
-def fused_leaky_relu(x, bias, negative_slope=0.2, gain=math.sqrt(2.0)):
-    return jax.nn.leaky_relu(x + bias, negative_slope) * gain
-
-
-# ----------------------------------------------------------------------------- layers
-class PixelNorm(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-8)
-
-
-class EqualDense(nn.Module):
-    """EqualLinear: y = x @ (kernel * lr_mul / sqrt(in)) + bias * lr_mul.
-
-    The stored kernel is (in, out), the transpose of the PyTorch weight; the equalised
-    learning-rate scale is applied here, so stored values equal the official ones."""
-    features: int
-    lr_mul: float = 1.0
-    bias_init: float = 0.0
-    activation: bool = False
-
-    @nn.compact
-    def __call__(self, x):
-        n_in = x.shape[-1]
-        kernel = self.param("kernel", nn.initializers.normal(1.0 / self.lr_mul), (n_in, self.features))
-        bias = self.param("bias", nn.initializers.constant(self.bias_init), (self.features,))
-        y = jnp.matmul(x, kernel * (self.lr_mul / math.sqrt(n_in)), precision=HIGHEST)
-        if self.activation:
-            return fused_leaky_relu(y, bias * self.lr_mul)
-        return y + bias * self.lr_mul
-
-
-class ModulatedConv2d(nn.Module):
-    """Style-modulated convolution, applied to the activations (see the module docstring).
-
-    upsample: a transposed convolution with stride 2 and no padding (2H+1 outputs) followed
-    by the blur with pad (1, 1), exactly as the official layer."""
-    features: int
-    kernel_size: int
-    demodulate: bool = True
-    upsample: bool = False
-    dtype: Any = jnp.float32
-    precision: Any = None
-
-    @nn.compact
-    def __call__(self, x, w):
-        n_in = x.shape[-1]
-        k = self.kernel_size
-        kernel = self.param("kernel", nn.initializers.normal(1.0), (k, k, n_in, self.features))
-        style = EqualDense(n_in, bias_init=1.0, name="modulation")(w)  # (B, in)
-        scale = 1.0 / math.sqrt(n_in * k * k)
-
-        x = x * (style * scale)[:, None, None, :].astype(x.dtype)
-        x = x.astype(self.dtype)
-        kern = kernel.astype(self.dtype)
-        if self.upsample:
-            out = conv_transpose_2x(x, kern, self.precision)
-        else:
-            out = _conv(x, kern, [(k // 2, k // 2)] * 2, self.precision)
-        out = out.astype(jnp.float32)
-        if self.demodulate:
-            kernel_sq = jnp.sum(jnp.square(kernel), axis=(0, 1))  # (in, out)
-            demod = jax.lax.rsqrt(jnp.matmul(style * style, kernel_sq, precision=HIGHEST) * scale ** 2 + 1e-8)
-            out = out * demod[:, None, None, :]
-        if self.upsample:
-            out = blur(out, pad=(1, 1))
-        return out
-
-
-class StyledConv(nn.Module):
-    """Modulated conv -> noise injection -> bias + leaky ReLU (the official order)."""
-    features: int
-    upsample: bool = False
-    dtype: Any = jnp.float32
-    precision: Any = None
-
-    @nn.compact
-    def __call__(self, x, w, noise):
-        x = ModulatedConv2d(self.features, 3, upsample=self.upsample, dtype=self.dtype,
-                            precision=self.precision, name="conv")(x, w)
-        strength = self.param("noise_strength", nn.initializers.zeros, ())
-        if noise is not None:
-            x = x + strength * noise
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return fused_leaky_relu(x, bias)
-
-
-class ToRGB(nn.Module):
-    """Modulated 1x1 conv to RGB (no demodulation) + bias, plus the upsampled skip."""
-    dtype: Any = jnp.float32
-    precision: Any = None
-
-    @nn.compact
-    def __call__(self, x, w, skip=None):
-        out = ModulatedConv2d(3, 1, demodulate=False, dtype=self.dtype,
-                              precision=self.precision, name="conv")(x, w)
-        out = out + self.param("bias", nn.initializers.zeros, (3,))
-        if skip is not None:
-            out = out + upsample_2x(skip)
-        return out
 
 
 # ----------------------------------------------------------------------------- networks

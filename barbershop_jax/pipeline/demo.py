@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jax
 
+from barbershop_jax.config import DEFAULT_BATCH_SIZE
 from barbershop_jax.models import embedded, stylegan2
 from barbershop_jax.pipeline import image_files as image_io
 
@@ -32,7 +33,7 @@ def run(out_dir, n: int = 16, seed: int = 0, weights=None, truncation: float = 1
     return path
 
 
-EXAMPLES = Path(__file__).parent / "data" / "examples"
+EXAMPLES = Path(__file__).parent.parent / "data" / "examples"  # barbershop_jax/data/examples
 # Step counts of the demo with the embedded models: about a tenth of the official counts, so
 # that it runs in a few minutes on 2 CPU cores. With --weights the official counts apply.
 DEMO_STEPS = {"w_steps": 100, "fs_steps": 25, "inpaint_steps": 8, "align_steps1": 14, "align_steps2": 10,
@@ -48,7 +49,7 @@ def example_images() -> dict:
 
 
 def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, log=print, steps=None,
-                 batch_size: int = 4) -> Path:
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> Path:
     """`barbershop-jax demo`: the whole way on the bundled images: the ordinary photo is
     aligned (FFHQ crop), given the hair of the shape and colour references, and the result is
     pasted back into the photo. Writes the results (the official layout under OUT, the crop in

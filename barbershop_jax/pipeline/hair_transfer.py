@@ -41,7 +41,7 @@ class HairTransfer:
     losses and the masks read from it); float32 by default.
     """
 
-    def __init__(self, weights=None, out_dir=None, *, batch_size: int = 4, progress: bool = True, devices=None,
+    def __init__(self, weights=None, out_dir=None, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True, devices=None,
                  compile_cache: bool = True, checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
                  dtype: str = "float32", parser_dtype: str = "float32", **options):
         # The settings are checked before minutes of loading models.
