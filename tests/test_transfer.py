@@ -723,3 +723,36 @@ def test_other_step_counts_compile_nothing_new(batch_run, models, tmp_path):
         [one] = _transfer(models, tmp_path, batch_size=2, **other).transfer_many([triples[0]])
     assert one is not None
     assert compiled == [], compiled
+
+
+def test_a_new_learning_rate_compiles_nothing_new(batch_run, models, tmp_path):
+    """The learning rate is data (stages/optim.py: in the optimiser's state), not part of a
+    compiled program: a transfer at another rate reruns every stage (its cache keys differ) and
+    compiles nothing."""
+    _, triples, first = batch_run
+    with count_compilations() as compiled:
+        [one] = _transfer(models, tmp_path, batch_size=2, learning_rate=0.02).transfer_many([triples[0]])
+    assert compiled == [], compiled
+    assert not np.array_equal(one.latent_in, first[0].latent_in)  # the rate reached the optimisers
+
+
+def test_each_input_is_decoded_once_per_run(batch_run, models, monkeypatch):
+    """An input file is decoded once in a run: its hash, the W+ and FS targets, the parse and
+    the blend's references all read those pixels (pipeline/sources.py, DecodedImages)."""
+    out, triples, _ = batch_run
+    decoded = []
+    real = image_io.load_rgb
+    monkeypatch.setattr(image_io, "load_rgb", lambda path, **k: decoded.append(Path(path).name) or real(path, **k))
+    pipeline = _transfer(models, out).pipeline()
+    pipeline.run(triples)
+    inputs = sorted(n for n in decoded if n in {Path(x).name for t in triples for x in t})
+    assert inputs == sorted({Path(x).name for t in triples for x in t}), decoded
+    # and the stages that are not cached read them too: embedding afresh into another folder
+    pipeline = _transfer(models, out.parent / "decode_once").pipeline()
+    decoded.clear()
+    pipeline.embed([pipeline.decoded.adopt(s) for s in pipeline_sources_of(triples)])
+    assert sorted(decoded) == sorted({Path(x).name for t in triples for x in t}), decoded
+
+
+def pipeline_sources_of(triples):
+    return sources.as_sources(list(dict.fromkeys(x for t in triples for x in t)), keep_pixels=True)
