@@ -1,7 +1,7 @@
-"""What the resume checkpoints cost: a whole W+ loop (embedding.embed_w_plus, as api.embed runs
-it) with checkpoints every N steps against the same loop without them, same machine, same run.
-Medians of --reps runs after a warm-up run (compilation excluded). JSON + markdown table in
-benchmarks/results/.
+"""What the resume checkpoints cost: a whole W+ loop (stages/embed.py embed_w_plus, as
+pipeline/embed.py runs it) with checkpoints every N steps against the same loop without them,
+same machine, same run. Medians of --reps runs after a warm-up run (compilation excluded).
+JSON + markdown table in benchmarks/results/.
 
     python benchmarks/bench_checkpoint.py --quick      # 64 px generator, 2 CPU cores
 """
@@ -21,7 +21,9 @@ import jax
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from barbershop_jax import embedding, resume  # noqa: E402
+from barbershop_jax.config import EmbedConfig  # noqa: E402
+from barbershop_jax.pipeline import loop_hook, resume  # noqa: E402
+from barbershop_jax.stages import embed as embedding  # noqa: E402
 from test_embedding import _known_w_plus, _targets, make_consts  # noqa: E402
 
 
@@ -36,7 +38,7 @@ def main():
     args = p.parse_args()
     consts = make_consts()
     targets = _targets(consts, _known_w_plus(consts, args.batch, seed=1), noise="random")
-    cfg = embedding.EmbedConfig(w_steps=args.steps, lpips_size=32)
+    cfg = EmbedConfig(w_steps=args.steps, lpips_size=32)
 
     def timed(every):
         times = []
@@ -44,7 +46,7 @@ def main():
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = None if every is None else resume.LoopCheckpoint(Path(tmp) / "c", every)
                 t0 = time.perf_counter()
-                w, _ = embedding.embed_w_plus(consts, targets, cfg, progress=False, checkpoint=ckpt)
+                w, _ = embedding.embed_w_plus(consts, targets, cfg, hook=loop_hook.hook(checkpoint=ckpt))
                 jax.block_until_ready(w)
                 if rep:  # the first run compiles
                     times.append(time.perf_counter() - t0)

@@ -1,7 +1,7 @@
 """Embedding speed: the batched JAX W+ and FS steps against the official loop in PyTorch.
 
 The embedding stages of the benchmark suite (suite.py), with their own table. JAX: the real
-stage step (embedding._w_plus_step / _fs_step), vmapped and run `--steps` at a time in one
+stage step (stages/embed.py _w_plus_step / _fs_step), vmapped and run `--steps` at a time in one
 compiled `lax.scan` chunk, exactly as `embed_w_plus` / `embed_fs` run it (suite.time_jax_stage);
 timed per chunk (compile excluded), reported per step. PyTorch: the official loop body at
 batch 1 (torch_reference.py: generator with fresh noise, MSE, PULSE bicubic, the lpips
@@ -25,8 +25,8 @@ import jax
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from barbershop_jax import embedding, optimize  # noqa: E402
-from barbershop_jax.transfer_config import TransferConfig  # noqa: E402
+from barbershop_jax.config import EmbedConfig, TransferConfig  # noqa: E402
+from barbershop_jax.stages import loop  # noqa: E402
 from suite import build_models, time_jax_stage  # noqa: E402
 from torch_reference import Nets, time_step  # noqa: E402
 
@@ -44,20 +44,20 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.lpips_size, args.batches = 64, 32, [1, 2, 4]
-    args.steps = args.steps or optimize.loop_defaults()[0]
+    args.steps = args.steps or loop.loop_defaults()[0]
 
     import torch
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    models, pca = build_models(args.size)
+    models = build_models(args.size)
     nets = Nets(args.size, device, lpips_size=args.lpips_size)
-    embed_cfg = embedding.EmbedConfig(lpips_size=args.lpips_size, chunk=args.steps)
+    embed_cfg = EmbedConfig(lpips_size=args.lpips_size, chunk=args.steps)
     cfg = TransferConfig(chunk=args.steps).resolve(args.size)  # unused by the embedding stages
-    unroll = optimize.loop_defaults()[1]  # as optimize.run runs it on this backend
+    unroll = loop.loop_defaults()[1]  # as loop.run runs it on this backend
     rows = []
     for stage in args.stages:
         ref = time_step(nets, stage, 1, steps=args.steps, reps=args.reps)
         for batch in args.batches:
-            res = time_jax_stage(stage, models, pca, batch, chunk=args.steps, unroll=unroll, reps=args.reps,
+            res = time_jax_stage(stage, models, batch, chunk=args.steps, unroll=unroll, reps=args.reps,
                                  embed_cfg=embed_cfg, cfg=cfg, dtype="float32")
             row = {"stage": stage, "batch": batch, "jax": res, "torch_batch1": ref,
                    "ratio": res["image_steps_per_s"] / ref["image_steps_per_s"]}

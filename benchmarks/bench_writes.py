@@ -1,6 +1,6 @@
 """The embedding stage's result writes (official layout: W+ .npy + PNG + key, FS .npz + PNG +
 key) for a batch of 1024 px images, one after another as before, and on BackgroundWrites'
-threads (image_io.py) as the embedding now does them while the next batch runs.
+threads (pipeline/image_files.py) as the embedding now does them while the next batch runs.
 
     python benchmarks/bench_writes.py [--images 8] [--workers 4]
 """
@@ -18,7 +18,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from barbershop_jax import cache, embedding, image_io, resample  # noqa: E402
+from barbershop_jax.config import EmbedConfig  # noqa: E402
+from barbershop_jax.ops import resample  # noqa: E402
+from barbershop_jax.pipeline import image_files as image_io  # noqa: E402
+from barbershop_jax.pipeline import store as cache  # noqa: E402
 
 
 def main(argv=None):
@@ -29,7 +32,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     photo = image_io.load_rgb(ROOT / "barbershop_jax" / "data" / "examples" / "photo.jpg")
     render = resample.lanczos_resize(photo, 1024)  # a photo-like 1024 px render
-    cfg = embedding.EmbedConfig()
+    cfg = EmbedConfig()
     w, f = np.zeros((18, 512), np.float32), np.zeros((32, 32, 512), np.float32)
 
     def batch(store, submit):

@@ -1,7 +1,7 @@
 """What bfloat16 compute costs in quality: the same images embedded (W+ then FS) with float32
 and with bfloat16 convolutions, same weights, targets, seeds and steps; reconstruction PSNR,
-SSIM and LPIPS of each (evaluate.py, LPIPS always in float32), and PSNR between the two. For
-the face parser in bfloat16 (--parser-dtype): the share of the targets' labels it keeps.
+SSIM and LPIPS of each (pipeline/evaluate.py, LPIPS always in float32), and PSNR between the
+two. For the face parser in bfloat16 (--parser-dtype): the share of the targets' labels it keeps.
 
 Targets are renders of the generator itself (random w), so that a close reconstruction
 exists and the comparison is not swamped by what random weights cannot represent.
@@ -25,7 +25,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from barbershop_jax import api, embedding, evaluate, image_io  # noqa: E402
+from barbershop_jax.config import EmbedConfig  # noqa: E402
+from barbershop_jax.models import bundle  # noqa: E402
+from barbershop_jax.pipeline import embed as pipeline_embed  # noqa: E402
+from barbershop_jax.pipeline import evaluate  # noqa: E402
+from barbershop_jax.pipeline import image_files as image_io  # noqa: E402
 from suite import build_models  # noqa: E402
 
 
@@ -40,7 +44,7 @@ def parser_agreement(parser, pixels) -> float:
     image01 = jax.numpy.asarray(pixels, jax.numpy.float32) / 255.0
     parse_size = min(parser.config.parse_size, image01.shape[1])
     full = parser.labels_of(image01, parse_size=parse_size)
-    half = api.with_dtype(parser, "bfloat16").labels_of(image01, parse_size=parse_size)
+    half = bundle.with_dtype(parser, "bfloat16").labels_of(image01, parse_size=parse_size)
     return float(np.mean(np.asarray(full) == np.asarray(half)))
 
 
@@ -57,7 +61,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.channel_max, args.images, args.w_steps, args.fs_steps, args.batch_size = 64, 128, 4, 200, 50, 4
-    models, pca = build_models(args.size, channel_max=args.channel_max)
+    models = build_models(args.size, channel_max=args.channel_max)
     g32, vgg32 = models.generator, models.vgg
     pixels = targets(g32, args.images, seed=5)
     report = {"parser_labels_kept": parser_agreement(models.parser, pixels)}
@@ -65,11 +69,14 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         paths = [image_io.save_png(Path(tmp) / "in" / f"t{i}.png", im) for i, im in enumerate(pixels)]
         for dtype in ("float32", "bfloat16"):
-            consts = embedding.Consts(api.with_dtype(g32, dtype), api.with_dtype(vgg32, dtype), pca)
-            cfg = api.default_embed_config(consts, w_steps=args.w_steps, fs_steps=args.fs_steps)
+            # The embedding's models (no face parser), computing in `dtype`.
+            embed_models = bundle.Models(bundle.with_dtype(g32, dtype), None, bundle.with_dtype(vgg32, dtype),
+                                         models.pca)
+            cfg = EmbedConfig.for_size(args.size, w_steps=args.w_steps, fs_steps=args.fs_steps)
             out = Path(tmp) / dtype
             t = time.perf_counter()
-            api.embed(paths, out, consts, cfg, batch_size=args.batch_size, progress=False, checkpoint_every=None)
+            pipeline_embed.embed(paths, out, embed_models, cfg, batch_size=args.batch_size, progress=False,
+                                 checkpoint_every=None)
             seconds = time.perf_counter() - t
             report[dtype] = {"seconds": seconds, **evaluate.evaluate(paths, out, vgg32,
                                                                    lpips_size=cfg.lpips_size)["mean"]}

@@ -3,7 +3,7 @@
 What it checks: the official PyTorch Alignment (target mask: merge, OpenCV heuristic, the two
 GAN-inpainting rounds; align steps 1 and 2, F mixing) and Blending (masks, blend loop, final
 render), run on CPU at 512 px, channel multiplier 1, random weights and constant noise with
-tiny step counts, against barbershop_jax's target_mask.py, alignment.py and blending.py fed
+tiny step counts, against barbershop_jax's stages (target_mask.py, align.py, blend.py) fed
 with the OFFICIAL inputs of each stage (official label maps, W+/FS codes, target masks, Align
 npz), so that errors do not compound. Besides the end-to-end stage outputs it evaluates our
 losses and gradients at the official iterates (every step) and our F mixing from the official
@@ -225,7 +225,11 @@ def _convert(work: Path):
         blob = subprocess.run(["git", f"--git-dir={mirror / 'ZPdesu+Barbershop' / 'repo'}", "show",
                                "HEAD:losses/masked_lpips/weights/v0.1/vgg.pth"], check=True, capture_output=True).stdout
         lin.write_bytes(blob)
-    cli = [sys.executable, "-m", "barbershop_jax.cli", "convert"]
+    # `barbershop-jax convert` (convert/cli.py), without the entry point that registers it in an
+    # installed barbershop-jax: this Python may run the source tree through PYTHONPATH alone.
+    cli = [sys.executable, "-c", "import argparse, sys; from convert.cli import add_commands; "
+           "p = argparse.ArgumentParser(prog='barbershop-jax'); add_commands(p.add_subparsers(required=True)); "
+           "a = p.parse_args(); a.func(a)", "convert"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
     for name, args in (("stylegan2", [str(pre / f"random{SIZE}.pt"), str(dst), "--pca-samples", "0"]),
                        ("bisenet", [str(pre / "seg.pth"), str(dst)]),
@@ -277,17 +281,24 @@ def _ours(work: Path, sections=SECTIONS):
     import jax.numpy as jnp
 
     jax.config.update("jax_default_matmul_precision", "highest")
-    from barbershop_jax import alignment, blending, image_io, masks, resample, target_mask
+    from barbershop_jax.config import TransferConfig
     from barbershop_jax.losses import segmentation
     from barbershop_jax.losses.lpips import masked_lpips
     from barbershop_jax.losses.style import style_loss
     from barbershop_jax.models import bisenet, stylegan2, vgg16
-    from barbershop_jax.transfer_config import Models, TransferConfig
+    from barbershop_jax.models.bundle import Models
+    from barbershop_jax.ops import masks, resample
+    from barbershop_jax.pipeline import image_files as image_io
+    from barbershop_jax.stages import align as alignment
+    from barbershop_jax.stages import blend as blending
+    from barbershop_jax.stages import loop, target_mask
+    from barbershop_jax.stages.optim import ADAM
 
     start = time.perf_counter()
     ref = dict(np.load(work / "official.npz"))
     wdir = _convert(work)
-    models = Models(stylegan2.load(wdir), bisenet.load(wdir), vgg16.load(wdir))
+    # No p-norm statistics (converted with --pca-samples 0): only the embedding reads them.
+    models = Models(stylegan2.load(wdir), bisenet.load(wdir), vgg16.load(wdir), None)
     g, parser, vgg = models.generator, models.parser, models.vgg
     lm = parser.labels
     bg, hair_id = lm.id("background"), lm.id("hair")
@@ -399,19 +410,19 @@ def _ours(work: Path, sections=SECTIONS):
 
             def rounds(inputs=inputs, tag=tag, rkeys=rkeys):  # each round from the official input
                 r = target_mask._round(models, jnp.asarray(ref[f"{tag}/target_heuristic"])[None], inputs.keep,
-                                       rkeys, cfg, "round 1", False, None, None)
+                                       rkeys, cfg, loop.Loop("round 1"), None)
                 t.labels("target", f"{tag} round 1 labels", (r[0] if isinstance(r, tuple) else r)[0],
                          ref[f"{tag}/round1_labels"])
                 prev, tgt2 = target_mask._after_round1(inputs, jnp.asarray(ref[f"{tag}/round1_labels"])[None], bg)
                 t.labels("target", f"{tag} round 2 target", tgt2[0], ref[f"{tag}/round2_target"])
                 r = target_mask._round(models, jnp.asarray(ref[f"{tag}/round2_target"])[None], inputs.keep,
-                                       rkeys, cfg, "round 2", False, None, None)
+                                       rkeys, cfg, loop.Loop("round 2"), None)
                 t.labels("target", f"{tag} round 2 labels", (r[0] if isinstance(r, tuple) else r)[0],
                          ref[f"{tag}/round2_labels"])
                 final = target_mask._after_round2(inputs, prev, jnp.asarray(ref[f"{tag}/round2_labels"])[None], bg)
                 t.labels("target", f"{tag} final target (official round labels)", final[0], ref[f"{tag}/target"])
             guarded("target", f"{tag} per-round", rounds)
-            full = target_mask.gan_inpaint(models, inputs, cfg, progress=False)
+            full = target_mask.gan_inpaint(models, inputs, cfg)
             t.labels("target", f"{tag} final target (gan_inpaint end to end)", full[0], ref[f"{tag}/target"])
 
     # --------------------------------------------------------------- alignment
@@ -441,17 +452,14 @@ def _ours(work: Path, sections=SECTIONS):
             off_head1, off_head2 = ref[f"{tag}/A1_latent"][:na], ref[f"{tag}/A2_latent"][:na]
 
             def loops(xb=xb, tag=tag, off_head1=off_head1, off_head2=off_head2, grads=grads):
-                from barbershop_jax import optimize
                 step1 = jax.vmap(alignment.plain_ce_target)(xb.s_face, xb.target, xb.key)
-                heads1, _ = alignment.fit_segmentation(models, xb.w_face[:, :na], step1, n1, cfg, "s1",
-                                                       progress=False)
+                heads1, _ = alignment.fit_segmentation(models, xb.w_face[:, :na], step1, n1, cfg, loop.Loop("s1"))
                 t.arr("align", f"{tag} step1 last iterate w[0:6]", heads1[0], off_head1,
                       _adam_note(heads1[0], off_head1, grads[0, :na], lr))
                 _, small, hair = alignment._between_steps(models, heads1, xb, cfg=cfg)
                 t.arr("align", f"{tag} step2 reference hair @256", hair[0], ref_hair[0])
-                state, _ = optimize.run(alignment._step2, cfg, models, alignment._start(xb.w_ref, cfg),
-                                        (xb.s_ref, xb.target, small, hair, xb.key, xb.region_classes), n2,
-                                        progress=False)
+                state, _ = loop.run(alignment._step2, cfg, models, ADAM.start(xb.w_ref[:, :na], cfg.learning_rate),
+                                    (xb.s_ref, xb.target, small, hair, xb.key, xb.region_classes), n2)
                 t.arr("align", f"{tag} step2 last iterate w[0:6]", state.result[0], off_head2,
                       _adam_note(state.result[0], off_head2, grads[n1, :na], lr))
             guarded("align", f"{tag} per-loop", loops)
@@ -473,7 +481,7 @@ def _ours(work: Path, sections=SECTIONS):
                                          jnp.asarray(ref[f"{tag}/latent_in"]), block=3, noise="const")
             t.arr("align", f"{tag} Align PNG (uint8) from the official npz", image_io.to_uint8(np.asarray(img[0])),
                   ref[f"{tag}/image"])
-            out = alignment.align(models, xb, cfg, progress=False)
+            out = alignment.align(models, xb, cfg)
             t.arr("align", f"{tag} Align latent_in (align end to end)", out.latent_in[0], ref[f"{tag}/latent_in"][0])
             t.arr("align", f"{tag} Align latent_F (align end to end)", out.structure_f[0], nhwc(ref[f"{tag}/latent_F"]))
             t.arr("align", f"{tag} Align PNG (align end to end)", image_io.to_uint8(np.asarray(out.image[0])),
@@ -512,7 +520,7 @@ def _ours(work: Path, sections=SECTIONS):
             t.arr("blend", f"step {k}: LPIPS face, hair, total", [float(face), float(hair), float(loss)],
                   [ref["blend/face"][k], ref["blend/hair"][k], ref["blend/loss"][k]])
             t.arr("blend", f"step {k}: grad u", gr, ref["blend/grad"][k][:la])
-        out = blending.blend(models, bxb, cfg, progress=False)
+        out = blending.blend(models, bxb, cfg)
         t.arr("blend", "Blend latent_in (blend end to end)", out.latent_in[0], ref["blend/latent_in"][0])
         t.arr("blend", "Blend latent_F (blend end to end)", out.structure_f[0], nhwc(ref["blend/latent_F"]))
         t.arr("blend", "final PNG (blend end to end)", image_io.to_uint8(np.asarray(out.image[0])), ref["blend/image"])

@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import suite  # noqa: E402  (models and stage problems exactly as the suite builds them)
-from barbershop_jax import embedding, optimize  # noqa: E402
-from barbershop_jax.transfer_config import TransferConfig  # noqa: E402
+from barbershop_jax.config import EmbedConfig, TransferConfig  # noqa: E402
+from barbershop_jax.stages import loop  # noqa: E402
 
 # One HLO instruction: `%name = shape opcode(operands), attributes`.
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*)$")
@@ -131,22 +131,23 @@ def busy_ns(events) -> float:
     return total
 
 
-def profile_stage(stage, models, pca, batch, *, chunk, unroll, reps, embed_cfg, cfg, top) -> dict:
-    step, step_cfg, consts, state, data = suite.stage_problem(stage, models, pca, batch, embed_cfg, cfg)
+def profile_stage(stage, models, batch, *, chunk, unroll, reps, embed_cfg, cfg, top) -> dict:
+    step, step_cfg, consts, state, data = suite.stage_problem(stage, models, batch, embed_cfg, cfg)
     never = jnp.int32(2**31 - 1)
     kw = dict(step=step, cfg=step_cfg, length=chunk, unroll=chunk if unroll else 1)
     state = jax.tree.map(jnp.array, state)  # the chunks donate their state
     t = time.perf_counter()
-    state, metrics = optimize._run_chunk(consts, state, data, jnp.int32(0), never, **kw)
+    state, metrics = loop._run_chunk(consts, state, data, jnp.int32(0), never, **kw)
     jax.block_until_ready((state, metrics))
     first_s = time.perf_counter() - t
-    hlo = optimize._run_chunk.compiled(consts, state, data, jnp.int32(0), never, **kw).as_text()  # the program that ran
+    # The program that ran (compiled again, from the persistent compilation cache where it holds it).
+    hlo = loop._run_chunk.lower(consts, state, data, jnp.int32(0), never, **kw).compile().as_text()
     table = hlo_instructions(hlo)
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp):
             t = time.perf_counter()
             for r in range(reps):
-                state, metrics = optimize._run_chunk(consts, state, data, jnp.int32((r + 1) * chunk), never, **kw)
+                state, metrics = loop._run_chunk(consts, state, data, jnp.int32((r + 1) * chunk), never, **kw)
             jax.block_until_ready((state, metrics))
             wall_s = time.perf_counter() - t
         files = sorted(Path(tmp).rglob("*.xplane.pb"))
@@ -218,12 +219,12 @@ def main(argv=None):
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     start = time.perf_counter()
-    from barbershop_jax import compile_cache
+    from barbershop_jax.pipeline import compile_cache
     compile_cache.enable()
-    chunk_default, unroll = optimize.loop_defaults()
+    chunk_default, unroll = loop.loop_defaults()
     chunk = args.chunk or chunk_default
-    models, pca = suite.build_models(args.size, args.dtype, args.channel_max)
-    embed_cfg = embedding.EmbedConfig(lpips_size=min(256, args.size // 2), chunk=chunk)
+    models = suite.build_models(args.size, args.dtype, args.channel_max)
+    embed_cfg = EmbedConfig(lpips_size=min(256, args.size // 2), chunk=chunk)
     cfg = TransferConfig(chunk=chunk).resolve(args.size)
     device = jax.devices()[0]
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "jax": jax.__version__,
@@ -238,7 +239,7 @@ def main(argv=None):
             print(f"deadline: skipping {stage}", flush=True)
             continue
         try:
-            row = profile_stage(stage, models, pca, args.batch, chunk=chunk, unroll=unroll, reps=args.reps,
+            row = profile_stage(stage, models, args.batch, chunk=chunk, unroll=unroll, reps=args.reps,
                                 embed_cfg=embed_cfg, cfg=cfg, top=args.top)
         except Exception as e:  # one stage failing leaves the others' profiles
             row = {"stage": stage, "error": f"{type(e).__name__}: {e}"}

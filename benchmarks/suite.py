@@ -6,12 +6,12 @@ PyTorch reference on the same machine in the same run.
     python benchmarks/suite.py --plot-only results/suite_gpu_1024px.json
 
 Stages (the step functions the pipeline runs, vmapped over the batch and run a chunk at a time
-in one compiled `lax.scan`, exactly as `optimize.run` runs them):
-  W+, FS         embedding.py (generator, MSE, LPIPS at 256, p-norm, Adam)
-  segmentation   alignment.segmentation_step: the target mask's two GAN-inpainting rounds and
-                 align step 1 share it (generator, parser at 512, cross-entropy, Adam on w[0:6])
-  align2         alignment._step2 (generator, parser, cross-entropy, Gram style loss at 256)
-  blend          blending._step (generator from F, two masked LPIPS at 256)
+in one compiled `lax.scan`, exactly as `loop.run` runs them):
+  W+, FS         stages/embed.py (generator, MSE, LPIPS at 256, p-norm, Adam)
+  segmentation   stages/align.py segmentation_step: the target mask's two GAN-inpainting rounds
+                 and align step 1 share it (generator, parser at 512, cross-entropy, Adam on w[0:6])
+  align2         stages/align.py _step2 (generator, parser, cross-entropy, Gram style loss at 256)
+  blend          stages/blend.py _step (generator from F, two masked LPIPS at 256)
 For each and each batch size: median ms per step over --reps chunks (compilation timed apart),
 image-steps per second, FLOPs per step from XLA's cost analysis of one vmapped step and the
 fraction of the device's peak they achieve, the compiled chunk's memory (XLA's memory analysis:
@@ -20,9 +20,9 @@ arguments + outputs + temporaries) and the device's peak counter. Beside it, PyT
 eager and, with --torch-compile, under torch.compile.
 
 Whole transfer (--transfer-batch B): B triples of distinct random images through
-transfer.Pipeline (embedding, target masks, alignment, blending, files written), once with one
-chunk per stage to compile everything, then timed on fresh images with the official step
-counts times --transfer-scale. Reported: seconds per triple, measured, and the official-count
+pipeline/run.py's Pipeline (embedding, target masks, alignment, blending, files written), once
+with one chunk per stage to compile everything, then timed on fresh images with the official
+step counts times --transfer-scale. Reported: seconds per triple, measured, and the official-count
 figure predicted from the stage steps' times (the measured run at reduced counts checks the
 prediction, which leaves out the work outside the loops).
 
@@ -48,10 +48,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from barbershop_jax import alignment, blending, embedding, optimize, transfer  # noqa: E402
-from barbershop_jax.losses import p_norm  # noqa: E402
+from barbershop_jax.config import EmbedConfig, TransferConfig  # noqa: E402
 from barbershop_jax.models import bisenet, stylegan2, vgg16  # noqa: E402
-from barbershop_jax.transfer_config import Models, TransferConfig  # noqa: E402
+from barbershop_jax.models import pca as pca_lib  # noqa: E402
+from barbershop_jax.models.bundle import Models  # noqa: E402
+from barbershop_jax.pipeline import sources  # noqa: E402
+from barbershop_jax.pipeline.run import Pipeline  # noqa: E402
+from barbershop_jax.stages import align as alignment  # noqa: E402
+from barbershop_jax.stages import blend as blending  # noqa: E402
+from barbershop_jax.stages import embed as embedding  # noqa: E402
+from barbershop_jax.stages import loop  # noqa: E402
+from barbershop_jax.stages.optim import ADAM  # noqa: E402
 
 STAGES = ("W+", "FS", "segmentation", "align2", "blend")
 # Dense peak FLOP/s by compute dtype: float32 convolutions run as TF32 on these (XLA's and
@@ -69,20 +76,21 @@ def official_steps() -> dict:
 # ----------------------------------------------------------------------------- models
 def build_models(size: int, dtype: str = "float32", channel_max: int = 512, parser_dtype: str = "float32"):
     """Random models at the official architecture (channel multiplier 2, 512 channels, the
-    full BiSeNet and VGG16) and p-norm statistics: (Models, pca)."""
+    full BiSeNet and VGG16) and p-norm statistics, in one Models bundle."""
     key = jax.random.PRNGKey(0)
     config = stylegan2.GeneratorConfig(size=size, dtype=dtype, channel_max=channel_max)
     g = stylegan2.init(config, key)
     vgg = vgg16.init(vgg16.VGG16Config(dtype=dtype), jax.random.fold_in(key, 1))
     parser = bisenet.init(bisenet.BiSeNetConfig(dtype=parser_dtype), jax.random.fold_in(key, 2))
-    pca = p_norm.pca_stats(g, 4096, jax.random.fold_in(key, 3))
-    return Models(g, parser, vgg), pca
+    pca = pca_lib.pca_stats(g, 4096, jax.random.fold_in(key, 3))
+    return Models(g, parser, vgg, pca)
 
 
-def stage_problem(stage: str, models: Models, pca, batch: int, embed_cfg, cfg: TransferConfig):
-    """(step, step config, consts, state, data) of `batch` random problems of `stage`, with the
-    shapes and dtypes the pipeline gives them."""
-    g, parser, vgg = models
+def stage_problem(stage: str, models: Models, batch: int, embed_cfg, cfg: TransferConfig):
+    """(step, step config, models, state, data) of `batch` random problems of `stage`, with the
+    shapes and dtypes the pipeline gives them (every stage takes the whole bundle, as the
+    pipeline passes it)."""
+    g, parser, vgg = models.generator, models.parser, models.vgg
     size, n_latent = g.config.size, g.config.n_latent
     k = jax.random.PRNGKey(7)
     keys = jax.random.split(k, batch)
@@ -91,17 +99,16 @@ def stage_problem(stage: str, models: Models, pca, batch: int, embed_cfg, cfg: T
     rand = lambda i, shape, lo=-1.0, hi=1.0: jax.random.uniform(jax.random.fold_in(k, i), shape,  # noqa: E731
                                                                 minval=lo, maxval=hi)
     if stage in ("W+", "FS"):
-        consts = embedding.Consts(g, vgg, pca)
         lp = embed_cfg.lpips_size
         targets = embedding.Targets(rand(2, (batch, size, size, 3)), rand(3, (batch, lp, lp, 3)), keys)
         units = embedding.target_units(vgg, targets.small)
         if stage == "W+":
-            return embedding._w_plus_step, embed_cfg.step_config(), consts, embedding._adam_state(w, embed_cfg), \
-                (targets, units)
+            return embedding._w_plus_step, embed_cfg.step_config(), models, \
+                ADAM.start(w, embed_cfg.learning_rate), (targets, units)
         s_index = embed_cfg.s_index(n_latent)
-        f_init = embedding._f_init(consts, w, targets, cfg=embed_cfg)
-        state = embedding._adam_state(embedding.FSParams(w[:, s_index:], f_init), embed_cfg)
-        return embedding._fs_step, embed_cfg.step_config(), consts, state, (targets, units, w[:, :s_index], f_init)
+        f_init = embedding._f_init(models, w, targets, cfg=embed_cfg.step_config())
+        state = ADAM.start(embedding.FSParams(w[:, s_index:], f_init), embed_cfg.learning_rate)
+        return embedding._fs_step, embed_cfg.step_config(), models, state, (targets, units, w[:, :s_index], f_init)
     p, l_, q = cfg.parse_size, cfg.loss_size, cfg.blend_parse_size
     labels = jax.random.randint(jax.random.fold_in(k, 4), (batch, p, p), 0, parser.config.n_classes, jnp.int32)
     heads = w[:, :cfg.align_latents]
@@ -109,19 +116,18 @@ def stage_problem(stage: str, models: Models, pca, batch: int, embed_cfg, cfg: T
     if stage == "segmentation":
         x = alignment.SegmentationTarget(w, labels, (labels != 0).astype(jnp.float32),
                                          (labels == 0).astype(jnp.float32), jnp.ones((batch,), bool), keys)
-        state = alignment.FitState(heads, jax.vmap(alignment._optimizer(cfg).init)(heads), (heads, labels * 0))
+        state = ADAM.start(heads, cfg.learning_rate, (heads, labels * 0))
         return alignment.segmentation_step, cfg.step_config(), models, state, x
     if stage == "align2":
         hair = (rand(5, (batch, l_, l_), 0, 1) > 0.5).astype(jnp.float32)
-        return alignment._step2, cfg.step_config(), models, alignment._start(w, cfg), \
+        return alignment._step2, cfg.step_config(), models, ADAM.start(heads, cfg.learning_rate), \
             (w, labels, rand(6, (batch, l_, l_, 3)), hair, keys, region)
     if stage == "blend":
-        f = g.features(w, block=3, noise="const")[0]
+        f = g.features(w, block=cfg.fs_block, noise="const")[0]
         mask = lambda i, n: (rand(i, (batch, n, n), 0, 1) > 0.5).astype(jnp.float32)  # noqa: E731
         x = blending.BlendInputs(w, w[::-1], f, f[::-1], rand(8, (batch, l_, l_, 3)), rand(9, (batch, l_, l_, 3)),
                                  mask(10, q), mask(11, q), keys, region)
-        u = jnp.zeros_like(w)
-        state = blending._State(u, jax.vmap(blending._optimizer(cfg).init)(u), u)
+        state = blending.optimizer().start(jnp.zeros_like(w), cfg.learning_rate)
         return blending._step, cfg.step_config(), models, state, (x, mask(12, l_), mask(13, l_))
     raise ValueError(f"unknown stage {stage!r}")
 
@@ -169,11 +175,11 @@ def peak_flops(dtype: str, kind: str | None = None) -> float | None:
     return None
 
 
-def time_jax_stage(stage, models, pca, batch, *, chunk, unroll, reps, embed_cfg, cfg, dtype) -> dict:
-    """Chunks of `stage`'s step through `optimize._run_chunk` as `optimize.run` calls it (the
+def time_jax_stage(stage, models, batch, *, chunk, unroll, reps, embed_cfg, cfg, dtype) -> dict:
+    """Chunks of `stage`'s step through `loop._run_chunk` as `loop.run` calls it (the
     same jit cache entry, so a whole transfer in this process compiles nothing again).
     compile_s: the first call's time less a chunk's."""
-    step, step_cfg, consts, state, data = stage_problem(stage, models, pca, batch, embed_cfg, cfg)
+    step, step_cfg, consts, state, data = stage_problem(stage, models, batch, embed_cfg, cfg)
     flops = _flops_per_step(step, step_cfg, consts, state, data)
     never = jnp.int32(2**31 - 1)  # a step budget never reached: no idle steps
     kw = dict(step=step, cfg=step_cfg, length=chunk, unroll=chunk if unroll else 1)
@@ -181,13 +187,14 @@ def time_jax_stage(stage, models, pca, batch, *, chunk, unroll, reps, embed_cfg,
     times = []
     for r in range(reps + 1):  # the first call compiles
         t = time.perf_counter()
-        state, metrics = optimize._run_chunk(consts, state, data, jnp.int32(r * chunk), never, **kw)
+        state, metrics = loop._run_chunk(consts, state, data, jnp.int32(r * chunk), never, **kw)
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - t)
     chunk_s = statistics.median(times[1:])
     ms = chunk_s * 1e3 / chunk
-    # The compiled program's memory, read back from the persistent compilation cache.
-    memory = _memory(optimize._run_chunk.compiled(consts, state, data, jnp.int32(0), never, **kw))
+    # The compiled program's memory: the same program compiled again (from the persistent
+    # compilation cache where it holds it).
+    memory = _memory(loop._run_chunk.lower(consts, state, data, jnp.int32(0), never, **kw).compile())
     peak = peak_flops(dtype)
     achieved = flops / (ms / 1e3) if flops else None
     return {"ms_per_step": ms, "image_steps_per_s": batch * 1e3 / ms, "compile_s": times[0] - chunk_s,
@@ -208,33 +215,30 @@ def _random_images(n, size, seed):
 
 
 def _triples(batch, size, seed):
-    from barbershop_jax import api
     images = _random_images(3 * batch, size, seed)
-    srcs = [api.as_source(im, f"img{seed}_{i}") for i, im in enumerate(images)]
+    srcs = [sources.as_source(im, f"img{seed}_{i}") for i, im in enumerate(images)]
     return [tuple(srcs[3 * i:3 * i + 3]) for i in range(batch)]
 
 
-def _pipeline(models, pca, out, batch, steps: dict, chunk):
-    from barbershop_jax import api
-    consts = embedding.Consts(models.generator, models.vgg, pca)
-    embed_cfg = api.default_embed_config(consts, w_steps=steps["W+"], fs_steps=steps["FS"], chunk=chunk)
+def _pipeline(models, out, batch, steps: dict, chunk):
+    embed_cfg = EmbedConfig.for_size(models.generator.config.size, w_steps=steps["W+"], fs_steps=steps["FS"],
+                                     chunk=chunk)
     cfg = TransferConfig(inpaint_steps=steps["inpaint"], align_steps1=steps["align1"], align_steps2=steps["align2"],
                          blend_steps=steps["blend"], chunk=chunk)
-    return transfer.Pipeline(models, pca, out, embed_cfg, cfg, batch_size=batch, progress=False,
-                             checkpoint_every=None)
+    return Pipeline(models, out, embed_cfg, cfg, batch_size=batch, progress=False, checkpoint_every=None)
 
 
 OFFICIAL = {"W+": 1100, "FS": 250, "inpaint": 80, "align1": 140, "align2": 100, "blend": 400}
 
 
-def time_transfer(models, pca, batch, scale, chunk) -> dict:
+def time_transfer(models, batch, scale, chunk) -> dict:
     steps = {k: max(1, round(v * scale)) for k, v in OFFICIAL.items()}
     one_chunk = {k: chunk for k in OFFICIAL}
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        _pipeline(models, pca, Path(tmp) / "warm", batch, one_chunk, chunk).run(_triples(batch, models.generator.config.size, 1))
+        _pipeline(models, Path(tmp) / "warm", batch, one_chunk, chunk).run(_triples(batch, models.generator.config.size, 1))
         warm_s = time.perf_counter() - t
-        pipe = _pipeline(models, pca, Path(tmp) / "run", batch, steps, chunk)
+        pipe = _pipeline(models, Path(tmp) / "run", batch, steps, chunk)
         t = time.perf_counter()
         results = pipe.run(_triples(batch, models.generator.config.size, 2))
         total = time.perf_counter() - t
@@ -359,16 +363,16 @@ def fill_flops(path: Path):
     cost analysis failed): counted here, on the same step at the same shapes."""
     result = json.loads(path.read_text())
     meta = result["meta"]
-    models, pca = build_models(meta["size"], meta["dtype"], meta.get("channel_max", 512),
-                               meta.get("parser_dtype", "float32"))
-    embed_cfg = embedding.EmbedConfig(lpips_size=min(256, meta["size"] // 2), chunk=meta["chunk"])
+    models = build_models(meta["size"], meta["dtype"], meta.get("channel_max", 512),
+                          meta.get("parser_dtype", "float32"))
+    embed_cfg = EmbedConfig(lpips_size=min(256, meta["size"] // 2), chunk=meta["chunk"])
     cfg = TransferConfig(chunk=meta["chunk"]).resolve(meta["size"])
     peak = peak_flops(meta["dtype"], meta["device"])
     for r in result["rows"]:
         j = r.get("jax")
         if not j or j.get("flops_per_step"):
             continue
-        j["flops_per_step"] = _flops_per_step(*stage_problem(r["stage"], models, pca, r["batch"], embed_cfg, cfg)[:5])
+        j["flops_per_step"] = _flops_per_step(*stage_problem(r["stage"], models, r["batch"], embed_cfg, cfg)[:5])
         achieved = j["flops_per_step"] / (j["ms_per_step"] / 1e3)
         j["tflops_per_s"], j["fraction_of_peak"] = achieved / 1e12, achieved / peak if peak else None
         j["flops_counted_after"] = True
@@ -394,7 +398,7 @@ def main(argv=None):
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--reps", type=int, help="timed chunks per measurement (median; default 3, --quick 2)")
-    p.add_argument("--chunk", type=int, help="steps per chunk (default: the backend's, optimize.loop_defaults)")
+    p.add_argument("--chunk", type=int, help="steps per chunk (default: the backend's, loop.loop_defaults)")
     p.add_argument("--channel-max", type=int, default=512, help="the generator's widest layer (official: 512)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="compute dtype of the generator's and VGG's convolutions")
@@ -431,13 +435,13 @@ def main(argv=None):
     args.reps = args.reps or 3
     start = time.perf_counter()
     late = lambda: args.deadline and time.perf_counter() - start > args.deadline  # noqa: E731
-    from barbershop_jax import compile_cache
+    from barbershop_jax.pipeline import compile_cache
     compile_cache.enable()  # for the memory analysis of programs compiled here
 
-    chunk_default, unroll = optimize.loop_defaults()
+    chunk_default, unroll = loop.loop_defaults()
     chunk = args.chunk or chunk_default
-    models, pca = build_models(args.size, args.dtype, args.channel_max, args.parser_dtype)
-    embed_cfg = embedding.EmbedConfig(lpips_size=min(256, args.size // 2), chunk=chunk)
+    models = build_models(args.size, args.dtype, args.channel_max, args.parser_dtype)
+    embed_cfg = EmbedConfig(lpips_size=min(256, args.size // 2), chunk=chunk)
     cfg = TransferConfig(chunk=chunk).resolve(args.size)
 
     nets = None
@@ -471,7 +475,7 @@ def main(argv=None):
             try:
                 if args.no_jax:
                     raise RuntimeError("not run (--no-jax)")
-                row["jax"] = time_jax_stage(stage, models, pca, batch, chunk=chunk, unroll=unroll, reps=args.reps,
+                row["jax"] = time_jax_stage(stage, models, batch, chunk=chunk, unroll=unroll, reps=args.reps,
                                             embed_cfg=embed_cfg, cfg=cfg, dtype=args.dtype)
             except Exception as e:  # noqa: BLE001 (report and go on: an OOM at a large batch, say)
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
@@ -502,7 +506,7 @@ def main(argv=None):
             print(f"deadline: skipping the whole transfer at batch {batch}", flush=True)
             continue
         try:
-            tr = time_transfer(models, pca, batch, args.transfer_scale, chunk)
+            tr = time_transfer(models, batch, args.transfer_scale, chunk)
             tr["predicted_seconds_per_triple"] = predict_transfer(rows, batch, args.transfer_scale)
         except Exception as e:  # noqa: BLE001
             tr = {"batch": batch, "error": f"{type(e).__name__}: {e}"}

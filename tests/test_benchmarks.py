@@ -10,9 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import suite  # noqa: E402
 import torch_reference  # noqa: E402
-from barbershop_jax.stages import embed as embedding  # noqa: E402
-from barbershop_jax.config import EmbedConfig  # noqa: E402
-from barbershop_jax.config import TransferConfig  # noqa: E402
+from barbershop_jax.config import EmbedConfig, TransferConfig  # noqa: E402
 
 SIZE, CHANNELS = 64, 16  # the smallest size with every stage (FS and blend start at block 4)
 
@@ -24,10 +22,9 @@ def small_models():
 
 @pytest.mark.parametrize("stage", suite.STAGES)
 def test_each_stage_problem_lowers_with_a_flop_count(small_models, stage):
-    models, pca = small_models
     embed_cfg = EmbedConfig(lpips_size=SIZE // 2, chunk=2)
     cfg = TransferConfig(chunk=2).resolve(SIZE)
-    flops = suite._flops_per_step(*suite.stage_problem(stage, models, pca, 1, embed_cfg, cfg))
+    flops = suite._flops_per_step(*suite.stage_problem(stage, small_models, 1, embed_cfg, cfg))
     assert flops > 1e6
 
 
@@ -55,10 +52,9 @@ def test_the_profile_of_a_stage_names_its_operations(small_models):
     """profile_step.py on CPU: the trace is read back, its events are matched to the compiled
     program's HLO instructions, and the kinds' shares add up."""
     import profile_step
-    models, pca = small_models
     embed_cfg = EmbedConfig(lpips_size=SIZE // 2, chunk=2)
     cfg = TransferConfig(chunk=2).resolve(SIZE)
-    row = profile_step.profile_stage("FS", models, pca, 1, chunk=2, unroll=False, reps=1, embed_cfg=embed_cfg,
+    row = profile_step.profile_stage("FS", small_models, 1, chunk=2, unroll=False, reps=1, embed_cfg=embed_cfg,
                                      cfg=cfg, top=10)
     assert row["where"].startswith("host") and row["steps_traced"] == 2
     assert 0 < row["busy_ms_per_step"] <= row["summed_ms_per_step"] + 1e-9

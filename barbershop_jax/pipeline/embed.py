@@ -69,7 +69,8 @@ def embed(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig 
     cfg = EmbedConfig.for_size(g.config.size) if cfg is None else cfg
     store = cache_lib.EmbeddingCache(out_dir, cache_lib.embedding_weights(models))
     decoded = DecodedImages(g.config.size) if decoded is None else decoded
-    items = identify(paths, progress)
+    # Files read here are decoded once: their pixels go to `decoded`, which the targets read.
+    items = [decoded.adopt(it) for it in identify(paths, progress, keep_pixels=True)]
     if split_processes:
         items = items[jax.process_index()::jax.process_count()]
     n_lat, d = g.config.n_latent, g.config.style_dim

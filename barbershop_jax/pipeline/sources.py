@@ -126,12 +126,12 @@ def as_sources(images, progress: bool = False, keep_pixels: bool = False) -> lis
     return sources
 
 
-def identify(images, progress: bool = False) -> list[ImageSource]:
+def identify(images, progress: bool = False, keep_pixels: bool = False) -> list[ImageSource]:
     """The distinct images among `images` (paths or ImageSources), in order (files read in
     parallel: as_sources). Two different images under one name are refused: the cache files
     are named after the image."""
     items, seen = [], {}
-    for source in as_sources(images, progress):
+    for source in as_sources(images, progress, keep_pixels):
         if source.name in seen:
             if seen[source.name] != source.image_hash:
                 raise image_io.ImageError(f"{source.path or source.name}: another input is also named "

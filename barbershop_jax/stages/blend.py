@@ -1,7 +1,7 @@
 """Appearance blending (Barbershop models/Blending.py, blend_images), batched over triples.
 
 For one triple (face = im1, shape = im2, colour = im3), with the FS latents s1, s3 and the
-aligned F of (face, colour) and of (face, shape) from alignment.py (of the face aligned to the
+aligned F of (face, colour) and of (face, shape) from align.py (of the face aligned to the
 structure reference, when one is given), for the transferred region R (TransferConfig.region;
 "hair" below is R, the official's only region: every mask comes from R's labels):
 
