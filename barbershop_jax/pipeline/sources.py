@@ -73,18 +73,6 @@ def fit_to_size(pixels: np.ndarray, size: int, what) -> np.ndarray:
     return pixels
 
 
-def read_target(path, size: int, lpips_size: int):
-    """(full (size, size, 3) in [-1, 1], small (lpips_size, lpips_size, 3) in [-1, 1]): the
-    official ref_im_H and ref_im_L. Other sizes are resized to the generator's, with a warning.
-    `path`: a file or an ImageSource."""
-    source = path if isinstance(path, ImageSource) else None
-    pixels = source.load() if source else image_io.load_rgb(path)
-    pixels = fit_to_size(pixels, size, source.path or source.name if source else path)
-    full = resample.uint8_to_signed(pixels)
-    small = resample.uint8_to_signed(resample.lanczos_resize(pixels, lpips_size))
-    return full, small
-
-
 READ_THREADS = min(16, os.cpu_count() or 1)
 READ_BAR_FROM = 32  # images: fewer are read without a progress bar
 
