@@ -21,6 +21,7 @@ import jax
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from barbershop_jax import config  # noqa: E402
 from barbershop_jax.config import EmbedConfig  # noqa: E402
 from barbershop_jax.pipeline import loop_hook, resume  # noqa: E402
 from barbershop_jax.stages import embed as embedding  # noqa: E402
@@ -32,7 +33,7 @@ def main():
     p.add_argument("--quick", action="store_true", help="64 px tiny config (the only one without weights)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--every", type=int, nargs="+", default=[resume.DEFAULT_EVERY, 10])
+    p.add_argument("--every", type=int, nargs="+", default=[config.DEFAULT_CHECKPOINT_EVERY, 10])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args()
@@ -46,7 +47,7 @@ def main():
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = None if every is None else resume.LoopCheckpoint(Path(tmp) / "c", every)
                 t0 = time.perf_counter()
-                w, _ = embedding.embed_w_plus(consts, targets, cfg, hook=loop_hook.hook(checkpoint=ckpt))
+                w, _ = embedding.embed_w_plus(consts, targets, cfg, hook=loop_hook.PipelineHook(checkpoint=ckpt))
                 jax.block_until_ready(w)
                 if rep:  # the first run compiles
                     times.append(time.perf_counter() - t0)

@@ -90,9 +90,8 @@ def transfer(args):
 
 def align_faces(args):
     from barbershop_jax.pipeline import batch_files, face_crop
-    from barbershop_jax.pipeline.landmarks import Landmarks
-    aligner = face_crop.Aligner(size=args.size, landmarks=Landmarks(args.landmarks, args.dlib_model),
-                                face_index=args.face_index, min_face=args.min_face)
+    aligner = face_crop.Aligner.from_options(args.size, args.landmarks, args.dlib_model, args.face_index,
+                                             args.min_face)
     photos = _image_paths(args.photos)
     crops, failures = face_crop.align_photos(aligner, photos, args.out, progress=not args.quiet)
     print(f"{len(crops)} face crop(s) of {args.size} px from {len(photos) - len(failures)} photo(s) in {args.out} "

@@ -126,7 +126,7 @@ def _embed_todo(items, store, models, cfg, batch_size, fs, progress, devices, ou
             targets = _targets(padded, decoded, cfg)
             ckpt = resume.batch_checkpoint(out_dir, "w_plus", [store.w_key(it.image_hash, cfg) for it in padded],
                                            checkpoint_every)
-            w, _ = embedding.embed_w_plus(models, targets, cfg, hook=loop_hook.hook(stage, ckpt, devices))
+            w, _ = embedding.embed_w_plus(models, targets, cfg, hook=loop_hook.PipelineHook(stage, ckpt, devices))
             images = image_io.to_uint8(np.asarray(embedding.w_plus_render(models, w, targets.key, cfg)))
             written = []
             for it, w_i, im in zip(batch, np.asarray(w), images):
@@ -155,7 +155,7 @@ def _embed_todo(items, store, models, cfg, batch_size, fs, progress, devices, ou
                 ckpt = resume.batch_checkpoint(out_dir, "fs", [store.fs_key(it.image_hash, cfg) for it in padded],
                                                checkpoint_every)
                 latent_in, structure_f, _ = embedding.embed_fs(models, targets, w, cfg,
-                                                               hook=loop_hook.hook(stage, ckpt, devices))
+                                                               hook=loop_hook.PipelineHook(stage, ckpt, devices))
                 images = image_io.to_uint8(np.asarray(embedding.fs_render(models, latent_in, structure_f, targets.key,
                                                                           cfg)))
                 written = []

@@ -302,6 +302,14 @@ class Aligner:
             self.landmarks = Landmarks()
         self._written: dict[str, Path] = {}  # crop name -> the photo it was cut from
 
+    @classmethod
+    def from_options(cls, size: int, landmarks=None, dlib_model=None, face_index=None,
+                     min_face: float = MIN_FACE) -> "Aligner":
+        """The aligner of the command-line options: landmarks from a JSON file (else sidecars,
+        else dlib with `dlib_model`), the face of a photo to take, the smallest face allowed."""
+        from barbershop_jax.pipeline.landmarks import Landmarks
+        return cls(size=size, landmarks=Landmarks(landmarks, dlib_model), face_index=face_index, min_face=min_face)
+
     def _claim(self, name: str, photo_path: Path):
         """Two photos whose crops would have one name (same stem, different folders) would
         overwrite each other, and the later stages would take them for one image: refuse."""

@@ -79,9 +79,3 @@ class PipelineHook(LoopHook):
         if bar is not None:
             bar.close()
 
-
-def hook(progress=False, checkpoint=None, devices=None) -> LoopHook | None:
-    """The hook of a batch, or None when it would do nothing."""
-    if not progress and checkpoint is None and devices is None:
-        return None
-    return PipelineHook(progress, checkpoint, devices)

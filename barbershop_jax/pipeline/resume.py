@@ -31,7 +31,6 @@ from barbershop_jax.config import DEFAULT_CHECKPOINT_EVERY
 from barbershop_jax.pipeline.image_files import atomic_write
 
 RESUME_DIR = ".resume"
-DEFAULT_EVERY = DEFAULT_CHECKPOINT_EVERY  # steps between checkpoints (config.py)
 
 _stop = threading.Event()
 _stop_signal: list = []
@@ -98,7 +97,7 @@ def batch_key(*parts) -> str:
 class LoopCheckpoint:
     """Where one optimisation loop of one batch keeps its state."""
     folder: Path
-    every: int = DEFAULT_EVERY
+    every: int = DEFAULT_CHECKPOINT_EVERY
 
     def sub(self, name: str) -> "LoopCheckpoint":
         """The checkpoint of a loop inside this one's batch (stages with several loops)."""

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from barbershop_jax.config import DEFAULT_REGION
 from barbershop_jax.models.bisenet import LabelMap
 from barbershop_jax.pipeline.image_files import atomic_write, save_png
 from barbershop_jax.stages.target_mask import check_target, palette
@@ -243,11 +244,11 @@ def digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def stage_key(kind, hashes, weights, embed_cfg, cfg, fields, edit: str = "", default_region: str = "hair") -> str:
+def stage_key(kind, hashes, weights, embed_cfg, cfg, fields, edit: str = "") -> str:
     """The key of an alignment or blend: its images, weights, embedding settings, its own
     settings (`fields` of the TransferConfig) and target-mask edit."""
     settings = {f: getattr(cfg, f) for f in fields}
-    if cfg.region != default_region:  # only then: the keys of hair transfers stay as they were
+    if cfg.region != DEFAULT_REGION:  # only then: the keys of hair transfers stay as they were
         settings["region"] = cfg.region
     embed_settings = {f: getattr(embed_cfg, f) for f in FS_FIELDS}
     blob = {"kind": kind, "images": list(hashes), "weights": weights, "embedding": embed_settings,

@@ -13,7 +13,6 @@ from barbershop_jax.models import stylegan2
 from barbershop_jax.pipeline import batch_files, face_crop
 from barbershop_jax.pipeline import hair_transfer as ht_lib
 from barbershop_jax.pipeline.image_files import ImageError
-from barbershop_jax.pipeline.landmarks import Landmarks
 
 
 @dataclasses.dataclass
@@ -47,8 +46,7 @@ class TransferJob:
     save_target_mask: bool = False
 
     def aligner(self, size: int) -> face_crop.Aligner:
-        return face_crop.Aligner(size=size, landmarks=Landmarks(self.landmarks, self.dlib_model),
-                                 face_index=self.face_index, min_face=self.min_face)
+        return face_crop.Aligner.from_options(size, self.landmarks, self.dlib_model, self.face_index, self.min_face)
 
     def rows(self):
         """(triples, edits, regions) of the job."""
