@@ -7,7 +7,17 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,web]"
+# The web page's browser test drives Debian's chromium with its driver: installed here where
+# missing and apt-get can install (as root); otherwise that one test is skipped, saying why.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) \
+            >/dev/null || echo "scripts/test.sh: could not install chromium (the browser test will be skipped)" >&2
+    else
+        echo "scripts/test.sh: no chromium/chromedriver and no apt-get as root (the browser test will be skipped)" >&2
+    fi
+fi
 # The layers' import contracts (pyproject.toml, [tool.importlinter]): a stage that imports the
 # pipeline, or the runtime importing torch, fails here before any test runs.
 .venv/bin/lint-imports --no-cache

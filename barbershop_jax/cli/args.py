@@ -207,6 +207,18 @@ def build_parser(commands) -> argparse.ArgumentParser:
     ev.add_argument("--out", help="report path (default: EMBEDDINGS/evaluation.json, plus .md)")
     ev.set_defaults(func=commands.evaluate_embedding)
 
+    web = sub.add_parser("serve", help="a web page over the pipeline (needs the web extra: "
+                                       "pip install 'barbershop-jax[web]')")
+    web.add_argument("--weights", help="converted weights directory (default: the embedded tiny random models, with a "
+                                       "banner saying so)")
+    web.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    web.add_argument("--port", type=POSITIVE, default=7860, help="port (default 7860)")
+    web.add_argument("--out", help="the server's folder: uploads, crops, results and the embedding cache, kept "
+                                   "(default: a temporary folder removed when the server stops)")
+    web.add_argument("--batch-size", type=POSITIVE, default=DEFAULT_BATCH_SIZE,
+                     help=f"images, pairs or triples optimised together (default {DEFAULT_BATCH_SIZE})")
+    web.set_defaults(func=commands.serve)
+
     # Commands of other installed packages: `convert` (PyTorch checkpoints -> Flax) lives in the
     # convert package, which this runtime never imports; it registers itself as an entry point.
     for plugin in metadata.entry_points(group=PLUGIN_GROUP):

@@ -127,6 +127,23 @@ def evaluate_embedding(args):
     return 1 if report["unreadable"] else 0
 
 
+WEB_EXTRA = "serve needs the web extra: pip install 'barbershop-jax[web]'"
+
+
+def serve(args):
+    try:
+        import gradio  # noqa: F401 (the extra's one test: web/ imports it)
+    except ModuleNotFoundError:
+        print(WEB_EXTRA, file=sys.stderr)
+        return 2
+    from barbershop_jax import web
+    if args.out:
+        _check_out_folder(args.out)
+    web.serve(args.weights, args.host, args.port, args.out, batch_size=args.batch_size,
+              compile_cache=not args.no_compile_cache)
+    return 0
+
+
 def _log_to_stderr():
     """The library's INFO and above (resumed loops, skipped images) as one line each."""
     import logging
@@ -162,6 +179,9 @@ def main(argv=None) -> int:
 
 
 OUT_FOLDER_COMMANDS = ("demo", "transfer", "align-faces", "embed")  # their --out is a folder
+# Commands that run until stopped: SIGINT stops them at once (a stop request would be left set
+# and refuse every later job of the server).
+SERVER_COMMANDS = ("serve",)
 
 
 def _check_out_folder(out):
@@ -184,8 +204,11 @@ def _run(args) -> int:
             _check_out_folder(args.out)
         if not args.no_compile_cache:
             compile_cache.enable()
-        with resume.handle_signals():  # SIGINT/SIGTERM: finish the chunk, save, stop
+        if args.command in SERVER_COMMANDS:
             rc = args.func(args)
+        else:
+            with resume.handle_signals():  # SIGINT/SIGTERM: finish the chunk, save, stop
+                rc = args.func(args)
     except resume.Interrupted as e:
         how = ("run the same command again to resume from there" if e.saved else
                "checkpointing was off (--checkpoint-every 0): finished stages are kept, the interrupted one restarts")

@@ -3,6 +3,9 @@ loops report to them through the pipeline's LoopHook (loop_hook.py)."""
 from __future__ import annotations
 
 import collections
+import dataclasses
+import threading
+import weakref
 
 import jax
 import numpy as np
@@ -42,6 +45,34 @@ def _listen_to_compilation():
         jax.monitoring.register_event_time_span_listener(on_span)
     except Exception:  # noqa: BLE001 (a JAX without it: only the chunks' own dispatching calls are left out)
         pass
+
+
+@dataclasses.dataclass(frozen=True)
+class BarState:
+    """Where an open optimisation bar stands: its description, steps done of total, and the
+    seconds left at its rate (compilation left out; None until one chunk has run)."""
+    desc: str
+    done: int
+    total: int
+    seconds_left: float | None
+
+
+# The StepBars not yet closed, which a caller without a terminal (the web page) shows instead.
+# Read from another thread than the one whose loops move them: the lock guards the set.
+_open_bars: weakref.WeakSet = weakref.WeakSet()
+_open_lock = threading.Lock()
+
+
+def open_bars() -> list[BarState]:
+    """The optimisation bars open now, oldest first (a stage's bar spans its batches)."""
+    states = []
+    with _open_lock:
+        bars = sorted(_open_bars, key=lambda b: b.start_t)
+    for bar in bars:
+        d = bar.format_dict
+        left = (d["total"] - d["n"]) / d["rate"] if d["rate"] and d["total"] else None
+        states.append(BarState(bar.desc, int(d["n"]), int(d["total"] or 0), left))
+    return states
 
 
 def _busy(spans, lo: float, hi: float) -> float:
@@ -90,6 +121,11 @@ def _progress(total, desc, n_items, *, initial=0, unit="image"):
             self.mark = self._time()
             self.update(steps)
 
+        def close(self):
+            with _open_lock:
+                _open_bars.discard(self)
+            super().close()
+
         @property
         def format_dict(self):
             d = super().format_dict
@@ -101,6 +137,8 @@ def _progress(total, desc, n_items, *, initial=0, unit="image"):
     bar = StepBar(total=total, initial=initial, desc=f"{desc} ({n_items} {unit}{'s' if n_items != 1 else ''})",
                   unit="step", leave=True, dynamic_ncols=True, smoothing=0)
     bar.mark = bar._time()
+    with _open_lock:
+        _open_bars.add(bar)
     return bar
 
 

@@ -1,0 +1,197 @@
+"""The Gradio page over jobs.Server: a transfer tab (upload or pick the inputs, the official
+options, live progress per stage, the result beside its inputs, the target mask with its
+legend, the pasted photo, downloads) and a grid tab (faces x hairstyles as a contact sheet).
+Bad inputs give a one-line message on the page (gr.Error), never a traceback; jobs queue, one
+at a time on the models."""
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from barbershop_jax.pipeline import demo
+from barbershop_jax.web import jobs
+
+SHOWN = 256  # px: images smaller than this are shown enlarged (nearest neighbour); downloads keep their size
+STEP_LABELS = {"w_steps": "W+ steps", "fs_steps": "FS steps", "inpaint_steps": "inpainting steps (each round)",
+               "align_steps1": "alignment steps 1", "align_steps2": "alignment steps 2", "blend_steps": "blend steps"}
+EMBEDDED_BANNER = ("**The embedded tiny models** ({size} px, fixed random weights) run the whole pipeline, with "
+                   "reduced step counts; **random weights give no real hairstyle**. For real transfers convert "
+                   "the official weights (README, \"Real weights\") and start `barbershop-jax serve --weights DIR`.")
+CSS = ".legend span.swatch {display:inline-block;width:0.9em;height:0.9em;margin:0 0.3em 0 0.8em;" \
+      "border:1px solid #888;vertical-align:middle}"
+
+from gradio.events import Dependency
+
+class Upload(gr.Image):
+    """gr.Image whose unreadable uploads give a one-line message naming the file (gr.Image
+    itself raises Pillow's error, which the page shows as a bare "Error")."""
+    is_template = True  # drawn by the Image component of the page
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
+            name = getattr(payload, "orig_name", None) or "the upload"
+            raise gr.Error(html.escape(f"{self.label}: {name} is not a readable image ({type(e).__name__})"),
+                           print_exception=False) from None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def _upload(label: str, **kwargs) -> Upload:
+    # image_mode=None: the file as uploaded reaches the pipeline (no re-encoding, EXIF kept).
+    return Upload(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"], height=220,
+                  **kwargs)
+
+
+def _shown(image):
+    """An image for the page: small ones enlarged, with nearest neighbour (pixels as they are)."""
+    if image is None:
+        return None
+    image = np.asarray(image)
+    if max(image.shape[:2]) >= SHOWN:
+        return image
+    scale = -(-SHOWN // max(image.shape[:2]))
+    return np.asarray(Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale),
+                                                    Image.NEAREST))
+
+
+def legend_html(entries) -> str:
+    swatches = "".join(f'<span class="swatch" style="background:rgb{tuple(colour)}"></span>{html.escape(name)}'
+                       for name, colour in entries)
+    return f'<div class="legend"><b>Target mask:</b>{swatches}</div>'
+
+
+def _eta(seconds) -> str:
+    if seconds is None:
+        return "time left: measuring (compiling first)"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"about {minutes} min {secs} s left" if minutes else f"about {secs} s left"
+
+
+def _reporter(progress):
+    """The stage bar's state as the page's progress: the stage, its steps and its ETA."""
+    def report(bar):
+        progress((bar.done, bar.total), desc=f"{bar.desc}: {_eta(bar.seconds_left)}", unit="steps")
+    return report
+
+
+def _message(error: Exception) -> str:
+    """The error's first line, escaped (gr.Error renders its message as HTML)."""
+    text = str(error).strip().splitlines()
+    return html.escape(text[0] if text else type(error).__name__)
+
+
+def build(server: jobs.Server) -> gr.Blocks:
+    """The page's Blocks (not launched)."""
+    steps = server.default_steps
+    examples = demo.example_images()
+
+    def option_values(sign, smooth, seed, region, *step_values):
+        return server.options(sign, smooth, seed, region, **dict(zip(jobs.STEP_FIELDS, step_values)))
+
+    def transfer(face, shape, color, structure, region, sign, smooth, seed, *step_values, progress=gr.Progress()):
+        try:
+            options = option_values(sign, smooth, seed, region, *step_values)
+            progress(0, desc="Preparing the inputs")
+            result = server.transfer_one(face, shape, color, structure, on_progress=_reporter(progress), **options)
+        except (ValueError, OSError) as e:  # UploadError, ImageError, FaceCropError, NonFiniteError, bad settings
+            raise gr.Error(_message(e), print_exception=False) from None
+        return (_shown(result.image), [(_shown(image), caption) for image, caption in result.inputs],
+                _shown(result.mask), legend_html(result.legend), _shown(result.pasted),
+                [str(p) for p in result.files], "\n".join(f"- {line}" for line in result.notes))
+
+    def grid(faces, hairstyles, colors, region, sign, smooth, seed, *step_values, progress=gr.Progress()):
+        try:
+            options = option_values(sign, smooth, seed, region, *step_values)
+            progress(0, desc="Preparing the inputs")
+            result, notes = server.grid(faces or [], hairstyles or [], colors or None,
+                                        on_progress=_reporter(progress), **options)
+        except (ValueError, OSError) as e:
+            raise gr.Error(_message(e), print_exception=False) from None
+        failed = sum(r is None for row in result.results for r in row)
+        notes.append(f"{len(result.results)} face(s) x {len(result.results[0]) if result.results else 0} "
+                     f"hairstyle(s)" + (f"; {failed} cell(s) failed (grey)" if failed else ""))
+        return result.sheet, [str(result.sheet_path)], "\n".join(f"- {line}" for line in notes)
+
+    def options_panel():
+        with gr.Accordion("Options (official defaults" + (", step counts reduced for the tiny models)" if
+                                                            server.embedded else ")"), open=False):
+            with gr.Row():
+                sign = gr.Radio(["realistic", "fidelity"], value="realistic", label="sign (target-mask inpainting)")
+                smooth = gr.Number(5, label="smooth (F-mixing mask dilation)", precision=0, minimum=0)
+                seed = gr.Number(0, label="seed", precision=0)
+                region = gr.Textbox("hair", label="region (parser labels, e.g. hair, lips, brows,eyes)")
+            with gr.Row():
+                counts = [gr.Number(steps[k], label=STEP_LABELS[k], precision=0, minimum=0) for k in jobs.STEP_FIELDS]
+        return [region, sign, smooth, seed, *counts]
+
+    with gr.Blocks(title="barbershop-jax") as page:
+        gr.Markdown("# barbershop-jax: hairstyle transfer\nThe face of one photo with the hair shape of a second "
+                    "and the hair colour of a third (Barbershop, Zhu et al. 2021). Photos are aligned (FFHQ "
+                    "crop) where their landmarks can be found; square images without landmarks are taken as "
+                    "aligned crops.")
+        if server.embedded:
+            gr.Markdown(EMBEDDED_BANNER.format(size=server.size), elem_id="embedded-banner")
+        with gr.Tab("Transfer"):
+            with gr.Row():
+                face = _upload("Face photo", elem_id="face")
+                shape = _upload("Shape reference", elem_id="shape")
+                color = _upload("Colour reference", elem_id="color")
+            with gr.Accordion("Structure reference (optional: the region's coarse structure; default the shape "
+                              "reference)", open=False):
+                structure = _upload("Structure reference", elem_id="structure")
+            gr.Examples([[str(examples["photo"]), str(examples["shape"]), str(examples["color"])],
+                         [str(examples["face"]), str(examples["shape"]), str(examples["color"])]],
+                        inputs=[face, shape, color], label="Bundled examples (click one)")
+            options = options_panel()
+            run = gr.Button("Transfer", variant="primary", elem_id="run")
+            with gr.Row():
+                result = gr.Image(label="Result", format="png", interactive=False, elem_id="result")
+                shown_inputs = gr.Gallery(label="Inputs as the pipeline took them", columns=4, height=300,
+                                          format="png", interactive=False)
+            with gr.Row():
+                with gr.Column():
+                    mask = gr.Image(label="Target mask", format="png", interactive=False)
+                    legend = gr.HTML()
+                pasted = gr.Image(label="Result pasted into the face's photo", format="png", interactive=False)
+            with gr.Row():
+                downloads = gr.File(label="Downloads: result, latents (official npz), pasted photo",
+                                    file_count="multiple", interactive=False)
+                notes = gr.Markdown(elem_id="notes")
+            run.click(transfer, [face, shape, color, structure, *options],
+                      [result, shown_inputs, mask, legend, pasted, downloads, notes], api_name="transfer")
+        with gr.Tab("Grid"):
+            gr.Markdown("Several faces x several hairstyles in one run: a contact sheet with the faces as rows and "
+                        "the hairstyles as columns (each hairstyle's own colour unless colour references are given, "
+                        "one per hairstyle).")
+            with gr.Row():
+                faces = gr.File(label="Faces", file_count="multiple", file_types=["image"], type="filepath")
+                hairstyles = gr.File(label="Hairstyles", file_count="multiple", file_types=["image"], type="filepath")
+                colors = gr.File(label="Colour references (optional)", file_count="multiple", file_types=["image"],
+                                 type="filepath")
+            grid_options = options_panel()
+            run_grid = gr.Button("Run the grid", variant="primary", elem_id="run-grid")
+            sheet = gr.Image(label="Contact sheet", format="png", interactive=False, elem_id="sheet")
+            with gr.Row():
+                sheet_file = gr.File(label="Download the sheet", file_count="multiple", interactive=False)
+                grid_notes = gr.Markdown()
+            run_grid.click(grid, [faces, hairstyles, colors, *grid_options], [sheet, sheet_file, grid_notes],
+                           api_name="grid")
+    # One job at a time on the models; the queue keeps the others, from any number of tabs.
+    page.queue(default_concurrency_limit=1)
+    return page
+
+
+def launch(server: jobs.Server, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True):
+    """Serve the page on host:port (localhost by default); block=False returns at once."""
+    page = build(server)
+    page.launch(server_name=host, server_port=port, allowed_paths=[str(server.out_dir)], css=CSS,
+                prevent_thread_lock=not block, quiet=not block, footer_links=["api"])
+    return page

@@ -1,0 +1,221 @@
+"""The web page's work, without the page: uploads kept by content, photos aligned where their
+landmarks can be found, and one job at a time on the server's one HairTransfer (models loaded
+once, one output folder: an image uploaded twice is embedded once), with the progress of the
+stage that runs. app.py puts a Gradio page over it."""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from barbershop_jax.config import DEFAULT_BATCH_SIZE, EmbedConfig, TransferConfig
+from barbershop_jax.pipeline import demo, face_crop, landmarks, progress, store
+from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline.embed import NonFiniteError
+from barbershop_jax.pipeline.hair_transfer import HairTransfer
+from barbershop_jax.stages import target_mask
+
+MIN_SIDE = 32  # px: a smaller upload is refused (resized to the generator it would be a blur)
+STEP_FIELDS = ("w_steps", "fs_steps", "inpaint_steps", "align_steps1", "align_steps2", "blend_steps")
+POLL_SECONDS = 0.5  # how often a waiting job reports its stage's progress
+
+
+class UploadError(ValueError):
+    """An upload that cannot be used; the message is one line naming the input and why."""
+
+
+def official_steps() -> dict:
+    """The official step counts (EmbedConfig's and TransferConfig's defaults)."""
+    embed, transfer = EmbedConfig(), TransferConfig()
+    return {k: getattr(embed if hasattr(embed, k) else transfer, k) for k in STEP_FIELDS}
+
+
+@dataclasses.dataclass
+class Prepared:
+    """An input ready for the pipeline: its path (the FFHQ crop when the photo was aligned)
+    and a line for the page saying what was done with it."""
+    path: Path
+    aligned: bool
+    note: str
+
+
+@dataclasses.dataclass
+class WebResult:
+    """A transfer's images and files, for the page."""
+    inputs: list          # [(uint8 image, caption)]: the inputs as the pipeline took them
+    image: np.ndarray     # the result
+    mask: np.ndarray      # the target mask, coloured (target_mask.colourise)
+    legend: list          # [(class name, (r, g, b))] of the classes in the mask
+    pasted: np.ndarray | None  # the result pasted into the face's photo (when it was aligned)
+    files: list           # downloads: result PNG, its latents (.npz), the pasted photo
+    notes: list           # lines: what was done with each input, the time taken
+
+
+class Server:
+    """The page's state: one HairTransfer, its output folder, one worker thread.
+
+    weights: a converted weights directory, or None for the embedded tiny models (with
+    demo.DEMO_STEPS as the page's step defaults; the official counts with weights).
+    out_dir: the server's folder (uploads/, aligned/, the official layout of results, and
+    the embedding cache); None: a temporary folder that lives as long as the server.
+    steps: the page's default step counts, replacing those above (a dict of STEP_FIELDS)."""
+
+    def __init__(self, weights=None, out_dir=None, *, batch_size: int = DEFAULT_BATCH_SIZE, steps=None,
+                 compile_cache: bool = True):
+        self.transfer = HairTransfer(weights, out_dir, batch_size=batch_size, progress=True,
+                                     compile_cache=compile_cache)
+        self.out_dir = self.transfer.out_dir
+        self.embedded = weights is None
+        self.size = self.transfer.models.generator.config.size
+        self.default_steps = {**(demo.DEMO_STEPS if self.embedded else official_steps()), **(steps or {})}
+        self.label_map = self.transfer.models.parser.labels
+        # One job at a time on the models: the page's queue holds the others (app.py).
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="barbershop-jax-job")
+        self._examples = None
+
+    # ------------------------------------------------------------------ uploads
+    def _example_sidecars(self) -> dict:
+        """{content hash: landmarks sidecar} of the bundled photos that have one, so that a
+        bundled photo picked from the gallery (a copy elsewhere) finds its landmarks."""
+        if self._examples is None:
+            self._examples = {}
+            for path in demo.example_images().values():
+                if landmarks.sidecar_path(path).is_file():
+                    self._examples[store.content_hash(image_io.load_rgb(path))] = landmarks.sidecar_path(path)
+        return self._examples
+
+    def store_upload(self, path, role: str) -> Path:
+        """Check an uploaded file and keep it as OUT/uploads/{stem}_{hash}{suffix}: named by its
+        content, so that the same image is one name (embedded once) and two images of one name
+        are two. Raises UploadError (one line) for a missing, unreadable or tiny image."""
+        if path is None or str(path) == "":
+            raise UploadError(f"{role}: no image given")
+        path = Path(path)
+        try:
+            pixels = image_io.load_rgb(path)
+        except (image_io.ImageError, OSError) as e:
+            raise UploadError(f"{role}: {path.name} is not a readable image ({_reason(e, path)})") from None
+        h, w = pixels.shape[:2]
+        if min(h, w) < MIN_SIDE:
+            raise UploadError(f"{role}: {path.name} is {w}x{h} px, too small (at least {MIN_SIDE} px a side)")
+        image_hash = store.content_hash(pixels)
+        kept = self.out_dir / "uploads" / f"{_safe_stem(path.stem)}_{image_hash[:10]}{path.suffix.lower() or '.png'}"
+        if not kept.is_file():
+            data = path.read_bytes()
+            image_io.atomic_write(kept, lambda f: f.write(data))
+        sidecar = self._example_sidecars().get(image_hash)
+        if sidecar is not None and not landmarks.sidecar_path(kept).is_file():
+            shutil.copyfile(sidecar, landmarks.sidecar_path(kept))
+        return kept
+
+    def prepare(self, path, role: str) -> Prepared:
+        """An upload as the pipeline's input: its FFHQ crop where landmarks are found (a sidecar
+        .landmarks.json, or dlib with $BARBERSHOP_DLIB_MODEL), else the image as it is if it is
+        square (taken for an aligned crop, and said so), else an UploadError."""
+        kept = self.store_upload(path, role)
+        name = Path(path).name
+        crop_dir = self.out_dir / "aligned"
+        crop = crop_dir / f"{kept.stem}.png"
+        if crop.is_file() and face_crop.transform_path(crop).is_file():  # aligned before: the transform is written last
+            return Prepared(crop, True, f"{role}: {name} aligned (FFHQ crop, from an earlier upload)")
+        try:
+            face = face_crop.Aligner(size=self.size).align_one(kept, crop_dir)
+            return Prepared(face.crop_path, True, f"{role}: {name} aligned (FFHQ crop from its landmarks)")
+        except (landmarks.LandmarkError, face_crop.FaceCropError) as e:
+            why = ("no landmarks: no .landmarks.json beside it, no dlib model in $BARBERSHOP_DLIB_MODEL"
+                   if isinstance(e, landmarks.LandmarkModelError) else _reason(e, kept))
+        h, w = image_io.load_rgb(kept).shape[:2]
+        if h != w:
+            raise UploadError(f"{role}: {name} cannot be aligned ({why}) and is not square ({w}x{h}): "
+                              "upload a square, FFHQ-aligned crop")
+        return Prepared(kept, False, f"{role}: {name} used as it is, a square image taken for an aligned crop "
+                                     f"({why})")
+
+    # ------------------------------------------------------------------ jobs
+    def options(self, sign="realistic", smooth=5, seed=0, region=None, **steps) -> dict:
+        """The pipeline options from the page's values (numbers arrive as floats)."""
+        out = {"sign": sign, "smooth": int(smooth), "seed": int(seed),
+               **{k: int(v) for k, v in steps.items() if v is not None}}
+        if region and str(region).strip():
+            out["region"] = str(region).strip()
+        return out
+
+    def run(self, fn, on_progress=None):
+        """fn() on the worker thread; meanwhile on_progress(BarState) every POLL_SECONDS with
+        the newest open stage bar (the pipeline's own ETA, compilation left out)."""
+        future = self._worker.submit(fn)
+        while True:
+            try:
+                return future.result(timeout=POLL_SECONDS)
+            except concurrent.futures.TimeoutError:
+                bars = progress.open_bars()
+                if on_progress is not None and bars:
+                    on_progress(bars[-1])
+
+    def transfer_one(self, face, shape, color, structure=None, *, on_progress=None, **options) -> WebResult:
+        """One transfer from uploaded files (structure optional). Raises UploadError or
+        ValueError with one line for bad inputs or settings, NonFiniteError if it diverged."""
+        inputs = [self.prepare(face, "face"), self.prepare(shape, "shape reference"),
+                  self.prepare(color, "colour reference")]
+        if structure is not None:
+            inputs.append(self.prepare(structure, "structure reference"))
+        paste_back = inputs[0].aligned
+        result = self.run(lambda: self.transfer.transfer(
+            *(p.path for p in inputs[:3]), structure=inputs[3].path if structure is not None else None,
+            paste_back=paste_back, **options), on_progress)
+        latents = self.out_dir / "downloads" / f"{result.path.stem}_latents.npz"
+        store.save_latents_npz(latents, result.latent_in, result.structure_f)
+        files = [result.path, latents] + ([result.pasted_path] if result.pasted_path else [])
+        captions = ("face", "shape", "colour", "structure")
+        seconds = sum(self.transfer.timings.values())
+        notes = [p.note for p in inputs] + [f"done in {seconds:.1f} s" + ("" if paste_back else
+                                            "; no pasted photo (the face was not aligned)")]
+        return WebResult([(image_io.load_rgb(p.path), c) for p, c in zip(inputs, captions)], result.image,
+                         target_mask.colourise(result.target_labels), self.legend(result.target_labels),
+                         result.pasted, files, notes)
+
+    def grid(self, faces, hairstyles, colors=None, *, on_progress=None, **options):
+        """Every face with every hairstyle (and colour reference: the hairstyle's own when
+        None) in one run: HairTransfer.grid's GridResult (its contact sheet: faces as rows,
+        hairstyles as columns), and the lines saying what was done with each input."""
+        if not faces or not hairstyles:
+            raise UploadError("grid: give at least one face and one hairstyle")
+        if colors and len(colors) != len(hairstyles):
+            raise UploadError(f"grid: {len(colors)} colour references for {len(hairstyles)} hairstyles: give one "
+                              "per hairstyle, or none")
+        face_inputs = [self.prepare(f, f"face {i + 1}") for i, f in enumerate(faces)]
+        hair_inputs = [self.prepare(h, f"hairstyle {i + 1}") for i, h in enumerate(hairstyles)]
+        color_inputs = [self.prepare(c, f"colour {i + 1}") for i, c in enumerate(colors or [])]
+        grid = self.run(lambda: self.transfer.grid([p.path for p in face_inputs], [p.path for p in hair_inputs],
+                                                   [p.path for p in color_inputs] or None, **options), on_progress)
+        return grid, [p.note for p in face_inputs + hair_inputs + color_inputs]
+
+    def legend(self, labels) -> list:
+        """[(name, colour)] of the classes present in a target mask, in colourise's colours."""
+        entries = target_mask.legend(self.label_map)
+        return [(entries[str(i)]["name"], tuple(entries[str(i)]["colour"])) for i in np.unique(labels)
+                if str(i) in entries]
+
+    def close(self):
+        self._worker.shutdown(wait=False, cancel_futures=True)
+
+
+def _reason(error: Exception, path: Path) -> str:
+    """An error's message without the path it starts with (the page names the input itself)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    for prefix in (f"{path}: ", f"{path.name}: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    return text
+
+
+def _safe_stem(stem: str) -> str:
+    """A file stem usable as an image name (sources.check_name) and in output file names."""
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem).strip("._")
+    return cleaned[:40] or "image"
+
+
+__all__ = ["MIN_SIDE", "NonFiniteError", "Prepared", "Server", "UploadError", "WebResult", "official_steps"]
