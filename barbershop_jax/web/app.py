@@ -6,6 +6,7 @@ at a time on the models."""
 from __future__ import annotations
 
 import html
+import logging
 
 import gradio as gr
 import numpy as np
@@ -20,6 +21,7 @@ STEP_LABELS = {"w_steps": "W+ steps", "fs_steps": "FS steps", "inpaint_steps": "
 EMBEDDED_BANNER = ("**The embedded tiny models** ({size} px, fixed random weights) run the whole pipeline, with "
                    "reduced step counts; **random weights give no real hairstyle**. For real transfers convert "
                    "the official weights (README, \"Real weights\") and start `barbershop-jax serve --weights DIR`.")
+log = logging.getLogger("barbershop_jax")
 CSS = ".legend span.swatch {display:inline-block;width:0.9em;height:0.9em;margin:0 0.3em 0 0.8em;" \
       "border:1px solid #888;vertical-align:middle}"
 
@@ -82,6 +84,17 @@ def _message(error: Exception) -> str:
     return html.escape(text[0] if text else type(error).__name__)
 
 
+def _page_error(error: Exception) -> gr.Error:
+    """The page's message for a failed job: bad inputs or settings (ValueError, OSError: image,
+    crop, landmark and divergence errors) in their one line; anything else in one line too,
+    with its traceback in the server's log."""
+    if isinstance(error, (ValueError, OSError)):
+        return gr.Error(_message(error), print_exception=False)
+    log.error("web job failed", exc_info=error)
+    return gr.Error(f"the job failed: {type(error).__name__}: {_message(error)} (the server's log has the details)",
+                    print_exception=False)
+
+
 def build(server: jobs.Server) -> gr.Blocks:
     """The page's Blocks (not launched)."""
     steps = server.default_steps
@@ -95,8 +108,8 @@ def build(server: jobs.Server) -> gr.Blocks:
             options = option_values(sign, smooth, seed, region, *step_values)
             progress(0, desc="Preparing the inputs")
             result = server.transfer_one(face, shape, color, structure, on_progress=_reporter(progress), **options)
-        except (ValueError, OSError) as e:  # UploadError, ImageError, FaceCropError, NonFiniteError, bad settings
-            raise gr.Error(_message(e), print_exception=False) from None
+        except Exception as e:  # noqa: BLE001 (the page shows one line, never a traceback)
+            raise _page_error(e) from None
         return (_shown(result.image), [(_shown(image), caption) for image, caption in result.inputs],
                 _shown(result.mask), legend_html(result.legend), _shown(result.pasted),
                 [str(p) for p in result.files], "\n".join(f"- {line}" for line in result.notes))
@@ -107,8 +120,8 @@ def build(server: jobs.Server) -> gr.Blocks:
             progress(0, desc="Preparing the inputs")
             result, notes = server.grid(faces or [], hairstyles or [], colors or None,
                                         on_progress=_reporter(progress), **options)
-        except (ValueError, OSError) as e:
-            raise gr.Error(_message(e), print_exception=False) from None
+        except Exception as e:  # noqa: BLE001
+            raise _page_error(e) from None
         failed = sum(r is None for row in result.results for r in row)
         notes.append(f"{len(result.results)} face(s) x {len(result.results[0]) if result.results else 0} "
                      f"hairstyle(s)" + (f"; {failed} cell(s) failed (grey)" if failed else ""))
@@ -160,7 +173,8 @@ def build(server: jobs.Server) -> gr.Blocks:
                                     file_count="multiple", interactive=False)
                 notes = gr.Markdown(elem_id="notes")
             run.click(transfer, [face, shape, color, structure, *options],
-                      [result, shown_inputs, mask, legend, pasted, downloads, notes], api_name="transfer")
+                      [result, shown_inputs, mask, legend, pasted, downloads, notes], api_name="transfer",
+                      show_progress_on=result)
         with gr.Tab("Grid"):
             gr.Markdown("Several faces x several hairstyles in one run: a contact sheet with the faces as rows and "
                         "the hairstyles as columns (each hairstyle's own colour unless colour references are given, "
@@ -177,7 +191,7 @@ def build(server: jobs.Server) -> gr.Blocks:
                 sheet_file = gr.File(label="Download the sheet", file_count="multiple", interactive=False)
                 grid_notes = gr.Markdown()
             run_grid.click(grid, [faces, hairstyles, colors, *grid_options], [sheet, sheet_file, grid_notes],
-                           api_name="grid")
+                           api_name="grid", show_progress_on=sheet)
     # One job at a time on the models; the queue keeps the others, from any number of tabs.
     page.queue(default_concurrency_limit=1)
     return page

@@ -181,6 +181,8 @@ class Server:
         """Every face with every hairstyle (and colour reference: the hairstyle's own when
         None) in one run: HairTransfer.grid's GridResult (its contact sheet: faces as rows,
         hairstyles as columns), and the lines saying what was done with each input."""
+        if not hasattr(self.transfer, "grid"):
+            raise NotImplementedError("the grid needs HairTransfer.grid, which this version of barbershop-jax lacks")
         if not faces or not hairstyles:
             raise UploadError("grid: give at least one face and one hairstyle")
         if colors and len(colors) != len(hairstyles):
