@@ -4,9 +4,9 @@ client against a server on a free localhost port, and one run in a real headless
 The server runs the embedded generator with a small VGG (as test_transfer's models, so that it
 compiles the same programs) and a few steps per stage."""
 import dataclasses
+import re
 import shutil
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from barbershop_jax import cli, web  # noqa: E402
 from barbershop_jax.models import bundle, embedded, vgg16  # noqa: E402
 from barbershop_jax.models import pca as pca_lib  # noqa: E402
 from barbershop_jax.models.bundle import Models  # noqa: E402
-from barbershop_jax.pipeline import demo, hair_transfer, progress  # noqa: E402
+from barbershop_jax.pipeline import contact_sheet, demo, hair_transfer, progress  # noqa: E402
 from barbershop_jax.pipeline import image_files as image_io  # noqa: E402
 from barbershop_jax.web import jobs  # noqa: E402
 
@@ -84,8 +84,11 @@ def test_one_transfer_gives_images_and_downloads(client, served):
     image = np.asarray(Image.open(result))
     assert image.shape == (256, 256, 3) and image.std() > 1  # 64 px enlarged 4x for the page
     assert [i["caption"] for i in inputs] == ["face", "shape", "colour"]
-    assert np.asarray(Image.open(mask)).shape == (256, 256, 3)
-    assert 'class="legend"' in legend and "swatch" in legend
+    mask = np.asarray(Image.open(mask))
+    assert mask.shape == (256, 256, 3)
+    # The legend names every colour of the mask, and no other.
+    swatches = {tuple(int(v) for v in m.split(", ")) for m in re.findall(r"background:rgb\(([0-9, ]+)\)", legend)}
+    assert swatches and swatches == {tuple(c) for c in np.unique(mask.reshape(-1, 3), axis=0).tolist()}
     photo = image_io.load_rgb(EXAMPLES["photo"])
     assert np.asarray(Image.open(pasted)).shape[:2] == photo.shape[:2]
     names = [Path(f).name for f in files]
@@ -168,7 +171,9 @@ def test_grid_tab_gives_a_contact_sheet(client, served, monkeypatch):
             colors = colors or hairstyles
             flat = self.transfer_many([(f, h, c) for f in faces for h, c in zip(hairstyles, colors)], **options)
             rows = [flat[i:i + len(hairstyles)] for i in range(0, len(flat), len(hairstyles))]
-            sheet = image_io.grid(np.stack([r.image for r in flat]), len(hairstyles))
+            sheet = contact_sheet.grid_sheet([[None if r is None else r.image for r in row] for row in rows],
+                                             [(Path(f).stem, image_io.load_rgb(f)) for f in faces],
+                                             [(Path(h).stem, image_io.load_rgb(h)) for h in hairstyles], size=64)
             return GridResult(rows, sheet, image_io.save_png(self.out_dir / "grid.png", sheet))
         monkeypatch.setattr(hair_transfer.HairTransfer, "grid", grid, raising=False)
     faces = [handle_file(str(EXAMPLES["face"]))]
@@ -192,6 +197,7 @@ def test_serve_without_the_extra_says_what_to_install(monkeypatch, capsys):
             raise ModuleNotFoundError("No module named 'gradio'", name="gradio")
         return real_import(name, *args, **kwargs)
     monkeypatch.setattr(builtins, "__import__", no_gradio)
+    assert cli.build_parser().parse_args(["serve"]).host == "127.0.0.1"  # this machine only, unless asked
     assert cli.main(["serve"]) == 2
     assert capsys.readouterr().err == "serve needs the web extra: pip install 'barbershop-jax[web]'\n"
 

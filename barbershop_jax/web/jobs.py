@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from barbershop_jax.config import DEFAULT_BATCH_SIZE, EmbedConfig, TransferConfig
-from barbershop_jax.pipeline import demo, face_crop, landmarks, progress, store
+from barbershop_jax.pipeline import contact_sheet, demo, face_crop, landmarks, progress, store
 from barbershop_jax.pipeline import image_files as image_io
 from barbershop_jax.pipeline.embed import NonFiniteError
 from barbershop_jax.pipeline.hair_transfer import HairTransfer
@@ -48,7 +48,7 @@ class WebResult:
     inputs: list          # [(uint8 image, caption)]: the inputs as the pipeline took them
     image: np.ndarray     # the result
     mask: np.ndarray      # the target mask, coloured (target_mask.colourise)
-    legend: list          # [(class name, (r, g, b))] of the classes in the mask
+    legend: list          # [(class name, (r, g, b))] of the classes in the mask (contact_sheet.legend_entries)
     pasted: np.ndarray | None  # the result pasted into the face's photo (when it was aligned)
     files: list           # downloads: result PNG, its latents (.npz), the pasted photo
     notes: list           # lines: what was done with each input, the time taken
@@ -174,7 +174,8 @@ class Server:
         notes = [p.note for p in inputs] + [f"done in {seconds:.1f} s" + ("" if paste_back else
                                             "; no pasted photo (the face was not aligned)")]
         return WebResult([(image_io.load_rgb(p.path), c) for p, c in zip(inputs, captions)], result.image,
-                         target_mask.colourise(result.target_labels), self.legend(result.target_labels),
+                         target_mask.colourise(result.target_labels),
+                         contact_sheet.legend_entries(result.target_labels, self.label_map),
                          result.pasted, files, notes)
 
     def grid(self, faces, hairstyles, colors=None, *, on_progress=None, **options):
@@ -194,12 +195,6 @@ class Server:
         grid = self.run(lambda: self.transfer.grid([p.path for p in face_inputs], [p.path for p in hair_inputs],
                                                    [p.path for p in color_inputs] or None, **options), on_progress)
         return grid, [p.note for p in face_inputs + hair_inputs + color_inputs]
-
-    def legend(self, labels) -> list:
-        """[(name, colour)] of the classes present in a target mask, in colourise's colours."""
-        entries = target_mask.legend(self.label_map)
-        return [(entries[str(i)]["name"], tuple(entries[str(i)]["colour"])) for i in np.unique(labels)
-                if str(i) in entries]
 
     def close(self):
         self._worker.shutdown(wait=False, cancel_futures=True)
