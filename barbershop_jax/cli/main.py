@@ -132,8 +132,8 @@ WEB_EXTRA = "serve needs the web extra: pip install 'barbershop-jax[web]'"
 
 def serve(args):
     try:
-        import gradio  # noqa: F401 (the extra's one test: web/ imports it)
-    except ModuleNotFoundError:
+        from gradio import Blocks  # noqa: F401 (not bare `import gradio`: an uninstalled gradio leaves a
+    except ImportError:            # folder behind, which imports as an empty namespace package)
         print(WEB_EXTRA, file=sys.stderr)
         return 2
     from barbershop_jax import web

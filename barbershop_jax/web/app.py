@@ -12,9 +12,11 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from barbershop_jax.config import SIGNS, TransferConfig
 from barbershop_jax.pipeline import demo
 from barbershop_jax.web import jobs
 
+OFFICIAL = TransferConfig()  # the options' defaults
 SHOWN = 256  # px: images smaller than this are shown enlarged (nearest neighbour); downloads keep their size
 STEP_LABELS = {"w_steps": "W+ steps", "fs_steps": "FS steps", "inpaint_steps": "inpainting steps (each round)",
                "align_steps1": "alignment steps 1", "align_steps2": "alignment steps 2", "blend_steps": "blend steps"}
@@ -131,10 +133,10 @@ def build(server: jobs.Server) -> gr.Blocks:
         with gr.Accordion("Options (official defaults" + (", step counts reduced for the tiny models)" if
                                                             server.embedded else ")"), open=False):
             with gr.Row():
-                sign = gr.Radio(["realistic", "fidelity"], value="realistic", label="sign (target-mask inpainting)")
-                smooth = gr.Number(5, label="smooth (F-mixing mask dilation)", precision=0, minimum=0)
-                seed = gr.Number(0, label="seed", precision=0)
-                region = gr.Textbox("hair", label="region (parser labels, e.g. hair, lips, brows,eyes)")
+                sign = gr.Radio(list(SIGNS), value=OFFICIAL.sign, label="sign (target-mask inpainting)")
+                smooth = gr.Number(OFFICIAL.smooth, label="smooth (F-mixing mask dilation)", precision=0, minimum=0)
+                seed = gr.Number(OFFICIAL.seed, label="seed", precision=0)
+                region = gr.Textbox(OFFICIAL.region, label="region (parser labels, e.g. hair, lips, brows,eyes)")
             with gr.Row():
                 counts = [gr.Number(steps[k], label=STEP_LABELS[k], precision=0, minimum=0) for k in jobs.STEP_FIELDS]
         return [region, sign, smooth, seed, *counts]

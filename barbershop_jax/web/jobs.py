@@ -135,7 +135,7 @@ class Server:
                                      f"({why})")
 
     # ------------------------------------------------------------------ jobs
-    def options(self, sign="realistic", smooth=5, seed=0, region=None, **steps) -> dict:
+    def options(self, sign, smooth, seed, region=None, **steps) -> dict:
         """The pipeline options from the page's values (numbers arrive as floats)."""
         out = {"sign": sign, "smooth": int(smooth), "seed": int(seed),
                **{k: int(v) for k, v in steps.items() if v is not None}}
