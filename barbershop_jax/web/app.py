@@ -176,7 +176,7 @@ def build(server: jobs.Server) -> gr.Blocks:
                 notes = gr.Markdown(elem_id="notes")
             run.click(transfer, [face, shape, color, structure, *options],
                       [result, shown_inputs, mask, legend, pasted, downloads, notes], api_name="transfer",
-                      show_progress_on=result)
+                      show_progress_on=result, concurrency_id="models")
         with gr.Tab("Grid"):
             gr.Markdown("Several faces x several hairstyles in one run: a contact sheet with the faces as rows and "
                         "the hairstyles as columns (each hairstyle's own colour unless colour references are given, "
@@ -193,8 +193,9 @@ def build(server: jobs.Server) -> gr.Blocks:
                 sheet_file = gr.File(label="Download the sheet", file_count="multiple", interactive=False)
                 grid_notes = gr.Markdown()
             run_grid.click(grid, [faces, hairstyles, colors, *grid_options], [sheet, sheet_file, grid_notes],
-                           api_name="grid", show_progress_on=sheet)
-    # One job at a time on the models; the queue keeps the others, from any number of tabs.
+                           api_name="grid", show_progress_on=sheet, concurrency_id="models")
+    # One job at a time on the models (both tabs' events share one concurrency group); the queue
+    # keeps the others, from any number of browser tabs.
     page.queue(default_concurrency_limit=1)
     return page
 
