@@ -117,6 +117,13 @@ def build_parser(commands) -> argparse.ArgumentParser:
     tr.add_argument("--pairs", metavar="CSV", help="batch mode: a CSV with columns face, shape, color, and optionally "
                                                   "structure, region, target_mask, shape_transform (paths relative "
                                                   "to the CSV's folder)")
+    tr.add_argument("--faces", nargs="+", metavar="IMG", help="grid mode: face images or folders of them; every "
+                                                             "face gets every --hairstyles (faces as rows of "
+                                                             "OUT/grid.png)")
+    tr.add_argument("--hairstyles", nargs="+", metavar="IMG", help="grid mode: hairstyle references (shape and "
+                                                                  "colour) or folders of them (the columns)")
+    tr.add_argument("--colors", nargs="+", metavar="IMG", help="grid mode: colour references, one per hairstyle or "
+                                                              "one for all (default: each hairstyle's own)")
     tr.add_argument("--part", metavar="K/N", type=_part,
                     help="batch mode on N hosts with no coordinator (a job array): do part K of N of the rows, "
                          "the rows of one face together; failures go to OUT/failures.partKofN.csv")
