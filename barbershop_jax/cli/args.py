@@ -66,7 +66,8 @@ def _add_landmark_flags(p):
                                                       "list of faces} (default: {stem}.landmarks.json beside each "
                                                       "photo, else dlib)")
     p.add_argument("--dlib-model", metavar="DAT", help="dlib's shape_predictor_68_face_landmarks.dat (default: "
-                                                      "$BARBERSHOP_DLIB_MODEL)")
+                                                      "$BARBERSHOP_DLIB_MODEL, else the one installed by "
+                                                      "barbershop-jax[landmarks])")
     p.add_argument("--face-index", type=COUNT, help="which face of a photo with several (default: all for "
                                                   "align-faces; an error for transfer --align)")
     p.add_argument("--min-face", type=NON_NEGATIVE, default=MIN_FACE,
