@@ -26,8 +26,12 @@ step counts times --transfer-scale. Reported: seconds per triple, measured, and 
 figure predicted from the stage steps' times (the measured run at reduced counts checks the
 prediction, which leaves out the work outside the loops).
 
+Grids (--grid G; --quick: 4): N faces x M hairstyles for N, M in 1..G through the Pipeline,
+warm, at the transfer's step counts: seconds per triple against N x M (falling: each image is
+embedded once for its whole row or column), beside the figure predicted from the stage steps.
+
 Writes suite_{platform}_{size}px.json, .md and .png (image-steps per second against batch size,
-per stage) in --out.
+per stage; _grid.png: the grids' seconds per triple against N x M) in --out.
 """
 from __future__ import annotations
 
@@ -248,6 +252,44 @@ def time_transfer(models, batch, scale, chunk) -> dict:
             "device_peak_bytes": _device_peak()}
 
 
+def _grid_steps(scale) -> dict:
+    return {k: max(1, round(v * scale)) for k, v in OFFICIAL.items()}
+
+
+def predict_grid(rows, n_faces, n_hair, batch, scale) -> float | None:
+    """Seconds of a grid's loops from the stage steps at `batch`: N + M images embedded, N x M
+    pairs aligned (colour = hairstyle: one alignment per cell) and blended, each stage in
+    ceil(items / batch) batches (pipeline/plan.py counts the same)."""
+    ms = {r["stage"]: r["jax"]["ms_per_step"] for r in rows if r["batch"] == batch and r.get("jax")}
+    if set(ms) != set(STAGES):
+        return None
+    steps, images, cells = _grid_steps(scale), n_faces + n_hair, n_faces * n_hair
+    batches = lambda n: -(-n // batch)  # noqa: E731
+    per_align = (2 * steps["inpaint"] + steps["align1"]) * ms["segmentation"] + steps["align2"] * ms["align2"]
+    return (batches(images) * (steps["W+"] * ms["W+"] + steps["FS"] * ms["FS"])
+            + batches(cells) * (per_align + steps["blend"] * ms["blend"])) / 1e3
+
+
+def time_grid(models, n_faces, n_hair, batch, scale, chunk, seed) -> dict:
+    """N faces x M hairstyles (distinct random images; colour = hairstyle) through the
+    Pipeline at step counts x scale, warm: per-triple seconds fall as N x M grows, because
+    each image is embedded once and shared by its row or column."""
+    from barbershop_jax.pipeline import grid as grid_lib
+    size = models.generator.config.size
+    images = _random_images(n_faces + n_hair, size, seed)
+    srcs = [sources.as_source(im, f"grid{seed}_{i}") for i, im in enumerate(images)]
+    triples, _ = grid_lib.grid_triples(srcs[:n_faces], srcs[n_faces:])
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe = _pipeline(models, Path(tmp), batch, _grid_steps(scale), chunk)
+        t = time.perf_counter()
+        results = pipe.run(triples)
+        total = time.perf_counter() - t
+    cells = n_faces * n_hair
+    return {"faces": n_faces, "hairstyles": n_hair, "cells": cells, "batch": batch, "scale": scale,
+            "seconds": total, "seconds_per_triple": total / cells, "triples_done": sum(r is not None for r in results),
+            "stage_seconds": dict(pipe.timings)}
+
+
 def predict_transfer(rows, batch, scale=1.0) -> float | None:
     """Seconds per triple from the stage steps at `batch` (the loops alone)."""
     per = {r["stage"]: r["jax"]["ms_per_step"] / r["batch"] for r in rows if r["batch"] == batch and r.get("jax")}
@@ -314,7 +356,48 @@ def markdown(result) -> str:
                                                    "predicted from its stage steps")):
         for batch, value in sorted(result.get(key, {}).items()):
             lines.append(f"\n{text}, batch {batch}: {value:.1f} s per triple")
+    grids = result.get("grids", [])
+    if grids:
+        g0 = grids[0]
+        lines += ["", f"Grids, N faces x M hairstyles, batch {g0['batch']}, step counts x{g0['scale']}, warm "
+                  "(each image embedded once, each cell aligned and blended once):", "",
+                  "| N x M | cells | seconds | s per triple | predicted s per triple (loops) | embedding | alignment "
+                  "| blending |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for g in sorted(grids, key=lambda g: (g["cells"], g["faces"])):
+            st = g["stage_seconds"]
+            pred = g.get("predicted_seconds")
+            lines.append(f"| {g['faces']} x {g['hairstyles']} | {g['cells']} | {g['seconds']:.1f} | "
+                         f"{g['seconds_per_triple']:.2f} | {_f(pred and pred / g['cells'], '{:.2f}')} | "
+                         f"{st.get('embedding', 0):.1f} | {st.get('alignment', 0):.1f} | {st.get('blending', 0):.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def plot_grid(result, path: Path):
+    """Per-triple seconds of the grids against N x M, measured and predicted."""
+    grids = sorted(result.get("grids", []), key=lambda g: g["cells"])
+    if not grids:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([g["cells"] for g in grids], [g["seconds_per_triple"] for g in grids], "o", label="measured")
+    pred = [(g["cells"], g["predicted_seconds"] / g["cells"]) for g in grids if g.get("predicted_seconds")]
+    if pred:
+        ax.plot(*zip(*sorted(pred)), "x--", label="predicted from the stage steps (loops only)")
+    ax.set_xlabel("N faces x M hairstyles (cells)")
+    ax.set_ylabel("seconds per triple")
+    ax.set_title(f"grids, {result['meta']['size']} px, {result['meta']['device']}", fontsize=9)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot(result, path: Path):
@@ -356,6 +439,7 @@ def write(result, out: Path, tag: str):
     (out / f"{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / f"{tag}.md").write_text(markdown(result))
     plot(result, out / f"{tag}.png")
+    plot_grid(result, out / f"{tag}_grid.png")
 
 
 def fill_flops(path: Path):
@@ -410,6 +494,9 @@ def main(argv=None):
     p.add_argument("--torch-compile", action="store_true", help="also time PyTorch under torch.compile (batch 1)")
     p.add_argument("--transfer-batch", type=int, nargs="*", default=[], help="time whole transfers at these batches")
     p.add_argument("--transfer-scale", type=float, default=1.0, help="official step counts times this")
+    p.add_argument("--grid", type=int, default=0, metavar="G",
+                   help="also time N faces x M hairstyles grids for N, M in 1..G at the first transfer batch "
+                        "(--quick: 4)")
     p.add_argument("--deadline", type=float, default=0, help="seconds: skip what would start after this")
     p.add_argument("--quick", action="store_true",
                    help="a small config on a CPU in minutes: 64 px, generator layers of 128 channels, batches 1 2, "
@@ -432,6 +519,7 @@ def main(argv=None):
         args.reps = args.reps or 2
         args.torch_batched = True
         args.transfer_batch, args.transfer_scale = args.transfer_batch or [2], 0.01
+        args.grid = args.grid or 4
     args.reps = args.reps or 3
     start = time.perf_counter()
     late = lambda: args.deadline and time.perf_counter() - start > args.deadline  # noqa: E731
@@ -514,6 +602,23 @@ def main(argv=None):
         if "error" not in tr:
             result["transfers"].append(tr)
         write(result, out, tag)
+    if args.grid:
+        batch = (args.transfer_batch or args.batches)[0]
+        # Compiled first (a 2 x 2 grid of one chunk per stage), so that the grids time their work.
+        _attempt(time_grid, models, 2, 2, batch, chunk / max(OFFICIAL.values()), chunk, seed=99)
+        result["grids"] = []
+        for n_faces in range(1, args.grid + 1):
+            for n_hair in range(1, args.grid + 1):
+                if late():
+                    print(f"deadline: skipping the {n_faces} x {n_hair} grid", flush=True)
+                    continue
+                g = _attempt(time_grid, models, n_faces, n_hair, batch, args.transfer_scale, chunk,
+                             seed=100 + 10 * n_faces + n_hair)
+                if "error" not in g:
+                    g["predicted_seconds"] = predict_grid(rows, n_faces, n_hair, batch, args.transfer_scale)
+                    result["grids"].append(g)
+                    print(f"grid {n_faces} x {n_hair}: {g['seconds_per_triple']:.2f} s per triple", flush=True)
+                write(result, out, tag)
     print(markdown(result))
     print(f"wrote {out / tag}.json, .md and .png in {time.perf_counter() - start:.0f} s")
 

@@ -68,3 +68,13 @@ def test_busy_time_counts_overlaps_once():
     import profile_step
     events = [("a", "k", 10.0, 0.0), ("b", "k", 5.0, 5.0), ("c", "k", 4.0, 20.0), ("d", "k", 1.0, 21.0)]
     assert profile_step.busy_ns(events) == 14.0
+
+
+def test_grid_prediction_counts_each_image_once_and_each_cell_once():
+    rows = [{"stage": s, "batch": 2, "jax": {"ms_per_step": 10.0}} for s in suite.STAGES]
+    steps = suite._grid_steps(0.01)
+    per_image = (steps["W+"] + steps["FS"]) * 10.0 / 1e3
+    per_cell = (2 * steps["inpaint"] + steps["align1"] + steps["align2"] + steps["blend"]) * 10.0 / 1e3
+    # 3 faces x 2 hairstyles at batch 2: 5 images in 3 batches, 6 cells in 3 batches.
+    assert suite.predict_grid(rows, 3, 2, 2, 0.01) == pytest.approx(3 * per_image + 3 * per_cell)
+    assert suite.predict_grid(rows[:-1], 3, 2, 2, 0.01) is None

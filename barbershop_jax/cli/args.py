@@ -66,7 +66,8 @@ def _add_landmark_flags(p):
                                                       "list of faces} (default: {stem}.landmarks.json beside each "
                                                       "photo, else dlib)")
     p.add_argument("--dlib-model", metavar="DAT", help="dlib's shape_predictor_68_face_landmarks.dat (default: "
-                                                      "$BARBERSHOP_DLIB_MODEL)")
+                                                      "$BARBERSHOP_DLIB_MODEL, else the one installed by "
+                                                      "barbershop-jax[landmarks])")
     p.add_argument("--face-index", type=COUNT, help="which face of a photo with several (default: all for "
                                                   "align-faces; an error for transfer --align)")
     p.add_argument("--min-face", type=NON_NEGATIVE, default=MIN_FACE,
@@ -117,6 +118,13 @@ def build_parser(commands) -> argparse.ArgumentParser:
     tr.add_argument("--pairs", metavar="CSV", help="batch mode: a CSV with columns face, shape, color, and optionally "
                                                   "structure, region, target_mask, shape_transform (paths relative "
                                                   "to the CSV's folder)")
+    tr.add_argument("--faces", nargs="+", metavar="IMG", help="grid mode: face images or folders of them; every "
+                                                             "face gets every --hairstyles (faces as rows of "
+                                                             "OUT/grid.png)")
+    tr.add_argument("--hairstyles", nargs="+", metavar="IMG", help="grid mode: hairstyle references (shape and "
+                                                                  "colour) or folders of them (the columns)")
+    tr.add_argument("--colors", nargs="+", metavar="IMG", help="grid mode: colour references, one per hairstyle or "
+                                                              "one for all (default: each hairstyle's own)")
     tr.add_argument("--part", metavar="K/N", type=_part,
                     help="batch mode on N hosts with no coordinator (a job array): do part K of N of the rows, "
                          "the rows of one face together; failures go to OUT/failures.partKofN.csv")

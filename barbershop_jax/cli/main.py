@@ -83,8 +83,10 @@ def transfer(args):
     # --region: every triple's region (with --pairs: of the rows whose region column is empty).
     options = {k: getattr(args, k) for k in ("sign", "smooth", "seed", "noise", "region",
                                              *(n for n, _ in args_lib.TRANSFER_STEPS)) if getattr(args, k) is not None}
+    grid = {k: [str(p) for p in _image_paths(getattr(args, k))] if getattr(args, k) else None
+            for k in ("faces", "hairstyles", "colors")}  # folders expanded to their images
     job = transfer_job.TransferJob(args.out, progress=not args.quiet, checkpoint_every=args.checkpoint_every or None,
-                                   options=options, **{k: getattr(args, k) for k in JOB_FLAGS})
+                                   options=options, **grid, **{k: getattr(args, k) for k in JOB_FLAGS})
     return transfer_job.run(job)
 
 

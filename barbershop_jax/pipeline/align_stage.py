@@ -37,8 +37,7 @@ class Aligning:
         -> {alignment: _Aligned}"""
         out, todo = {}, []
         for face, shape, ref in alignments:
-            key = cache_lib.stage_key("Align", self._align_hashes(sources, face, shape, ref), self.weights,
-                                      self.embed_cfg, self.cfg, cache_lib.ALIGN_FIELDS, self._edit(face, shape).tag())
+            key = self.align_key(sources, face, shape, ref)
             npz, labels_png = self._align_paths(face, shape, ref)
             hit = cache_lib.read_latents_npz(npz, self.latent_shape, self.f_shape) if cache_lib.key_matches(npz, key) else None
             labels = cache_lib.read_labels(labels_png, self.cfg.parse_size) if hit is not None else None
@@ -61,6 +60,11 @@ class Aligning:
             if out:
                 cache_lib.save_json(folder / "legend.json", target_mask.legend(self.models.parser.labels))
         return out
+
+    def align_key(self, sources, face, shape, ref) -> str:
+        """The cache key of an alignment: its images, weights, settings and target-mask edit."""
+        return cache_lib.stage_key("Align", self._align_hashes(sources, face, shape, ref), self.weights,
+                                   self.embed_cfg, self.cfg, cache_lib.ALIGN_FIELDS, self._edit(face, shape).tag())
 
     def _align_batch(self, batch, sources, embedded, n_real, stage):
         """One batch of alignments (the last n - n_real repeat one, to keep the compiled size);

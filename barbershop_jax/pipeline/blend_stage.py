@@ -25,12 +25,7 @@ class Blending:
         results = {}
         todo = []
         for t in triples:
-            face, shape, color, _ = t
-            edits = (self._edit(face, shape).tag(), self._edit(face, color).tag())
-            key = cache_lib.stage_key("Blend", self._triple_hashes(sources, t), self.weights, self.embed_cfg,
-                                      self.cfg, cache_lib.ALIGN_FIELDS + cache_lib.BLEND_FIELDS,
-                                      cache_lib.digest(*edits) if any(edits) else "")
-            npz = self.out / f"Blend_{self.tag}" / f"{self._triple_stem(t)}.npz"
+            key, npz = self.blend_key(sources, t), self.blend_path(t)
             cached = self._cached_blend(t, key, npz, aligned)
             if cached is not None:
                 results[t] = cached
@@ -42,6 +37,17 @@ class Blending:
                 stage.next_batch()
                 results.update(self._blend_batch(padded, sources, embedded, aligned, len(batch), stage))
         return [results.get(t) for t in triples]  # None: the triple's blend diverged
+
+    def blend_key(self, sources, t) -> str:
+        """The cache key of a triple's blend: its images, weights, settings and edits."""
+        face, shape, color, _ = t
+        edits = (self._edit(face, shape).tag(), self._edit(face, color).tag())
+        return cache_lib.stage_key("Blend", self._triple_hashes(sources, t), self.weights, self.embed_cfg, self.cfg,
+                                   cache_lib.ALIGN_FIELDS + cache_lib.BLEND_FIELDS,
+                                   cache_lib.digest(*edits) if any(edits) else "")
+
+    def blend_path(self, t) -> Path:
+        return self.out / f"Blend_{self.tag}" / f"{self._triple_stem(t)}.npz"
 
     def _result_path(self, t) -> Path:
         return self.out / f"{self._triple_stem(t)}_{self.tag}.png"

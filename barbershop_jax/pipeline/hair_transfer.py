@@ -9,7 +9,9 @@ from pathlib import Path
 from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, FEATHER, TRANSFER_WAVE
 from barbershop_jax.config import EmbedConfig, TransferConfig, check_counts, split_options
 from barbershop_jax.models import bundle
-from barbershop_jax.pipeline import batching, face_crop, store
+from barbershop_jax.pipeline import batching, face_crop, step_times, store
+from barbershop_jax.pipeline import grid as grid_lib
+from barbershop_jax.pipeline import plan as plan_lib
 from barbershop_jax.pipeline import compile_cache as compile_cache_lib
 from barbershop_jax.pipeline import image_files as image_io
 from barbershop_jax.pipeline import sources as sources_lib
@@ -60,6 +62,7 @@ class HairTransfer:
         self.checkpoint_every = checkpoint_every
         self.failures: list = []  # of the last transfer_many: (triple, reason) of those without a result
         self.options = options
+        self.weights, self.dtype = weights, dtype
         self.timings: dict[str, float] = {}
 
     def pipeline(self, **options) -> Pipeline:
@@ -68,6 +71,53 @@ class HairTransfer:
                         EmbedConfig.for_size(self.models.generator.config.size, **embed_overrides),
                         TransferConfig(**overrides), batch_size=self.batch_size, progress=self.progress,
                         devices=self.devices, checkpoint_every=self.checkpoint_every)
+
+    def _pipelines(self, regions, **options) -> dict:
+        """One pipeline per region (its settings and file names), each checked before any work."""
+        return {region: self.pipeline(**{**options, **({"region": region} if region else {})})
+                for region in dict.fromkeys(r or None for r in regions)}
+
+    def plan(self, triples, *, edits=None, regions=None, title="", **options) -> plan_lib.Plan:
+        """What transfer_many(triples, ...) would do: the images it would embed, the pairs it
+        would align and the triples it would blend (those the output folder holds counted as
+        found), and the time its steps would take, from the steps measured on this machine
+        (step_times.py). Reads the images (give sources.ImageSource items to read nothing
+        again); runs no model."""
+        triples = list(triples)
+        regions = list(regions) if regions is not None else [None] * len(triples)
+        return plan_lib.plan(self._pipelines(regions, **options), triples, edits, regions, dtype=self.dtype,
+                             title=title)
+
+    def grid(self, faces, hairstyles, colors=None, *, log=None, **kwargs) -> grid_lib.GridResult:
+        """Every face with every hairstyle: results[i][j] is faces[i] with the hair (shape and
+        structure) of hairstyles[j] in the colour of colors[j] (default: the hairstyle's own;
+        one colour image serves every column). Each image is embedded once and each pair
+        aligned once; the plan is told first (`log`, default print when progress is on), and
+        the contact sheet written to OUT/grid.png (faces as rows, hairstyles as columns).
+        kwargs: transfer_files' options (align, paste_back, sign, ...). A cell whose transfer
+        failed is None, its reason in self.failures."""
+        log = log or (print if self.progress else (lambda *_: None))
+        faces, hairstyles = list(faces), list(hairstyles)
+        colors = None if colors is None else list(colors)
+        triples, cells = grid_lib.grid_triples(faces, hairstyles, colors)
+        options = {k: v for k, v in kwargs.items() if k not in ("align", "paste_back", "feather",
+                                                                 "save_target_masks", "wave")}
+        title = f"{len(faces)} face{'s' * (len(faces) != 1)} x {len(hairstyles)} hairstyle{'s' * (len(hairstyles) != 1)}"
+        if not kwargs.get("align"):  # with align the crops are not made yet: the plan follows them
+            # Every file read (and hashed) once here; the run reads them from these sources.
+            read = sources_lib.as_sources([x for t in triples for x in t])
+            triples = [tuple(read[3 * k:3 * k + 3]) for k in range(len(triples))]
+            log(self.plan(triples, title=title, **options).describe())
+        results = self.transfer_files(triples, **kwargs)
+        step_times.save_measured(self.models.generator.config.size, self.dtype)
+        by_cell = dict(zip(cells, results))
+        notes = () if self.weights else ("weights: the embedded RANDOM-weight tiny models: no real hairstyle",)
+        sheet, path = grid_lib.write_sheet(self.out_dir, faces, hairstyles, colors,
+                                           {c: None if r is None else r.path for c, r in by_cell.items()},
+                                           title=title, notes=notes)
+        rows = [[by_cell[(i, j)] for j in range(len(hairstyles))] for i in range(len(faces))]
+        log(f"wrote {path}: the contact sheet ({title}: faces as rows, hairstyles as columns)")
+        return grid_lib.GridResult(rows, sheet, path)
 
     def transfer_many(self, triples, *, align=None, paste_back: bool = False, feather: float = FEATHER,
                       edits=None, regions=None, save_target_masks: bool = False, **options) -> list[TransferResult]:
@@ -105,12 +155,10 @@ class HairTransfer:
         regions = list(regions) if regions is not None else [None] * len(triples)
         if len(regions) != len(triples):
             raise ValueError(f"{len(regions)} regions for {len(triples)} triples: give one (or None) per triple")
-        # One pipeline per region (its settings and file names), each checked before any work.
         groups = {}
         for i, region in enumerate(regions):
             groups.setdefault(region or None, []).append(i)
-        pipelines = {region: self.pipeline(**{**options, **({"region": region} if region else {})})
-                     for region in groups}
+        pipelines = self._pipelines(regions, **options)
         labels = self.models.parser.labels
         size = next((pipeline.cfg.parse_size for pipeline in pipelines.values()), None)  # the same for every region
         edits = [None if e is None else dataclasses.replace(e, target=None if e.target is None else (

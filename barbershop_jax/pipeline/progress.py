@@ -142,6 +142,18 @@ def _progress(total, desc, n_items, *, initial=0, unit="image"):
     return bar
 
 
+# Steps each stage's bars counted in this process, and their seconds without compilation:
+# {(stage, batch size): [steps, seconds]}; step_times.py keeps them for the plans of later runs.
+_measured: dict = {}
+
+
+def take_measured() -> dict:
+    """What the bars measured since the last call (and forget it)."""
+    out = dict(_measured)
+    _measured.clear()
+    return out
+
+
 class StageProgress:
     """One progress bar over every loop of every batch of a stage, with its ETA: thousands of
     images run as hundreds of batches, and a bar per loop said nothing of the whole.
@@ -156,7 +168,7 @@ class StageProgress:
 
     def __init__(self, desc: str, n_items: int, batch_size: int, steps_per_batch: int, *, enabled=True,
                  unit="image"):
-        self.desc, self.n_batches, self.batch = desc, -(-n_items // batch_size), 0
+        self.desc, self.n_batches, self.batch, self.batch_size = desc, -(-n_items // batch_size), 0, batch_size
         total = self.n_batches * steps_per_batch
         self.bar = _progress(total, desc, n_items, unit=unit) if enabled and total > 0 else None
 
@@ -180,6 +192,11 @@ class StageProgress:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+            steps, seconds = self.bar.counted
+            if steps > 0 and seconds > 0:
+                total = _measured.setdefault((self.desc, self.batch_size), [0, 0.0])
+                total[0] += steps
+                total[1] += seconds
 
     def __enter__(self):
         return self

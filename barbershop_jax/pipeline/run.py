@@ -221,10 +221,10 @@ class Pipeline(Aligning, Blending):
         return out
 
     # ------------------------------------------------------------------ all
-    def run(self, triples, edits=None) -> list[TransferResult]:
-        """triples: [(face, shape, color)] or [(face, shape, color, structure)] of paths, PIL
-        images, arrays or sources.ImageSource (structure None or absent: the shape reference).
-        edits: None, or one TargetEdit (or None) per triple, for its (face, shape) pair."""
+    def inputs(self, triples, edits=None):
+        """The inputs of `run` read, named and checked: (triples of names as given, quadruples
+        (face, shape, color, structure) of names, {name: sources.ImageSource}); the edits
+        registered by (face, shape) pair. plan.py counts a run's work from them."""
         given = [tuple(t[:3]) if len(t) == 4 and t[3] is None else tuple(t) for t in triples]
         for t in given:
             if len(t) not in (3, 4) or any(x is None for x in t):
@@ -246,6 +246,13 @@ class Pipeline(Aligning, Blending):
                 raise ValueError(f"{t[0]} with {t[1]}: two different target-mask edits for one pair (one per "
                                  "(face, shape) pair per run)")
             self.pair_edits[pair] = edit
+        return given, quads, sources
+
+    def run(self, triples, edits=None) -> list[TransferResult]:
+        """triples: [(face, shape, color)] or [(face, shape, color, structure)] of paths, PIL
+        images, arrays or sources.ImageSource (structure None or absent: the shape reference).
+        edits: None, or one TargetEdit (or None) per triple, for its (face, shape) pair."""
+        given, quads, sources = self.inputs(triples, edits)
         embedded = self.embed(list(sources.values()))
         # A failed image (its optimisation diverged) fails its triples only; the rest go on.
         live = [t for t in quads if all(n in embedded for n in t)]

@@ -1,0 +1,91 @@
+"""Grids: every face x every hairstyle (`transfer --faces --hairstyles`, HairTransfer.grid).
+The triples are (face, hairstyle, colour), colour = the hairstyle unless colours are given;
+each image is embedded once and each (face, reference) pair aligned once, however many cells
+share it (run.py), and the results are laid out as a labelled contact sheet: faces as rows,
+hairstyles as columns, the inputs in the margins."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from barbershop_jax.pipeline import contact_sheet
+from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline.plan import Plan
+
+SHEET = "grid.png"
+MAX_SHEET_SIDE = 8192  # pixels: past it the panels shrink (100 x 100 cells of 256 px would be 26k px wide)
+
+
+@dataclasses.dataclass
+class GridResult:
+    results: list          # rows (one per face) of TransferResult, or None where the cell failed
+    sheet: np.ndarray      # the contact sheet, uint8 (H, W, 3)
+    sheet_path: Path | None
+    plan: Plan | None = None
+
+
+def grid_triples(faces, hairstyles, colors=None):
+    """(triples, cells): the (face, hairstyle, colour) of every cell, faces as rows, and each
+    triple's (row, column). colors: None (each hairstyle's own colour), one image for every
+    column, or one per hairstyle."""
+    faces, hairstyles = list(faces), list(hairstyles)
+    if not faces or not hairstyles:
+        raise ValueError(f"a grid needs at least one face and one hairstyle (got {len(faces)} face(s), "
+                         f"{len(hairstyles)} hairstyle(s))")
+    if colors is None:
+        colors = hairstyles
+    else:
+        colors = list(colors)
+        if len(colors) == 1:
+            colors = colors * len(hairstyles)
+        if len(colors) != len(hairstyles):
+            raise ValueError(f"{len(colors)} colour references for {len(hairstyles)} hairstyles: give one per "
+                             "hairstyle, or one for all")
+    cells = [(i, j) for i in range(len(faces)) for j in range(len(hairstyles))]
+    return [(faces[i], hairstyles[j], colors[j]) for i, j in cells], cells
+
+
+def label(image, default: str) -> str:
+    path = getattr(image, "path", None) or (image if isinstance(image, (str, Path)) else None)
+    return Path(path).stem if path is not None else getattr(image, "name", None) or default
+
+
+def _pixels(image) -> np.ndarray | None:
+    try:
+        if isinstance(image, (str, Path)):
+            return image_io.load_rgb(image)
+        if getattr(image, "path", None) is not None or getattr(image, "pixels", None) is not None:
+            return image.load()
+        return image_io.as_rgb_array(image)
+    except (image_io.ImageError, ValueError, TypeError):
+        return None  # shown as a failed panel: the run has said why
+
+
+def _head(image) -> np.ndarray:
+    pixels = _pixels(image)
+    return np.full((64, 64, 3), 128, np.uint8) if pixels is None else pixels
+
+
+def sheet(faces, hairstyles, colors, cells: dict, *, notes=(), title=None) -> np.ndarray:
+    """The contact sheet: cells {(row, column): result image (array or PNG path) or None}."""
+    n_rows, n_cols = len(faces), len(hairstyles)
+    size = max(64, min(256, MAX_SHEET_SIDE // (max(n_rows, n_cols) + 1)))
+    colors = hairstyles if colors is None else (list(colors) * len(hairstyles) if len(colors) == 1 else colors)
+    col_heads = []
+    for j, (hair, color) in enumerate(zip(hairstyles, colors)):
+        name = label(hair, f"hairstyle {j + 1}")
+        colour = label(color, f"colour {j + 1}")
+        col_heads.append((name if colour == name else f"{name} / colour {colour}", _head(hair)))
+    row_heads = [(label(face, f"face {i + 1}"), _head(face)) for i, face in enumerate(faces)]
+    grid_cells = [[None if cells.get((i, j)) is None else _pixels(cells[(i, j)]) for j in range(n_cols)]
+                  for i in range(n_rows)]
+    return contact_sheet.grid_sheet(grid_cells, row_heads, col_heads, size=size, title=title, notes=notes)
+
+
+def write_sheet(out_dir, faces, hairstyles, colors, cells: dict, name: str = SHEET,
+                **kwargs) -> tuple[np.ndarray, Path]:
+    """sheet(...) written to OUT/grid.png (or `name`: a --part host writes grid.partKofN.png)."""
+    image = sheet(faces, hairstyles, colors, cells, **kwargs)
+    return image, image_io.save_png(Path(out_dir) / name, image)

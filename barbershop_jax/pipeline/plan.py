@@ -1,0 +1,117 @@
+"""A run's plan, told before any work: how many images it embeds, pairs it aligns and
+triples it blends (each distinct one once; those the output folder holds are reused), in how
+many batches of how many steps, and how long the steps will take, predicted from the steps
+this machine measured in earlier runs (step_times.py). Batch runs and grids print it first."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from barbershop_jax.pipeline import step_times
+from barbershop_jax.pipeline import store as cache_lib
+from barbershop_jax.pipeline.records import alignments
+
+# The stages as their progress bars name them (step_times keys), with their work's unit.
+STAGES = (("W+ embedding", "image"), ("FS embedding", "image"), ("Alignment", "pair"), ("Blend", "triple"))
+
+
+@dataclasses.dataclass
+class StagePlan:
+    stage: str
+    unit: str
+    total: int             # distinct items of the run
+    todo: int              # those the output folder does not hold
+    steps: int             # per batch
+    batch_size: int
+    seconds_per_step: float | None = None  # measured here before, at this batch size
+
+    @property
+    def batches(self) -> int:
+        return math.ceil(self.todo / self.batch_size)
+
+    @property
+    def seconds(self) -> float | None:
+        if not self.todo or not self.steps:
+            return 0.0
+        return None if self.seconds_per_step is None else self.batches * self.steps * self.seconds_per_step
+
+
+@dataclasses.dataclass
+class Plan:
+    transfers: int
+    stages: list            # of StagePlan
+    title: str = ""         # e.g. "3 faces x 3 hairstyles"
+
+    def stage(self, name) -> StagePlan:
+        return next(s for s in self.stages if s.stage == name)
+
+    @property
+    def seconds(self) -> float | None:
+        """Predicted seconds of all the steps, None while a stage with work was never measured."""
+        parts = [s.seconds for s in self.stages]
+        return None if any(p is None for p in parts) else sum(parts)
+
+    def describe(self) -> str:
+        lines = [f"plan: {self.title + ' = ' if self.title else ''}{self.transfers} transfer"
+                 f"{'s' if self.transfers != 1 else ''}"]
+        for s in self.stages:
+            found = f"{s.total - s.todo} found in the output folder, " if s.total - s.todo else ""
+            work = (f"{s.batches} batch{'es' if s.batches != 1 else ''} of up to {s.batch_size} x {s.steps} steps"
+                    if s.todo and s.steps else "nothing to run")
+            rate = "" if s.seconds is None or not s.todo else f": about {_duration(s.seconds)}"
+            lines.append(f"  {s.stage}: {s.total} {s.unit}{'s' if s.total != 1 else ''} ({found}{work}){rate}")
+        unmeasured = [s.stage for s in self.stages if s.seconds is None]
+        if unmeasured:
+            lines.append(f"  predicted time: not known yet ({', '.join(unmeasured)} never measured on this machine "
+                         "at this size and batch size; this run measures them)")
+        else:
+            lines.append(f"  predicted time: about {_duration(self.seconds)} of optimisation steps, from the steps "
+                         "measured here before (compilation not counted)")
+        return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
+def plan(pipelines: dict, triples, edits=None, regions=None, *, dtype="float32", title="") -> Plan:
+    """The plan of HairTransfer.transfer_many(triples, edits=edits, regions=regions):
+    pipelines is {region or None: its pipeline.Pipeline} (run.py; their inputs are read here:
+    give sources.ImageSource items to read nothing). No model runs."""
+    regions = list(regions) if regions is not None else [None] * len(triples)
+    edits = list(edits) if edits else [None] * len(triples)
+    any_pipeline = next(iter(pipelines.values()))
+    cfg, embed_cfg, size = any_pipeline.cfg, any_pipeline.embed_cfg, any_pipeline.size
+    images, aligns, blends = {}, [0, 0], [0, 0]
+    for region, pipeline in pipelines.items():
+        rows = [i for i, r in enumerate(regions) if (r or None) == region]
+        if not rows:
+            continue
+        _, quads, sources = pipeline.inputs([triples[i] for i in rows], [edits[i] for i in rows])
+        images.update(sources)
+        for face, shape, ref in dict.fromkeys(a for t in quads for a in alignments(t)):
+            npz, labels = pipeline._align_paths(face, shape, ref)
+            aligns[0] += 1
+            aligns[1] += not (cache_lib.key_matches(npz, pipeline.align_key(sources, face, shape, ref))
+                              and labels.is_file())
+        for t in dict.fromkeys(quads):
+            blends[0] += 1
+            blends[1] += not (cache_lib.key_matches(pipeline.blend_path(t), pipeline.blend_key(sources, t))
+                              and pipeline._result_path(t).is_file())
+    store = cache_lib.EmbeddingCache(any_pipeline.out, cache_lib.embedding_weights(any_pipeline.models))
+    w_todo = sum(not cache_lib.key_matches(store.root / cache_lib.W_DIR / f"{s.name}.npy",
+                                           store.w_key(s.image_hash, embed_cfg)) for s in images.values())
+    fs_todo = sum(not cache_lib.key_matches(store.root / cache_lib.FS_DIR / f"{s.name}.npz",
+                                            store.fs_key(s.image_hash, embed_cfg)) for s in images.values())
+    batch_size = any_pipeline.batch_size
+    counts = {"W+ embedding": (len(images), w_todo, embed_cfg.w_steps),
+              "FS embedding": (len(images), fs_todo, embed_cfg.fs_steps),
+              "Alignment": (*aligns, 2 * cfg.inpaint_steps + cfg.align_steps1 + cfg.align_steps2),
+              "Blend": (*blends, cfg.blend_steps)}
+    measured, ctx = step_times.read(), step_times.context(size, dtype, batch_size)
+    stages = [StagePlan(name, unit, *counts[name], batch_size, step_times.seconds_per_step(measured, ctx, name))
+              for name, unit in STAGES]
+    return Plan(len(triples), stages, title)

@@ -1,0 +1,132 @@
+"""Grids (transfer --faces --hairstyles, HairTransfer.grid): each image embedded once, each
+pair aligned once, the plan told first, the contact sheet written, and every cell equal to
+its triple run alone."""
+import csv
+
+import jax
+import numpy as np
+import pytest
+
+from barbershop_jax import cli
+from barbershop_jax.models import bundle
+from barbershop_jax.pipeline import grid as grid_lib
+from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline import plan as plan_lib
+from conftest import render
+from test_transfer import _transfer, models  # noqa: F401 (the fixture)
+
+FACES, HAIRSTYLES = ("ann", "bob", "cid"), ("dan", "eve", "fay")
+
+
+@pytest.fixture(scope="module")
+def six(models, tmp_path_factory):  # noqa: F811
+    g = models.generator
+    w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(21), (6, g.config.style_dim))))
+    pixels = image_io.to_uint8(np.asarray(render(g, w)))
+    root = tmp_path_factory.mktemp("grid_in")
+    paths = {name: image_io.save_png(root / f"{name}.png", p) for name, p in zip(FACES + HAIRSTYLES, pixels)}
+    return [paths[n] for n in FACES], [paths[n] for n in HAIRSTYLES]
+
+
+@pytest.fixture(scope="module")
+def grid_run(models, six, tmp_path_factory):  # noqa: F811
+    faces, hairstyles = six
+    out = tmp_path_factory.mktemp("grid_out")
+    told = []
+    ht = _transfer(models, out)
+    return out, ht.grid(faces, hairstyles, log=told.append), told
+
+
+def test_a_grid_embeds_each_image_once_aligns_each_pair_once(grid_run):
+    out, result, told = grid_run
+    plan = told[0]
+    assert plan.startswith("plan: 3 faces x 3 hairstyles = 9 transfers"), plan
+    assert "W+ embedding: 6 images" in plan and "FS embedding: 6 images" in plan, plan
+    assert "Alignment: 9 pairs" in plan and "Blend: 9 triples" in plan, plan
+    # What was done, on disk: 6 embeddings (not 18), 9 alignments (colour = hairstyle: one each), 9 blends.
+    assert len(list((out / "W+").glob("*.npy"))) == 6 and len(list((out / "FS").glob("*.npz"))) == 6
+    assert len(list((out / "Align_realistic").glob("*.npz"))) == 9
+    assert len(list((out / "Blend_realistic").glob("*.npz"))) == 9
+    assert [[r.face for r in row] for row in result.results] == [[f] * 3 for f in FACES]
+    assert [[r.shape for r in row] for row in result.results] == [list(HAIRSTYLES)] * 3
+    assert all(r.color == r.shape for row in result.results for r in row)
+    sheet = image_io.load_rgb(result.sheet_path)
+    assert result.sheet_path == out / "grid.png" and np.array_equal(sheet, result.sheet)
+    assert sheet.shape[0] >= 4 * 64 and sheet.shape[1] >= 4 * 64  # 3 x 3 cells with their inputs in the margins
+
+
+def test_a_rerun_plans_nothing_to_do(models, six, grid_run):  # noqa: F811
+    out, _, _ = grid_run
+    faces, hairstyles = six
+    ht = _transfer(models, out)
+    triples, _ = grid_lib.grid_triples(faces, hairstyles)
+    plan = ht.plan(triples)
+    assert [(s.total, s.todo) for s in plan.stages] == [(6, 0), (6, 0), (9, 0), (9, 0)]
+    assert plan.seconds == 0.0 and "6 found in the output folder" in plan.describe()
+
+
+def test_each_cell_equals_its_triple_run_alone(models, six, grid_run, tmp_path):  # noqa: F811
+    out, result, _ = grid_run
+    faces, hairstyles = six
+    alone_out = tmp_path / "alone"  # one triple per call, into another folder: nothing of the grid's reused
+    for i, face in enumerate(faces):
+        for j, hair in enumerate(hairstyles):
+            [alone] = _transfer(models, alone_out).transfer_many([(face, hair, hair)])
+            cell = result.results[i][j]
+            assert np.array_equal(alone.image, image_io.load_rgb(cell.path)), (i, j)  # the result, bit for bit
+            for stage, stem in (("Align", f"{FACES[i]}_{HAIRSTYLES[j]}"),
+                                ("Blend", f"{FACES[i]}_{HAIRSTYLES[j]}_{HAIRSTYLES[j]}")):
+                with np.load(out / f"{stage}_realistic" / f"{stem}.npz") as a, \
+                        np.load(alone_out / f"{stage}_realistic" / f"{stem}.npz") as b:
+                    # XLA:CPU's kernels round a batch's items in the last bit by their place in the
+                    # batch (a cell alone sits beside a copy of itself): 2e-6 measured, on F of ~1.
+                    for k in ("latent_in", "latent_F"):
+                        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-5 * max(1.0, np.abs(a[k]).max()))
+
+
+def test_colours_pair_with_hairstyles_or_serve_all():
+    triples, cells = grid_lib.grid_triples(["f1", "f2"], ["h1", "h2"], ["c"])
+    assert triples == [("f1", "h1", "c"), ("f1", "h2", "c"), ("f2", "h1", "c"), ("f2", "h2", "c")]
+    assert cells == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert grid_lib.grid_triples(["f"], ["h1", "h2"], ["c1", "c2"])[0] == [("f", "h1", "c1"), ("f", "h2", "c2")]
+    with pytest.raises(ValueError, match="3 colour references for 2 hairstyles"):
+        grid_lib.grid_triples(["f"], ["h1", "h2"], ["c1", "c2", "c3"])
+    with pytest.raises(ValueError, match="at least one face"):
+        grid_lib.grid_triples([], ["h"])
+
+
+def test_the_plan_predicts_from_measured_steps(models, six, tmp_path, monkeypatch):  # noqa: F811
+    faces, hairstyles = six
+    ht = _transfer(models, tmp_path / "o")
+    triples, _ = grid_lib.grid_triples(faces[:2], hairstyles[:1])
+    monkeypatch.setattr(plan_lib.step_times, "read", lambda: {})
+    assert ht.plan(triples).seconds is None and "not known yet" in ht.plan(triples).describe()
+    ctx = plan_lib.step_times.context(models.generator.config.size, "float32", 2)
+    per_step = {"W+ embedding": 0.5, "FS embedding": 0.25, "Alignment": 1.0, "Blend": 2.0}
+    monkeypatch.setattr(plan_lib.step_times, "read", lambda: {ctx: {k: [4, 4 * v] for k, v in per_step.items()}})
+    plan = ht.plan(triples)
+    s = ht.pipeline().cfg
+    steps = {"W+ embedding": 3, "FS embedding": 2, "Alignment": 2 * s.inpaint_steps + s.align_steps1 + s.align_steps2,
+             "Blend": s.blend_steps}
+    # 3 images (2 faces, 1 hairstyle) in 2 batches of 2; 2 pairs, 2 triples: 1 batch each.
+    expected = 2 * 3 * 0.5 + 2 * 2 * 0.25 + 1 * steps["Alignment"] * 1.0 + 1 * steps["Blend"] * 2.0
+    assert plan.seconds == pytest.approx(expected) and "predicted time: about" in plan.describe()
+
+
+def test_cli_grid_writes_results_csv_and_sheet(models, six, grid_run, tmp_path, capsys, monkeypatch):  # noqa: F811
+    out, result, _ = grid_run
+    faces, hairstyles = six
+    monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
+    rc = cli.main(["transfer", "--faces", str(faces[0].parent / "ann.png"), str(faces[1]), str(faces[2]),
+                   "--hairstyles", *map(str, hairstyles), "--out", str(out), "--quiet", "--batch-size", "2",
+                   *[f"--{k.replace('_', '-')}={v}" for k, v in _transfer(models, out).options.items()
+                     if k.endswith("steps")], "--noise", "random", "--checkpoint-every", "2"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "plan: 3 face(s) x 3 hairstyle(s) = 9 transfers" in captured.err
+    assert "Blend: 9 triples (9 found in the output folder" in captured.err  # the API's run is reused
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["face"], r["shape"], r["color"]) for r in rows] == [
+        (str(f), str(h), str(h)) for f in faces for h in hairstyles]
+    assert (out / "grid.png").is_file() and "wrote" in captured.out
