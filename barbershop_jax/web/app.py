@@ -105,33 +105,40 @@ def build(server: jobs.Server) -> gr.Blocks:
     def option_values(sign, smooth, seed, region, *step_values):
         return server.options(sign, smooth, seed, region, **dict(zip(jobs.STEP_FIELDS, step_values)))
 
-    def transfer(face, shape, color, structure, region, sign, smooth, seed, *step_values, progress=gr.Progress()):
+    def transfer(face, shape, color, structure, align_references, region, sign, smooth, seed, *step_values,
+                 progress=gr.Progress()):
         try:
             options = option_values(sign, smooth, seed, region, *step_values)
             progress(0, desc="Preparing the inputs")
-            result = server.transfer_one(face, shape, color, structure, on_progress=_reporter(progress), **options)
+            result = server.transfer_one(face, shape, color, structure, align_references=bool(align_references),
+                                         on_progress=_reporter(progress), **options)
         except Exception as e:  # noqa: BLE001 (the page shows one line, never a traceback)
             raise _page_error(e) from None
         return (_shown(result.image), [(_shown(image), caption) for image, caption in result.inputs],
                 _shown(result.mask), legend_html(result.legend), _shown(result.pasted),
                 [str(p) for p in result.files], "\n".join(f"- {line}" for line in result.notes))
 
-    def grid(faces, hairstyles, colors, region, sign, smooth, seed, *step_values, progress=gr.Progress()):
+    def grid(faces, hairstyles, colors, align_references, region, sign, smooth, seed, *step_values,
+             progress=gr.Progress()):
         try:
             options = option_values(sign, smooth, seed, region, *step_values)
             progress(0, desc="Preparing the inputs")
-            result, notes = server.grid(faces or [], hairstyles or [], colors or None,
-                                        on_progress=_reporter(progress), **options)
+            result, notes, report = server.grid(faces or [], hairstyles or [], colors or None,
+                                        align_references=bool(align_references), on_progress=_reporter(progress),
+                                        **options)
         except Exception as e:  # noqa: BLE001
             raise _page_error(e) from None
         failed = sum(r is None for row in result.results for r in row)
         notes.append(f"{len(result.results)} face(s) x {len(result.results[0]) if result.results else 0} "
                      f"hairstyle(s)" + (f"; {failed} cell(s) failed (grey)" if failed else ""))
-        return result.sheet, [str(result.sheet_path)], "\n".join(f"- {line}" for line in notes)
+        return (result.sheet, [str(result.sheet_path)],
+                "\n".join(f"- {line}" for line in notes) + (f"\n\n```\n{report}\n```" if report else ""))
 
     def options_panel():
         with gr.Accordion("Options (official defaults" + (", step counts reduced for the tiny models)" if
                                                             server.embedded else ")"), open=False):
+            align_references = gr.Checkbox(False, label="Align the references too (FFHQ crops from their landmarks; "
+                                                        "off: square references are taken as aligned crops)")
             with gr.Row():
                 sign = gr.Radio(list(SIGNS), value=OFFICIAL.sign, label="sign (target-mask inpainting)")
                 smooth = gr.Number(OFFICIAL.smooth, label="smooth (F-mixing mask dilation)", precision=0, minimum=0)
@@ -139,7 +146,7 @@ def build(server: jobs.Server) -> gr.Blocks:
                 region = gr.Textbox(OFFICIAL.region, label="region (parser labels, e.g. hair, lips, brows,eyes)")
             with gr.Row():
                 counts = [gr.Number(steps[k], label=STEP_LABELS[k], precision=0, minimum=0) for k in jobs.STEP_FIELDS]
-        return [region, sign, smooth, seed, *counts]
+        return [align_references, region, sign, smooth, seed, *counts]
 
     with gr.Blocks(title="barbershop-jax") as page:
         gr.Markdown("# barbershop-jax: hairstyle transfer\nThe face of one photo with the hair shape of a second "

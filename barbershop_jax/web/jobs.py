@@ -111,12 +111,16 @@ class Server:
             shutil.copyfile(sidecar, landmarks.sidecar_path(kept))
         return kept
 
-    def prepare(self, path, role: str) -> Prepared:
-        """An upload as the pipeline's input: its FFHQ crop where landmarks are found (a sidecar
-        .landmarks.json, or dlib with $BARBERSHOP_DLIB_MODEL), else the image as it is if it is
-        square (taken for an aligned crop, and said so), else an UploadError."""
+    def prepare(self, path, role: str, align: bool = True) -> Prepared:
+        """An upload as the pipeline's input. align: its FFHQ crop where landmarks are found (a
+        sidecar .landmarks.json, or dlib: the landmarks extra or $BARBERSHOP_DLIB_MODEL), else
+        the image as it is if it is square (taken for an aligned crop, and said so), else an
+        UploadError. align=False: a square image as it is, and only a non-square one aligned."""
         kept = self.store_upload(path, role)
         name = Path(path).name
+        h, w = image_io.load_rgb(kept).shape[:2]
+        if not align and h == w:
+            return Prepared(kept, False, f"{role}: {name} used as it is (square: taken for an aligned crop)")
         crop_dir = self.out_dir / "aligned"
         crop = crop_dir / f"{kept.stem}.png"
         if crop.is_file() and face_crop.transform_path(crop).is_file():  # aligned before: the transform is written last
@@ -125,9 +129,8 @@ class Server:
             face = face_crop.Aligner(size=self.size).align_one(kept, crop_dir)
             return Prepared(face.crop_path, True, f"{role}: {name} aligned (FFHQ crop from its landmarks)")
         except (landmarks.LandmarkError, face_crop.FaceCropError) as e:
-            why = ("no landmarks: no .landmarks.json beside it, no dlib model in $BARBERSHOP_DLIB_MODEL"
+            why = (f"no landmarks: no .landmarks.json beside it and no dlib model ({landmarks.INSTALL_HELP})"
                    if isinstance(e, landmarks.LandmarkModelError) else _reason(e, kept))
-        h, w = image_io.load_rgb(kept).shape[:2]
         if h != w:
             raise UploadError(f"{role}: {name} cannot be aligned ({why}) and is not square ({w}x{h}): "
                               "upload a square, FFHQ-aligned crop")
@@ -155,13 +158,16 @@ class Server:
                 if on_progress is not None and bars:
                     on_progress(bars[-1])
 
-    def transfer_one(self, face, shape, color, structure=None, *, on_progress=None, **options) -> WebResult:
-        """One transfer from uploaded files (structure optional). Raises UploadError or
-        ValueError with one line for bad inputs or settings, NonFiniteError if it diverged."""
-        inputs = [self.prepare(face, "face"), self.prepare(shape, "shape reference"),
-                  self.prepare(color, "colour reference")]
+    def transfer_one(self, face, shape, color, structure=None, *, align_references=False, on_progress=None,
+                     **options) -> WebResult:
+        """One transfer from uploaded files (structure optional). The face is aligned where its
+        landmarks are found; the references too with align_references (else only those that
+        are not square). Raises UploadError or ValueError with one line for bad inputs or
+        settings, NonFiniteError if it diverged."""
+        inputs = [self.prepare(face, "face"), self.prepare(shape, "shape reference", align_references),
+                  self.prepare(color, "colour reference", align_references)]
         if structure is not None:
-            inputs.append(self.prepare(structure, "structure reference"))
+            inputs.append(self.prepare(structure, "structure reference", align_references))
         paste_back = inputs[0].aligned
         result = self.run(lambda: self.transfer.transfer(
             *(p.path for p in inputs[:3]), structure=inputs[3].path if structure is not None else None,
@@ -178,23 +184,24 @@ class Server:
                          contact_sheet.legend_entries(result.target_labels, self.label_map),
                          result.pasted, files, notes)
 
-    def grid(self, faces, hairstyles, colors=None, *, on_progress=None, **options):
+    def grid(self, faces, hairstyles, colors=None, *, align_references=False, on_progress=None, **options):
         """Every face with every hairstyle (and colour reference: the hairstyle's own when
-        None) in one run: HairTransfer.grid's GridResult (its contact sheet: faces as rows,
-        hairstyles as columns), and the lines saying what was done with each input."""
-        if not hasattr(self.transfer, "grid"):
-            raise NotImplementedError("the grid needs HairTransfer.grid, which this version of barbershop-jax lacks")
+        None, one for every column, or one per hairstyle) in one run: HairTransfer.grid's GridResult (its contact sheet: faces as rows,
+        hairstyles as columns), the lines saying what was done with each input, and the grid's
+        own report (its plan, then the sheet it wrote)."""
         if not faces or not hairstyles:
             raise UploadError("grid: give at least one face and one hairstyle")
-        if colors and len(colors) != len(hairstyles):
+        if colors and len(colors) not in (1, len(hairstyles)):
             raise UploadError(f"grid: {len(colors)} colour references for {len(hairstyles)} hairstyles: give one "
-                              "per hairstyle, or none")
+                              "per hairstyle, one for all, or none")
         face_inputs = [self.prepare(f, f"face {i + 1}") for i, f in enumerate(faces)]
-        hair_inputs = [self.prepare(h, f"hairstyle {i + 1}") for i, h in enumerate(hairstyles)]
-        color_inputs = [self.prepare(c, f"colour {i + 1}") for i, c in enumerate(colors or [])]
+        hair_inputs = [self.prepare(h, f"hairstyle {i + 1}", align_references) for i, h in enumerate(hairstyles)]
+        color_inputs = [self.prepare(c, f"colour {i + 1}", align_references) for i, c in enumerate(colors or [])]
+        said = []  # the grid's plan (work and predicted time) and where it wrote the sheet
         grid = self.run(lambda: self.transfer.grid([p.path for p in face_inputs], [p.path for p in hair_inputs],
-                                                   [p.path for p in color_inputs] or None, **options), on_progress)
-        return grid, [p.note for p in face_inputs + hair_inputs + color_inputs]
+                                                   [p.path for p in color_inputs] or None, log=said.append,
+                                                   **options), on_progress)
+        return grid, [p.note for p in face_inputs + hair_inputs + color_inputs], "\n".join(said)
 
     def close(self):
         self._worker.shutdown(wait=False, cancel_futures=True)
