@@ -150,9 +150,9 @@ def build(server: jobs.Server) -> gr.Blocks:
 
     with gr.Blocks(title="barbershop-jax") as page:
         gr.Markdown("# barbershop-jax: hairstyle transfer\nThe face of one photo with the hair shape of a second "
-                    "and the hair colour of a third (Barbershop, Zhu et al. 2021). Photos are aligned (FFHQ "
-                    "crop) where their landmarks can be found; square images without landmarks are taken as "
-                    "aligned crops.")
+                    "and the hair colour of a third (Barbershop, Zhu et al. 2021). The face photo is aligned "
+                    "(FFHQ crop) where its landmarks can be found; square references are taken as aligned crops "
+                    "(non-square ones are aligned).")
         if server.embedded:
             gr.Markdown(EMBEDDED_BANNER.format(size=server.size), elem_id="embedded-banner")
         with gr.Tab("Transfer"):
