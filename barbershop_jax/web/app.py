@@ -186,8 +186,8 @@ def build(server: jobs.Server) -> gr.Blocks:
                       show_progress_on=result, concurrency_id="models")
         with gr.Tab("Grid"):
             gr.Markdown("Several faces x several hairstyles in one run: a contact sheet with the faces as rows and "
-                        "the hairstyles as columns (each hairstyle's own colour unless colour references are given, "
-                        "one per hairstyle).")
+                        "the hairstyles as columns (each hairstyle's own colour unless colour references are given: "
+                        "one per hairstyle, or one for all).")
             with gr.Row():
                 faces = gr.File(label="Faces", file_count="multiple", file_types=["image"], type="filepath")
                 hairstyles = gr.File(label="Hairstyles", file_count="multiple", file_types=["image"], type="filepath")
