@@ -377,8 +377,10 @@ def test_demo_runs_the_whole_transfer(models, tmp_path, monkeypatch, capsys):
     the bundled photo is aligned, transferred and pasted back."""
     monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
     grid = demo.run_transfer(tmp_path, steps=STEPS, progress=False, batch_size=2)  # compiled by earlier tests
-    # photo | face crop | shape | colour | result | mask | pasted
-    assert np.asarray(Image.open(grid)).shape == (128, 7 * 128, 3)
+    # photo | face crop | shape | colour | result | mask | pasted, titled, at least 256 px each
+    sheet = np.asarray(Image.open(grid))
+    assert sheet.shape[1] >= 7 * demo.SHEET_PANEL >= 7 * 256 and sheet.shape[0] > demo.SHEET_PANEL
+    assert not (tmp_path / ".resume").exists()  # every checkpoint cleared, no empty folder left
     assert (tmp_path / "photo_shape_color_realistic.png").is_file()
     assert (tmp_path / "aligned" / "photo.png").is_file() and (tmp_path / "aligned" / "photo.crop.json").is_file()
     photo = image_io.load_rgb(demo.example_images()["photo"])
