@@ -73,6 +73,12 @@ def _add_landmark_flags(p):
                    help=f"refuse faces whose crop square is smaller than this many photo pixels (default {MIN_FACE})")
 
 
+def _add_fresh_flag(p):
+    p.add_argument("--fresh", action="store_true",
+                   help="redo the finished stages (embeddings, alignments, blends) an earlier run left in --out "
+                        "instead of reusing them (default: reuse them, and say so)")
+
+
 def _add_exif_flag(p):
     p.add_argument("--no-exif", action="store_true",
                    help="read images as stored, ignoring their EXIF orientation (as the official does)")
@@ -100,6 +106,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
     demo.add_argument("--weights", help="a converted weights directory instead of the embedded default")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_fresh_flag(demo)
     demo.add_argument("--samples", action="store_true", help="instead: render a grid of generator samples")
     demo.add_argument("--n", type=POSITIVE, default=16, help="with --samples: number of samples")
     demo.add_argument("--truncation", type=float, default=1.0, help="with --samples: truncation psi")
@@ -158,6 +165,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
                     help="compute dtype of the face parser (the segmentation and alignment losses, and the labels "
                          "the target masks come from); cached apart (default float32, as the official code)")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_fresh_flag(tr)
     tr.set_defaults(func=commands.transfer)
 
     al = sub.add_parser("align-faces", help="FFHQ-aligned crops of the faces in ordinary photos (the official "
@@ -198,6 +206,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
     _add_dtype_flag(embed)
     _add_exif_flag(embed)
     embed.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_fresh_flag(embed)
     embed.set_defaults(func=commands.embed)
 
     ev = sub.add_parser("evaluate-embedding", help="PSNR, SSIM and LPIPS of the embeddings of images")

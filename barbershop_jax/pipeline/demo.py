@@ -50,20 +50,22 @@ def example_images() -> dict:
 
 
 def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, log=print, steps=None,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> Path:
+                 batch_size: int = DEFAULT_BATCH_SIZE, fresh: bool = False) -> Path:
     """`barbershop-jax demo`: the whole way on the bundled images: the ordinary photo is
     aligned (FFHQ crop), given the hair of the shape and colour references, and the result is
     pasted back into the photo. Writes the results (the official layout under OUT, the crop in
     OUT/aligned/, the photo with the result in it as ..._pasted.png) and OUT/demo_grid.png:
     photo | face crop | shape | colour | result | target mask | result pasted into the photo.
     `steps`: step-count options (default: DEMO_STEPS for the embedded models, official ones
-    with `weights`)."""
+    with `weights`). fresh: redo the embeddings, alignments and blends an earlier demo left in
+    OUT (by default they are reused, and a note says which)."""
     from barbershop_jax.ops import resample
     from barbershop_jax.pipeline import batch_files, face_crop, hair_transfer
     from barbershop_jax.pipeline.sources import as_source
 
     steps = ({} if weights else DEMO_STEPS) if steps is None else steps
-    ht = hair_transfer.HairTransfer(weights, out_dir, batch_size=batch_size, progress=progress, seed=seed, **steps)
+    ht = hair_transfer.HairTransfer(weights, out_dir, batch_size=batch_size, progress=progress, seed=seed,
+                                    fresh=fresh, **steps)
     size = ht.models.generator.config.size
     images = example_images()
     if not weights:
@@ -78,7 +80,10 @@ def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, lo
     photo = image_io.load_rgb(images["photo"])
     grid_path = image_io.save_png(Path(out_dir) / "demo_grid.png", demo_sheet(
         photo, face.crop, refs, result, ht.models.parser.labels, size, weights, steps))
-    log(batch_files.summary([result], ht.timings))
+    log(batch_files.summary([result], ht.timings, reuse=ht.reuse))
+    note = ht.reuse.note(out_dir)
+    if note:
+        log(f"note: {note}")
     log(f"wrote {result.path}, {result.pasted_path} and {grid_path} (photo | face crop | shape | colour | result | "
         "target mask | result pasted into the photo, each titled)")
     if not weights:
