@@ -48,3 +48,29 @@ def test_convert_without_torch_says_how_to_install(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w")], capture_output=True, text=True)
     assert done.returncode == 2
     assert "pip install 'barbershop-jax[convert]'" in done.stderr
+
+
+def _parsers():
+    from barbershop_jax.cli import args as args_lib
+    parser = cli.build_parser()
+    return parser, args_lib.subcommands(parser)
+
+
+def test_every_command_says_what_it_does_and_every_option_has_help():
+    parser, commands = _parsers()
+    names = {c.prog for c in commands}
+    assert {"barbershop-jax demo", "barbershop-jax transfer", "barbershop-jax embed",
+            "barbershop-jax convert stylegan2"} <= names  # the walk reaches the nested commands
+    missing = [c.prog for c in commands if not (c.description or "").strip()]
+    missing += [f"{p.prog} {a.option_strings or a.dest}" for p in (parser, *commands) for a in p._actions
+                if "-h" not in a.option_strings and not (a.help or "").strip()]
+    assert missing == []
+
+
+def test_demo_and_transfer_help_say_what_they_do(capsys):
+    import pytest
+    for command, words in (("demo", "bundled example images"), ("transfer", "hair shape of --shape")):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert words in out and "--fresh" in out
