@@ -67,10 +67,30 @@ def test_every_command_says_what_it_does_and_every_option_has_help():
     assert missing == []
 
 
+def test_global_options_work_before_and_after_the_command(tmp_path, monkeypatch):
+    """`--no-compile-cache` before or after the command (after it once gave "unrecognized
+    arguments"); given in neither place, the cache is on."""
+    from barbershop_jax.pipeline import compile_cache
+    parser, _ = _parsers()
+    for argv, off in ((["demo"], False), (["--no-compile-cache", "demo"], True), (["demo", "--no-compile-cache"], True),
+                      (["embed", "x.png", "--out", "o", "--no-compile-cache"], True),
+                      (["convert", "bisenet", "a.pth", "d", "--no-compile-cache"], True)):
+        assert parser.parse_args(argv).no_compile_cache is off, argv
+    enabled = []
+    monkeypatch.setattr(compile_cache, "enable", lambda *a, **k: enabled.append(1))
+    for where in ("before", "after"):
+        flag = ["--no-compile-cache"]
+        argv = ["demo", "--samples", "--n", "1", "--out", str(tmp_path / where)]
+        assert cli.main(flag + argv if where == "before" else argv + flag) == 0
+    assert enabled == []
+    assert cli.main(["demo", "--samples", "--n", "1", "--out", str(tmp_path / "on")]) == 0
+    assert enabled == [1]
+
+
 def test_demo_and_transfer_help_say_what_they_do(capsys):
     import pytest
     for command, words in (("demo", "bundled example images"), ("transfer", "hair shape of --shape")):
         with pytest.raises(SystemExit):
             cli.main([command, "--help"])
         out = " ".join(capsys.readouterr().out.split())
-        assert words in out and "--fresh" in out
+        assert words in out and "--fresh" in out and "--no-compile-cache" in out

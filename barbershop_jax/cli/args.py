@@ -95,9 +95,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(commands) -> argparse.ArgumentParser:
     """commands: the module whose functions run the commands (cli/main.py)."""
     parser = _Parser(prog="barbershop-jax", description="barbershop-jax: Barbershop hairstyle transfer in JAX")
-    parser.add_argument("--no-compile-cache", action="store_true",
-                        help="do not use XLA's persistent compilation cache (default: on, in ~/.cache/barbershop-jax/xla "
-                             "or $BARBERSHOP_JAX_COMPILE_CACHE)")
+    _add_global_flags(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True,
                                 help="what to do (barbershop-jax COMMAND --help says more)")
 
@@ -248,7 +246,17 @@ def build_parser(commands) -> argparse.ArgumentParser:
     # convert package, which this runtime never imports; it registers itself as an entry point.
     for plugin in metadata.entry_points(group=PLUGIN_GROUP):
         plugin.load()(sub)
+    # The global options after the command too (`demo --no-compile-cache`): every command takes
+    # them with no default of its own (SUPPRESS), so that a value given before the command stays.
+    for command in subcommands(parser):
+        _add_global_flags(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_global_flags(p, default):
+    p.add_argument("--no-compile-cache", action="store_true", default=default,
+                   help="do not use XLA's persistent compilation cache (default: on, in ~/.cache/barbershop-jax/xla "
+                        "or $BARBERSHOP_JAX_COMPILE_CACHE); before or after the command")
 
 
 def subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
