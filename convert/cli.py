@@ -25,31 +25,41 @@ def _convert_vgg16(args):
 
 def add_commands(sub):
     """`barbershop-jax convert {stylegan2,bisenet,vgg16}` (the entry point barbershop_jax.commands)."""
-    convert = sub.add_parser("convert", help="convert official PyTorch weights (needs torch)")
-    models = convert.add_subparsers(dest="model", required=True)
+    convert = sub.add_parser("convert", help="convert official PyTorch weights (needs torch)",
+                             description="Convert the official PyTorch checkpoints to Flax weights directories "
+                                         "(needs torch: pip install 'barbershop-jax[convert]'). Give the three "
+                                         "one DST to get the weights directory that --weights takes.")
+    models = convert.add_subparsers(dest="model", required=True, help="which checkpoint to convert")
 
-    p = models.add_parser("stylegan2", help="rosinality StyleGAN2 checkpoint (ffhq.pt) -> DST_DIR/stylegan2")
+    p = models.add_parser("stylegan2", help="rosinality StyleGAN2 checkpoint (ffhq.pt) -> DST_DIR/stylegan2",
+                          description="The rosinality StyleGAN2 checkpoint (ffhq.pt) to DST/stylegan2/, with the "
+                                      "p-norm PCA statistics the W+ embedding needs.")
     p.add_argument("src", help="the .pt checkpoint ({'g_ema', 'latent_avg'} or a training checkpoint)")
     p.add_argument("dst", help="weights directory; the generator goes to DST/stylegan2/")
     p.add_argument("--size", type=POSITIVE, help="output size (default: read from the shapes)")
-    p.add_argument("--channel-multiplier", type=POSITIVE, help="default: read from the shapes")
+    p.add_argument("--channel-multiplier", type=POSITIVE, help="the generator's channel multiplier (default: read "
+                                                               "from the shapes)")
     pca = p.add_mutually_exclusive_group()
     pca.add_argument("--pca-samples", type=COUNT, default=1_000_000,
                      help="samples for the p-norm PCA statistics (official: 1e6; 0 skips)")
     pca.add_argument("--pca", help="import an existing ffhq_PCA.npz instead of computing it")
     p.add_argument("--n-mean-latent", type=POSITIVE, default=4096,
                    help="samples for latent_avg when the checkpoint has none (rosinality: 4096)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the PCA and latent_avg samples (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST/stylegan2")
     p.set_defaults(func=_convert_stylegan2)
 
-    p = models.add_parser("bisenet", help="BiSeNet face parser (seg.pth, 79999_iter.pth) -> DST_DIR/bisenet")
+    p = models.add_parser("bisenet", help="BiSeNet face parser (seg.pth, 79999_iter.pth) -> DST_DIR/bisenet",
+                          description="The BiSeNet face parser (Barbershop's 16-class seg.pth, or the 19-class "
+                                      "79999_iter.pth) to DST/bisenet/.")
     p.add_argument("src", help="the .pth state_dict (16 classes: Barbershop seg.pth; 19: 79999_iter.pth)")
     p.add_argument("dst", help="weights directory; the parser goes to DST/bisenet/")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST/bisenet")
     p.set_defaults(func=_convert_bisenet)
 
-    p = models.add_parser("vgg16", help="torchvision VGG16 + LPIPS v0.1 linear layers -> DST_DIR/vgg16")
+    p = models.add_parser("vgg16", help="torchvision VGG16 + LPIPS v0.1 linear layers -> DST_DIR/vgg16",
+                          description="torchvision's VGG16 and the LPIPS v0.1 linear layers to DST/vgg16/ (the "
+                                      "perceptual and style losses).")
     p.add_argument("src", help="torchvision vgg16 state_dict (e.g. vgg16-397923af.pth); classifier skipped")
     p.add_argument("dst", help="weights directory; the network goes to DST/vgg16/")
     p.add_argument("--lpips-weights", metavar="PATH",

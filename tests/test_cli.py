@@ -48,3 +48,49 @@ def test_convert_without_torch_says_how_to_install(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w")], capture_output=True, text=True)
     assert done.returncode == 2
     assert "pip install 'barbershop-jax[convert]'" in done.stderr
+
+
+def _parsers():
+    from barbershop_jax.cli import args as args_lib
+    parser = cli.build_parser()
+    return parser, args_lib.subcommands(parser)
+
+
+def test_every_command_says_what_it_does_and_every_option_has_help():
+    parser, commands = _parsers()
+    names = {c.prog for c in commands}
+    assert {"barbershop-jax demo", "barbershop-jax transfer", "barbershop-jax embed",
+            "barbershop-jax convert stylegan2"} <= names  # the walk reaches the nested commands
+    missing = [c.prog for c in commands if not (c.description or "").strip()]
+    missing += [f"{p.prog} {a.option_strings or a.dest}" for p in (parser, *commands) for a in p._actions
+                if "-h" not in a.option_strings and not (a.help or "").strip()]
+    assert missing == []
+
+
+def test_global_options_work_before_and_after_the_command(tmp_path, monkeypatch):
+    """`--no-compile-cache` before or after the command (after it once gave "unrecognized
+    arguments"); given in neither place, the cache is on."""
+    from barbershop_jax.pipeline import compile_cache
+    parser, _ = _parsers()
+    for argv, off in ((["demo"], False), (["--no-compile-cache", "demo"], True), (["demo", "--no-compile-cache"], True),
+                      (["embed", "x.png", "--out", "o", "--no-compile-cache"], True),
+                      (["convert", "bisenet", "a.pth", "d", "--no-compile-cache"], True)):
+        assert parser.parse_args(argv).no_compile_cache is off, argv
+    enabled = []
+    monkeypatch.setattr(compile_cache, "enable", lambda *a, **k: enabled.append(1))
+    for where in ("before", "after"):
+        flag = ["--no-compile-cache"]
+        argv = ["demo", "--samples", "--n", "1", "--out", str(tmp_path / where)]
+        assert cli.main(flag + argv if where == "before" else argv + flag) == 0
+    assert enabled == []
+    assert cli.main(["demo", "--samples", "--n", "1", "--out", str(tmp_path / "on")]) == 0
+    assert enabled == [1]
+
+
+def test_demo_and_transfer_help_say_what_they_do(capsys):
+    import pytest
+    for command, words in (("demo", "bundled example images"), ("transfer", "hair shape of --shape")):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert words in out and "--fresh" in out and "--no-compile-cache" in out

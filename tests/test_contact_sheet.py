@@ -115,3 +115,12 @@ def test_grid_sheet_puts_inputs_in_the_margins_and_failed_cells_grey():
 def test_grid_sheet_rejects_a_ragged_grid():
     with pytest.raises(ValueError, match="2 row heads x 1 column heads"):
         contact_sheet.grid_sheet([[None], [None, None]], [("a", None), ("b", None)], [("x", None)])
+
+
+def test_a_legend_title_is_written_before_the_swatches():
+    entries = [("hair", (204, 102, 255))]
+    plain = contact_sheet.titled_row([("x", solid(RED))], size=96, legend=entries)
+    titled = contact_sheet.titled_row([("x", solid(RED))], size=96, legend=entries, legend_title="target mask:")
+    assert bbox(titled, entries[0][1])[2] > bbox(plain, entries[0][1])[2] + 40  # the swatch moved right
+    top = bbox(titled, RED)[1]
+    assert dark(titled[top:, :bbox(titled, entries[0][1])[2]]) > 20  # the heading, left of it

@@ -373,6 +373,19 @@ def test_embed_command(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"barbershop-jax: error: {tmp_path / 'missing.png'}: no such file"]
     assert not (tmp_path / "o2").exists()
+    # Again into the same folder: nothing embedded, and a note says so; --fresh embeds again.
+    first = np.load(tmp_path / "out" / "W+" / "face0.npy")
+    assert cli.main(args) == 0
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"barbershop-jax: note: reused from {tmp_path / 'out'}/: 2 W+ embeddings, 2 FS; --fresh to redo them"]
+    entries = [tmp_path / "out" / d / f"face{i}.{x}" for d, x in (("W+", "npy"), ("FS", "npz")) for i in (0, 1)]
+    inodes = [p.stat().st_ino for p in entries]
+    assert cli.main(args + ["--fresh"]) == 0
+    assert "reused" not in capsys.readouterr().err
+    assert all(p.stat().st_ino != ino for p, ino in zip(entries, inodes))  # each written again (atomic_write)
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "W+" / "face0.npy"), first)
+    assert cli.main(args + ["--fresh", "--import-official", str(tmp_path / "out")]) == 1
+    assert "with --fresh" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ evaluation

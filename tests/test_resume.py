@@ -122,3 +122,43 @@ def test_background_writes_keep_order_wait_and_report_errors():
         with image_io.BackgroundWrites() as writes:
             writes.submit(disk_full)
             raise ValueError("the block's own error")
+
+
+def test_clearing_the_last_batch_removes_the_emptied_resume_folders(tmp_path):
+    """A finished run leaves no empty OUT/.resume/: clearing a batch removes the stage folder
+    and .resume/ when they end empty, never a folder that holds another batch's checkpoint,
+    and nothing above .resume/."""
+    state = {"w": np.zeros(3, np.float32)}
+    a = resume.batch_checkpoint(tmp_path, "w_plus", ["a"], 2)
+    b = resume.batch_checkpoint(tmp_path, "fs", ["b"], 2)
+    a.save(state, 2)
+    b.sub("mask").save(state, 4)
+    resume.clear(a.folder)
+    assert not (tmp_path / ".resume" / "w_plus").exists()
+    assert resume.LoopCheckpoint(b.folder / "mask").restore(state)[1] == 4  # the other batch is kept
+    resume.clear(b.folder)
+    assert not (tmp_path / ".resume").exists() and tmp_path.is_dir()
+    resume.clear(b.folder)  # already gone: nothing to do
+    assert tmp_path.is_dir()
+
+
+def test_clear_outside_a_resume_folder_removes_only_that_folder(tmp_path):
+    (tmp_path / "out" / "batch").mkdir(parents=True)
+    resume.clear(tmp_path / "out" / "batch")
+    assert (tmp_path / "out").is_dir() and not (tmp_path / "out" / "batch").exists()
+
+
+def test_a_checkpoint_write_survives_its_stage_folder_being_removed(tmp_path, monkeypatch):
+    """clear() of another batch may remove the emptied stage folder between atomic_write's
+    mkdir and its temporary file: the save tries again."""
+    ckpt = resume.batch_checkpoint(tmp_path, "align", ["k"], 2)
+    real, calls = resume.atomic_write, []
+
+    def racing(path, write):
+        calls.append(path)
+        if len(calls) == 1:
+            raise FileNotFoundError(path.parent)
+        return real(path, write)
+    monkeypatch.setattr(resume, "atomic_write", racing)
+    ckpt.save({"w": np.ones(2, np.float32)}, 6)
+    assert len(calls) == 2 and ckpt.restore({"w": np.zeros(2, np.float32)})[1] == 6

@@ -1,5 +1,6 @@
 """The whole transfer on the tiny config with reduced step counts: files in the official layout,
 batches equal to single runs, the cache, the blend clamp, the command line and the Python API."""
+import collections
 import csv
 import json
 import logging
@@ -82,6 +83,7 @@ def _transfer(models, out, **kw):
     ht.batch_size, ht.progress, ht.devices, ht.timings = kw.pop("batch_size", 2), False, None, {}
     ht.checkpoint_every, ht.failures = kw.pop("checkpoint_every", 2), []
     ht.weights, ht.dtype = None, "float32"
+    ht.fresh, ht._made = kw.pop("fresh", False), set()
     ht.options = {**STEPS, "noise": "random", **kw}
     return ht
 
@@ -214,6 +216,41 @@ def test_cached_rerun_does_no_work(batch_run, models, monkeypatch):
         np.testing.assert_array_equal(a.latent_in, b.latent_in)
 
 
+def test_a_rerun_says_what_it_reused_and_fresh_redoes_it(batch_run, models, tmp_path):
+    """Into the same folder, a re-run reuses every finished entry and counts them (the note the
+    commands print); with fresh=True it redoes them all, to the same numbers, and counts what
+    it made; what a fresh run made itself it reuses (one face, one embedding)."""
+    out, triples, first = batch_run
+    everything = {"W+": 4, "FS": 4, "alignment": 6, "blend": 4}
+    ht = _transfer(models, out)
+    ht.transfer_many(triples)
+    assert ht.reuse.reused == everything and sum(ht.reuse.computed.values()) == 0
+    assert ht.reuse.note(out) == (f"reused from {out}/: 4 W+ embeddings, 4 FS, 6 alignments, 4 blends; "
+                                  "--fresh to redo them")
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    fresh = _transfer(models, copy, fresh=True)
+    again = fresh.transfer_many(triples)
+    assert sum(fresh.reuse.reused.values()) == 0 and fresh.reuse.computed == everything
+    assert fresh.reuse.note(copy) is None
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.latent_in, b.latent_in)
+    fresh.transfer_many(triples[:1])  # the same object: its own entries are reused, not counted as found
+    assert sum(fresh.reuse.computed.values()) == 0 and sum(fresh.reuse.reused.values()) == 0
+
+
+def test_the_end_table_keeps_the_rows_of_reused_stages():
+    reuse = cache.Reuse(reused=collections.Counter({"W+": 2, "FS": 2, "alignment": 1, "blend": 1}),
+                        computed=collections.Counter({"blend": 1}))
+    rows = batch_files.summary([], {"embedding": 0.5, "parsing": 1.0, "blending": 2.0, "paste-back": 0.2},
+                               reuse=reuse).splitlines()
+    assert rows[2:9] == ["| embedding | 0.5 (reused) |", "| parsing | 1.0 |", "| target mask | reused |",
+                         "| alignment | reused |", "| blending | 2.0 |", "| paste-back | 0.2 |", "| total | 3.7 |"]
+    plain = batch_files.summary([], {"embedding": 0.5, "blending": 2.0}).splitlines()
+    assert plain[2:5] == ["| embedding | 0.5 |", "| blending | 2.0 |", "| total | 2.5 |"]
+
+
 def test_parts_split_the_rows_by_face_and_do_each_once(batch_run, tmp_path, capsys, monkeypatch):
     """transfer --part K/N on N hosts with no coordinator: together the parts do every row
     once; a face's rows (all its alignments) stay in one part; each part writes its own
@@ -327,11 +364,13 @@ def test_long_runs_go_in_waves_that_keep_only_file_names(monkeypatch):
         calls.append((triples, edits, regions, options))
         self.timings, self.failures = {"embedding": 1.0, "blending": 0.5}, [(t, "diverged") for t in triples
                                                                             if t[0] == "bad"]
+        self.reuse = cache.Reuse(reused=collections.Counter({"W+": 1}), computed=collections.Counter({"blend": 2}))
         return [None if t[0] == "bad" else records.TransferResult(
             *t, t[1], np.zeros((4, 4, 3), np.uint8), np.zeros((2, 2)), np.zeros(3), np.zeros(3), None, None,
             Path(f"{t[0]}.png"), np.zeros((8, 8, 3), np.uint8), Path(f"{t[0]}_pasted.png")) for t in triples]
     monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many", many)
     ht = object.__new__(hair_transfer.HairTransfer)  # no models: transfer_many is the stub
+    ht.fresh, ht._made = False, set()
     triples = [("f0", "s", "c"), ("bad", "s", "c"), ("f2", "s", "c"), ("f3", "s", "c"), ("f4", "s", "c")]
     out = ht.transfer_files(triples, wave=2, edits=list("abcde"), regions=[None, "lips", None, None, "hair"],
                             paste_back=True)
@@ -343,6 +382,7 @@ def test_long_runs_go_in_waves_that_keep_only_file_names(monkeypatch):
     assert all(r.pasted_path.name.endswith("_pasted.png") and r.image is None and r.pasted is None
                and r.structure_f is None for r in out if r)
     assert ht.timings == {"embedding": 3.0, "blending": 1.5} and ht.failures == [(triples[1], "diverged")]
+    assert ht.reuse.reused == {"W+": 3} and ht.reuse.computed == {"blend": 6}
     assert hair_transfer.HairTransfer.transfer_files.__kwdefaults__["wave"] == config.TRANSFER_WAVE
 
 
@@ -378,8 +418,10 @@ def test_demo_runs_the_whole_transfer(models, tmp_path, monkeypatch, capsys):
     the bundled photo is aligned, transferred and pasted back."""
     monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
     grid = demo.run_transfer(tmp_path, steps=STEPS, progress=False, batch_size=2)  # compiled by earlier tests
-    # photo | face crop | shape | colour | result | mask | pasted
-    assert np.asarray(Image.open(grid)).shape == (128, 7 * 128, 3)
+    # photo | face crop | shape | colour | result | mask | pasted, titled, at least 256 px each
+    sheet = np.asarray(Image.open(grid))
+    assert sheet.shape[1] >= 7 * demo.SHEET_PANEL >= 7 * 256 and sheet.shape[0] > demo.SHEET_PANEL
+    assert not (tmp_path / ".resume").exists()  # every checkpoint cleared, no empty folder left
     assert (tmp_path / "photo_shape_color_realistic.png").is_file()
     assert (tmp_path / "aligned" / "photo.png").is_file() and (tmp_path / "aligned" / "photo.crop.json").is_file()
     photo = image_io.load_rgb(demo.example_images()["photo"])
@@ -391,6 +433,13 @@ def test_demo_runs_the_whole_transfer(models, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "RANDOM weights" in out and "no real hairstyle" in out
     assert "barbershop-jax transfer --align --paste-back --face PHOTO.jpg" in out
+    assert "reused" not in out
+    # Again into the same folder: every finished stage is reused, said in a note and in the table.
+    again = demo.run_transfer(tmp_path, steps=STEPS, progress=False, batch_size=2)
+    np.testing.assert_array_equal(np.asarray(Image.open(again)), sheet)
+    out = capsys.readouterr().out
+    assert f"note: reused from {tmp_path}/: 3 W+ embeddings, 3 FS, 2 alignments, 1 blend; --fresh" in out
+    assert "| alignment | reused |" in out and "| blending | reused |" in out
 
 
 def test_cli_align_and_paste_back_route_photos_and_report_faceless_ones(models, tmp_path, capsys, monkeypatch):

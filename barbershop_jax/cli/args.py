@@ -74,6 +74,12 @@ def _add_landmark_flags(p):
                    help=f"refuse faces whose crop square is smaller than this many photo pixels (default {MIN_FACE})")
 
 
+def _add_fresh_flag(p):
+    p.add_argument("--fresh", action="store_true",
+                   help="redo the finished stages (embeddings, alignments, blends) an earlier run left in --out "
+                        "instead of reusing them (default: reuse them, and say so)")
+
+
 def _add_exif_flag(p):
     p.add_argument("--no-exif", action="store_true",
                    help="read images as stored, ignoring their EXIF orientation (as the official does)")
@@ -90,24 +96,40 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(commands) -> argparse.ArgumentParser:
     """commands: the module whose functions run the commands (cli/main.py)."""
     parser = _Parser(prog="barbershop-jax", description="barbershop-jax: Barbershop hairstyle transfer in JAX")
-    parser.add_argument("--no-compile-cache", action="store_true",
-                        help="do not use XLA's persistent compilation cache (default: on, in ~/.cache/barbershop-jax/xla "
-                             "or $BARBERSHOP_JAX_COMPILE_CACHE)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    _add_global_flags(parser, default=False)
+    sub = parser.add_subparsers(dest="command", required=True,
+                                help="what to do (barbershop-jax COMMAND --help says more)")
 
     demo = sub.add_parser("demo", help="the whole transfer on the bundled example images, with the embedded tiny "
-                                       "random-weight models (or --weights)")
+                                       "random-weight models (or --weights)",
+                          description="The whole way on the bundled example images: an ordinary photo is cut to an "
+                                      "FFHQ-aligned face crop, given the hair shape of one reference and the hair "
+                                      "colour of another, and the result is pasted back into the photo. Writes the "
+                                      "results in the official layout under --out and OUT/demo_grid.png, every "
+                                      "step titled. Without --weights it uses the embedded tiny models with fixed "
+                                      "RANDOM weights and reduced step counts: it runs on a CPU in minutes and "
+                                      "gives no real hairstyle. Finished stages found in --out are reused (a note "
+                                      "says which; --fresh redoes them). --samples: a grid of generator samples "
+                                      "instead.")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     demo.add_argument("--weights", help="a converted weights directory instead of the embedded default")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the generator noise (with --samples: of the "
+                                                          "samples) (default 0)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_fresh_flag(demo)
     demo.add_argument("--samples", action="store_true", help="instead: render a grid of generator samples")
     demo.add_argument("--n", type=POSITIVE, default=16, help="with --samples: number of samples")
     demo.add_argument("--truncation", type=float, default=1.0, help="with --samples: truncation psi")
     demo.set_defaults(func=commands.demo)
 
     tr = sub.add_parser("transfer", help="hairstyle transfer: the face of --face with the hair shape of --shape "
-                                         "and the hair colour of --color (or any --region)")
+                                         "and the hair colour of --color (or any --region)",
+                        description="Hairstyle transfer (Barbershop): the face of --face with the hair shape of "
+                                    "--shape and the hair colour of --color, or another --region (lips, brows, "
+                                    "...); one triple, or a CSV of many with --pairs. The images must be "
+                                    "FFHQ-aligned crops, or ordinary photos with --align. Results go to --out in "
+                                    "the official layout; embeddings, alignments and blends found there are reused "
+                                    "(a note says which; --fresh redoes them), and an interrupted run resumes.")
     tr.add_argument("--face", help="identity image (official im1)")
     tr.add_argument("--shape", help="shape reference (im2): the region's outline in the target mask")
     tr.add_argument("--color", help="appearance reference (im3): the region's fine detail and colour")
@@ -166,10 +188,15 @@ def build_parser(commands) -> argparse.ArgumentParser:
                     help="compute dtype of the face parser (the segmentation and alignment losses, and the labels "
                          "the target masks come from); cached apart (default float32, as the official code)")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_fresh_flag(tr)
     tr.set_defaults(func=commands.transfer)
 
     al = sub.add_parser("align-faces", help="FFHQ-aligned crops of the faces in ordinary photos (the official "
-                                            "align_face.py), each with its transform for paste-back")
+                                            "align_face.py), each with its transform for paste-back",
+                        description="Cut the FFHQ-aligned crop of each face in ordinary photos, as the official "
+                                    "align_face.py does, from 68 or 5 landmarks (a JSON beside each photo, "
+                                    "--landmarks, or dlib). Each crop gets its transform ({stem}.crop.json), which "
+                                    "transfer --paste-back uses to put the result back into the photo.")
     al.add_argument("photos", nargs="+", help="photo files or folders of photos")
     al.add_argument("--out", required=True, help="output folder: {stem}.png (or {stem}_{i}.png for several faces) "
                                                  "and {stem}.crop.json")
@@ -179,7 +206,11 @@ def build_parser(commands) -> argparse.ArgumentParser:
     al.add_argument("--quiet", action="store_true", help="no progress bar")
     al.set_defaults(func=commands.align_faces)
 
-    embed = sub.add_parser("embed", help="embed images in W+ and FS (cached: nothing is embedded twice)")
+    embed = sub.add_parser("embed", help="embed images in W+ and FS (cached: nothing is embedded twice)",
+                           description="Embed FFHQ-aligned images in StyleGAN2's W+ space and then in FS space, "
+                                       "as the official main.py's first steps, writing the official layout "
+                                       "(OUT/W+/{name}.npy, OUT/FS/{name}.npz). Embeddings found in --out are "
+                                       "reused (a note says how many; --fresh redoes them).")
     embed.add_argument("images", nargs="+", help="image files or folders of images")
     embed.add_argument("--out", required=True, help="output folder: W+/{name}.npy, FS/{name}.npz (official layout)")
     embed.add_argument("--weights", help="converted weights directory (default: the embedded tiny models)")
@@ -206,9 +237,13 @@ def build_parser(commands) -> argparse.ArgumentParser:
     _add_dtype_flag(embed)
     _add_exif_flag(embed)
     embed.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_fresh_flag(embed)
     embed.set_defaults(func=commands.embed)
 
-    ev = sub.add_parser("evaluate-embedding", help="PSNR, SSIM and LPIPS of the embeddings of images")
+    ev = sub.add_parser("evaluate-embedding", help="PSNR, SSIM and LPIPS of the embeddings of images",
+                        description="How well the embeddings reproduce their images: PSNR, SSIM and LPIPS of "
+                                    "each W+ and FS render (the PNGs `embed` wrote) against its image, as a JSON "
+                                    "report and a Markdown table.")
     ev.add_argument("images", nargs="+", help="the embedded images (files or folders)")
     ev.add_argument("--embeddings", required=True, help="the folder `embed --out` wrote")
     ev.add_argument("--weights", help="converted weights (for LPIPS; default: the embedded models)")
@@ -231,4 +266,24 @@ def build_parser(commands) -> argparse.ArgumentParser:
     # convert package, which this runtime never imports; it registers itself as an entry point.
     for plugin in metadata.entry_points(group=PLUGIN_GROUP):
         plugin.load()(sub)
+    # The global options after the command too (`demo --no-compile-cache`): every command takes
+    # them with no default of its own (SUPPRESS), so that a value given before the command stays.
+    for command in subcommands(parser):
+        _add_global_flags(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_global_flags(p, default):
+    p.add_argument("--no-compile-cache", action="store_true", default=default,
+                   help="do not use XLA's persistent compilation cache (default: on, in ~/.cache/barbershop-jax/xla "
+                        "or $BARBERSHOP_JAX_COMPILE_CACHE); before or after the command")
+
+
+def subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every command's parser under `parser`, nested ones (convert stylegan2) too."""
+    found = []
+    for action in parser._actions:  # argparse has no public way to list a parser's subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for command in dict.fromkeys(action.choices.values()):  # aliases name one parser twice
+                found += [command, *subcommands(command)]
+    return found

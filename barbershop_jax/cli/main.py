@@ -13,7 +13,8 @@ def demo(args):
     if args.samples:
         demo_lib.run(args.out, n=args.n, seed=args.seed, weights=args.weights, truncation=args.truncation)
     else:
-        demo_lib.run_transfer(args.out, weights=args.weights, seed=args.seed, progress=not args.quiet)
+        demo_lib.run_transfer(args.out, weights=args.weights, seed=args.seed, progress=not args.quiet,
+                              fresh=args.fresh)
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
@@ -54,16 +55,19 @@ def embed(args):
     from barbershop_jax.models import bundle
     from barbershop_jax.pipeline import batch_files
     from barbershop_jax.pipeline import embed as embed_lib
+    from barbershop_jax.pipeline import store
     _distributed(args)
     models = bundle.load(args.weights, args.dtype, parser=False)
     overrides = {field: getattr(args, flag) for flag, field in EMBED_FLAGS.items() if getattr(args, flag) is not None}
     cfg = EmbedConfig.for_size(models.generator.config.size, **overrides)
-    failures = []
+    failures, reuse = [], store.Reuse(fresh=args.fresh)
     done = embed_lib.embed_files(_image_paths(args.images), args.out, models, cfg, batch_size=args.batch_size,
                                  fs=not args.no_fs, progress=not args.quiet, import_official=args.import_official,
-                                 checkpoint_every=args.checkpoint_every or None, failures=failures)
+                                 checkpoint_every=args.checkpoint_every or None, failures=failures, reuse=reuse)
     share = f" by process {jax.process_index()} of {jax.process_count()}" if jax.process_count() > 1 else ""
     print(f"{len(done)} image(s) embedded{share} under {args.out} (W+{'' if args.no_fs else ' and FS'})")
+    if reuse.note(args.out):
+        print(f"barbershop-jax: note: {reuse.note(args.out)}", file=sys.stderr)
     if failures:
         path = batch_files.write_failures(args.out, [((name,), reason) for name, reason in failures],
                                           columns=("image",))
@@ -75,7 +79,7 @@ def embed(args):
 
 JOB_FLAGS = ("face", "shape", "color", "structure", "pairs", "part", "target_mask", "shape_transform", "weights",
              "batch_size", "dtype", "parser_dtype", "align", "landmarks", "dlib_model", "face_index", "min_face",
-             "paste_back", "feather", "no_resize", "save_target_mask")
+             "paste_back", "feather", "no_resize", "save_target_mask", "fresh")
 
 
 def transfer(args):

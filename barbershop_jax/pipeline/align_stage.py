@@ -39,12 +39,15 @@ class Aligning:
         for face, shape, ref in alignments:
             key = self.align_key(sources, face, shape, ref)
             npz, labels_png = self._align_paths(face, shape, ref)
-            hit = cache_lib.read_latents_npz(npz, self.latent_shape, self.f_shape) if cache_lib.key_matches(npz, key) else None
+            usable = self.reuse.allows(key) and cache_lib.key_matches(npz, key)
+            hit = cache_lib.read_latents_npz(npz, self.latent_shape, self.f_shape) if usable else None
             labels = cache_lib.read_labels(labels_png, self.cfg.parse_size) if hit is not None else None
             if labels is not None:
                 out[(face, shape, ref)] = _Aligned(labels, hit[1])
+                self.reuse.found("alignment", key)
             else:
                 todo.append((face, shape, ref, key))
+        self.reuse.making("alignment", [key for *_, key in todo])
         cfg = self.cfg
         with progress_lib.StageProgress("Alignment", len(todo), self.batch_size,
                                         2 * cfg.inpaint_steps + cfg.align_steps1 + cfg.align_steps2,

@@ -62,13 +62,37 @@ def write_failures(out_dir, failures, columns=None, name: str = "failures.csv") 
 
 
 SUMMARY_ROWS = 20  # results listed at the end of a run; the rest are in results.csv
+# The stages of the table, in run order, and the entries (store.REUSE_KINDS) each one makes.
+STAGE_ENTRIES = {"embedding": ("W+", "FS"), "parsing": (), "target mask": ("alignment",),
+                 "alignment": ("alignment",), "blending": ("blend",), "paste-back": ()}
 
 
-def summary(results: list[TransferResult], timings: dict[str, float], listed: str | None = None) -> str:
+def _stage_rows(timings: dict[str, float], reuse) -> list[str]:
+    """A row per stage that ran or whose every entry was found in OUT ("reused": a re-run
+    keeps the rows of the stages it skipped)."""
+    def all_reused(stage):
+        kinds = STAGE_ENTRIES.get(stage, ())
+        return (reuse is not None and kinds and sum(reuse.reused[k] for k in kinds) > 0
+                and sum(reuse.computed[k] for k in kinds) == 0)
+
+    stages = [s for s in STAGE_ENTRIES if s in timings or all_reused(s)]
+    stages += [s for s in timings if s not in STAGE_ENTRIES]
+    rows = []
+    for stage in stages:
+        seconds = f"{timings[stage]:.1f}" if stage in timings else ""
+        if all_reused(stage):
+            seconds = f"{seconds} (reused)" if seconds else "reused"
+        rows.append(f"| {stage} | {seconds} |")
+    return rows
+
+
+def summary(results: list[TransferResult], timings: dict[str, float], listed: str | None = None,
+            reuse=None) -> str:
     """The end-of-run table: time per stage, then each triple's output (the first
-    SUMMARY_ROWS when `listed` names a file that lists them all)."""
+    SUMMARY_ROWS when `listed` names a file that lists them all). reuse: the run's
+    store.Reuse; a stage whose entries were all found in OUT shows "reused"."""
     lines = ["| stage | seconds |", "| --- | ---: |"]
-    lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()]
+    lines += _stage_rows(timings, reuse)
     lines += [f"| total | {sum(timings.values()):.1f} |", "", "| face | shape | color | result |",
               "| --- | --- | --- | --- |"]
     shown = results[:SUMMARY_ROWS] if listed else results

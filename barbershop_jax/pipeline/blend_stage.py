@@ -29,8 +29,10 @@ class Blending:
             cached = self._cached_blend(t, key, npz, aligned)
             if cached is not None:
                 results[t] = cached
+                self.reuse.found("blend", key)
             else:
                 todo.append((t, key, npz))
+        self.reuse.making("blend", [key for _, key, _ in todo])
         with progress_lib.StageProgress("Blend", len(todo), self.batch_size, self.cfg.blend_steps,
                                         enabled=self.progress, unit="triple") as stage:
             for batch, padded in batches(todo, self.batch_size, "blend"):
@@ -53,7 +55,8 @@ class Blending:
         return self.out / f"{self._triple_stem(t)}_{self.tag}.png"
 
     def _cached_blend(self, t, key, npz, aligned):
-        hit = cache_lib.read_latents_npz(npz, self.latent_shape, self.f_shape) if cache_lib.key_matches(npz, key) else None
+        usable = self.reuse.allows(key) and cache_lib.key_matches(npz, key)
+        hit = cache_lib.read_latents_npz(npz, self.latent_shape, self.f_shape) if usable else None
         path = self._result_path(t)
         if hit is None or not path.is_file():
             return None

@@ -114,15 +114,17 @@ def _titled_panel(title: str, image, size: int, nearest: bool = False) -> Image.
     return panel
 
 
-def _legend_block(legend, width: int, px: int) -> Image.Image | None:
-    """(name, (r, g, b)) entries as colour swatches with their names, flowing in lines."""
+def _legend_block(legend, width: int, px: int, heading=None) -> Image.Image | None:
+    """(name, (r, g, b)) entries as colour swatches with their names, flowing in lines after
+    an optional heading."""
     if not legend:
         return None
     font = _font(px)
     step = _line_height(font)
     swatch = step - 4
     gap = max(8, px)
-    items, x, y = [], 0, 0
+    heading = _shorten(heading, font, width // 2) if heading else ""
+    items, x, y = [], (_text_width(heading, font) + gap if heading else 0), 0
     for name, colour in legend:
         name = _shorten(str(name), font, width - swatch - 6)
         item_w = swatch + 6 + _text_width(name, font)
@@ -132,6 +134,8 @@ def _legend_block(legend, width: int, px: int) -> Image.Image | None:
         x += item_w + gap
     block = Image.new("RGB", (width, y + step + 2), BACKGROUND)
     draw = ImageDraw.Draw(block)
+    if heading:
+        draw.text((0, swatch // 2 + 1), heading, fill=INK, font=font, anchor="lm")
     for x, y, name, colour in items:
         draw.rectangle((x, y + 1, x + swatch - 1, y + swatch), fill=colour, outline=INK)
         draw.text((x + swatch + 6, y + swatch // 2 + 1), name, fill=INK, font=font, anchor="lm")
@@ -160,7 +164,7 @@ def _row(panels, gap: int) -> Image.Image:
     return row
 
 
-def titled_row(panels, size: int = 256, title=None, notes=(), legend=None) -> np.ndarray:
+def titled_row(panels, size: int = 256, title=None, notes=(), legend=None, legend_title=None) -> np.ndarray:
     """A sheet of panels in one row, each titled.
 
     Args:
@@ -171,6 +175,7 @@ def titled_row(panels, size: int = 256, title=None, notes=(), legend=None) -> np
       title: a line over the whole sheet, or None.
       notes: lines under the panels (e.g. which weights made the results).
       legend: (class name, (r, g, b)) entries drawn as colour swatches, or None.
+      legend_title: text before the swatches (e.g. "target mask:"), or None.
     Returns:
       uint8 (H, W, 3): the sheet, white background.
     """
@@ -181,7 +186,8 @@ def titled_row(panels, size: int = 256, title=None, notes=(), legend=None) -> np
     row = _row(tiles, gap)
     px = _text_px(size)
     return _stack([_text_block([title] if title else [], row.width, px + 4, centred=True), row,
-                   _legend_block(legend, row.width, px), _text_block(notes, row.width, px)], row.width, gap)
+                   _legend_block(legend, row.width, px, legend_title), _text_block(notes, row.width, px)], row.width,
+                  gap)
 
 
 def grid_sheet(cells, row_heads, col_heads, size: int = 256, title=None, notes=(), corner=None) -> np.ndarray:

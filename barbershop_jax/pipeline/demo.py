@@ -8,6 +8,7 @@ import functools
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from barbershop_jax.config import DEFAULT_BATCH_SIZE
 from barbershop_jax.models import embedded, stylegan2
@@ -49,23 +50,22 @@ def example_images() -> dict:
 
 
 def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, log=print, steps=None,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> Path:
+                 batch_size: int = DEFAULT_BATCH_SIZE, fresh: bool = False) -> Path:
     """`barbershop-jax demo`: the whole way on the bundled images: the ordinary photo is
     aligned (FFHQ crop), given the hair of the shape and colour references, and the result is
     pasted back into the photo. Writes the results (the official layout under OUT, the crop in
     OUT/aligned/, the photo with the result in it as ..._pasted.png) and OUT/demo_grid.png:
     photo | face crop | shape | colour | result | target mask | result pasted into the photo.
     `steps`: step-count options (default: DEMO_STEPS for the embedded models, official ones
-    with `weights`)."""
-    import numpy as np
-
+    with `weights`). fresh: redo the embeddings, alignments and blends an earlier demo left in
+    OUT (by default they are reused, and a note says which)."""
     from barbershop_jax.ops import resample
     from barbershop_jax.pipeline import batch_files, face_crop, hair_transfer
     from barbershop_jax.pipeline.sources import as_source
-    from barbershop_jax.stages import target_mask
 
     steps = ({} if weights else DEMO_STEPS) if steps is None else steps
-    ht = hair_transfer.HairTransfer(weights, out_dir, batch_size=batch_size, progress=progress, seed=seed, **steps)
+    ht = hair_transfer.HairTransfer(weights, out_dir, batch_size=batch_size, progress=progress, seed=seed,
+                                    fresh=fresh, **steps)
     size = ht.models.generator.config.size
     images = example_images()
     if not weights:
@@ -77,17 +77,42 @@ def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, lo
     # The references are 128 px crops: fit them to the generator once, here, rather than warn per stage.
     refs = [resample.lanczos_resize(image_io.load_rgb(images[r]), size) for r in ("shape", "color")]
     result = ht.transfer(face.crop_path, as_source(refs[0], "shape"), as_source(refs[1], "color"), paste_back=True)
-    show = 128
     photo = image_io.load_rgb(images["photo"])
-    tiles = [resample.lanczos_resize(x, show) for x in (photo, face.crop, *refs, result.image)]
-    mask = target_mask.colourise(result.target_labels)
-    tiles.append(np.asarray(resample.nearest_resize(mask[None], show)[0]))
-    tiles.append(resample.lanczos_resize(result.pasted, show))
-    grid_path = image_io.save_png(Path(out_dir) / "demo_grid.png", image_io.grid(np.stack(tiles), len(tiles)))
-    log(batch_files.summary([result], ht.timings))
-    log(f"wrote {result.path}, {result.pasted_path} and {grid_path}\n(photo | face crop | shape | colour | result | "
-        "target mask | result pasted into the photo)")
+    grid_path = image_io.save_png(Path(out_dir) / "demo_grid.png", demo_sheet(
+        photo, face.crop, refs, result, ht.models.parser.labels, size, weights, steps))
+    log(batch_files.summary([result], ht.timings, reuse=ht.reuse))
+    note = ht.reuse.note(out_dir)
+    if note:
+        log(f"note: {note}")
+    log(f"wrote {result.path}, {result.pasted_path} and {grid_path} (photo | face crop | shape | colour | result | "
+        "target mask | result pasted into the photo, each titled)")
     if not weights:
         log("For a real transfer, convert the official weights (README, 'Real weights') and run:\n  "
             + OFFICIAL_COMMAND)
     return grid_path
+
+
+SHEET_PANEL = 256  # px per panel of demo_grid.png (the embedded models' 64 px images scaled up)
+
+
+def demo_sheet(photo, crop, refs, result, label_map, size: int, weights, steps) -> np.ndarray:
+    """demo_grid.png: the inputs, the result, its target mask (with a legend of the classes
+    in it) and the pasted photo, each titled, and a line saying which weights made them."""
+    from barbershop_jax.pipeline import contact_sheet
+    from barbershop_jax.stages import target_mask
+
+    panels = [("photo", photo), (f"face crop ({size} px)", crop), ("shape reference", refs[0]),
+              ("colour reference", refs[1]), ("result", result.image),
+              ("target mask", target_mask.colourise(result.target_labels), True),
+              ("pasted into the photo", result.pasted)]
+    if weights:
+        notes = [f"weights: {weights}"]
+    else:
+        notes = [f"weights: the embedded {size} px models with RANDOM weights and reduced steps "
+                 f"({', '.join(f'{k} {v}' for k, v in steps.items())}): they exercise the pipeline; no real hairstyle.",
+                 "For a real transfer: convert the official weights (README, 'Real weights') and run "
+                 + OFFICIAL_COMMAND]
+    return contact_sheet.titled_row(panels, SHEET_PANEL, title="barbershop-jax demo: the face of the photo with the "
+                                    "hair shape of one reference and the hair colour of another", notes=notes,
+                                    legend=contact_sheet.legend_entries(result.target_labels, label_map),
+                                    legend_title="target mask classes:")

@@ -40,13 +40,16 @@ class NonFiniteError(ValueError):
 def embed(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig | None = None,
           batch_size: int = DEFAULT_BATCH_SIZE, fs: bool = True, progress: bool = True, devices=None,
           import_official=None, checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
-          failures: list | None = None, split_processes: bool = True, decoded=None) -> list[EmbeddedImage]:
+          failures: list | None = None, split_processes: bool = True, decoded=None,
+          reuse: cache_lib.Reuse | None = None) -> list[EmbeddedImage]:
     """Embed images in W+ (and FS), batch by batch, skipping what `out_dir` already holds.
 
     `paths`: image files, or ImageSource items (`sources.as_source`) for images in memory.
     models: the models.bundle.Models (the face parser unused; default: the embedded ones).
     decoded: the run's sources.DecodedImages (each image decoded once for the whole run), or
     None for this call's own.
+    reuse: which finished entries of out_dir may be used (`fresh` redoes those of earlier
+    runs), counting those it used and made (store.Reuse; default: reuse all, counted apart).
 
     Writes the official layout under out_dir (W+/{name}.npy, FS/{name}.npz, with a PNG of each
     render and a JSON key beside it; see store.py). `import_official`: a folder of official
@@ -64,6 +67,10 @@ def embed(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig 
     NonFiniteError is raised once the other images are done.
     """
     check_counts("embed", 1, batch_size=batch_size)
+    reuse = cache_lib.Reuse() if reuse is None else reuse
+    if import_official is not None and reuse.fresh:
+        raise ValueError(f"--import-official {import_official} with --fresh: the one adopts entries, the other "
+                         "redoes them; give one")
     models = bundle.load(parser=False) if models is None else models
     g = models.generator
     cfg = EmbedConfig.for_size(g.config.size) if cfg is None else cfg
@@ -80,11 +87,12 @@ def embed(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig 
             name, image_hash = it.name, it.image_hash
             if store.get_w_plus(name, image_hash, cfg, (n_lat, d)) is None:
                 imported = store.import_official(import_official, name, image_hash, cfg, (n_lat, d), f_shape)
+                reuse.made.update([store.w_key(image_hash, cfg), store.fs_key(image_hash, cfg)])  # not "reused"
                 log.info("%s: imported %s from %s", name, ", ".join(imported) or "nothing", import_official)
 
     with image_io.BackgroundWrites() as writes:  # results are written while the next batch runs
         failed, w_plus, results = _embed_todo(items, store, models, cfg, batch_size, fs, progress, devices,
-                                              out_dir, checkpoint_every, writes, decoded)
+                                              out_dir, checkpoint_every, writes, decoded, reuse)
     if failed and failures is None:
         raise NonFiniteError(failed[0][1])
     if failures is not None:
@@ -100,8 +108,8 @@ def embed_files(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedC
     and checked first (two different images under one name are refused before any work), then
     `wave` images at a time are embedded, and only their names are kept. `embed` returns each
     image's arrays, and at 1024 px its F alone is 2 MB: 10,000 images held 20 GB. kwargs: as
-    `embed` (batch_size, failures, ...). Returns the names embedded, or found in out_dir, by
-    this process."""
+    `embed` (batch_size, failures, reuse: one store.Reuse for all waves, ...). Returns the names
+    embedded, or found in out_dir, by this process."""
     check_counts("embed_files", 1, wave=wave)
     items = identify(paths, progress)
     models = bundle.load(parser=False) if models is None else models
@@ -112,14 +120,20 @@ def embed_files(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedC
 
 
 def _embed_todo(items, store, models, cfg, batch_size, fs, progress, devices, out_dir, checkpoint_every, writes,
-                decoded):
-    """The batches of `embed` that the cache does not hold: (failed, w_plus, FS results)."""
+                decoded, reuse):
+    """The batches of `embed` that the cache does not hold (or `reuse` does not allow):
+    (failed, w_plus, FS results)."""
     g = models.generator
     n_lat, d = g.config.n_latent, g.config.style_dim
     f_shape = config.f_shape(g.config, cfg.fs_block)
     failed: list = []
-    w_plus = {it.name: store.get_w_plus(it.name, it.image_hash, cfg, (n_lat, d)) for it in items}
+    w_plus = {it.name: store.get_w_plus(it.name, it.image_hash, cfg, (n_lat, d))
+              if reuse.allows(store.w_key(it.image_hash, cfg)) else None for it in items}
+    for it in items:
+        if w_plus[it.name] is not None:
+            reuse.found("W+", store.w_key(it.image_hash, cfg))
     todo = [it for it in items if w_plus[it.name] is None]
+    reuse.making("W+", [store.w_key(it.image_hash, cfg) for it in todo])
     with progress_lib.StageProgress("W+ embedding", len(todo), batch_size, cfg.w_steps, enabled=progress) as stage:
         for batch, padded in batching.batches(todo, batch_size, "w_plus"):
             stage.next_batch()
@@ -142,10 +156,14 @@ def _embed_todo(items, store, models, cfg, batch_size, fs, progress, devices, ou
     results = {}
     if fs:
         for it in items:
+            if not reuse.allows(store.fs_key(it.image_hash, cfg)):
+                continue
             hit = store.get_fs(it.name, it.image_hash, cfg, (n_lat, d), f_shape)
             if hit is not None:
                 results[it.name] = hit
+                reuse.found("FS", store.fs_key(it.image_hash, cfg))
         todo = [it for it in items if it.name not in results and w_plus[it.name] is not None]
+        reuse.making("FS", [store.fs_key(it.image_hash, cfg) for it in todo])
         with progress_lib.StageProgress("FS embedding", len(todo), batch_size, cfg.fs_steps,
                                         enabled=progress) as stage:
             for batch, padded in batching.batches(todo, batch_size, "fs"):

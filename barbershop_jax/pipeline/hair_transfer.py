@@ -34,6 +34,9 @@ class HairTransfer:
     seed, blend_steps, w_steps, ...), given here as defaults or per call. Outputs go to
     `out_dir` in the official layout (default: a temporary folder that lives as long as this
     object); embeddings and alignments are cached there, so no image is embedded twice.
+    fresh: redo the embeddings, alignments and blends that earlier runs left in `out_dir`
+    (those this object makes are still reused); `reuse` says, after each transfer, what was
+    reused from the folder (store.Reuse: counts by kind, and `note`).
     compile_cache: use XLA's persistent compilation cache (compile_cache.py), on by default.
     checkpoint_every: the optimisation loops save their state every so many steps under
     OUT/.resume/, so an interrupted run resumes mid-stage (resume.py); None turns it off.
@@ -45,7 +48,7 @@ class HairTransfer:
 
     def __init__(self, weights=None, out_dir=None, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True, devices=None,
                  compile_cache: bool = True, checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
-                 dtype: str = "float32", parser_dtype: str = "float32", **options):
+                 dtype: str = "float32", parser_dtype: str = "float32", fresh: bool = False, **options):
         # The settings are checked before minutes of loading models.
         check_counts("HairTransfer", 1, batch_size=batch_size)
         embed_overrides, overrides = split_options(options)
@@ -64,13 +67,18 @@ class HairTransfer:
         self.options = options
         self.weights, self.dtype = weights, dtype
         self.timings: dict[str, float] = {}
+        self.fresh, self._made = fresh, set()  # _made: the keys of the entries this object wrote
+        self.reuse = self._new_reuse()  # what the last transfer reused from out_dir and computed
+
+    def _new_reuse(self) -> store.Reuse:
+        return store.Reuse(self.fresh, self._made)
 
     def pipeline(self, **options) -> Pipeline:
         embed_overrides, overrides = split_options({**self.options, **options})
         return Pipeline(self.models, self.out_dir,
                         EmbedConfig.for_size(self.models.generator.config.size, **embed_overrides),
                         TransferConfig(**overrides), batch_size=self.batch_size, progress=self.progress,
-                        devices=self.devices, checkpoint_every=self.checkpoint_every)
+                        devices=self.devices, checkpoint_every=self.checkpoint_every, reuse=self._new_reuse())
 
     def _pipelines(self, regions, **options) -> dict:
         """One pipeline per region (its settings and file names), each checked before any work."""
@@ -167,7 +175,7 @@ class HairTransfer:
         if edits and len(edits) != len(triples):
             raise ValueError(f"{len(edits)} edits for {len(triples)} triples: give one (or None) per triple")
         results = [None] * len(triples)
-        self.timings, self.failures = {}, []
+        self.timings, self.failures, self.reuse = {}, [], self._new_reuse()
         for region, indices in groups.items():
             pipeline = pipelines[region]
             pipeline.save_target_masks = save_target_masks
@@ -179,6 +187,7 @@ class HairTransfer:
                 for stage, seconds in pipeline.timings.items():
                     self.timings[stage] = self.timings.get(stage, 0.0) + seconds
                 self.failures += pipeline.triple_failures
+                self.reuse.add(pipeline.reuse)
             for i, r in zip(indices, done):
                 results[i] = r
         return results
@@ -191,9 +200,9 @@ class HairTransfer:
         its alignments hold about 12 MB, more with a pasted photo, and transfer_many keeps
         them all until it returns: 10,000 triples would need over 100 GB. A later wave reads
         the embeddings and alignments that an earlier one made from the output folder.
-        timings and failures add up over the waves."""
+        timings, failures and reuse add up over the waves."""
         triples = list(triples)
-        out, timings, failures = [], {}, []
+        out, timings, failures, reuse = [], {}, [], self._new_reuse()
         for start, stop in batching.waves(len(triples), wave, "triples"):
             part = slice(start, stop)
             results = self.transfer_many(triples[part], edits=edits[part] if edits else None,
@@ -201,10 +210,11 @@ class HairTransfer:
             for stage, seconds in self.timings.items():
                 timings[stage] = timings.get(stage, 0.0) + seconds
             failures += self.failures
+            reuse.add(self.reuse)
             out += [None if r is None else dataclasses.replace(
                 r, image=None, target_labels=None, latent_in=None, structure_f=None, face_mask=None, hair_mask=None,
                 pasted=None) for r in results]
-        self.timings, self.failures = timings, failures
+        self.timings, self.failures, self.reuse = timings, failures, reuse
         return out
 
     def transfer(self, face, shape, color, *, structure=None, target_mask=None, shape_transform=None,

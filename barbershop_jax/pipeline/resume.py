@@ -31,6 +31,7 @@ from barbershop_jax.config import DEFAULT_CHECKPOINT_EVERY
 from barbershop_jax.pipeline.image_files import atomic_write
 
 RESUME_DIR = ".resume"
+SAVE_ATTEMPTS = 3  # a checkpoint write whose folder was removed meanwhile (see `clear`) is retried
 
 _stop = threading.Event()
 _stop_signal: list = []
@@ -133,7 +134,15 @@ class LoopCheckpoint:
         """Write step `done` (one npz, atomically), then drop the older ones."""
         leaves = jax.tree.leaves(jax.device_get(state))
         arrays = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
-        atomic_write(self.folder / f"step_{done:07d}.npz", lambda f: np.savez(f, **arrays))
+        for attempt in range(SAVE_ATTEMPTS):
+            try:
+                atomic_write(self.folder / f"step_{done:07d}.npz", lambda f: np.savez(f, **arrays))
+                break
+            except FileNotFoundError:
+                # `clear` of another batch (a writer thread, or another process in the same OUT)
+                # removed the emptied stage folder between atomic_write's mkdir and its file.
+                if attempt == SAVE_ATTEMPTS - 1:
+                    raise
         for step, old in self._steps():
             if step < done:
                 old.unlink(missing_ok=True)
@@ -148,5 +157,20 @@ def batch_checkpoint(out_dir, stage: str, keys, every: int | None) -> LoopCheckp
 
 
 def clear(folder) -> None:
-    """Remove a batch's checkpoints (after its results are written)."""
+    """Remove a batch's checkpoints (after its results are written), and the folders above it
+    up to OUT/.resume/ that this leaves empty: a finished run leaves no empty .resume/ behind.
+    A folder that holds anything (another batch's checkpoints) stays."""
+    folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
+    if RESUME_DIR not in folder.parts[:-1]:
+        return  # not under a .resume/ folder: remove nothing above it
+    root = Path(*folder.parts[:len(folder.parts) - folder.parts[::-1].index(RESUME_DIR)])  # the last .resume/
+    for parent in folder.parents:
+        if not parent.is_relative_to(root):
+            break
+        try:
+            parent.rmdir()  # only ever an empty folder
+        except FileNotFoundError:  # another batch's clear was first: look further up
+            continue
+        except OSError:  # not empty: the folders above it hold something too
+            break

@@ -80,7 +80,7 @@ class Pipeline(Aligning, Blending):
 
     def __init__(self, models: Models, out_dir, embed_cfg: EmbedConfig, cfg: TransferConfig, *,
                  batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True, devices=None,
-                 checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY):
+                 checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY, reuse: cache_lib.Reuse | None = None):
         check_counts("Pipeline", 1, batch_size=batch_size)
         if embed_cfg.fs_block != cfg.fs_block:
             raise ValueError(f"the embedding's F is at block {embed_cfg.fs_block}, the transfer's at {cfg.fs_block}: "
@@ -101,6 +101,8 @@ class Pipeline(Aligning, Blending):
         self.latent_shape = (g.n_latent, g.style_dim)
         self.f_shape = config_lib.f_shape(g, self.cfg.fs_block)
         self.timings: dict[str, float] = {}
+        # Which finished entries of OUT this run may use (reuse.fresh: only its own), and which it used.
+        self.reuse = cache_lib.Reuse() if reuse is None else reuse.share()
         self._parsed: dict[str, tuple] = {}
         self.sources: dict[str, sources_lib.ImageSource] = {}  # every input of `run`, by name
         self.decoded = sources_lib.DecodedImages(self.size)  # each image decoded once for the run
@@ -181,7 +183,7 @@ class Pipeline(Aligning, Blending):
             done = embed_lib.embed(sources, self.out, self.models, self.embed_cfg, batch_size=self.batch_size,
                                    progress=self.progress, devices=self.devices,
                                    checkpoint_every=self.checkpoint_every, failures=failed, split_processes=False,
-                                   decoded=self.decoded)
+                                   decoded=self.decoded, reuse=self.reuse)
         self.failures += failed
         return {e.name: e for e in done}
 

@@ -17,6 +17,7 @@ target label maps beside them (`save_labels`).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -206,6 +207,58 @@ class EmbeddingCache:
             save_png(path.with_suffix(".png"), image_png)
         save_json(path.with_suffix(".json"), {"key": key, "name": name, "image_sha256": image_hash,
                                               "weights": self.weights, **(extra or {})})
+
+
+# ----------------------------------------------------------------------------- reuse
+REUSE_KINDS = ("W+", "FS", "alignment", "blend")  # the finished entries a run can find in OUT
+
+
+@dataclasses.dataclass
+class Reuse:
+    """Which finished entries of the output folder a run may reuse, and which it did: what a
+    re-run into the same folder skipped is said, not silent (`note`).
+
+    fresh: redo the entries that earlier runs left; reuse only those this run made (one face
+    of many triples is still embedded once). An interrupted loop's checkpoint (OUT/.resume/)
+    is resumed either way: it gives the same numbers as a run from the start."""
+    fresh: bool = False
+    made: set = dataclasses.field(default_factory=set)  # keys this run wrote (shared by its pipelines)
+    reused: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # kind -> n from OUT
+    computed: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # kind -> n done
+
+    def allows(self, key: str) -> bool:
+        """Whether the entry under `key`, if the folder holds it, may be used."""
+        return not self.fresh or key in self.made
+
+    def found(self, kind: str, key: str):
+        """An entry was used: counted as reused unless this run made it."""
+        if key not in self.made:
+            self.reused[kind] += 1
+
+    def making(self, kind: str, keys):
+        """Entries about to be computed (and written under these keys)."""
+        keys = list(keys)
+        self.computed[kind] += len(keys)
+        self.made.update(keys)
+
+    def share(self) -> "Reuse":
+        """A Reuse with its own counts and this one's `fresh` and `made` (one per pipeline)."""
+        return Reuse(self.fresh, self.made)
+
+    def add(self, other: "Reuse"):
+        self.reused.update(other.reused)
+        self.computed.update(other.computed)
+
+    def note(self, out_dir, fresh_flag: str = "--fresh") -> str | None:
+        """'reused from OUT/: 4 W+ embeddings, 4 FS, 1 alignment, 1 blend; --fresh to redo
+        them', or None when nothing was reused."""
+        words = {"W+": ("W+ embedding", "W+ embeddings"), "FS": ("FS", "FS"),
+                 "alignment": ("alignment", "alignments"), "blend": ("blend", "blends")}
+        parts = [f"{n} {words.get(kind, (kind, kind))[n != 1]}" for kind in (*REUSE_KINDS, *sorted(
+            set(self.reused) - set(REUSE_KINDS))) if (n := self.reused.get(kind, 0))]
+        if not parts:
+            return None
+        return f"reused from {Path(out_dir)}/: {', '.join(parts)}; {fresh_flag} to redo them"
 
 
 # ----------------------------------------------------------------------------- weights

@@ -49,6 +49,7 @@ class TransferJob:
     feather: float = FEATHER
     no_resize: bool = False
     save_target_mask: bool = False
+    fresh: bool = False                # redo the entries earlier runs left in `out`
 
     def aligner(self, size: int) -> face_crop.Aligner:
         return face_crop.Aligner.from_options(size, self.landmarks, self.dlib_model, self.face_index, self.min_face)
@@ -137,7 +138,7 @@ def run(job: TransferJob) -> int:
     def hair_transfer():  # loads the models
         return ht_lib.HairTransfer(job.weights, job.out, batch_size=job.batch_size, progress=job.progress,
                                    checkpoint_every=job.checkpoint_every, dtype=job.dtype,
-                                   parser_dtype=job.parser_dtype, **job.options)
+                                   parser_dtype=job.parser_dtype, fresh=job.fresh, **job.options)
 
     ht, align_failures = None, []
     if job.align:  # the crops are cut at the generator's size: load the models first
@@ -180,7 +181,10 @@ def run(job: TransferJob) -> int:
                                              name=failures_csv.replace("failures", "grid").replace(".csv", ".png"))
         print(f"wrote {sheet_path}: the contact sheet (faces as rows, hairstyles as columns)")
     results = [r for r in results if r is not None]
-    print(batch_files.summary(results, ht.timings, listed))
+    print(batch_files.summary(results, ht.timings, listed, ht.reuse))
+    note = ht.reuse.note(job.out)
+    if note:
+        print(f"barbershop-jax: note: {note}", file=sys.stderr)
     if job.paste_back:
         for r in results:
             print(f"{r.face}: pasted into its photo: {r.pasted_path}")
