@@ -13,7 +13,7 @@ from barbershop_jax.pipeline import grid as grid_lib
 from barbershop_jax.pipeline import image_files as image_io
 from barbershop_jax.pipeline import plan as plan_lib
 from conftest import render
-from test_transfer import _transfer, models  # noqa: F401 (the fixture)
+from test_transfer import STEPS, _transfer, models  # noqa: F401 (the fixture)
 
 FACES, HAIRSTYLES = ("ann", "bob", "cid"), ("dan", "eve", "fay")
 
@@ -63,6 +63,8 @@ def test_a_rerun_plans_nothing_to_do(models, six, grid_run):  # noqa: F811
     plan = ht.plan(triples)
     assert [(s.total, s.todo) for s in plan.stages] == [(6, 0), (6, 0), (9, 0), (9, 0)]
     assert plan.seconds == 0.0 and "6 found in the output folder" in plan.describe()
+    fresh = _transfer(models, out, fresh=True).plan(triples)  # --fresh: every entry of the folder is redone
+    assert [(s.total, s.todo) for s in fresh.stages] == [(6, 6), (6, 6), (9, 9), (9, 9)]
 
 
 def test_each_cell_equals_its_triple_run_alone(models, six, grid_run, tmp_path):  # noqa: F811
@@ -73,15 +75,18 @@ def test_each_cell_equals_its_triple_run_alone(models, six, grid_run, tmp_path):
         for j, hair in enumerate(hairstyles):
             [alone] = _transfer(models, alone_out).transfer_many([(face, hair, hair)])
             cell = result.results[i][j]
-            assert np.array_equal(alone.image, image_io.load_rgb(cell.path)), (i, j)  # the result, bit for bit
+            # XLA:CPU rounds a batch's items in the last bit by their place in the batch (alone, a
+            # triple sits beside a copy of itself): F differed by 2e-6 (of ~3) here, and a result
+            # pixel can move by a level. The same criteria as test_transfer's batch-equals-single.
             for stage, stem in (("Align", f"{FACES[i]}_{HAIRSTYLES[j]}"),
                                 ("Blend", f"{FACES[i]}_{HAIRSTYLES[j]}_{HAIRSTYLES[j]}")):
                 with np.load(out / f"{stage}_realistic" / f"{stem}.npz") as a, \
                         np.load(alone_out / f"{stage}_realistic" / f"{stem}.npz") as b:
-                    # XLA:CPU's kernels round a batch's items in the last bit by their place in the
-                    # batch (a cell alone sits beside a copy of itself): 2e-6 measured, on F of ~1.
                     for k in ("latent_in", "latent_F"):
-                        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-5 * max(1.0, np.abs(a[k]).max()))
+                        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-4 * max(1.0, np.abs(a[k]).max()),
+                                                   err_msg=f"{stage} {k} of cell {(i, j)}")
+            image = image_io.load_rgb(cell.path)
+            assert np.abs(alone.image.astype(int) - image).mean() < 1.0, (i, j)
 
 
 def test_colours_pair_with_hairstyles_or_serve_all():
@@ -119,8 +124,8 @@ def test_cli_grid_writes_results_csv_and_sheet(models, six, grid_run, tmp_path, 
     monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
     rc = cli.main(["transfer", "--faces", str(faces[0].parent / "ann.png"), str(faces[1]), str(faces[2]),
                    "--hairstyles", *map(str, hairstyles), "--out", str(out), "--quiet", "--batch-size", "2",
-                   *[f"--{k.replace('_', '-')}={v}" for k, v in _transfer(models, out).options.items()
-                     if k.endswith("steps")], "--noise", "random", "--checkpoint-every", "2"])
+                   *[f"--{k.replace('_', '-')}={v}" for k, v in STEPS.items()], "--noise", "random",
+                   "--checkpoint-every", "2"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "plan: 3 face(s) x 3 hairstyle(s) = 9 transfers" in captured.err

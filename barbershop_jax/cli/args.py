@@ -126,7 +126,10 @@ def build_parser(commands) -> argparse.ArgumentParser:
                                          "and the hair colour of --color (or any --region)",
                         description="Hairstyle transfer (Barbershop): the face of --face with the hair shape of "
                                     "--shape and the hair colour of --color, or another --region (lips, brows, "
-                                    "...); one triple, or a CSV of many with --pairs. The images must be "
+                                    "...); one triple, a CSV of many with --pairs, or a grid of every --faces image with every "
+                                    "--hairstyles image (contact sheet OUT/grid.png). A batch prints its plan (the "
+                                    "embeddings, alignments and blends to do, and the predicted time) first. The "
+                                    "images must be "
                                     "FFHQ-aligned crops, or ordinary photos with --align. Results go to --out in "
                                     "the official layout; embeddings, alignments and blends found there are reused "
                                     "(a note says which; --fresh redoes them), and an interrupted run resumes.")
@@ -251,7 +254,12 @@ def build_parser(commands) -> argparse.ArgumentParser:
     ev.set_defaults(func=commands.evaluate_embedding)
 
     web = sub.add_parser("serve", help="a web page over the pipeline (needs the web extra: "
-                                       "pip install 'barbershop-jax[web]')")
+                                       "pip install 'barbershop-jax[web]')",
+                         description="A Gradio page over the same pipeline, one job at a time (jobs from several "
+                                     "tabs queue): a transfer tab (face photo, shape, colour, optional structure "
+                                     "reference and region, the official options, progress per stage) and a grid tab "
+                                     "(several faces x several hairstyles as a contact sheet). Binds to this machine "
+                                     "only unless --host says otherwise. Needs pip install 'barbershop-jax[web]'.")
     web.add_argument("--weights", help="converted weights directory (default: the embedded tiny random models, with a "
                                        "banner saying so)")
     web.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")

@@ -92,20 +92,24 @@ def plan(pipelines: dict, triples, edits=None, regions=None, *, dtype="float32",
             continue
         _, quads, sources = pipeline.inputs([triples[i] for i in rows], [edits[i] for i in rows])
         images.update(sources)
+        found = lambda path, key: pipeline.reuse.allows(key) and cache_lib.key_matches(path, key)  # noqa: E731
         for face, shape, ref in dict.fromkeys(a for t in quads for a in alignments(t)):
             npz, labels = pipeline._align_paths(face, shape, ref)
             aligns[0] += 1
-            aligns[1] += not (cache_lib.key_matches(npz, pipeline.align_key(sources, face, shape, ref))
-                              and labels.is_file())
+            aligns[1] += not (found(npz, pipeline.align_key(sources, face, shape, ref)) and labels.is_file())
         for t in dict.fromkeys(quads):
             blends[0] += 1
-            blends[1] += not (cache_lib.key_matches(pipeline.blend_path(t), pipeline.blend_key(sources, t))
+            blends[1] += not (found(pipeline.blend_path(t), pipeline.blend_key(sources, t))
                               and pipeline._result_path(t).is_file())
     store = cache_lib.EmbeddingCache(any_pipeline.out, cache_lib.embedding_weights(any_pipeline.models))
-    w_todo = sum(not cache_lib.key_matches(store.root / cache_lib.W_DIR / f"{s.name}.npy",
-                                           store.w_key(s.image_hash, embed_cfg)) for s in images.values())
-    fs_todo = sum(not cache_lib.key_matches(store.root / cache_lib.FS_DIR / f"{s.name}.npz",
-                                            store.fs_key(s.image_hash, embed_cfg)) for s in images.values())
+    reuse = any_pipeline.reuse  # --fresh: only what this run makes is reused, so every entry is to do
+
+    def todo(folder, suffix, key_of):
+        return sum(not (reuse.allows(key := key_of(s.image_hash, embed_cfg))
+                        and cache_lib.key_matches(store.root / folder / f"{s.name}{suffix}", key))
+                   for s in images.values())
+    w_todo = todo(cache_lib.W_DIR, ".npy", store.w_key)
+    fs_todo = todo(cache_lib.FS_DIR, ".npz", store.fs_key)
     batch_size = any_pipeline.batch_size
     counts = {"W+ embedding": (len(images), w_todo, embed_cfg.w_steps),
               "FS embedding": (len(images), fs_todo, embed_cfg.fs_steps),
