@@ -4,6 +4,7 @@ after the paper (EqualDense, ModulatedConv2d with the modulation on the activati
 ToRGB). models/stylegan2.py builds the networks from them (its docstring: why this form)."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -65,6 +66,12 @@ def _conv(x, kernel, padding, precision, lhs_dilation=(1, 1)):
                                 dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
 
 
+def _conv_transpose_2x(x, kernel, precision):
+    k = kernel.shape[0]
+    return _conv(x, kernel[::-1, ::-1], [(k - 1, k - 1)] * 2, precision, lhs_dilation=(2, 2))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv_transpose_2x(x, kernel, precision=None):
     """PyTorch's conv_transpose2d(stride=2, padding=0): (H, W) -> (2H+1, 2W+1), HWIO kernel.
 
@@ -72,9 +79,31 @@ def conv_transpose_2x(x, kernel, precision=None):
     which XLA hands to cuDNN as a transposed convolution. A polyphase form (four small dense
     convolutions of the phases, no zero multiplications) was measured: as fast on CPU and
     13% slower on an H100 (benchmarks/README.md), so it was dropped.
+
+    The gradient to x is the stride-2 correlation of the output gradient with the kernel
+    (in and out swapped). XLA:CPU hands that convolution to YNNPACK, which ran it 2.4x slower
+    than patches + one matmul (257 px, 128 -> 256 channels: 568 against 235 CPU ms; batch 4,
+    2.4x; 64 channels the same time and the same bits), so on CPU it takes the patch path at
+    every size; other platforms keep XLA's convolution. The kernel's gradient is XLA's own.
     """
-    k = kernel.shape[0]
-    return _conv(x, kernel[::-1, ::-1], [(k - 1, k - 1)] * 2, precision, lhs_dilation=(2, 2))
+    return _conv_transpose_2x(x, kernel, precision)
+
+
+def _conv_transpose_2x_fwd(x, kernel, precision):
+    return _conv_transpose_2x(x, kernel, precision), (x, kernel)
+
+
+def _conv_transpose_2x_bwd(precision, residuals, g):
+    x, kernel = residuals
+    _, vjp = jax.vjp(lambda x, k: _conv_transpose_2x(x, k, precision), x, kernel)
+    d_kernel = vjp(g)[1]  # its d_x, and this too when unused, is dropped by XLA
+    d_x = conv_general_dilated(g, jnp.swapaxes(kernel, 2, 3), (2, 2), [(0, 0), (0, 0)],
+                               dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision,
+                               patches_at_any_size=True)
+    return d_x.astype(x.dtype), d_kernel
+
+
+conv_transpose_2x.defvjp(_conv_transpose_2x_fwd, _conv_transpose_2x_bwd)
 
 
 def fused_leaky_relu(x, bias, negative_slope=0.2, gain=math.sqrt(2.0)):
