@@ -83,8 +83,9 @@ def conv_transpose_2x(x, kernel, precision=None):
     The gradient to x is the stride-2 correlation of the output gradient with the kernel
     (in and out swapped). XLA:CPU hands that convolution to YNNPACK, which ran it 2.4x slower
     than patches + one matmul (257 px, 128 -> 256 channels: 568 against 235 CPU ms; batch 4,
-    2.4x; 64 channels the same time and the same bits), so on CPU it takes the patch path at
-    every size; other platforms keep XLA's convolution. The kernel's gradient is XLA's own.
+    2.4x; at 64 channels the same time), so on CPU it takes the patch path at every size from
+    conv.MIN_INPUT_CHANNELS channels; other platforms, and fewer channels (the tests' tiny
+    models, whose bits stay), keep XLA's convolution. The kernel's gradient is XLA's own.
     """
     return _conv_transpose_2x(x, kernel, precision)
 
