@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from barbershop_jax.models.conv import conv_general_dilated
+from barbershop_jax.models.conv import MIN_INPUT_CHANNELS, conv_general_dilated
 
 # The [1, 3, 3, 1] binomial filter of every StyleGAN2 blur and upsample, normalised to sum 1.
 BLUR_TAPS = np.array([1.0, 3.0, 3.0, 1.0]) / 8.0
@@ -71,7 +71,6 @@ def _conv_transpose_2x(x, kernel, precision):
     return _conv(x, kernel[::-1, ::-1], [(k - 1, k - 1)] * 2, precision, lhs_dilation=(2, 2))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv_transpose_2x(x, kernel, precision=None):
     """PyTorch's conv_transpose2d(stride=2, padding=0): (H, W) -> (2H+1, 2W+1), HWIO kernel.
 
@@ -84,9 +83,17 @@ def conv_transpose_2x(x, kernel, precision=None):
     (in and out swapped). XLA:CPU hands that convolution to YNNPACK, which ran it 2.4x slower
     than patches + one matmul (257 px, 128 -> 256 channels: 568 against 235 CPU ms; batch 4,
     2.4x; at 64 channels the same time), so on CPU it takes the patch path at every size from
-    conv.MIN_INPUT_CHANNELS channels; other platforms, and fewer channels (the tests' tiny
-    models, whose bits stay), keep XLA's convolution. The kernel's gradient is XLA's own.
+    conv.MIN_INPUT_CHANNELS channels; other platforms keep XLA's convolution, and fewer channels
+    (the tests' tiny models) the very program XLA derives, so their bits stay. The kernel's
+    gradient is XLA's own.
     """
+    if kernel.shape[3] < MIN_INPUT_CHANNELS:
+        return _conv_transpose_2x(x, kernel, precision)
+    return _conv_transpose_2x_patched_grad(x, kernel, precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_transpose_2x_patched_grad(x, kernel, precision):
     return _conv_transpose_2x(x, kernel, precision)
 
 
@@ -104,7 +111,7 @@ def _conv_transpose_2x_bwd(precision, residuals, g):
     return d_x.astype(x.dtype), d_kernel
 
 
-conv_transpose_2x.defvjp(_conv_transpose_2x_fwd, _conv_transpose_2x_bwd)
+_conv_transpose_2x_patched_grad.defvjp(_conv_transpose_2x_fwd, _conv_transpose_2x_bwd)
 
 
 # Kernels with at least this many input channels sum their squared taps with adds (below).
