@@ -7,15 +7,23 @@ Times three steps at each batch size, with random weights of the official archit
 The PyTorch side is tests/torch_stylegan2.py: the official algorithm (per-sample modulated
 weights, grouped convolution) in plain PyTorch ops, gradients to the latents only.
 JAX: jitted, compile time reported apart, `block_until_ready` on every timed call.
+The two sides alternate call by call (JAX, PyTorch, JAX, ...) so that a machine whose load
+changes during the run slows both alike; medians of --reps calls, the load average beside them.
 Writes JSON and a markdown table to benchmarks/results/.
 
+    python benchmarks/bench_generator.py --size 256 --batch 1 4 --steps grad_w --profile   # the CPU acceptance run
+    python benchmarks/bench_generator.py --size 1024 --batch 1 --steps grad_w
     python benchmarks/bench_generator.py --size 256 --batches 1 2 4 8
     python benchmarks/bench_generator.py --quick        # 64 px, a minute on 2 CPU cores
+
+--profile adds, per batch, where JAX's grad_w time goes (`profile_step.py`'s reading of a
+`jax.profiler` trace: time per kind of XLA operation and the top operations).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -30,6 +38,7 @@ import jax.numpy as jnp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 STEPS = ("render", "grad_w", "grad_fs")
 
@@ -63,25 +72,27 @@ def jax_steps(model, batch, block):
     return {"render": (jax.jit(render), w), "grad_w": (jax.jit(grad_w), w), "grad_fs": (jax.jit(grad_fs), (f, s))}
 
 
-def bench_jax(model, batch, block, reps):
+def jax_callables(model, batch, block, steps):
+    """name -> (a no-argument call that blocks on its result, compile seconds, FLOPs)."""
     out = {}
     for name, (fn, x) in jax_steps(model, batch, block).items():
+        if name not in steps:
+            continue
         key = jax.random.PRNGKey(1)
         t = time.perf_counter()
         compiled = fn.lower(model, x, key).compile()
         compile_s = time.perf_counter() - t
         jax.block_until_ready(compiled(model, x, key))  # warm-up
-        keys = iter(jax.random.split(key, reps + 1))
-        ms, spread = _median_ms(lambda: jax.block_until_ready(compiled(model, x, next(keys))), reps)
-        flops = (compiled.cost_analysis() or {}).get("flops") if hasattr(compiled, "cost_analysis") else None
+        keys = iter(jax.random.split(key, 10_000))
+        flops = (compiled.cost_analysis() or {}) if hasattr(compiled, "cost_analysis") else {}
         if isinstance(flops, list):
-            flops = flops[0].get("flops") if flops else None
-        out[name] = {"ms": ms, "min_ms": spread[0], "max_ms": spread[1], "compile_s": compile_s,
-                     "images_per_s": batch * 1e3 / ms, "flops": flops}
+            flops = flops[0] if flops else {}
+        out[name] = (lambda c=compiled, x=x: jax.block_until_ready(c(model, x, next(keys))), compile_s,
+                     flops.get("flops"), compiled)
     return out
 
 
-def bench_torch(g, batch, block, reps, device):
+def torch_callables(g, batch, block, device, steps):
     import torch
 
     def sync():
@@ -117,12 +128,68 @@ def bench_torch(g, batch, block, reps, device):
         img.pow(2).mean().backward()
         sync()
 
-    out = {}
-    for name, fn in (("render", render), ("grad_w", grad_w), ("grad_fs", grad_fs)):
-        fn()  # warm-up
-        ms, spread = _median_ms(fn, reps)
-        out[name] = {"ms": ms, "min_ms": spread[0], "max_ms": spread[1], "images_per_s": batch * 1e3 / ms}
-    return out
+    fns = {"render": render, "grad_w": grad_w, "grad_fs": grad_fs}
+    return {name: fns[name] for name in STEPS if name in steps}
+
+
+def _stats(times_s, batch):
+    ms = [t * 1e3 for t in times_s]
+    med = statistics.median(ms)
+    return {"ms": med, "min_ms": min(ms), "max_ms": max(ms), "all_ms": ms, "images_per_s": batch * 1e3 / med}
+
+
+def bench_alternating(jax_fns, torch_fns, batch, reps):
+    """Each step: one warm-up of PyTorch, then reps rounds of (JAX call, PyTorch call)."""
+    rows = {}
+    for name, (call, compile_s, flops, _) in jax_fns.items():
+        other = (torch_fns or {}).get(name)
+        if other:
+            other()  # warm-up
+        times_j, times_t, loads = [], [], []
+        for _ in range(reps):
+            loads.append(os.getloadavg()[0])
+            t = time.perf_counter()
+            call()
+            times_j.append(time.perf_counter() - t)
+            if other:
+                t = time.perf_counter()
+                other()
+                times_t.append(time.perf_counter() - t)
+        jax_row = {**_stats(times_j, batch), "compile_s": compile_s, "flops": flops}
+        rows[name] = {"jax": jax_row, "torch": _stats(times_t, batch) if other else None,
+                      "load_1min": [round(x, 2) for x in loads]}
+    return rows
+
+
+def profile_jax(name, call, compiled, top):
+    """Where one JAX call's time goes: profile_step.py's reading of a jax.profiler trace."""
+    import collections
+
+    import profile_step
+    table = profile_step.hlo_instructions(compiled.as_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp):
+            call()
+        files = sorted(Path(tmp).rglob("*.xplane.pb"))
+        profile = jax.profiler.ProfileData.from_file(str(files[-1]))
+    per_op = collections.Counter()
+    for plane in profile.planes:
+        if not plane.name.startswith(("/host:CPU", "/device:")):
+            continue
+        for line in plane.lines:
+            for event in line.events:
+                op = dict(event.stats).get("hlo_op")
+                if op is not None and event.duration_ns:
+                    per_op[str(op)] += event.duration_ns
+    total = sum(per_op.values()) or 1.0
+    kinds = collections.Counter()
+    for op, ns in per_op.items():
+        kinds[profile_step.category(table.get(op), op)] += ns
+    ops = [{"op": op, "kind": profile_step.category(table.get(op), op), "ms": ns / 1e6, "share": ns / total,
+            "shape": (table.get(op) or {}).get("shape"), "fused": (table.get(op) or {}).get("fused")}
+           for op, ns in per_op.most_common(top)]
+    return {"step": name, "summed_ms": total / 1e6,
+            "kinds": {k: {"ms": ns / 1e6, "share": ns / total} for k, ns in kinds.most_common()}, "ops": ops}
 
 
 def make_models(size, channel_multiplier):
@@ -141,8 +208,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--channel-multiplier", type=int, default=2)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--batches", "--batch", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--profile", action="store_true", help="profile JAX's grad_w at each batch")
+    p.add_argument("--top", type=int, default=25, help="operations listed per profile")
+    p.add_argument("--tag", default="", help="suffix of the result files")
     p.add_argument("--block", type=int, default=3, help="F/S split (official: 3, 32x32 features)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--precision", default=None, choices=["default", "high", "highest"],
@@ -158,43 +229,74 @@ def main(argv=None):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g, model = make_models(args.size, args.channel_multiplier)
     model = model.replace(config=model.config.replace(dtype=args.dtype, precision=args.precision))
-    rows = []
+    rows, profiles = [], []
     for batch in args.batches:
-        res_j = bench_jax(model, batch, args.block, args.reps)
-        res_t = None if args.no_torch else bench_torch(g, batch, args.block, args.reps, device)
+        fns_j = jax_callables(model, batch, args.block, args.steps)
+        fns_t = None if args.no_torch else torch_callables(g, batch, args.block, device, args.steps)
+        res = bench_alternating(fns_j, fns_t, batch, args.reps)
         for step in STEPS:
-            row = {"step": step, "batch": batch, "jax": res_j[step]}
-            if res_t:
-                row["torch"] = res_t[step]
-                row["speedup"] = res_t[step]["ms"] / res_j[step]["ms"]
+            if step not in res:
+                continue
+            row = {"step": step, "batch": batch, **res[step]}
+            if row["torch"] is None:
+                del row["torch"]
+            else:
+                row["speedup"] = row["torch"]["ms"] / row["jax"]["ms"]
+                row["ratio"] = row["jax"]["ms"] / row["torch"]["ms"]
             rows.append(row)
             print(_row_md(row), flush=True)
+        if args.profile and "grad_w" in fns_j:
+            call, _, _, compiled = fns_j["grad_w"]
+            profiles.append({"batch": batch, **profile_jax("grad_w", call, compiled, args.top)})
+            print(_profile_md(profiles[-1]), flush=True)
+        del fns_j, fns_t
 
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "jax_device": str(jax.devices()[0]), "torch_device": device,
             "cpu": platform.processor() or platform.machine(), "jax": jax.__version__,
             "torch": torch.__version__, "size": args.size, "channel_multiplier": args.channel_multiplier,
             "block": args.block, "reps": args.reps, "dtype": args.dtype,
-            "precision": args.precision or "default"}
+            "precision": args.precision or "default", "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
     if device == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"generator_{jax.devices()[0].platform}_{args.size}px" + ("" if args.dtype == "float32" else f"_{args.dtype}")
-    (out / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    table = "\n".join([_meta_md(meta), "", HEADER, *(_row_md(r) for r in rows), ""])
+    tag = (f"generator_{jax.devices()[0].platform}_{args.size}px" + ("" if args.dtype == "float32" else f"_{args.dtype}")
+           + (f"_{args.tag}" if args.tag else ""))
+    (out / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows, "profiles": profiles}, indent=1) + "\n")
+    table = "\n".join([_meta_md(meta), "", HEADER, *(_row_md(r) for r in rows), "",
+                        *(_profile_md(p) for p in profiles)])
     (out / f"{tag}.md").write_text(table)
     print(f"wrote {out / tag}.json and .md")
 
 
-HEADER = ("| step | batch | JAX ms (median) | JAX img/s | compile s | PyTorch ms (median) | PyTorch img/s | speed-up |\n"
-          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+HEADER = ("| step | batch | JAX ms (median) | JAX img/s | compile s | PyTorch ms (median) | PyTorch img/s | "
+          "ours / official | speed-up | load (1 min) |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 
 
 def _row_md(r):
     j, t = r["jax"], r.get("torch")
-    torch_cols = f"{t['ms']:.1f} | {t['images_per_s']:.2f} | {r['speedup']:.2f}x" if t else "- | - | -"
-    return f"| {r['step']} | {r['batch']} | {j['ms']:.1f} | {j['images_per_s']:.2f} | {j['compile_s']:.1f} | {torch_cols} |"
+    torch_cols = (f"{t['ms']:.1f} | {t['images_per_s']:.2f} | {r['ratio']:.2f}x | {r['speedup']:.2f}x" if t
+                  else "- | - | - | -")
+    load = r.get("load_1min") or []
+    load_col = f"{min(load):.1f}-{max(load):.1f}" if load else "-"
+    return (f"| {r['step']} | {r['batch']} | {j['ms']:.1f} | {j['images_per_s']:.2f} | {j['compile_s']:.1f} | "
+            f"{torch_cols} | {load_col} |")
+
+
+def _profile_md(p):
+    lines = [f"JAX grad_w, batch {p['batch']}: operations summed {p['summed_ms']:.0f} ms (XLA:CPU runs "
+             "independent operations side by side, so the sum can pass the wall time)", "",
+             "| kind | ms | share |", "| --- | ---: | ---: |"]
+    lines += [f"| {k} | {v['ms']:.1f} | {100 * v['share']:.1f}% |" for k, v in p["kinds"].items()]
+    lines += ["", "| operation | kind | ms | share | shape | fuses |", "| --- | --- | ---: | ---: | --- | --- |"]
+    for o in p["ops"]:
+        fused = ", ".join((o["fused"] or [])[:5])
+        lines.append(f"| `{o['op']}` | {o['kind']} | {o['ms']:.1f} | {100 * o['share']:.1f}% | "
+                     f"`{(o['shape'] or '')[:50]}` | {fused} |")
+    return "\n".join(lines + [""])
 
 
 def _meta_md(m):
@@ -202,7 +304,8 @@ def _meta_md(m):
     return (f"Generator {m['size']} px (channel multiplier {m['channel_multiplier']}, {m['dtype']}, "
             f"conv precision {m['precision']}), F/S split after block "
             f"{m['block']}; {where}; JAX {m['jax']} on {m['jax_device']}, PyTorch {m['torch']} on "
-            f"{m['torch_device']}; median of {m['reps']}; {m['date']}")
+            f"{m['torch_device']} ({m.get('torch_threads', '?')} threads); {m.get('cpu_count', '?')} CPUs; median of "
+            f"{m['reps']} alternating calls; {m['date']}" + (f"; XLA_FLAGS {m['xla_flags']}" if m.get("xla_flags") else ""))
 
 
 if __name__ == "__main__":

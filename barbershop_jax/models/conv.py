@@ -64,9 +64,12 @@ def _output_pixels(x_shape, k_shape, strides, padding, lhs_dilation) -> int:
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None):
+                         precision=None, preferred_element_type=None, patches_at_any_size=False):
     """`jax.lax.conv_general_dilated`'s signature and numbers (float rounding aside); small
-    NHWC/HWIO outputs take the patch path on CPU. Usable as flax `nn.Conv(conv_general_dilated=)`."""
+    NHWC/HWIO outputs take the patch path on CPU. Usable as flax `nn.Conv(conv_general_dilated=)`.
+
+    patches_at_any_size: the patch path on CPU whatever the output's size, from MIN_INPUT_CHANNELS
+    input channels (the generator's stride-2 input gradients, models/stylegan2_layers.conv_transpose_2x)."""
     plain = functools.partial(jax.lax.conv_general_dilated, window_strides=window_strides, padding=padding,
                               lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                               dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
@@ -77,8 +80,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                  and feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None
                  and all(d == 1 for d in (rhs_dilation or (1, 1)))
                  and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
-    if (not patchable or rhs.shape[0] * rhs.shape[1] == 1 or rhs.shape[2] < MIN_INPUT_CHANNELS
-            or _output_pixels(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation) > SMALL_OUTPUT_PIXELS):
+    small = patches_at_any_size or _output_pixels(lhs.shape, rhs.shape, window_strides, padding,
+                                                  lhs_dilation) <= SMALL_OUTPUT_PIXELS
+    if not patchable or rhs.shape[0] * rhs.shape[1] == 1 or rhs.shape[2] < MIN_INPUT_CHANNELS or not small:
         return plain(lhs, rhs)
     patch = functools.partial(_patch_conv, strides=tuple(window_strides), padding=tuple(map(tuple, padding)),
                               lhs_dilation=lhs_dilation, precision=precision)

@@ -4,6 +4,7 @@ after the paper (EqualDense, ModulatedConv2d with the modulation on the activati
 ToRGB). models/stylegan2.py builds the networks from them (its docstring: why this form)."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -12,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from barbershop_jax.models.conv import conv_general_dilated
+from barbershop_jax.models.conv import MIN_INPUT_CHANNELS, conv_general_dilated
 
 # The [1, 3, 3, 1] binomial filter of every StyleGAN2 blur and upsample, normalised to sum 1.
 BLUR_TAPS = np.array([1.0, 3.0, 3.0, 1.0]) / 8.0
@@ -65,6 +66,11 @@ def _conv(x, kernel, padding, precision, lhs_dilation=(1, 1)):
                                 dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
 
 
+def _conv_transpose_2x(x, kernel, precision):
+    k = kernel.shape[0]
+    return _conv(x, kernel[::-1, ::-1], [(k - 1, k - 1)] * 2, precision, lhs_dilation=(2, 2))
+
+
 def conv_transpose_2x(x, kernel, precision=None):
     """PyTorch's conv_transpose2d(stride=2, padding=0): (H, W) -> (2H+1, 2W+1), HWIO kernel.
 
@@ -72,9 +78,60 @@ def conv_transpose_2x(x, kernel, precision=None):
     which XLA hands to cuDNN as a transposed convolution. A polyphase form (four small dense
     convolutions of the phases, no zero multiplications) was measured: as fast on CPU and
     13% slower on an H100 (benchmarks/README.md), so it was dropped.
+
+    The gradient to x is the stride-2 correlation of the output gradient with the kernel
+    (in and out swapped). XLA:CPU hands that convolution to YNNPACK, which ran it 2.4x slower
+    than patches + one matmul (257 px, 128 -> 256 channels: 568 against 235 CPU ms; batch 4,
+    2.4x; at 64 channels the same time), so on CPU it takes the patch path at every size from
+    conv.MIN_INPUT_CHANNELS channels; other platforms keep XLA's convolution, and fewer channels
+    (the tests' tiny models) the very program XLA derives, so their bits stay. The kernel's
+    gradient is XLA's own.
     """
-    k = kernel.shape[0]
-    return _conv(x, kernel[::-1, ::-1], [(k - 1, k - 1)] * 2, precision, lhs_dilation=(2, 2))
+    if kernel.shape[3] < MIN_INPUT_CHANNELS:
+        return _conv_transpose_2x(x, kernel, precision)
+    return _conv_transpose_2x_patched_grad(x, kernel, precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_transpose_2x_patched_grad(x, kernel, precision):
+    return _conv_transpose_2x(x, kernel, precision)
+
+
+def _conv_transpose_2x_fwd(x, kernel, precision):
+    return _conv_transpose_2x(x, kernel, precision), (x, kernel)
+
+
+def _conv_transpose_2x_bwd(precision, residuals, g):
+    x, kernel = residuals
+    _, vjp = jax.vjp(lambda x, k: _conv_transpose_2x(x, k, precision), x, kernel)
+    d_kernel = vjp(g)[1]  # its d_x, and this too when unused, is dropped by XLA
+    d_x = conv_general_dilated(g, jnp.swapaxes(kernel, 2, 3), (2, 2), [(0, 0), (0, 0)],
+                               dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision,
+                               patches_at_any_size=True)
+    return d_x.astype(x.dtype), d_kernel
+
+
+_conv_transpose_2x_patched_grad.defvjp(_conv_transpose_2x_fwd, _conv_transpose_2x_bwd)
+
+
+# Kernels with at least this many input channels sum their squared taps with adds (below).
+SUM_TAPS_MIN_CHANNELS = 128
+
+
+def _sum_of_squared_taps(kernel):
+    """sum over (kh, kw) of kernel ** 2: (in, out), the demodulation's weight norms.
+
+    XLA:CPU hands the reduction to YNNPACK, which took 25 CPU ms for a 3x3x512x512 kernel
+    (about 0.3 s of a 256 px gradient step) against 1 ms for the explicit adds, a loop fusion
+    (which rounds differently: XLA contracts each square and add into one FMA). At 64 channels
+    it takes 0.06 ms, so small kernels (the tests' models) keep the reduction and its bits."""
+    if kernel.shape[2] < SUM_TAPS_MIN_CHANNELS:
+        return jnp.sum(jnp.square(kernel), axis=(0, 1))
+    squares = jnp.square(kernel)
+    total = squares[0, 0]
+    for t in range(1, kernel.shape[0] * kernel.shape[1]):
+        total = total + squares[t // kernel.shape[1], t % kernel.shape[1]]
+    return total
 
 
 def fused_leaky_relu(x, bias, negative_slope=0.2, gain=math.sqrt(2.0)):
@@ -138,7 +195,7 @@ class ModulatedConv2d(nn.Module):
             out = _conv(x, kern, [(k // 2, k // 2)] * 2, self.precision)
         out = out.astype(jnp.float32)
         if self.demodulate:
-            kernel_sq = jnp.sum(jnp.square(kernel), axis=(0, 1))  # (in, out)
+            kernel_sq = _sum_of_squared_taps(kernel)  # (in, out)
             demod = jax.lax.rsqrt(jnp.matmul(style * style, kernel_sq, precision=HIGHEST) * scale ** 2 + 1e-8)
             out = out * demod[:, None, None, :]
         if self.upsample:
