@@ -115,3 +115,16 @@ def _production_loop(request, monkeypatch):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "production_loop: run optimisation loops with the production defaults")
+
+
+def no_model_planning(monkeypatch):
+    """For command-line tests whose HairTransfer runs no model (transfer_many stubbed, the
+    models a stand-in): the batch's plan and the step times it would keep are stubbed too."""
+    from barbershop_jax.pipeline import hair_transfer
+
+    class Plan:
+        @staticmethod
+        def describe():
+            return "plan: (no models in this test)"
+    monkeypatch.setattr(hair_transfer.HairTransfer, "plan", lambda self, *a, **k: Plan())
+    monkeypatch.setattr(hair_transfer.HairTransfer, "save_step_times", lambda self: {})

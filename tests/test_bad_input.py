@@ -18,6 +18,7 @@ from barbershop_jax.pipeline import embed as pipeline_embed
 from barbershop_jax.pipeline import hair_transfer
 from barbershop_jax.pipeline import sources
 from barbershop_jax.models import stylegan2
+from conftest import no_model_planning
 
 SIZE = stylegan2.tiny_config().size  # the embedded generator's
 
@@ -28,6 +29,7 @@ def stub_transfer(monkeypatch):
     ran = []
     monkeypatch.setattr(bundle, "load", lambda *args, **kwargs: (None, None))
     monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many", lambda self, good, **k: ran.append(good) or [])
+    no_model_planning(monkeypatch)
     return ran
 
 
@@ -112,6 +114,7 @@ def test_names_that_would_write_outside_the_output_folder_are_refused(tmp_path):
 def test_out_of_memory_names_the_batch_size_to_try(tmp_path, capsys, monkeypatch):
     good_image(tmp_path / "a.png")
     monkeypatch.setattr(bundle, "load", lambda *args, **kwargs: (None, None))
+    no_model_planning(monkeypatch)
 
     def oom(self, good, **k):
         raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12.5GiB.")

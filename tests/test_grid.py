@@ -123,7 +123,7 @@ def test_cli_grid_writes_results_csv_and_sheet(models, six, grid_run, tmp_path, 
     faces, hairstyles = six
     monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
     rc = cli.main(["transfer", "--faces", str(faces[0].parent / "ann.png"), str(faces[1]), str(faces[2]),
-                   "--hairstyles", *map(str, hairstyles), "--out", str(out), "--quiet", "--batch-size", "2",
+                   "--hairstyles", *map(str, hairstyles), "--out", str(out), "--batch-size", "2",
                    *[f"--{k.replace('_', '-')}={v}" for k, v in STEPS.items()], "--noise", "random",
                    "--checkpoint-every", "2"])
     captured = capsys.readouterr()

@@ -36,7 +36,7 @@ from barbershop_jax.pipeline import records
 from barbershop_jax.pipeline import run, sources
 from barbershop_jax.pipeline import store as cache
 from barbershop_jax.stages import loop
-from conftest import count_compilations, render
+from conftest import count_compilations, no_model_planning, render
 from barbershop_jax.models import pca as pca_lib
 from barbershop_jax.models import bisenet, vgg16
 from barbershop_jax.config import TransferConfig
@@ -265,6 +265,7 @@ def test_parts_split_the_rows_by_face_and_do_each_once(batch_run, tmp_path, caps
         w.writerow([str(triples[1][0]), "missing.png", str(triples[1][2])])  # bob's: a bad row
     ran = {}
     monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": (None, None))
+    no_model_planning(monkeypatch)
     for k in (1, 2, 3):
         monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many",
                             lambda self, good, k=k, **kw: ran.setdefault(k, [tuple(s.path for s in t) for t in good])
@@ -304,6 +305,7 @@ def test_cli_batch_reports_bad_rows_and_goes_on(batch_run, tmp_path, capsys, mon
     monkeypatch.setattr(bundle, "load",
                         lambda weights=None, dtype="float32", parser_dtype="float32":
                         ran.append((weights, dtype, parser_dtype)) or (None, None))
+    no_model_planning(monkeypatch)
     made = lambda t: records.TransferResult(*(s.name for s in t), t[1].name, *[None] * 6,  # noqa: E731
                                              Path(f"o/{t[0].name}_result.png"))
     monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many",

@@ -93,8 +93,21 @@ class HairTransfer:
         again); runs no model."""
         triples = list(triples)
         regions = list(regions) if regions is not None else [None] * len(triples)
-        return plan_lib.plan(self._pipelines(regions, **options), triples, edits, regions, dtype=self.dtype,
+        pipelines = self._pipelines(regions, **options)
+        return plan_lib.plan(pipelines, triples, self._read_edits(edits, pipelines), regions, dtype=self.dtype,
                              title=title)
+
+    def _read_edits(self, edits, pipelines) -> list:
+        """The edits with their target masks read (an indexed PNG path) and checked."""
+        labels = self.models.parser.labels
+        size = next((pipeline.cfg.parse_size for pipeline in pipelines.values()), None)  # the same for every region
+        return [None if e is None else dataclasses.replace(e, target=None if e.target is None else (
+            store.read_label_png(e.target, labels, size) if isinstance(e.target, (str, Path))
+            else target_mask.check_target(e.target, labels, size))) for e in (edits or [])]
+
+    def save_step_times(self) -> dict:
+        """Keep the seconds per step this process's progress bars measured, for later plans."""
+        return step_times.save_measured(self.models.generator.config.size, self.dtype)
 
     def grid(self, faces, hairstyles, colors=None, *, log=None, **kwargs) -> grid_lib.GridResult:
         """Every face with every hairstyle: results[i][j] is faces[i] with the hair (shape and
@@ -117,7 +130,7 @@ class HairTransfer:
             triples = [tuple(read[3 * k:3 * k + 3]) for k in range(len(triples))]
             log(self.plan(triples, title=title, **options).describe())
         results = self.transfer_files(triples, **kwargs)
-        step_times.save_measured(self.models.generator.config.size, self.dtype)
+        self.save_step_times()
         by_cell = dict(zip(cells, results))
         notes = () if self.weights else ("weights: the embedded RANDOM-weight tiny models: no real hairstyle",)
         sheet, path = grid_lib.write_sheet(self.out_dir, faces, hairstyles, colors,
@@ -167,11 +180,7 @@ class HairTransfer:
         for i, region in enumerate(regions):
             groups.setdefault(region or None, []).append(i)
         pipelines = self._pipelines(regions, **options)
-        labels = self.models.parser.labels
-        size = next((pipeline.cfg.parse_size for pipeline in pipelines.values()), None)  # the same for every region
-        edits = [None if e is None else dataclasses.replace(e, target=None if e.target is None else (
-            store.read_label_png(e.target, labels, size) if isinstance(e.target, (str, Path))
-            else target_mask.check_target(e.target, labels, size))) for e in (edits or [])]
+        edits = self._read_edits(edits, pipelines)
         if edits and len(edits) != len(triples):
             raise ValueError(f"{len(edits)} edits for {len(triples)} triples: give one (or None) per triple")
         results = [None] * len(triples)

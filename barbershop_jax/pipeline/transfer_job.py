@@ -13,7 +13,6 @@ from barbershop_jax.models import stylegan2
 from barbershop_jax.pipeline import batch_files, face_crop
 from barbershop_jax.pipeline import grid as grid_lib
 from barbershop_jax.pipeline import hair_transfer as ht_lib
-from barbershop_jax.pipeline import step_times
 from barbershop_jax.pipeline.image_files import ImageError
 
 
@@ -162,7 +161,7 @@ def run(job: TransferJob) -> int:
     if grid:
         faces, hairstyles = list(dict.fromkeys(job.faces)), list(dict.fromkeys(job.hairstyles))
         title = f"{len(faces)} face(s) x {len(hairstyles)} hairstyle(s)"
-    if job.pairs or grid:  # a batch: what it will do, and how long it will take, before it starts
+    if (job.pairs or grid) and job.progress:  # a batch: what it will do and how long it will take, first
         print(ht.plan(good, edits=edits, regions=regions, title=title if grid else "").describe(), file=sys.stderr)
     results = ht.transfer_files(good, paste_back=job.paste_back, feather=job.feather, edits=edits, regions=regions,
                                 save_target_masks=job.save_target_mask)
@@ -171,7 +170,7 @@ def run(job: TransferJob) -> int:
     done = [(t, region, r) for t, region, r in zip(good, regions, results) if r is not None]
     if (job.pairs or grid) and done:  # which file came of which row, for the scripts that run many
         listed = batch_files.write_results(job.out, done, name=failures_csv.replace("failures", "results"))
-    step_times.save_measured(ht.models.generator.config.size, job.dtype)
+    ht.save_step_times()
     if grid:
         by_cell = {cell: r.path for cell, r in zip(cells, results) if r is not None}
         notes = () if job.weights else ("weights: the embedded RANDOM-weight tiny models: no real hairstyle",)
