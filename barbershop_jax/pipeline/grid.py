@@ -26,6 +26,21 @@ class GridResult:
     plan: Plan | None = None
 
 
+def column_colours(hairstyles, colors=None) -> list:
+    """The colour reference of each column: the hairstyle's own, the one given for all, or one
+    per hairstyle."""
+    hairstyles = list(hairstyles)
+    if colors is None:
+        return hairstyles
+    colors = list(colors)
+    if len(colors) == 1:
+        colors = colors * len(hairstyles)
+    if len(colors) != len(hairstyles):
+        raise ValueError(f"{len(colors)} colour references for {len(hairstyles)} hairstyles: give one per "
+                         "hairstyle, or one for all")
+    return colors
+
+
 def grid_triples(faces, hairstyles, colors=None):
     """(triples, cells): the (face, hairstyle, colour) of every cell, faces as rows, and each
     triple's (row, column). colors: None (each hairstyle's own colour), one image for every
@@ -34,15 +49,7 @@ def grid_triples(faces, hairstyles, colors=None):
     if not faces or not hairstyles:
         raise ValueError(f"a grid needs at least one face and one hairstyle (got {len(faces)} face(s), "
                          f"{len(hairstyles)} hairstyle(s))")
-    if colors is None:
-        colors = hairstyles
-    else:
-        colors = list(colors)
-        if len(colors) == 1:
-            colors = colors * len(hairstyles)
-        if len(colors) != len(hairstyles):
-            raise ValueError(f"{len(colors)} colour references for {len(hairstyles)} hairstyles: give one per "
-                             "hairstyle, or one for all")
+    colors = column_colours(hairstyles, colors)
     cells = [(i, j) for i in range(len(faces)) for j in range(len(hairstyles))]
     return [(faces[i], hairstyles[j], colors[j]) for i, j in cells], cells
 
@@ -72,7 +79,7 @@ def sheet(faces, hairstyles, colors, cells: dict, *, notes=(), title=None) -> np
     """The contact sheet: cells {(row, column): result image (array or PNG path) or None}."""
     n_rows, n_cols = len(faces), len(hairstyles)
     size = max(64, min(256, MAX_SHEET_SIDE // (max(n_rows, n_cols) + 1)))
-    colors = hairstyles if colors is None else (list(colors) * len(hairstyles) if len(colors) == 1 else colors)
+    colors = column_colours(hairstyles, colors)
     col_heads = []
     for j, (hair, color) in enumerate(zip(hairstyles, colors)):
         name = label(hair, f"hairstyle {j + 1}")
