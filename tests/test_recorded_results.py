@@ -13,7 +13,9 @@ like this one; on another machine it is skipped, saying how to record one there.
 data/recorded_avx2.npz: made on session 11's AVX2 EPYC (2 cores) from main at 2606b5f, whose
 arrays there equal those of 86c4851, the redesign's last commit (which gave aca9730's bits on
 the AVX-512 machine that made the first recording, data/recorded_before_redesign.npz, removed:
-it named no machine)."""
+it named no machine). data/recorded_avx512.npz: that first recording's arrays, with the name of
+session 12's AVX-512 EPYC (2 cores), where main (after the generator's CPU speed changes of
+issue 22, which leave the tiny models' programs alone) gave all 37 arrays bit for bit."""
 import sys
 from pathlib import Path
 

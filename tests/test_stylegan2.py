@@ -211,3 +211,45 @@ def test_conv_transpose_matches_torch():
     out = stylegan2_layers.conv_transpose_2x(jnp.asarray(x), jnp.asarray(k))
     assert out.shape == (2, 11, 15, 6)
     assert rel_err(out, nhwc(ref)) <= 1e-5
+
+
+def test_cpu_paths_of_large_maps_match_torch(tmp_path):
+    """256 px, narrow layers: the polyphase transposed convolutions (inputs from 64x64 on CPU)
+    and ToRGB's dot with its hand-written gradient (maps from 128x128) run inside the real
+    generator; its image and its gradient to W+ against the PyTorch reference and autograd."""
+    from convert import stylegan2 as conv
+
+    assert 64 * 64 >= stylegan2_layers.POLYPHASE_MIN_PIXELS and 128 * 128 >= stylegan2_layers.POINTWISE_MIN_PIXELS
+    g = T.realistic_init_(T.Generator(256, 32, 2, channel_multiplier=1, channel_max=16), seed=7).eval()
+    torch.save(T.checkpoint(g), tmp_path / "g256.pt")
+    model, _ = conv.convert(tmp_path / "g256.pt")
+    w, noise, noise_j = _inputs(g, batch=1, seed=8)
+    target = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(9))
+    w_t = w.clone().requires_grad_(True)
+    _, img = g(w_t, noise)
+    ((img - target) ** 2).mean().backward()
+
+    target_j = jnp.asarray(nhwc(target))
+    render = jax.jit(lambda w_plus: model.render(w_plus, noise=noise_j))
+    assert rel_err(render(jnp.asarray(w.numpy())), nhwc(img.detach())) <= TOL
+    grad_w = jax.jit(jax.grad(lambda w_plus: jnp.mean((model.render(w_plus, noise=noise_j) - target_j) ** 2)))
+    assert rel_err(grad_w(jnp.asarray(w.numpy())), w_t.grad.numpy()) <= 1e-3
+
+
+def test_polyphase_and_pointwise_forms_equal_the_convolutions():
+    """The CPU forms against the convolutions they replace, on odd shapes: values, and the
+    gradients to the input and the kernel."""
+    rng = np.random.default_rng(10)
+    x = jnp.asarray(rng.normal(size=(2, 5, 7, 4)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 4, 6)), jnp.float32)
+    hi = jax.lax.Precision.HIGHEST
+    for ours, ref, args in (
+            (lambda x, k: stylegan2_layers._polyphase(x, k, hi),
+             lambda x, k: stylegan2_layers._conv_transpose_2x(x, k, hi), (x, k)),
+            (lambda x, k: stylegan2_layers._pointwise(x, k, hi),
+             lambda x, k: stylegan2_layers._conv(x, k, [(0, 0), (0, 0)], hi), (x, k[:1, :1, :, :3]))):
+        out, expected = ours(*args), ref(*args)
+        assert out.shape == expected.shape and rel_err(out, expected) <= 1e-6
+        cot = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+        for g_ours, g_ref in zip(jax.vjp(ours, *args)[1](cot), jax.vjp(ref, *args)[1](cot)):
+            assert g_ours.shape == g_ref.shape and rel_err(g_ours, g_ref) <= 1e-6

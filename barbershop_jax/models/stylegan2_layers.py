@@ -71,25 +71,51 @@ def _conv_transpose_2x(x, kernel, precision):
     return _conv(x, kernel[::-1, ::-1], [(k - 1, k - 1)] * 2, precision, lhs_dilation=(2, 2))
 
 
+# On CPU, transposed convolutions whose input has at least this many pixels run polyphase.
+POLYPHASE_MIN_PIXELS = 64 * 64
+
+
 def conv_transpose_2x(x, kernel, precision=None):
     """PyTorch's conv_transpose2d(stride=2, padding=0): (H, W) -> (2H+1, 2W+1), HWIO kernel.
 
     Written as a stride-1 convolution of the zero-inserted input with the flipped kernel,
-    which XLA hands to cuDNN as a transposed convolution. A polyphase form (four small dense
-    convolutions of the phases, no zero multiplications) was measured: as fast on CPU and
-    13% slower on an H100 (benchmarks/README.md), so it was dropped.
+    which XLA hands to cuDNN as a transposed convolution. A polyphase form (below) was 13%
+    slower on an H100 (benchmarks/README.md), so other platforms keep this one.
 
-    The gradient to x is the stride-2 correlation of the output gradient with the kernel
-    (in and out swapped). XLA:CPU hands that convolution to YNNPACK, which ran it 2.4x slower
-    than patches + one matmul (257 px, 128 -> 256 channels: 568 against 235 CPU ms; batch 4,
-    2.4x; at 64 channels the same time), so on CPU it takes the patch path at every size from
-    conv.MIN_INPUT_CHANNELS channels; other platforms keep XLA's convolution, and fewer channels
-    (the tests' tiny models) the very program XLA derives, so their bits stay. The kernel's
-    gradient is XLA's own.
+    On CPU, inputs of at least POLYPHASE_MIN_PIXELS pixels run polyphase (`_polyphase`): XLA:CPU
+    runs the zero-inserted form in Eigen and its gradient to x, a stride-2 convolution, in
+    YNNPACK, both far from the stride-1 convolutions' speed (1024 px, 512 -> 1025 px, 64 -> 32
+    channels: 422 and 200 ms against 194 and 246; 256 -> 128 channels at 128 px, batch 4: 558
+    and 538 against 306 and 369). Smaller inputs with at least conv.MIN_INPUT_CHANNELS output
+    channels take the gradient to x as patches + one matmul (2.4x faster than YNNPACK at
+    257 px, 128 -> 256 channels, before the polyphase form); the rest (the tests' tiny models,
+    32 px and below) the very program XLA derives, so their bits stay. The kernel's gradient
+    is XLA's own throughout.
     """
+    if x.shape[1] * x.shape[2] >= POLYPHASE_MIN_PIXELS:
+        return jax.lax.platform_dependent(x, kernel, cpu=functools.partial(_polyphase, precision=precision),
+                                          default=functools.partial(_conv_transpose_2x, precision=precision))
     if kernel.shape[3] < MIN_INPUT_CHANNELS:
         return _conv_transpose_2x(x, kernel, precision)
     return _conv_transpose_2x_patched_grad(x, kernel, precision)
+
+
+def _polyphase(x, kernel, precision=None):
+    """conv_transpose_2x as four stride-1 convolutions of x, one per output phase: output row
+    2r takes taps 0 and 2 of the kernel (rows r and r - 1 of x), row 2r + 1 tap 1 (row r); the
+    same in columns. No multiplication by an inserted zero, and the gradients are stride-1
+    convolutions too. The phases are interleaved by one stack and reshape."""
+    b, h, w, _ = x.shape
+    phases = {}
+    for a in (0, 1):
+        for c in (0, 1):
+            taps = kernel[a::2, c::2][::-1, ::-1]  # (2 or 1, 2 or 1, in, out), as a correlation
+            y = conv_general_dilated(x, taps, (1, 1), [(1 - a, 1 - a), (1 - c, 1 - c)],
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+            phases[a, c] = jnp.pad(y, [(0, 0), (0, a), (0, c), (0, 0)])  # odd phases: one row/column short
+    rows = [jnp.stack([phases[a, 0], phases[a, 1]], axis=3) for a in (0, 1)]  # (B, H+1, W+1, 2, out)
+    out = jnp.stack(rows, axis=2).reshape(b, 2 * h + 2, 2 * w + 2, kernel.shape[3])
+    return out[:, :2 * h + 1, :2 * w + 1]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -112,6 +138,48 @@ def _conv_transpose_2x_bwd(precision, residuals, g):
 
 
 _conv_transpose_2x_patched_grad.defvjp(_conv_transpose_2x_fwd, _conv_transpose_2x_bwd)
+
+
+# On CPU, ToRGB's 1x1 convolution of maps of at least this many pixels runs as a dot (below).
+POINTWISE_MIN_PIXELS = 128 * 128
+
+
+def to_rgb_conv(x, kernel, precision=None):
+    """ToRGB's 1x1 convolution to 3 channels (HWIO kernel (1, 1, in, 3)).
+
+    YNNPACK runs a convolution with 3 output channels far below its speed: at 1024 px, 32 -> 3
+    channels, 106 ms forward and 115 ms for the gradient to x, against 7 ms for the same
+    numbers (bit for bit here) from a dot over the channels, and 44 ms for the gradient to x as
+    three broadcast multiply-adds (XLA's transpose of the dot, a matmul with 3 in the
+    contraction, took 70). So on CPU, from POINTWISE_MIN_PIXELS pixels, that form (a custom
+    VJP); smaller maps (the tests' 64 px models) and other platforms keep the convolution."""
+    plain = functools.partial(_conv, padding=[(0, 0), (0, 0)], precision=precision)
+    if x.shape[1] * x.shape[2] < POINTWISE_MIN_PIXELS:
+        return plain(x, kernel)
+    return jax.lax.platform_dependent(x, kernel, cpu=functools.partial(_pointwise, precision=precision),
+                                      default=plain)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _pointwise(x, kernel, precision):
+    return jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())), precision=precision)
+
+
+def _pointwise_fwd(x, kernel, precision):
+    return _pointwise(x, kernel, precision), (x, kernel)
+
+
+def _pointwise_bwd(precision, residuals, g):
+    x, kernel = residuals
+    w = kernel[0, 0].astype(g.dtype)  # (in, out)
+    d_x = g[..., 0:1] * w[:, 0]
+    for o in range(1, w.shape[1]):
+        d_x = d_x + g[..., o:o + 1] * w[:, o]
+    d_kernel = jax.lax.dot_general(x, g, (((0, 1, 2), (0, 1, 2)), ((), ())), precision=precision)
+    return d_x.astype(x.dtype), d_kernel[None, None].astype(kernel.dtype)
+
+
+_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 # Kernels with at least this many input channels sum their squared taps with adds (below).
@@ -191,6 +259,8 @@ class ModulatedConv2d(nn.Module):
         kern = kernel.astype(self.dtype)
         if self.upsample:
             out = conv_transpose_2x(x, kern, self.precision)
+        elif k == 1 and self.features == 3:
+            out = to_rgb_conv(x, kern, self.precision)
         else:
             out = _conv(x, kern, [(k // 2, k // 2)] * 2, self.precision)
         out = out.astype(jnp.float32)
