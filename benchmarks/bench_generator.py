@@ -11,13 +11,16 @@ The two sides alternate call by call (JAX, PyTorch, JAX, ...) so that a machine 
 changes during the run slows both alike; medians of --reps calls, the load average beside them.
 Writes JSON and a markdown table to benchmarks/results/.
 
-    python benchmarks/bench_generator.py --size 256 --batch 1 4 --steps grad_w --profile   # the CPU acceptance run
+    python benchmarks/bench_generator.py --size 256 --batch 1 4 --steps grad_w --profile --limits   # the CPU acceptance run
     python benchmarks/bench_generator.py --size 1024 --batch 1 --steps grad_w
     python benchmarks/bench_generator.py --size 256 --batches 1 2 4 8
     python benchmarks/bench_generator.py --quick        # 64 px, a minute on 2 CPU cores
 
 --profile adds, per batch, where JAX's grad_w time goes (`profile_step.py`'s reading of a
-`jax.profiler` trace: time per kind of XLA operation and the top operations).
+`jax.profiler` trace: time per kind of XLA operation and the top operations), and what the
+convolutions alone take against the official step. --limits adds what the backend reaches on a
+matmul, the main convolutions and an elementwise pass. Every row also gives the page faults and
+system time per call of each side.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -132,10 +136,25 @@ def torch_callables(g, batch, block, device, steps):
     return {name: fns[name] for name in STEPS if name in steps}
 
 
-def _stats(times_s, batch):
-    ms = [t * 1e3 for t in times_s]
+def _timed(fn):
+    """(wall seconds, minor page faults, system CPU seconds) of one call; the process's counts,
+    all threads, so only one side may run at a time."""
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return wall, r1.ru_minflt - r0.ru_minflt, r1.ru_stime - r0.ru_stime
+
+
+def _stats(calls, batch):
+    ms = [c[0] * 1e3 for c in calls]
     med = statistics.median(ms)
-    return {"ms": med, "min_ms": min(ms), "max_ms": max(ms), "all_ms": ms, "images_per_s": batch * 1e3 / med}
+    # Minor faults: pages the kernel had to map and zero during the call (fresh allocations
+    # touched for the first time); the system time is mostly that work.
+    return {"ms": med, "min_ms": min(ms), "max_ms": max(ms), "all_ms": ms, "images_per_s": batch * 1e3 / med,
+            "fault_mib": statistics.median(c[1] for c in calls) * resource.getpagesize() / 2**20,
+            "sys_s": statistics.median(c[2] for c in calls)}
 
 
 def bench_alternating(jax_fns, torch_fns, batch, reps):
@@ -148,13 +167,9 @@ def bench_alternating(jax_fns, torch_fns, batch, reps):
         times_j, times_t, loads = [], [], []
         for _ in range(reps):
             loads.append(os.getloadavg()[0])
-            t = time.perf_counter()
-            call()
-            times_j.append(time.perf_counter() - t)
+            times_j.append(_timed(call))
             if other:
-                t = time.perf_counter()
-                other()
-                times_t.append(time.perf_counter() - t)
+                times_t.append(_timed(other))
         jax_row = {**_stats(times_j, batch), "compile_s": compile_s, "flops": flops}
         rows[name] = {"jax": jax_row, "torch": _stats(times_t, batch) if other else None,
                       "load_1min": [round(x, 2) for x in loads]}
@@ -192,6 +207,50 @@ def profile_jax(name, call, compiled, top):
             "kinds": {k: {"ms": ns / 1e6, "share": ns / total} for k, ns in kinds.most_common()}, "ops": ops}
 
 
+def cpu_limits(reps=5):
+    """What this machine's XLA backend reaches on the generator's building blocks, to set the
+    measured step times against: a large matmul, the 3x3 convolutions at the shapes that carry
+    most of the FLOPs, and an elementwise pass writing into a fresh buffer against one that
+    reuses its input's (donation), which shows what first-touch page faults cost."""
+    def best(fn, *args):
+        jax.block_until_ready(fn(*args))
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    rows = []
+    a = jnp.ones((4096, 4096), jnp.float32)
+    t = best(jax.jit(jnp.matmul), a, a)
+    rows.append({"what": "matmul 4096 x 4096 x 4096", "ms": t * 1e3, "gflop_s": 2 * 4096 ** 3 / t / 1e9})
+    conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    for batch in (1, 4):
+        for side, ch in ((256, 128), (128, 256), (64, 512)):
+            x = jnp.ones((batch, side, side, ch), jnp.float32)
+            k = jnp.ones((3, 3, ch, ch), jnp.float32)
+            t = best(conv, x, k)
+            rows.append({"what": f"conv 3x3, {batch} x {side}x{side}x{ch} -> {ch}", "ms": t * 1e3,
+                         "gflop_s": 2 * 9 * batch * side * side * ch * ch / t / 1e9})
+    shape = (4 * 256 * 256, 128)  # 128 MiB: a batch-4 256 px activation
+    nbytes = 2 * 4 * shape[0] * shape[1]  # read + write
+    x = jnp.ones(shape, jnp.float32)
+    t = best(jax.jit(lambda y: y * 2.0 + 1.0), x)
+    rows.append({"what": "elementwise y*2+1, 128 MiB, fresh output", "ms": t * 1e3, "gb_s": nbytes / t / 1e9})
+    donated = jax.jit(lambda y: y * 2.0 + 1.0, donate_argnums=0)
+    state = [jnp.ones(shape, jnp.float32)]
+
+    def step():
+        state[0] = donated(state[0])
+        return state[0]
+    t = best(step)
+    rows.append({"what": "elementwise y*2+1, 128 MiB, output in the donated input", "ms": t * 1e3,
+                 "gb_s": nbytes / t / 1e9})
+    return rows
+
+
 def make_models(size, channel_multiplier):
     import torch
     import torch_stylegan2 as T
@@ -219,6 +278,8 @@ def main(argv=None):
     p.add_argument("--precision", default=None, choices=["default", "high", "highest"],
                    help="convolution precision (default: the backend's, TF32 on NVIDIA like PyTorch's)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    p.add_argument("--limits", action="store_true",
+                   help="also measure the backend on a matmul, the main convolutions and elementwise passes")
     p.add_argument("--quick", action="store_true", help="64 px, batches 1 and 2, 3 reps")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
@@ -248,8 +309,13 @@ def main(argv=None):
         if args.profile and "grad_w" in fns_j:
             call, _, _, compiled = fns_j["grad_w"]
             profiles.append({"batch": batch, **profile_jax("grad_w", call, compiled, args.top)})
+            official = next((r["torch"]["ms"] for r in rows
+                             if r["step"] == "grad_w" and r["batch"] == batch and r.get("torch")), None)
+            if official:
+                profiles[-1]["official_ms"] = official
             print(_profile_md(profiles[-1]), flush=True)
         del fns_j, fns_t
+    limits = cpu_limits() if args.limits else []
 
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "jax_device": str(jax.devices()[0]), "torch_device": device,
@@ -264,26 +330,29 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     tag = (f"generator_{jax.devices()[0].platform}_{args.size}px" + ("" if args.dtype == "float32" else f"_{args.dtype}")
            + (f"_{args.tag}" if args.tag else ""))
-    (out / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows, "profiles": profiles}, indent=1) + "\n")
+    (out / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows, "profiles": profiles, "limits": limits}, indent=1) + "\n")
     table = "\n".join([_meta_md(meta), "", HEADER, *(_row_md(r) for r in rows), "",
-                        *(_profile_md(p) for p in profiles)])
+                        *(_profile_md(p) for p in profiles), *([_limits_md(limits)] if limits else [])])
     (out / f"{tag}.md").write_text(table)
     print(f"wrote {out / tag}.json and .md")
 
 
 HEADER = ("| step | batch | JAX ms (median) | JAX img/s | compile s | PyTorch ms (median) | PyTorch img/s | "
-          "ours / official | speed-up | load (1 min) |\n"
-          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+          "ours / official | speed-up | page faults MiB, ours / official | system s, ours / official | "
+          "load (1 min) |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 
 
 def _row_md(r):
     j, t = r["jax"], r.get("torch")
     torch_cols = (f"{t['ms']:.1f} | {t['images_per_s']:.2f} | {r['ratio']:.2f}x | {r['speedup']:.2f}x" if t
                   else "- | - | - | -")
+    faults = f"{j.get('fault_mib', 0):.0f} / " + (f"{t.get('fault_mib', 0):.0f}" if t else "-")
+    sys_s = f"{j.get('sys_s', 0):.2f} / " + (f"{t.get('sys_s', 0):.2f}" if t else "-")
     load = r.get("load_1min") or []
     load_col = f"{min(load):.1f}-{max(load):.1f}" if load else "-"
     return (f"| {r['step']} | {r['batch']} | {j['ms']:.1f} | {j['images_per_s']:.2f} | {j['compile_s']:.1f} | "
-            f"{torch_cols} | {load_col} |")
+            f"{torch_cols} | {faults} | {sys_s} | {load_col} |")
 
 
 def _profile_md(p):
@@ -291,11 +360,24 @@ def _profile_md(p):
              "independent operations side by side, so the sum can pass the wall time)", "",
              "| kind | ms | share |", "| --- | ---: | ---: |"]
     lines += [f"| {k} | {v['ms']:.1f} | {100 * v['share']:.1f}% |" for k, v in p["kinds"].items()]
+    conv_ms = p["kinds"].get("convolution", {}).get("ms")
+    if conv_ms and p.get("official_ms"):
+        lines += ["", f"The convolutions alone take {conv_ms:.0f} ms: {conv_ms / p['official_ms']:.2f}x the "
+                  f"official grad_w's {p['official_ms']:.0f} ms at this batch."]
     lines += ["", "| operation | kind | ms | share | shape | fuses |", "| --- | --- | ---: | ---: | --- | --- |"]
     for o in p["ops"]:
         fused = ", ".join((o["fused"] or [])[:5])
         lines.append(f"| `{o['op']}` | {o['kind']} | {o['ms']:.1f} | {100 * o['share']:.1f}% | "
                      f"`{(o['shape'] or '')[:50]}` | {fused} |")
+    return "\n".join(lines + [""])
+
+
+def _limits_md(rows):
+    lines = ["The backend on its own (median of 5 calls)", "", "| what | ms | GFLOP/s | GB/s (read + write) |",
+             "| --- | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['what']} | {r['ms']:.1f} | " + (f"{r['gflop_s']:.0f}" if "gflop_s" in r else "-")
+                     + " | " + (f"{r['gb_s']:.1f}" if "gb_s" in r else "-") + " |")
     return "\n".join(lines + [""])
 
 
