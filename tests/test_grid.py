@@ -100,6 +100,12 @@ def test_colours_pair_with_hairstyles_or_serve_all():
         grid_lib.grid_triples([], ["h"])
 
 
+def test_the_title_is_one_wording_for_the_api_the_cli_and_the_page():
+    assert grid_lib.title(3, 3) == "3 faces x 3 hairstyles"
+    assert grid_lib.title(1, 2) == "1 face x 2 hairstyles"
+    assert grid_lib.title(2, 1) == "2 faces x 1 hairstyle"
+
+
 def test_the_plan_predicts_from_measured_steps(models, six, tmp_path, monkeypatch):  # noqa: F811
     faces, hairstyles = six
     ht = _transfer(models, tmp_path / "o")
@@ -128,7 +134,7 @@ def test_cli_grid_writes_results_csv_and_sheet(models, six, grid_run, tmp_path, 
                    "--checkpoint-every", "2"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert "plan: 3 face(s) x 3 hairstyle(s) = 9 transfers" in captured.err
+    assert "plan: 3 faces x 3 hairstyles = 9 transfers" in captured.err
     assert "Blend: 9 triples (9 found in the output folder" in captured.err  # the API's run is reused
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))

@@ -16,6 +16,8 @@ from barbershop_jax.pipeline.plan import Plan
 
 SHEET = "grid.png"
 MAX_SHEET_SIDE = 8192  # pixels: past it the panels shrink (100 x 100 cells of 256 px would be 26k px wide)
+# The sheet's line where no weights file was given: its cells show the pipeline, not hairstyles.
+RANDOM_WEIGHTS_NOTE = "weights: the embedded RANDOM-weight tiny models: no real hairstyle"
 
 
 @dataclasses.dataclass
@@ -39,6 +41,15 @@ def column_colours(hairstyles, colors=None) -> list:
         raise ValueError(f"{len(colors)} colour references for {len(hairstyles)} hairstyles: give one per "
                          "hairstyle, or one for all")
     return colors
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def title(n_faces: int, n_hairstyles: int) -> str:
+    """The grid's name in its plan, its sheet and its log lines: "3 faces x 1 hairstyle"."""
+    return f"{_count(n_faces, 'face')} x {_count(n_hairstyles, 'hairstyle')}"
 
 
 def grid_triples(faces, hairstyles, colors=None):

@@ -123,7 +123,7 @@ class HairTransfer:
         triples, cells = grid_lib.grid_triples(faces, hairstyles, colors)
         options = {k: v for k, v in kwargs.items() if k not in ("align", "paste_back", "feather",
                                                                  "save_target_masks", "wave")}
-        title = f"{len(faces)} face{'s' * (len(faces) != 1)} x {len(hairstyles)} hairstyle{'s' * (len(hairstyles) != 1)}"
+        title = grid_lib.title(len(faces), len(hairstyles))
         if not kwargs.get("align"):  # with align the crops are not made yet: the plan follows them
             # Every file read (and hashed) once here; the run reads them from these sources.
             read = sources_lib.as_sources([x for t in triples for x in t])
@@ -132,7 +132,7 @@ class HairTransfer:
         results = self.transfer_files(triples, **kwargs)
         self.save_step_times()
         by_cell = dict(zip(cells, results))
-        notes = () if self.weights else ("weights: the embedded RANDOM-weight tiny models: no real hairstyle",)
+        notes = () if self.weights else (grid_lib.RANDOM_WEIGHTS_NOTE,)
         sheet, path = grid_lib.write_sheet(self.out_dir, faces, hairstyles, colors,
                                            {c: None if r is None else r.path for c, r in by_cell.items()},
                                            title=title, notes=notes)

@@ -160,7 +160,7 @@ def run(job: TransferJob) -> int:
     ht = ht or hair_transfer()
     if grid:
         faces, hairstyles = list(dict.fromkeys(job.faces)), list(dict.fromkeys(job.hairstyles))
-        title = f"{len(faces)} face(s) x {len(hairstyles)} hairstyle(s)"
+        title = grid_lib.title(len(faces), len(hairstyles))
     if (job.pairs or grid) and job.progress:  # a batch: what it will do and how long it will take, first
         print(ht.plan(good, edits=edits, regions=regions, title=title if grid else "").describe(), file=sys.stderr)
     results = ht.transfer_files(good, paste_back=job.paste_back, feather=job.feather, edits=edits, regions=regions,
@@ -173,12 +173,12 @@ def run(job: TransferJob) -> int:
     ht.save_step_times()
     if grid:
         by_cell = {cell: r.path for cell, r in zip(cells, results) if r is not None}
-        notes = () if job.weights else ("weights: the embedded RANDOM-weight tiny models: no real hairstyle",)
+        notes = () if job.weights else (grid_lib.RANDOM_WEIGHTS_NOTE,)
         used = {i: t[0] for (i, _), t in zip(cells, good)}  # with --align: the face crops
         faces = [used.get(i, face) for i, face in enumerate(faces)]
         _, sheet_path = grid_lib.write_sheet(job.out, faces, hairstyles, job.colors, by_cell, title=title, notes=notes,
                                              name=failures_csv.replace("failures", "grid").replace(".csv", ".png"))
-        print(f"wrote {sheet_path}: the contact sheet (faces as rows, hairstyles as columns)")
+        print(f"wrote {sheet_path}: the contact sheet ({title}: faces as rows, hairstyles as columns)")
     results = [r for r in results if r is not None]
     print(batch_files.summary(results, ht.timings, listed, ht.reuse))
     note = ht.reuse.note(job.out)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from barbershop_jax.config import SIGNS, TransferConfig
 from barbershop_jax.pipeline import demo
+from barbershop_jax.pipeline import grid as grid_lib
 from barbershop_jax.web import jobs
 
 OFFICIAL = TransferConfig()  # the options' defaults
@@ -129,8 +130,8 @@ def build(server: jobs.Server) -> gr.Blocks:
         except Exception as e:  # noqa: BLE001
             raise _page_error(e) from None
         failed = sum(r is None for row in result.results for r in row)
-        notes.append(f"{len(result.results)} face(s) x {len(result.results[0]) if result.results else 0} "
-                     f"hairstyle(s)" + (f"; {failed} cell(s) failed (grey)" if failed else ""))
+        notes.append(grid_lib.title(len(result.results), len(result.results[0]) if result.results else 0)
+                     + (f"; {failed} cell(s) failed (grey)" if failed else ""))
         return (result.sheet, [str(result.sheet_path)],
                 "\n".join(f"- {line}" for line in notes) + (f"\n\n```\n{report}\n```" if report else ""))
 
