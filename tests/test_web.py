@@ -166,7 +166,7 @@ def test_grid_tab_gives_a_contact_sheet(client, served):
     assert image.shape[1] > image.shape[0] > 64  # a margin column and two result columns, one row
     assert Path(files[0]).name == "grid.png"
     assert np.array_equal(np.asarray(Image.open(files[0])), image)
-    assert "1 face x 2 hairstyles" in notes and "failed" not in notes
+    assert "- 1 face x 2 hairstyles" in notes.splitlines() and "failed" not in notes  # the page's own line
     assert "plan: 1 face x 2 hairstyles = 2 transfers" in notes  # HairTransfer.grid's own report
     assert (served[0].out_dir / "grid.png").is_file()
     with pytest.raises(AppError, match="give at least one face and one hairstyle"):

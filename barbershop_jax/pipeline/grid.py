@@ -58,8 +58,7 @@ def grid_triples(faces, hairstyles, colors=None):
     column, or one per hairstyle."""
     faces, hairstyles = list(faces), list(hairstyles)
     if not faces or not hairstyles:
-        raise ValueError(f"a grid needs at least one face and one hairstyle (got {len(faces)} face(s), "
-                         f"{len(hairstyles)} hairstyle(s))")
+        raise ValueError(f"a grid needs at least one face and one hairstyle (got {title(len(faces), len(hairstyles))})")
     colors = column_colours(hairstyles, colors)
     cells = [(i, j) for i in range(len(faces)) for j in range(len(hairstyles))]
     return [(faces[i], hairstyles[j], colors[j]) for i, j in cells], cells
