@@ -76,6 +76,59 @@ def nhwc(t):
     return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
+# The CPU flags that change what XLA:CPU compiles (vector width, FMA, bf16 and int8 units).
+ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_bf16",
+             "avx512_vnni", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16")
+
+
+def cpu_isa() -> list[str]:
+    """The instruction sets of this CPU that XLA:CPU compiles for (/proc/cpuinfo's flags)."""
+    try:
+        flags = next(line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = []
+    return [f for f in ISA_FLAGS if f in flags]
+
+
+def batch_position_exact() -> bool:
+    """Whether this machine computes each item of a batch bit for bit as alone, wherever it sits
+    in the batch: so on XLA:CPU with AVX-512. With AVX2 only, XLA:CPU's kernels block a batch
+    differently by its size, which moves the last bits of an item's sums (W+ by 1e-7 after a
+    tiny embedding); GPU kernels chosen by batch size may do the same."""
+    return jax.default_backend() == "cpu" and "avx512f" in cpu_isa()
+
+
+def assert_adam_close(a, b, lr=0.01, steps=4):
+    """Equal to float tolerance, allowing for Adam: an element whose gradient is near Adam's
+    eps (1e-8) turns float-reassociation noise into a difference of up to lr per step (seen:
+    up to 14 in 65,536 elements of F). So: all but 1 in 1,000 elements within 1e-4 of the
+    largest magnitude, and none beyond lr * steps."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    diff = np.abs(a - b)
+    assert np.mean(diff <= 1e-4 * np.abs(b).max()) >= 0.999, (np.mean(diff <= 1e-4 * np.abs(b).max()), diff.max())
+    assert diff.max() <= lr * steps, diff.max()
+
+
+def assert_batch_independent(batched, alone, what: str, steps: int = 0):
+    """The README's claim that a triple gives the same result alone or in any batch, as this
+    machine makes it (batch_position_exact): bit for bit; or else a latent within
+    assert_adam_close of its alone run after `steps` Adam steps of lr 0.01 (on an AVX2 EPYC, 5
+    of F's 65,536 elements moved by up to 1.6e-3, the rest by under 2e-6), and a uint8 image
+    within one level on average."""
+    batched, alone = np.asarray(batched), np.asarray(alone)
+    if batch_position_exact():
+        assert np.array_equal(batched, alone), \
+            f"{what}: max diff {np.abs(batched.astype(float) - alone).max()} (bit for bit on {'+'.join(cpu_isa())})"
+    elif alone.dtype == np.uint8:
+        assert np.abs(batched.astype(int) - alone.astype(int)).mean() < 1.0, what
+    else:
+        try:
+            assert_adam_close(batched, alone, steps=steps)
+        except AssertionError as e:
+            raise AssertionError(f"{what}: {e}") from None
+
+
 def rel_err(ours, ref):
     """max |ours - ref| / max |ref|."""
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)

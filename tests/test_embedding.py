@@ -30,7 +30,7 @@ from barbershop_jax.pipeline import progress
 from barbershop_jax.stages import loop
 from barbershop_jax.models import pca as pca_lib
 from barbershop_jax.models import vgg16
-from conftest import count_compilations, render, render_from_features
+from conftest import assert_adam_close, count_compilations, render, render_from_features
 
 SMALL_VGG = vgg16.VGG16Config(widths=(8, 16, 16, 32, 32))
 
@@ -59,17 +59,6 @@ def _targets(consts, w_plus, noise="const", seeds=None):
 def _known_w_plus(consts, n, seed=5):
     g = consts.generator
     return g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(seed), (n, g.config.style_dim))))
-
-
-def assert_adam_close(a, b, lr=0.01, steps=4):
-    """Equal to float tolerance, allowing for Adam: an element whose gradient is near Adam's
-    eps (1e-8) turns float-reassociation noise into a difference of up to lr per step (seen:
-    up to 14 in 65,536 elements of F). So: all but 1 in 1,000 elements within 1e-4 of the
-    largest magnitude, and none beyond lr * steps."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    diff = np.abs(a - b)
-    assert np.mean(diff <= 1e-4 * np.abs(b).max()) >= 0.999, (np.mean(diff <= 1e-4 * np.abs(b).max()), diff.max())
-    assert diff.max() <= lr * steps, diff.max()
 
 
 def psnr(a, b):  # images in [-1, 1]: peak-to-peak 2

@@ -28,13 +28,10 @@ from barbershop_jax.models.bundle import Models
 from barbershop_jax.models import pca as pca_lib
 from barbershop_jax.pipeline import image_files
 from barbershop_jax.pipeline.run import Pipeline
-from conftest import render
+from conftest import cpu_isa, render
 from test_transfer import SMALL_VGG, STEPS, _parser_with_hair
 
 DATA = Path(__file__).parent / "data"
-# The CPU flags that change what XLA:CPU compiles (vector width, FMA, bf16 and int8 units).
-ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_bf16",
-             "avx512_vnni", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16")
 
 
 def machine() -> str:
@@ -42,12 +39,7 @@ def machine() -> str:
     import platform
 
     import jaxlib
-    try:
-        flags = next(line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("flags"))
-    except (OSError, StopIteration):
-        flags = []
-    isa = "+".join(f for f in ISA_FLAGS if f in flags) or platform.machine()
+    isa = "+".join(cpu_isa()) or platform.machine()
     return f"{isa}|{os.cpu_count()} cores|jaxlib {jaxlib.__version__}"
 
 
