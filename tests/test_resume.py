@@ -210,22 +210,24 @@ def test_a_signal_during_a_write_outside_the_loops_stops_when_the_file_is_whole(
 
 def test_a_stop_drops_queued_background_writes_and_waits_for_running_ones(tmp_path):
     """SIGTERM while results are queued for the writer threads: the running write ends whole,
-    the queued ones are dropped (not minutes of writing), and no temporary file is left."""
+    the queued ones are dropped (not minutes of writing), no temporary file is left, and a
+    clean-up runs when what it comes after was written (only then)."""
     def slow_write(name):
         time.sleep(0.3)
         image_io.atomic_write(tmp_path / name, lambda f: f.write(name.encode()))
 
-    started = time.monotonic()
+    started, cleaned = time.monotonic(), []
     with pytest.raises(resume.Stopped):
         with resume.handle_signals(), image_io.BackgroundWrites(1) as writes:
-            for i in range(20):  # 6 s of writing, one at a time
-                writes.submit(slow_write, f"{i}.bin")
+            queued = [writes.submit(slow_write, f"{i}.bin") for i in range(20)]  # 6 s of writing, one at a time
+            writes.submit(cleaned.append, "after the running write", after=queued[:1], cleanup=True)
+            writes.submit(cleaned.append, "after a dropped write", after=queued[:10], cleanup=True)
             time.sleep(0.1)
             signal.raise_signal(signal.SIGTERM)
             time.sleep(5)  # not reached
     assert time.monotonic() - started < 2
-    written = _every_file(tmp_path)
-    assert 1 <= len(written) <= 2 and all((tmp_path / n).read_bytes() == n.encode() for n in written)
+    assert _every_file(tmp_path) == ["0.bin"] and (tmp_path / "0.bin").read_bytes() == b"0.bin"
+    assert cleaned == ["after the running write"]
 
 
 def test_a_stop_while_reading_inputs_drops_the_reads_not_started(tmp_path, monkeypatch):

@@ -218,7 +218,7 @@ def _run(args) -> int:
             with resume.handle_signals():
                 rc = args.func(args)
     except (resume.Interrupted, resume.Stopped) as e:
-        saved = e.saved if isinstance(e, resume.Interrupted) else getattr(args, "checkpoint_every", None) != 0
+        saved = getattr(e, "saved", True)  # Stopped: outside the loops, no loop has steps to lose
         how = ("run the same command again to resume from there" if saved else
                "checkpointing was off (--checkpoint-every 0): finished stages are kept, the interrupted one restarts")
         print(f"barbershop-jax: {e}; {how}", file=sys.stderr)

@@ -135,10 +135,13 @@ class BackgroundWrites:
         self._pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1),
                                         thread_name_prefix="barbershop-write")
         self._pending = []
+        self._cleanups = set()
 
-    def submit(self, fn, *args, after=(), **kwargs):
+    def submit(self, fn, *args, after=(), cleanup: bool = False, **kwargs):
         """Run fn(*args, **kwargs) on a writer thread. after: futures of earlier submits that
-        must succeed first (fn is skipped if one failed). Returns fn's future."""
+        must succeed first (fn is skipped if one failed or was dropped). cleanup: fn is quick
+        and runs on a stop too, once `after` is written (a checkpoint's removal: left behind,
+        no later run would remove it). Returns fn's future."""
         after = tuple(after)
 
         def run():
@@ -149,6 +152,8 @@ class BackgroundWrites:
 
         future = self._pool.submit(run)
         self._pending.append(future)
+        if cleanup:
+            self._cleanups.add(future)
         return future
 
     def wait(self):
@@ -181,9 +186,10 @@ class BackgroundWrites:
         return False
 
     def _drop_queued(self):
-        """Cancel the writes not started yet (a running one ends whole)."""
+        """Cancel the writes not started yet (a running one ends whole), except clean-ups."""
         for future in self._pending:
-            future.cancel()
+            if future not in self._cleanups:
+                future.cancel()
 
 
 def save_png(path, image_uint8) -> Path:
