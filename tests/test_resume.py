@@ -2,6 +2,10 @@
 run, a stop request ends a loop cleanly, and a diverging image fails alone. (SIGTERM and
 SIGKILL of a whole transfer: test_transfer.py.)"""
 
+import os
+import signal
+import time
+
 import jax
 import numpy as np
 import pytest
@@ -162,3 +166,89 @@ def test_a_checkpoint_write_survives_its_stage_folder_being_removed(tmp_path, mo
     monkeypatch.setattr(resume, "atomic_write", racing)
     ckpt.save({"w": np.ones(2, np.float32)}, 6)
     assert len(calls) == 2 and ckpt.restore({"w": np.zeros(2, np.float32)})[1] == 6
+
+
+# ----------------------------------------------------------------------------- stops outside the loops
+def _every_file(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def test_a_loop_that_ends_with_a_stop_pending_raises_at_its_end(consts, tmp_path, monkeypatch):
+    """A stop that comes during a loop's last chunk ends the run when the loop ends (saved at
+    its last step), not at the next loop, after whatever work lies between the two."""
+    targets = _targets(consts, _known_w_plus(consts, 2, seed=21), noise="random")
+    cfg = EmbedConfig(w_steps=8, lpips_size=32, chunk=4)
+    ckpt = resume.LoopCheckpoint(tmp_path / "ckpt", every=100)
+    stop_after(monkeypatch, 3)  # asked at begin and after each chunk: the stop comes in the last chunk
+    with pytest.raises(resume.Interrupted) as info:
+        embedding.embed_w_plus(consts, targets, cfg, hook=loop_hook.PipelineHook(checkpoint=ckpt))
+    assert (info.value.done, info.value.total, info.value.saved) == (8, 8, True)
+    assert [p.name for p in ckpt.folder.iterdir()] == ["step_0000008.npz"]
+    monkeypatch.undo()
+    _, metrics = embedding.embed_w_plus(consts, targets, cfg, hook=loop_hook.PipelineHook(checkpoint=ckpt))
+    assert metrics is None  # the same command goes on from the saved last step: no step runs
+
+
+def test_a_signal_during_a_write_outside_the_loops_stops_when_the_file_is_whole(tmp_path):
+    """SIGTERM in the middle of an atomic write, outside any loop: the write ends (renamed into
+    place, no temporary file), then the run stops with the signal's number."""
+    def write(f):
+        f.write(b"first half ")
+        signal.raise_signal(signal.SIGTERM)  # the handler runs in this thread, here
+        time.sleep(0.1)
+        f.write(b"second half")
+
+    with pytest.raises(resume.Stopped) as info:
+        with resume.handle_signals():
+            image_io.atomic_write(tmp_path / "result.bin", write)
+            time.sleep(5)  # not reached: the stop is raised when the write ends
+    assert info.value.signum == signal.SIGTERM
+    assert _every_file(tmp_path) == ["result.bin"]
+    assert (tmp_path / "result.bin").read_bytes() == b"first half second half"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and not resume.stop_requested()
+
+
+def test_a_stop_drops_queued_background_writes_and_waits_for_running_ones(tmp_path):
+    """SIGTERM while results are queued for the writer threads: the running write ends whole,
+    the queued ones are dropped (not minutes of writing), no temporary file is left, and a
+    clean-up runs when what it comes after was written (only then)."""
+    def slow_write(name):
+        time.sleep(0.3)
+        image_io.atomic_write(tmp_path / name, lambda f: f.write(name.encode()))
+
+    started, cleaned = time.monotonic(), []
+    with pytest.raises(resume.Stopped):
+        with resume.handle_signals(), image_io.BackgroundWrites(1) as writes:
+            queued = [writes.submit(slow_write, f"{i}.bin") for i in range(20)]  # 6 s of writing, one at a time
+            writes.submit(cleaned.append, "after the running write", after=queued[:1], cleanup=True)
+            writes.submit(cleaned.append, "after a dropped write", after=queued[:10], cleanup=True)
+            time.sleep(0.1)
+            signal.raise_signal(signal.SIGTERM)
+            time.sleep(5)  # not reached
+    assert time.monotonic() - started < 2
+    assert _every_file(tmp_path) == ["0.bin"] and (tmp_path / "0.bin").read_bytes() == b"0.bin"
+    assert cleaned == ["after the running write"]
+
+
+def test_a_stop_while_reading_inputs_drops_the_reads_not_started(tmp_path, monkeypatch):
+    """SIGTERM while the input images are read on the thread pool: the main thread stops at
+    once, the reads not started are dropped, and only the running one is waited for."""
+    from barbershop_jax.pipeline import sources
+
+    paths = [image_io.save_png(tmp_path / f"im{i}.png", np.zeros((8, 8, 3), np.uint8)) for i in range(8)]
+    real, started = sources.as_source, []
+
+    def slow_read(path, **kwargs):
+        started.append(path)
+        if len(started) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # from a reading thread: the main thread handles it
+        time.sleep(0.3)
+        return real(path, **kwargs)
+    monkeypatch.setattr(sources, "as_source", slow_read)
+    monkeypatch.setattr(sources, "READ_THREADS", 1)
+    began = time.monotonic()
+    with pytest.raises(resume.Stopped):
+        with resume.handle_signals():
+            sources.read_sources(paths, progress=False)
+            time.sleep(5)  # not reached
+    assert time.monotonic() - began < 1.5 and len(started) == 1

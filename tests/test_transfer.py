@@ -577,6 +577,99 @@ def test_sigterm_then_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(b
                 np.testing.assert_array_equal(a[k], b[k])
 
 
+# The command line with one function made slow, to stop it deterministically at a moment
+# outside every optimisation loop: argv = marker file, where, then the command's arguments.
+SLOW_DRIVER = """
+import pathlib, sys, time
+from barbershop_jax.pipeline import sources, store
+
+marker, where = pathlib.Path(sys.argv[1]), sys.argv[2]
+
+
+def slowed(owner, name, seconds, mark=True):
+    real = getattr(owner, name)
+
+    def slow(*args, **kwargs):
+        if mark:
+            with marker.open("a") as f:
+                f.write(name + "\\n")
+        time.sleep(seconds)
+        return real(*args, **kwargs)
+    setattr(owner, name, slow)
+
+
+if where == "reading":  # each input file takes 2 s to read, one at a time
+    sources.READ_THREADS = 1
+    slowed(sources, "as_source", 2)
+else:  # between the W+ and FS loops, while the W+ results are being written
+    slowed(store.EmbeddingCache, "put_w_plus", 1, mark=False)
+    slowed(store.EmbeddingCache, "get_fs", 600)
+from barbershop_jax.cli.main import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _stop_when_marked(cmd, marker: Path, sig, timeout=600):
+    """Start cmd; when `marker` appears, send `sig`. (returncode, stderr, seconds from the
+    signal to the exit); a process still running 60 s after the signal is killed."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline and not marker.exists():
+        time.sleep(0.02)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return proc.returncode, err, time.monotonic() - sent
+
+
+def test_sigterm_outside_the_loops_stops_within_seconds_then_the_rerun_completes(batch_run, images, weights_dir,
+                                                                                 tmp_path):
+    """The command line in a subprocess, stopped by SIGTERM outside every loop: (1) while the
+    input images are read on the thread pool, (2) between the W+ and FS loops while the W+
+    results are being written. Each time: status 143 within seconds, one line saying to run
+    the same command again, no traceback, no temporary or half-written file; then the same
+    command completes. (After batch_run: the subprocesses compile nothing.)"""
+    for name, path in zip(("ann", "bob"), images):
+        shutil.copy(path, tmp_path / f"{name}.png")
+    (tmp_path / "t.csv").write_text("face,shape,color\nann.png,bob.png,bob.png\nbob.png,ann.png,ann.png\n")
+    (tmp_path / "driver.py").write_text(SLOW_DRIVER)
+    out = tmp_path / "out"
+    args = ["transfer", "--pairs", str(tmp_path / "t.csv"), "--weights", str(weights_dir), "--out", str(out),
+            "--batch-size", "2", "--checkpoint-every", "4", "--quiet",
+            *(f"--{k.replace('_', '-')}={v}" for k, v in STEPS.items())]
+
+    def check_stopped(where):
+        marker = tmp_path / f"{where}.marker"
+        rc, err, seconds = _stop_when_marked([sys.executable, str(tmp_path / "driver.py"), str(marker), where, *args],
+                                             marker, signal.SIGTERM)
+        assert rc == 143 and seconds < 15, (rc, seconds, err[-3000:])
+        lines = [line for line in err.splitlines() if line.startswith("barbershop-jax:")]
+        assert "Traceback" not in err and len(lines) == 1, err[-3000:]
+        assert lines[0] == ("barbershop-jax: interrupted by SIGTERM; finished work is kept; run the same command "
+                            "again to resume from there")
+        assert not list(out.rglob("*.tmp"))  # no temporary file left (none when out was not made)
+        for path in _visible_files(out):
+            _assert_complete(path)  # nothing half-written
+        return marker.read_text().split()
+
+    assert check_stopped("reading") == ["as_source"]  # the second read was dropped
+    assert check_stopped("between loops") == ["get_fs"]
+    written = {p.relative_to(out).as_posix() for p in _visible_files(out)}
+    assert {"W+/ann.npy", "W+/bob.npy", "W+/ann.json", "W+/bob.json"} <= written  # the writes under way ended whole
+    assert not any(name.startswith("FS/") for name in written)
+    # 3. The same command, plainly: it completes.
+    proc = subprocess.run([sys.executable, "-m", "barbershop_jax.cli", *args], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("ann_bob_bob_realistic.png", "bob_ann_ann_realistic.png"):
+        _assert_complete(out / name)
+    assert not list(out.rglob("*.tmp")) and not (out / resume.RESUME_DIR).exists()
+
+
 def test_target_masks_saved_read_back_and_edited(batch_run, models, tmp_path):
     """--save-target-mask writes indexed PNGs; given back with --target-mask they reproduce the
     computed result exactly; an edited mask, or a moved shape, changes it."""

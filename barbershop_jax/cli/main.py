@@ -2,6 +2,7 @@
 in one line with a non-zero exit. The arguments are cli/args.py; the work is the pipeline's."""
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -213,13 +214,15 @@ def _run(args) -> int:
         if args.command in SERVER_COMMANDS:
             rc = args.func(args)
         else:
-            with resume.handle_signals():  # SIGINT/SIGTERM: finish the chunk, save, stop
+            # SIGINT/SIGTERM: a loop finishes its chunk, saves and stops; anything else stops at once.
+            with resume.handle_signals():
                 rc = args.func(args)
-    except resume.Interrupted as e:
-        how = ("run the same command again to resume from there" if e.saved else
+    except (resume.Interrupted, resume.Stopped) as e:
+        saved = getattr(e, "saved", True)  # Stopped: outside the loops, no loop has steps to lose
+        how = ("run the same command again to resume from there" if saved else
                "checkpointing was off (--checkpoint-every 0): finished stages are kept, the interrupted one restarts")
         print(f"barbershop-jax: {e}; {how}", file=sys.stderr)
-        return 143 if e.signum == 15 else 130
+        return 143 if e.signum == signal.SIGTERM else 130
     except ModuleNotFoundError as e:
         if e.name == "torch":
             print("barbershop-jax: error: conversion needs PyTorch: pip install 'barbershop-jax[convert]'",

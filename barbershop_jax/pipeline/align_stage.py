@@ -129,7 +129,7 @@ class Aligning:
                                        embedded[face].latent_in, structure_f[i], images[i], meta))
             out[(face, shape, ref)] = _Aligned(target[i], structure_f[i])
         if ckpt is not None:  # once the batch's results are on disk
-            self._write(resume.clear, ckpt.folder, after=written)
+            self._write(resume.clear, ckpt.folder, after=written, cleanup=True)
         return out
 
     @staticmethod

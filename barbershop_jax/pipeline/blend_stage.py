@@ -107,7 +107,7 @@ class Blending:
                                     latent_in[i], structure_f[i], np.asarray(result.face_mask[i]),
                                     np.asarray(result.hair_mask[i]), path)
         if ckpt is not None:
-            self._write(resume.clear, ckpt.folder, after=written)
+            self._write(resume.clear, ckpt.folder, after=written, cleanup=True)
         return out
 
     @staticmethod

@@ -151,7 +151,7 @@ def _embed_todo(items, store, models, cfg, batch_size, fs, progress, devices, ou
                 written.append(writes.submit(store.put_w_plus, it.name, it.image_hash, cfg, w_i, im))
                 w_plus[it.name] = w_i
             if ckpt is not None:  # once the batch's results are on disk
-                writes.submit(resume.clear, ckpt.folder, after=written)
+                writes.submit(resume.clear, ckpt.folder, after=written, cleanup=True)
 
     results = {}
     if fs:
@@ -185,7 +185,7 @@ def _embed_todo(items, store, models, cfg, batch_size, fs, progress, devices, ou
                     written.append(writes.submit(store.put_fs, it.name, it.image_hash, cfg, li, f, im))
                     results[it.name] = (li, f)
                 if ckpt is not None:
-                    writes.submit(resume.clear, ckpt.folder, after=written)
+                    writes.submit(resume.clear, ckpt.folder, after=written, cleanup=True)
     return failed, w_plus, results
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from barbershop_jax.pipeline import stopping
+
 
 class ImageError(ValueError):
     """An input image that cannot be used; the message names the file."""
@@ -98,16 +100,19 @@ def atomic_write(path, write) -> Path:
     """Create `path` whole or not at all: `write(file)` fills a temporary file beside it
     (opened for binary writing), which is then renamed into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Shielded: a SIGINT/SIGTERM stop waits for the rename (or the clean-up), so that no
+    # temporary file stays behind, also when it comes between mkstemp and the `try`.
+    with stopping.shielded():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+            os.replace(tmp, path)
+        except BaseException:  # a second SIGINT too
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -120,7 +125,9 @@ class BackgroundWrites:
     stays atomic (atomic_write) and keeps its own order (arrays, then PNG, then the key);
     leaving the block waits for every write, also when the block raises, and re-raises the
     first failed write's error (when the block raised, its error goes on and failed writes are
-    logged)."""
+    logged). On a stop (SIGINT/SIGTERM: stopping.py) the writes not yet started are dropped and
+    only the running ones are waited for: the run ends within seconds, with every file whole or
+    absent (a dropped result's loop checkpoint stays, so the same command writes it)."""
 
     def __init__(self, workers: int | None = None):
         from concurrent.futures import ThreadPoolExecutor
@@ -128,25 +135,31 @@ class BackgroundWrites:
         self._pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1),
                                         thread_name_prefix="barbershop-write")
         self._pending = []
+        self._cleanups = set()
 
-    def submit(self, fn, *args, after=(), **kwargs):
+    def submit(self, fn, *args, after=(), cleanup: bool = False, **kwargs):
         """Run fn(*args, **kwargs) on a writer thread. after: futures of earlier submits that
-        must succeed first (fn is skipped if one failed). Returns fn's future."""
+        must succeed first (fn is skipped if one failed or was dropped). cleanup: fn is quick
+        and runs on a stop too, once `after` is written (a checkpoint's removal: left behind,
+        no later run would remove it). Returns fn's future."""
         after = tuple(after)
 
         def run():
-            if any(f.exception() is not None for f in after):  # submitted earlier: no deadlock
+            # Submitted earlier: no deadlock. Dropped by a stop: this one is dropped too.
+            if any(f.cancelled() or f.exception() is not None for f in after):
                 return None
             return fn(*args, **kwargs)
 
         future = self._pool.submit(run)
         self._pending.append(future)
+        if cleanup:
+            self._cleanups.add(future)
         return future
 
     def wait(self):
         """Block until every write so far is done; re-raise the first error."""
-        pending, self._pending = self._pending, []
-        errors = [f.exception() for f in pending]
+        errors = [f.exception() for f in self._pending]  # kept while waiting: a stop drops the rest
+        self._pending = []
         first = next((e for e in errors if e is not None), None)
         if first is not None:
             raise first
@@ -159,13 +172,24 @@ class BackgroundWrites:
             if exc_type is None:
                 self.wait()
             else:  # the block's own error (an interruption, say) is the one to report
+                if stopping.stop_requested() or issubclass(exc_type, KeyboardInterrupt):
+                    self._drop_queued()
                 for future in self._pending:
-                    if future.exception() is not None:
+                    if not future.cancelled() and future.exception() is not None:
                         logging.getLogger("barbershop_jax").error("a result was not written: %s",
                                                                   future.exception())
+        except BaseException:  # a stop while this waits (the handler raises here)
+            self._drop_queued()
+            raise
         finally:
             self._pool.shutdown(wait=True)
         return False
+
+    def _drop_queued(self):
+        """Cancel the writes not started yet (a running one ends whole), except clean-ups."""
+        for future in self._pending:
+            if future not in self._cleanups:
+                future.cancel()
 
 
 def save_png(path, image_uint8) -> Path:

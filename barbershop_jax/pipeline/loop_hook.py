@@ -9,7 +9,7 @@ import time
 import jax
 
 from barbershop_jax.pipeline import progress as progress_lib
-from barbershop_jax.pipeline import resume
+from barbershop_jax.pipeline import resume, stopping
 from barbershop_jax.stages.loop import Loop, LoopHook
 
 log = logging.getLogger("barbershop_jax")
@@ -22,13 +22,14 @@ class PipelineHook(LoopHook):
     keeps its own below it, named by its part), or None. With one, a loop starts from its
     newest saved step (when its arrays match), saves every `checkpoint.every` steps and at the
     end, and a stop request (SIGINT/SIGTERM, resume.handle_signals) saves and raises
-    resume.Interrupted at the next chunk boundary. devices: the devices to shard over."""
+    resume.Interrupted at the next chunk boundary (from begin to end, a signal only asks:
+    stopping.loop_started). devices: the devices to shard over."""
     progress: object = False
     checkpoint: resume.LoopCheckpoint | None = None
     devices: object = None
 
     def __post_init__(self):
-        self._open = {}  # loop -> [bar, steps done, step saved, dispatch start]
+        self._open = {}  # loop -> [bar, steps done, step saved, dispatch start, steps in all]
 
     def within(self, part: str) -> "PipelineHook":
         return dataclasses.replace(self, checkpoint=self.checkpoint and self.checkpoint.sub(part))
@@ -52,7 +53,8 @@ class PipelineHook(LoopHook):
             bar = progress_lib._progress(n_steps, loop.desc, jax.tree.leaves(state)[0].shape[0], initial=done)
         else:
             bar = None
-        self._open[loop] = [bar, done, done, None]
+        self._open[loop] = [bar, done, done, None, n_steps]
+        stopping.loop_started()  # from here, a signal waits for the chunk boundary
         return state, done
 
     def before_chunk(self, loop: Loop) -> None:
@@ -60,7 +62,7 @@ class PipelineHook(LoopHook):
 
     def after_chunk(self, loop: Loop, state_of, done: int, n_steps: int, metrics) -> None:
         entry = self._open[loop]
-        bar, before, saved, called = entry
+        bar, before, saved, called = entry[:4]
         dispatch = (called, time.time())  # tracing, reading and compiling, when this chunk's call did them
         entry[1] = done
         if bar is not None:  # the metrics wait for the chunk, so the bar moves when its steps are done
@@ -75,7 +77,18 @@ class PipelineHook(LoopHook):
                                      signum=resume.stop_signal())
 
     def end(self, loop: Loop) -> None:
-        bar = self._open.pop(loop, [None])[0]
+        entry = self._open.pop(loop, None)
+        if entry is None:  # begin raised
+            return
+        bar, done, saved, n_steps = entry[0], entry[1], entry[2], entry[4]
+        stopping.loop_ended()
         if bar is not None:
             bar.close()
+        # A stop that came during the last chunk ends the run here rather than at the next loop:
+        # the work between two loops belongs to none. Only for a finished loop with its last step
+        # saved: one that raised (its own stop, an error) keeps its exception.
+        checkpoint = self._checkpoint(loop)
+        if done >= n_steps and (checkpoint is None or saved >= n_steps) and resume.stop_requested():
+            raise resume.Interrupted(loop.desc or "a loop", done, n_steps, saved=checkpoint is not None,
+                                     signum=resume.stop_signal())
 

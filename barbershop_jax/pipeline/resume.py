@@ -6,9 +6,10 @@
   from that step, with the same numbers as an uninterrupted run (the steps are the same
   compiled programs, and their noise keys depend on the step number only). The pipeline
   removes a batch's checkpoints once its results are written.
-- SIGINT and SIGTERM (`handle_signals`) do not kill the process mid-step: the running loop
-  finishes its chunk, writes its checkpoint and raises `Interrupted`, which the command line
-  turns into a message saying how to resume.
+- SIGINT and SIGTERM (`handle_signals`, stopping.py) do not kill the process mid-step: the
+  running loop finishes its chunk, writes its checkpoint and raises `Interrupted`; outside the
+  loops the run stops at once (`Stopped`). The command line turns either into a message
+  saying how to resume.
 
 Layout: OUT/.resume/{stage}/{batch key}/[{loop}/]step_{n}.npz; the newest readable one wins.
 Not orbax (which the weights use): its checkpointers synchronise every jax.distributed process
@@ -19,8 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
-import signal
-import threading
 import zipfile
 from pathlib import Path
 
@@ -28,13 +27,20 @@ import jax
 import numpy as np
 
 from barbershop_jax.config import DEFAULT_CHECKPOINT_EVERY
+from barbershop_jax.pipeline import stopping
 from barbershop_jax.pipeline.image_files import atomic_write
 
 RESUME_DIR = ".resume"
 SAVE_ATTEMPTS = 3  # a checkpoint write whose folder was removed meanwhile (see `clear`) is retried
 
-_stop = threading.Event()
-_stop_signal: list = []
+# The stop state lives in stopping.py (atomic writes need it too, below this module); these
+# names stay here for the loops and the command line.
+request_stop = stopping.request_stop
+stop_requested = stopping.stop_requested
+clear_stop = stopping.clear_stop
+stop_signal = stopping.stop_signal
+handle_signals = stopping.handle_signals
+Stopped = stopping.Stopped
 
 
 class Interrupted(Exception):
@@ -44,49 +50,6 @@ class Interrupted(Exception):
         self.where, self.done, self.total, self.saved, self.signum = where, done, total, saved, signum
         state = "its state is saved" if saved else "no checkpoint (checkpointing is off)"
         super().__init__(f"interrupted in {where} at step {done} of {total}; {state}")
-
-
-def request_stop(signum=None, frame=None):
-    """Ask the running loop to stop at its next chunk boundary (a signal handler)."""
-    _stop_signal[:] = [signum]
-    _stop.set()
-
-
-def stop_requested() -> bool:
-    return _stop.is_set()
-
-
-def clear_stop():
-    _stop.clear()
-    _stop_signal.clear()
-
-
-def stop_signal() -> int | None:
-    return _stop_signal[0] if _stop_signal else None
-
-
-class handle_signals:
-    """Within the block, SIGINT and SIGTERM ask the loops to stop cleanly instead of killing
-    the process (a second SIGINT still interrupts at once)."""
-
-    def __enter__(self):
-        clear_stop()
-        self._old = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        if _stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # asked twice: stop now
-        request_stop(signum, frame)
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        clear_stop()
-        return False
 
 
 def batch_key(*parts) -> str:

@@ -187,13 +187,14 @@ class Pipeline(Aligning, Blending):
         self.failures += failed
         return {e.name: e for e in done}
 
-    def _write(self, fn, *args, after=()):
-        """fn(*args) on the run's writer threads (image_io.BackgroundWrites), or now outside a run."""
+    def _write(self, fn, *args, after=(), cleanup: bool = False):
+        """fn(*args) on the run's writer threads (image_io.BackgroundWrites: `after`, `cleanup`),
+        or now outside a run."""
         if self._writes is None:
             if not any(f.exception() is not None for f in after):
                 fn(*args)
             return _Done()
-        return self._writes.submit(fn, *args, after=after)
+        return self._writes.submit(fn, *args, after=after, cleanup=cleanup)
 
     def paste_back(self, results: list[TransferResult], feather: float = FEATHER) -> list[TransferResult]:
         """Each result pasted into the photo its face crop was cut from (face_crop.paste_back),

@@ -93,13 +93,18 @@ def read_sources(paths, progress: bool = True, keep_pixels: bool = False) -> dic
             return e
 
     distinct = list(dict.fromkeys(str(p) for p in paths))
-    with ThreadPoolExecutor(READ_THREADS) as pool, \
-            tqdm(total=len(distinct), desc="Reading images", unit="image", dynamic_ncols=True,
-                 disable=not progress or len(distinct) < READ_BAR_FROM) as bar:
-        read_all = [pool.submit(read, Path(p)) for p in distinct]
-        for future in read_all:
-            future.add_done_callback(lambda _: bar.update())
-        return {p: future.result() for p, future in zip(distinct, read_all)}
+    pool = ThreadPoolExecutor(READ_THREADS)
+    try:
+        with tqdm(total=len(distinct), desc="Reading images", unit="image", dynamic_ncols=True,
+                  disable=not progress or len(distinct) < READ_BAR_FROM) as bar:
+            read_all = [pool.submit(read, Path(p)) for p in distinct]
+            for future in read_all:
+                future.add_done_callback(lambda _: bar.update())
+            return {p: future.result() for p, future in zip(distinct, read_all)}
+    finally:
+        # A stop (SIGINT/SIGTERM raises here while this thread waits: stopping.py) drops the
+        # reads not started; only the running ones, one image each, are waited for.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def as_sources(images, progress: bool = False, keep_pixels: bool = False) -> list[ImageSource]:

@@ -48,7 +48,7 @@ class LoopHook:
         state, done = hook.begin(loop, state, n_steps)    # a restored state, and its step
         hook.before_chunk(loop)                           # a chunk is about to be dispatched
         hook.after_chunk(loop, state_of, done, n_steps, metrics)
-        hook.end(loop)                                    # also when the loop raises
+        hook.end(loop)                                    # also when the loop or begin raises
 
     `state_of()` gives the batch's state (without padding) on the host's default device;
     `metrics` are the last live step's, per image, still on the device. A hook may raise
@@ -181,21 +181,21 @@ def run(step, cfg, models, state, data, n_steps: int, *, chunk: int | None = Non
     step_cfg = cfg.step_config() if hasattr(cfg, "step_config") else cfg
     default_chunk, unroll = loop_defaults()
     chunk = chunk or default_chunk
-    state, done = hook.begin(loop, state, n_steps)
-    done = min(done, n_steps)
-    # The chunks donate the state: work on private copies, one buffer per leaf, so that the
-    # caller's arrays survive and leaves that share a buffer are not donated twice.
-    state = jax.tree.map(jnp.array, state)
-    n_images = jax.tree.leaves(state)[0].shape[0]
-    if mesh is not None:
-        (state, data), n_images = _pad_batch((state, data), mesh.size)
-        _warn_idle_devices(n_images, mesh.size)
-        shard = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
-        state, data = jax.device_put((state, data), shard)
-        models = jax.device_put(models, NamedSharding(mesh, PartitionSpec()))
-    unpad = lambda x: x[:n_images]  # noqa: E731
     metrics = None
-    try:
+    try:  # from begin on: the hook's end always follows its begin
+        state, done = hook.begin(loop, state, n_steps)
+        done = min(done, n_steps)
+        # The chunks donate the state: work on private copies, one buffer per leaf, so that the
+        # caller's arrays survive and leaves that share a buffer are not donated twice.
+        state = jax.tree.map(jnp.array, state)
+        n_images = jax.tree.leaves(state)[0].shape[0]
+        if mesh is not None:
+            (state, data), n_images = _pad_batch((state, data), mesh.size)
+            _warn_idle_devices(n_images, mesh.size)
+            shard = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+            state, data = jax.device_put((state, data), shard)
+            models = jax.device_put(models, NamedSharding(mesh, PartitionSpec()))
+        unpad = lambda x: x[:n_images]  # noqa: E731
         while done < n_steps:
             live = min(chunk, n_steps - done)
             hook.before_chunk(loop)
