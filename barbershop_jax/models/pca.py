@@ -7,6 +7,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from barbershop_jax.models.weights import ARRAY_FILE_ERRORS
+
 PCA_KEYS = ("X_mean", "X_comp", "X_stdev", "X_var_ratio")
 LEAKY_SLOPE = 5.0  # PULSE's inverse of the mapping network's 0.2 leaky ReLU
 
@@ -46,12 +48,14 @@ def pca_stats(model, n_samples: int, key, chunk: int = 50_000) -> dict:
 
 
 def read_pca_file(path, style_dim: int) -> dict:
-    """Import an existing ffhq_PCA.npz (no pickle), checking keys and shapes."""
+    """Read PCA statistics (an ffhq_PCA.npz, or the pca.npz of a weights folder; no pickle),
+    checking keys, shapes and values: a damaged file is a ValueError naming it and what is
+    wrong, at load rather than in the first loss."""
     try:
         with np.load(path, allow_pickle=False) as z:
             stats = {k: np.asarray(z[k], np.float32) for k in z.files if k in PCA_KEYS}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable PCA file ({e})") from None
+    except ARRAY_FILE_ERRORS as e:
+        raise ValueError(f"{path}: unreadable PCA file ({type(e).__name__}: {e})") from None
     want = {"X_mean": (style_dim,), "X_comp": (style_dim, style_dim), "X_stdev": (style_dim,)}
     for k, shape in want.items():
         if k not in stats:
@@ -59,4 +63,7 @@ def read_pca_file(path, style_dim: int) -> dict:
         if stats[k].shape != shape:
             raise ValueError(f"{path}: {k} has shape {stats[k].shape}, expected {shape}")
     stats.setdefault("X_var_ratio", np.square(stats["X_stdev"]) / np.square(stats["X_stdev"]).sum())
+    for k, v in stats.items():
+        if not np.isfinite(v).all():
+            raise ValueError(f"{path}: {k} holds NaN or infinity")
     return stats

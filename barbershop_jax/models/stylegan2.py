@@ -27,7 +27,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct, traverse_util
 
 
@@ -361,12 +360,13 @@ def save(model: StyleGAN2, dst_root, extra_meta: dict | None = None, pca: dict |
 
 
 def load_pca(path) -> dict:
-    """The p-norm PCA statistics stored beside the weights (official ffhq_PCA.npz keys)."""
+    """The p-norm PCA statistics stored beside the weights (official ffhq_PCA.npz keys),
+    checked against the generator's config: a damaged file is a ValueError naming it."""
+    from barbershop_jax.models import pca as pca_lib
     from barbershop_jax.models import weights as checkpoint
 
-    root = checkpoint.model_dir(path, MODEL_NAME)
+    root, config = checkpoint.open_model(path, MODEL_NAME, GeneratorConfig)
     file = root / PCA_FILE
     if not file.exists():
         raise FileNotFoundError(f"{file}: no PCA statistics; convert with --pca-samples N or --pca FILE")
-    with np.load(file, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    return pca_lib.read_pca_file(file, config.style_dim)

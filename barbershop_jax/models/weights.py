@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
+import struct
+import sys
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 
 import jax
@@ -25,6 +30,12 @@ from flax import traverse_util
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 ARRAYS_DIR = "arrays"
+
+# What np.load of a damaged .npy or .npz can raise: besides OSError and ValueError, the errors
+# of the zip and zlib modules under it (a truncated or altered archive), EOFError (an empty
+# file), KeyError (a missing member) and MemoryError (a damaged header that claims a huge shape).
+ARRAY_FILE_ERRORS = (OSError, ValueError, KeyError, EOFError, MemoryError, NotImplementedError, struct.error,
+                     zipfile.BadZipFile, zlib.error)
 
 
 def model_dir(path, model: str) -> Path:
@@ -45,6 +56,8 @@ def read_config(root: Path, model: str) -> dict:
         meta = json.loads(file.read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"{file}: unreadable config ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{file}: not a model config (an object with a \"config\" object expected)")
     if meta.get("model") != model:
         raise ValueError(f"{file}: holds a {meta.get('model')!r} model, not {model!r}")
     if meta.get("format") != FORMAT_VERSION:
@@ -60,10 +73,33 @@ def open_model(path, model: str, config_cls):
     unknown = set(meta["config"]) - {f.name for f in dataclasses.fields(config_cls)}
     if unknown:
         raise ValueError(f"{root / CONFIG_FILE}: unknown {model} config fields {sorted(unknown)}")
+    for field in dataclasses.fields(config_cls):
+        if field.name in meta["config"] and not _fits(meta["config"][field.name], field.default):
+            raise ValueError(f"{root / CONFIG_FILE}: invalid {model} config ({field.name} is "
+                             f"{meta['config'][field.name]!r}, not a value like {field.default!r})")
     try:
         return root, config_cls(**meta["config"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{root / CONFIG_FILE}: invalid {model} config ({e})") from None
+
+
+def _fits(value, default) -> bool:
+    """Whether a config value has the kind of its field's default: a positive integer for the
+    integer fields (sizes and counts), a finite number, a string, a list of positive integers.
+    A value of another kind would fail deep in the model's construction, not naming the file."""
+    def count(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return count(value)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and all(count(v) for v in value)
+    return True  # None and other defaults: the config class checks them
 
 
 def _shape_diff(got: dict, expected: dict) -> list[str]:
@@ -95,12 +131,36 @@ def restore_strict(root: Path, expected) -> dict:
     arrays = (root / ARRAYS_DIR).absolute()
     if not arrays.is_dir():
         raise FileNotFoundError(f"{arrays}: missing arrays folder (interrupted or partial copy?)")
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_closed_loop(previous_hook)
     try:
         tree = ocp.PyTreeCheckpointer().restore(arrays)
     except Exception as e:  # orbax raises many types for damaged files
+        # The filter stays: the reads still pending end later, each reporting the closed loop.
         raise ValueError(f"{arrays}: unreadable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    sys.unraisablehook = previous_hook
     check_tree(tree, expected, str(root))
+    check_finite(tree, str(arrays))
     return tree
+
+
+def _quiet_closed_loop(previous):
+    """An unraisable-exception hook that drops the "Event loop is closed" errors of a failed
+    orbax restore and passes every other one to `previous`. When one array of a checkpoint does
+    not read, orbax's event loop closes while tensorstore's other reads are in flight; each
+    of them then reports the closed loop as a traceback, after the error that names the file."""
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+            previous(unraisable)
+    return hook
+
+
+def check_finite(tree, where: str):
+    """Raise a ValueError naming the first array of `tree` that holds NaN or infinity."""
+    for path, leaf in traverse_util.flatten_dict(tree).items():
+        if not np.isfinite(np.asarray(leaf)).all():
+            raise ValueError(f"{where}: {'/'.join(map(str, path))} holds NaN or infinity (damaged weights?)")
 
 
 def save_model_dir(dst_root, model: str, config: dict, tree, extra_meta: dict | None = None,

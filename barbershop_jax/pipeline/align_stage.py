@@ -38,12 +38,9 @@ class Aligning:
         out, todo = {}, []
         for face, shape, ref in alignments:
             key = self.align_key(sources, face, shape, ref)
-            npz, labels_png = self._align_paths(face, shape, ref)
-            usable = self.reuse.allows(key) and cache_lib.key_matches(npz, key)
-            hit = cache_lib.read_latents_npz(npz, self.latent_shape, self.f_shape) if usable else None
-            labels = cache_lib.read_labels(labels_png, self.cfg.parse_size) if hit is not None else None
-            if labels is not None:
-                out[(face, shape, ref)] = _Aligned(labels, hit[1])
+            hit = self._cached_alignment(face, shape, ref, key) if self.reuse.allows(key) else None
+            if hit is not None:
+                out[(face, shape, ref)] = hit
                 self.reuse.found("alignment", key)
             else:
                 todo.append((face, shape, ref, key))
@@ -63,6 +60,17 @@ class Aligning:
             if out:
                 cache_lib.save_json(folder / "legend.json", target_mask.legend(self.models.parser.labels))
         return out
+
+    def _cached_alignment(self, face, shape, ref, key) -> _Aligned | None:
+        """The alignment the output folder holds under `key` (its F and target labels), or None
+        (a damaged entry: one warning, and it is recomputed; store.read_entry)."""
+        npz, labels_png = self._align_paths(face, shape, ref)
+        n_classes = len(self.models.parser.labels.names)
+
+        def read(path):
+            _, structure_f = cache_lib.load_latents_npz(path, self.latent_shape, self.f_shape)
+            return _Aligned(cache_lib.load_labels(labels_png, self.cfg.parse_size, n_classes), structure_f)
+        return cache_lib.read_entry(npz, key, read)
 
     def align_key(self, sources, face, shape, ref) -> str:
         """The cache key of an alignment: its images, weights, settings and target-mask edit."""

@@ -55,18 +55,25 @@ class Blending:
         return self.out / f"{self._triple_stem(t)}_{self.tag}.png"
 
     def _cached_blend(self, t, key, npz, aligned):
-        usable = self.reuse.allows(key) and cache_lib.key_matches(npz, key)
-        hit = cache_lib.read_latents_npz(npz, self.latent_shape, self.f_shape) if usable else None
-        path = self._result_path(t)
-        if hit is None or not path.is_file():
+        """The triple's result the output folder holds under `key`, or None (a damaged entry:
+        one warning, and it is recomputed; store.read_entry)."""
+        if not self.reuse.allows(key):
             return None
-        try:
-            image = image_io.load_rgb(path)
-        except image_io.ImageError:
+        path = self._result_path(t)
+
+        def read(npz_path):
+            latent_in, structure_f = cache_lib.load_latents_npz(npz_path, self.latent_shape, self.f_shape)
+            image = image_io.load_rgb(path, exif=False)
+            if image.shape != (self.size, self.size, 3):
+                raise ValueError(f"{path}: {image.shape[1]}x{image.shape[0]}, not the generator's "
+                                 f"{self.size}x{self.size}")
+            return latent_in, structure_f, image
+        hit = cache_lib.read_entry(npz, key, read)
+        if hit is None:
             return None
         # The blend masks are not stored: a cached result carries None for them.
         face, shape, color, structure = t
-        return TransferResult(face, shape, color, structure, image, aligned[(face, shape, structure)].target, hit[0],
+        return TransferResult(face, shape, color, structure, hit[2], aligned[(face, shape, structure)].target, hit[0],
                               hit[1], None, None, path)
 
     def _blend_batch(self, batch, sources, embedded, aligned, n_real, stage):

@@ -85,7 +85,8 @@ def evaluate(paths, embed_dir, vgg, lpips_size=256) -> dict:
         for stage in (cache_lib.W_DIR, cache_lib.FS_DIR):
             png, key = embed_dir / stage / f"{name}.png", embed_dir / stage / f"{name}.json"
             try:
-                if json.loads(key.read_text()).get("image_sha256") != image_hash:
+                meta = json.loads(key.read_text())
+                if not isinstance(meta, dict) or meta.get("image_sha256") != image_hash:
                     continue
                 render = image_io.load_rgb(png)
             except (OSError, ValueError):

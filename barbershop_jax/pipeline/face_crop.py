@@ -112,8 +112,8 @@ class CropTransform:
     @classmethod
     def from_json(cls, data: dict) -> "CropTransform":
         quad = np.asarray(data["quad"], np.float64)
-        if quad.shape != (4, 2):
-            raise ValueError(f"a crop transform's quad must be 4 points, got shape {quad.shape}")
+        if quad.shape != (4, 2) or not np.isfinite(quad).all():
+            raise ValueError(f"a crop transform's quad must be 4 finite points, got shape {quad.shape}")
         return cls(tuple(int(v) for v in data["source_size"]), quad, int(data["size"]), data.get("source", ""),
                    data.get("source_hash", ""), int(data.get("face_index", 0)), bool(data.get("exif", True)),
                    tuple(tuple(p) for p in data.get("landmarks", ())))
@@ -132,8 +132,8 @@ def read_transform(crop_path) -> CropTransform:
     except FileNotFoundError:
         raise FaceCropError(f"{crop_path}: no crop transform ({path.name}) beside it; paste-back needs the "
                             "crop to come from `barbershop-jax align-faces` or `transfer --align`") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise FaceCropError(f"{path}: not a crop transform ({e})") from None
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as e:
+        raise FaceCropError(f"{path}: not a crop transform ({type(e).__name__}: {e})") from None
 
 
 # ----------------------------------------------------------------------------- in: the crop

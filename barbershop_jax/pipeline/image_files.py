@@ -5,6 +5,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,11 @@ from barbershop_jax.pipeline import stopping
 
 class ImageError(ValueError):
     """An input image that cannot be used; the message names the file."""
+
+
+# What Pillow can raise for a damaged or hostile file: OSError (truncated, unidentified),
+# ValueError, SyntaxError (a broken PNG chunk), its decompression-bomb error, and zlib's.
+IMAGE_FILE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, zlib.error)
 
 
 # Turn images upright by their EXIF orientation. The official code ignores it (a phone photo
@@ -48,7 +54,7 @@ def load_rgb(path, *, exif: bool | None = None) -> np.ndarray:
             if exif:
                 im = ImageOps.exif_transpose(im)
             pixels = _rgb_of(im)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except IMAGE_FILE_ERRORS as e:
         raise ImageError(f"{path}: not a readable image ({e})") from None
     if pixels.size == 0:
         raise ImageError(f"{path}: the image is empty ({pixels.shape[1]}x{pixels.shape[0]})")

@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import shutil
-import zipfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from barbershop_jax.config import DEFAULT_CHECKPOINT_EVERY
+from barbershop_jax.models.weights import ARRAY_FILE_ERRORS
 from barbershop_jax.pipeline import stopping
 from barbershop_jax.pipeline.image_files import atomic_write
+
+log = logging.getLogger("barbershop_jax")
 
 RESUME_DIR = ".resume"
 SAVE_ATTEMPTS = 3  # a checkpoint write whose folder was removed meanwhile (see `clear`) is retried
@@ -84,11 +87,15 @@ class LoopCheckpoint:
             try:
                 with np.load(path, allow_pickle=False) as z:
                     if len(z.files) != len(leaves):
-                        continue
+                        continue  # another state's: try an older one, or start over
                     arrays = [z[f"leaf_{i:04d}"] for i in range(len(leaves))]
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-                continue  # damaged or foreign: try an older one, or start over
+            except ARRAY_FILE_ERRORS as e:
+                log.warning("%s: damaged checkpoint (%s: %s); not resumed from it", path, type(e).__name__, e)
+                continue
             if any(a.shape != tuple(x.shape) or a.dtype != x.dtype for a, x in zip(arrays, leaves)):
+                continue
+            if not all(np.isfinite(a).all() for a in arrays if np.issubdtype(a.dtype, np.inexact)):
+                log.warning("%s: damaged checkpoint (NaN or infinity); not resumed from it", path)
                 continue
             return jax.tree.unflatten(treedef, arrays), done
         return None

@@ -6,6 +6,8 @@ dtype and the batch size, the things a step's time depends on."""
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import jax
 from barbershop_jax.pipeline import compile_cache
 from barbershop_jax.pipeline import image_files as image_io
 from barbershop_jax.pipeline import progress as progress_lib
+
+log = logging.getLogger("barbershop_jax")
 
 ENV = "BARBERSHOP_JAX_STEP_TIMES"  # the file (default: beside the XLA cache); "off": neither read nor written
 
@@ -31,12 +35,31 @@ def context(size: int, dtype: str, batch_size: int) -> str:
 
 
 def read() -> dict:
+    """{context: {stage: [steps, seconds]}} from the file. Entries of another form (a damaged
+    or hand-edited file) are left out, so the plan says their time is not known and the next
+    measurement replaces them; a file that does not read at all is named in one warning."""
     file = path()
+    if file is None or not file.exists():
+        return {}
     try:
-        data = json.loads(file.read_text()) if file is not None else {}
-    except (OSError, ValueError):
-        return {}  # none yet, or unreadable: the plan says the time is not known
-    return data if isinstance(data, dict) else {}
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        if file not in _warned:
+            _warned.add(file)
+            log.warning("%s: unreadable step times (%s); they are measured again", file, e)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {ctx: {stage: [m[0], m[1]] for stage, m in stages.items() if _is_measurement(m)}
+            for ctx, stages in data.items() if isinstance(stages, dict)}
+
+
+_warned: set = set()  # the unreadable files already named (read() runs once per plan and per save)
+
+
+def _is_measurement(m) -> bool:
+    return (isinstance(m, list) and len(m) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                         and math.isfinite(v) and v >= 0 for v in m))
 
 
 def seconds_per_step(measured: dict, ctx: str, stage: str) -> float | None:

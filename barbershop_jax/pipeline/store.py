@@ -9,7 +9,9 @@ code:
 Official outputs can be adopted as entries (`import_official`, `embed --import-official`).
 Beside each, `{name}.json` records the key the file was made under: a hash of the image's
 pixels, the weights and every setting that changes the result. An entry counts only when its
-key matches and its arrays load with the expected shapes; otherwise it is recomputed. Arrays
+key matches and its arrays load with the expected shapes; otherwise it is recomputed. An
+entry whose key is there but whose files do not read (truncated, other shapes or dtype, NaN)
+is damaged: one warning names the file, its key is removed, and it is recomputed. Arrays
 are written first and the JSON last, each atomically (temporary file, then rename), so an
 interrupted run never leaves an entry that looks finished. The alignments and blends keep
 their keys the same way (`stage_key`, pipeline/align_stage.py and blend_stage.py), and their
@@ -21,6 +23,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,8 +33,11 @@ from PIL import Image
 
 from barbershop_jax.config import DEFAULT_REGION
 from barbershop_jax.models.bisenet import LabelMap
-from barbershop_jax.pipeline.image_files import atomic_write, save_png
+from barbershop_jax.models.weights import ARRAY_FILE_ERRORS
+from barbershop_jax.pipeline.image_files import IMAGE_FILE_ERRORS, atomic_write, save_png
 from barbershop_jax.stages.target_mask import check_target, palette
+
+log = logging.getLogger("barbershop_jax")
 
 W_DIR, FS_DIR = "W+", "FS"
 W_FIELDS = ("w_steps", "learning_rate", "l2_lambda", "percept_lambda", "p_norm_lambda",
@@ -100,20 +106,76 @@ def key_matches(path: Path, key: str) -> bool:
         return False
 
 
-def read_latents_npz(path: Path, latent_shape, f_shape_nhwc):
-    """An official FS/Align/Blend npz as (latent_in (n_latent, d), F (r, r, C) NHWC), or None
-    when it does not load, has other shapes or holds a non-finite value."""
+def load_array(path: Path, array, shape) -> np.ndarray:
+    """`array` (read from `path`) as float32 if it is a float array of `shape` with finite
+    values; otherwise a ValueError naming the file and what is wrong."""
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{path}: holds {array.dtype} values, not floats")
+    if array.shape != tuple(shape):
+        raise ValueError(f"{path}: shape {array.shape}, expected {tuple(shape)}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{path}: holds NaN or infinity")
+    return array.astype(np.float32, copy=False)
+
+
+def load_npy(path: Path, shape) -> np.ndarray:
+    """A W+ file (1, *shape) as (shape) float32; a ValueError naming the file if it is missing,
+    does not load, or has another shape, dtype or a non-finite value."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            latent_in, latent_f = z["latent_in"], z["latent_F"]
-    except (OSError, ValueError, KeyError):
-        return None
+        array = np.load(path, allow_pickle=False)
+    except ARRAY_FILE_ERRORS as e:
+        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise ValueError(f"{path}: an npz archive, not an npy array")
+    return load_array(path, array, (1, *shape))[0]
+
+
+LATENT_KEYS = ("latent_in", "latent_F")  # the official npz's arrays
+
+
+def load_latents_npz(path: Path, latent_shape, f_shape_nhwc):
+    """An official FS/Align/Blend npz as (latent_in (n_latent, d), F (r, r, C) NHWC); a
+    ValueError naming the file if it is missing, does not load, lacks a key, or has other
+    shapes, dtypes or a non-finite value."""
     r, _, c = f_shape_nhwc
-    if latent_in.shape != (1, *latent_shape) or latent_f.shape != (1, c, r, r):
-        return None
-    if not (np.all(np.isfinite(latent_in)) and np.all(np.isfinite(latent_f))):
-        return None
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            raise TypeError("an npy array, not an npz archive")
+        with loaded as z:
+            arrays = {k: z[k] for k in LATENT_KEYS if k in z.files}
+    except (*ARRAY_FILE_ERRORS, TypeError) as e:
+        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    missing = [k for k in LATENT_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: no {' or '.join(missing)} in it")
+    latent_in = load_array(f"{path}[latent_in]", arrays["latent_in"], (1, *latent_shape))
+    latent_f = load_array(f"{path}[latent_F]", arrays["latent_F"], (1, c, r, r))
     return latent_in[0], latent_f[0].transpose(1, 2, 0)
+
+
+def read_latents_npz(path: Path, latent_shape, f_shape_nhwc):
+    """`load_latents_npz`, or None when the file cannot be used."""
+    try:
+        return load_latents_npz(path, latent_shape, f_shape_nhwc)
+    except ValueError:
+        return None
+
+
+def read_entry(path: Path, key: str, read):
+    """`read(path)`: what the finished entry at `path` holds when it was made under `key`,
+    else None. `read` raises a ValueError naming the file when a file of the entry does not
+    read or holds wrong values: the entry is damaged. Then one warning names that file, and
+    the entry's key is removed (so that it is recomputed, and not warned about again)."""
+    if not key_matches(path, key):
+        return None
+    try:
+        return read(path)
+    except (ValueError, OSError) as e:
+        log.warning("%s; the cache entry is damaged and is recomputed", e)
+        Path(path).with_suffix(".json").unlink(missing_ok=True)
+        return None
 
 
 def save_latents_npz(path: Path, latent_in, structure_f):
@@ -141,15 +203,7 @@ class EmbeddingCache:
     def get_w_plus(self, name, image_hash, cfg, shape):
         """The cached W+ (n_latent, style_dim) or None."""
         path = self.root / W_DIR / f"{name}.npy"
-        if not key_matches(path, self.w_key(image_hash, cfg)):
-            return None
-        try:
-            w = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
-            return None
-        if w.shape != (1, *shape) or not np.all(np.isfinite(w)):
-            return None
-        return w[0]
+        return read_entry(path, self.w_key(image_hash, cfg), lambda p: load_npy(p, shape))
 
     def put_w_plus(self, name, image_hash, cfg, w_plus, image_png=None, extra=None):
         path = self.root / W_DIR / f"{name}.npy"
@@ -161,9 +215,8 @@ class EmbeddingCache:
     def get_fs(self, name, image_hash, cfg, latent_shape, f_shape_nhwc):
         """The cached (latent_in (n_latent, d), structure_f (r, r, C) NHWC) or None."""
         path = self.root / FS_DIR / f"{name}.npz"
-        if not key_matches(path, self.fs_key(image_hash, cfg)):
-            return None
-        return read_latents_npz(path, latent_shape, f_shape_nhwc)
+        return read_entry(path, self.fs_key(image_hash, cfg),
+                          lambda p: load_latents_npz(p, latent_shape, f_shape_nhwc))
 
     def put_fs(self, name, image_hash, cfg, latent_in, structure_f, image_png=None, extra=None):
         path = self.root / FS_DIR / f"{name}.npz"
@@ -174,26 +227,21 @@ class EmbeddingCache:
     # --- import
     def import_official(self, src_root, name, image_hash, cfg, latent_shape, f_shape_nhwc) -> list[str]:
         """Adopt official outputs (src_root/W+/{name}.npy, src_root/FS/{name}.npz) as this
-        image's entries under the current settings. Files that don't load or have the wrong
-        shapes are skipped. Returns the stages imported."""
+        image's entries under the current settings. Returns the stages imported. A file that
+        is not there is not imported; one that does not load, or has other shapes or a
+        non-finite value, is named in a warning and not imported either: the image is then
+        embedded, as it would be without the official folder."""
         src_root, done = Path(src_root), []
         meta = {"imported_from": str(src_root)}
-        try:
-            w = np.load(src_root / W_DIR / f"{name}.npy", allow_pickle=False)
-            if w.shape == (1, *latent_shape) and np.all(np.isfinite(w)):
-                self.put_w_plus(name, image_hash, cfg, w[0], extra=meta)
-                done.append(W_DIR)
-        except (OSError, ValueError):
-            pass
-        try:
-            with np.load(src_root / FS_DIR / f"{name}.npz", allow_pickle=False) as z:
-                latent_in, latent_f = z["latent_in"], z["latent_F"]
-            r, _, c = f_shape_nhwc
-            if latent_in.shape == (1, *latent_shape) and latent_f.shape == (1, c, r, r):
-                self.put_fs(name, image_hash, cfg, latent_in[0], latent_f[0].transpose(1, 2, 0), extra=meta)
-                done.append(FS_DIR)
-        except (OSError, ValueError, KeyError):
-            pass
+        w_file, fs_file = src_root / W_DIR / f"{name}.npy", src_root / FS_DIR / f"{name}.npz"
+        w = _importable(w_file, lambda p: load_npy(p, latent_shape))
+        if w is not None:
+            self.put_w_plus(name, image_hash, cfg, w, extra=meta)
+            done.append(W_DIR)
+        fs = _importable(fs_file, lambda p: load_latents_npz(p, latent_shape, f_shape_nhwc))
+        if fs is not None:
+            self.put_fs(name, image_hash, cfg, *fs, extra=meta)
+            done.append(FS_DIR)
         return done
 
     # --- helpers
@@ -207,6 +255,18 @@ class EmbeddingCache:
             save_png(path.with_suffix(".png"), image_png)
         save_json(path.with_suffix(".json"), {"key": key, "name": name, "image_sha256": image_hash,
                                               "weights": self.weights, **(extra or {})})
+
+
+def _importable(path: Path, read):
+    """`read(path)` of an official file, or None: silently when there is no such file, with
+    one warning naming it when it is there but cannot be used."""
+    if not path.is_file():
+        return None
+    try:
+        return read(path)
+    except (ValueError, OSError) as e:
+        log.warning("%s; not imported, the image is embedded instead", e)
+        return None
 
 
 # ----------------------------------------------------------------------------- reuse
@@ -316,13 +376,28 @@ def save_labels(path: Path, labels):
     atomic_write(path, lambda f: Image.fromarray(np.asarray(labels, np.uint8), "L").save(f, format="PNG"))
 
 
-def read_labels(path: Path, size: int):
+def load_labels(path: Path, size: int, n_classes: int) -> np.ndarray:
+    """A target label map that save_labels wrote, (size, size) int32 class ids below
+    `n_classes`; a ValueError naming the file if it is missing, does not read or holds
+    anything else."""
     try:
         with Image.open(path) as im:
             labels = np.asarray(im).astype(np.int32)
-    except (OSError, ValueError):
+    except IMAGE_FILE_ERRORS as e:
+        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    if labels.shape != (size, size):
+        raise ValueError(f"{path}: a label map of shape {labels.shape}, expected {(size, size)}")
+    if labels.min(initial=0) < 0 or labels.max(initial=0) >= n_classes:
+        raise ValueError(f"{path}: class ids outside 0 to {n_classes - 1}")
+    return labels
+
+
+def read_labels(path: Path, size: int):
+    """The label map at `path` ((size, size) int32), or None when it cannot be used."""
+    try:
+        return load_labels(path, size, 256)
+    except ValueError:
         return None
-    return labels if labels.shape == (size, size) else None
 
 
 def save_label_png(path, labels, n_classes: int):
@@ -340,12 +415,13 @@ def read_label_png(path, label_map: LabelMap, size: int) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
-                raise ValueError(f"{path}: a {im.mode} image, not a label map (an indexed or grey PNG whose "
-                                 "values are class ids, as --save-target-mask writes it)")
-            labels = np.asarray(im).astype(np.int32)
+            mode = im.mode
+            labels = np.asarray(im).astype(np.int32) if mode in ("P", "L") else None
     except FileNotFoundError:
         raise ValueError(f"{path}: no such target mask") from None
-    except OSError as e:
+    except IMAGE_FILE_ERRORS as e:
         raise ValueError(f"{path}: not a readable image ({e})") from None
+    if labels is None:
+        raise ValueError(f"{path}: a {mode} image, not a label map (an indexed or grey PNG whose "
+                         "values are class ids, as --save-target-mask writes it)")
     return check_target(labels, label_map, size, path)
