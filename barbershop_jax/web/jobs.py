@@ -28,7 +28,7 @@ MAX_STEPS = 2000       # each step count: above the largest official one (W+ 110
 MAX_BATCH = 16         # transfers in one grid job (faces x hairstyles)
 MAX_UPLOAD_MB = 25     # each uploaded file, MiB: a full-resolution camera photo fits
 # The page's other numbers. smooth's dilations are unrolled in a compiled program, one program per
-# value, so a large one compiles for hours (the official value is 5). A seed is a 32-bit PRNG key.
+# value, so a large one takes very long to compile (the official value is 5). A seed is a 32-bit PRNG key.
 MAX_SMOOTH = 32
 MAX_SEED = 2 ** 31 - 1
 MAX_REGION_CHARS = 200
