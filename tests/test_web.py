@@ -3,10 +3,17 @@ client against a server on a free localhost port, and one run in a real headless
 (Debian's chromium and chromium-driver with selenium; skipped, with the reason, without them).
 The server runs the embedded generator with a small VGG (as test_transfer's models, so that it
 compiles the same programs) and a few steps per stage."""
+import html
+import json
+import math
+import os
 import re
 import shutil
 import socket
+import struct
 import time
+import uuid
+import zlib
 from pathlib import Path
 
 import jax
@@ -24,6 +31,8 @@ from barbershop_jax.models import pca as pca_lib  # noqa: E402
 from barbershop_jax.models.bundle import Models  # noqa: E402
 from barbershop_jax.pipeline import demo, progress  # noqa: E402
 from barbershop_jax.pipeline import image_files as image_io  # noqa: E402
+from barbershop_jax.web import app as web_app  # noqa: E402
+from barbershop_jax.web import jobs  # noqa: E402
 
 STEPS = dict(w_steps=2, fs_steps=2, inpaint_steps=2, align_steps1=2, align_steps2=2, blend_steps=2)
 EXAMPLES = demo.example_images()
@@ -125,6 +134,194 @@ def test_a_bad_upload_gives_a_message(client, tmp_path, case):
     assert expected in message and "Traceback" not in message and "\n" not in message.strip()
 
 
+def _bomb_png(path, side=20000):
+    """A PNG whose header says side x side px (4e8 px, over Pillow's decompression-bomb limit) in a
+    few hundred bytes: Pillow refuses it when it opens it, before decoding anything."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    rows = zlib.compress(b"\0" * (1 + side // 8) * 4)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    return path
+
+
+def _temporary_copies(name: str) -> list:
+    """Gradio's temporary copies of an upload named `name` (in its upload folder)."""
+    return list(Path(gradio.utils.get_upload_folder()).rglob(name))
+
+
+def _one_line(error: AppError) -> str:
+    message = str(error)
+    assert "Traceback" not in message and "\n" not in message.strip() and message.strip() != "Error"
+    return html.unescape(message)  # the page renders the message as HTML
+
+
+def test_a_decompression_bomb_gives_one_line_and_is_removed(client, tmp_path):
+    """On both tabs: the transfer tab's image field (Gradio decodes it) and the grid's files
+    (the server does); the refused upload leaves Gradio's temporary folder."""
+    bomb = _bomb_png(tmp_path / f"bomb_{uuid.uuid4().hex[:8]}.png")
+    with pytest.raises(AppError) as e:
+        client.predict(*_args(bomb, EXAMPLES["shape"], EXAMPLES["color"]), api_name="/transfer")
+    message = _one_line(e.value)
+    assert f"Face photo: {bomb.name} is not a readable image" in message and "decompression bomb" in message
+    with pytest.raises(AppError) as e:
+        client.predict([handle_file(str(bomb))], [handle_file(str(EXAMPLES["shape"]))], None, False, "hair",
+                       "realistic", 5, 0, *STEPS.values(), api_name="/grid")
+    message = _one_line(e.value)
+    assert f"face 1: {bomb.name} is not a readable image" in message and "decompression bomb" in message
+    assert _temporary_copies(bomb.name) == []
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("w_steps", 10 ** 9, "W+ steps: 1000000000 is out of range (0 to 2000: serve --max-steps)"),
+    ("blend_steps", -1, "blend steps: -1 is out of range (0 to 2000: serve --max-steps)"),
+    ("fs_steps", 2.5, "FS steps: 2.5 is not a whole number"),
+    ("seed", 2 ** 40, "seed: 1099511627776 is out of range (0 to 2147483647)"),
+    ("smooth", 10 ** 6, "smooth (F-mixing mask dilation): 1000000 is out of range (0 to 32)"),
+    ("region", "wings", "region 'wings': unknown region name(s) 'wings'"),
+])
+def test_a_bad_number_or_option_gives_one_line_before_any_work(client, served, field, value, expected):
+    """Through the API, which the page's bounds do not hold: refused before any work, in one
+    line naming the field (the default limit on step counts: serve --max-steps)."""
+    args = list(_args(EXAMPLES["face"], EXAMPLES["shape"], EXAMPLES["color"]))
+    position = {"region": 5, "smooth": 7, "seed": 8}.get(field)
+    args[9 + jobs.STEP_FIELDS.index(field) if position is None else position] = value
+    embedded_before = sorted((served[0].out_dir / "W+").glob("*.npy"))
+    start = time.monotonic()
+    with pytest.raises(AppError) as e:
+        client.predict(*args, api_name="/transfer")
+    assert expected in _one_line(e.value)
+    assert time.monotonic() - start < 30 and sorted((served[0].out_dir / "W+").glob("*.npy")) == embedded_before
+
+
+def _raw_transfer(url: str, values: dict) -> str:
+    """The transfer endpoint called over plain HTTP with `values` replacing the defaults, JSON as
+    any client may send it (NaN and Infinity included, which gradio_client cannot send): the
+    text of the job's event stream."""
+    import httpx
+    paths = []
+    for role in ("face", "shape", "color"):
+        with open(EXAMPLES[role], "rb") as f:
+            paths += httpx.post(f"{url}gradio_api/upload", files={"files": f}, timeout=60).json()
+    args = [{"path": p, "meta": {"_type": "gradio.FileData"}} for p in paths] + [None, *_args(None, None, None)[4:]]
+    for field, value in values.items():
+        args[{"smooth": 7, "seed": 8}.get(field) or 9 + jobs.STEP_FIELDS.index(field)] = value
+    body = json.dumps({"data": args})  # allow_nan: NaN and Infinity as bare words
+    event = httpx.post(f"{url}gradio_api/call/transfer", content=body, headers={"Content-Type": "application/json"},
+                       timeout=60).json()["event_id"]
+    return httpx.get(f"{url}gradio_api/call/transfer/{event}", timeout=120).text
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("seed", math.nan, "seed: nan is not a whole number"),
+    ("smooth", math.inf, "smooth (F-mixing mask dilation): inf is not a whole number"),
+    ("inpaint_steps", -math.inf, "inpainting steps (each round): -inf is not a whole number"),
+])
+def test_a_non_finite_number_gives_one_line(served, field, value, expected):
+    text = _raw_transfer(served[1], {field: value})
+    assert "event: error" in text and expected in text and "Traceback" not in text
+
+
+def test_the_server_checks_its_limits_itself(served, tmp_path, monkeypatch):
+    """jobs.Server (the page's work, and a Python caller's) checks every number, the grid's size
+    and the upload's size, each in one line naming the input and the serve option to change."""
+    server = served[0]
+    with pytest.raises(ValueError, match=r"^w_steps: 1000000000 is out of range \(0 to 2000: serve --max-steps\)$"):
+        server.options("realistic", 5, 0, w_steps=1e9)
+    with pytest.raises(ValueError, match="^seed: inf is not a whole number$"):
+        server.options("realistic", 5, math.inf)
+    with pytest.raises(ValueError, match="^sign must be one of"):
+        server.options("sharp", 5, 0)
+    assert server.options("realistic", 5.0, 3.0, w_steps=2000.0) == {"sign": "realistic", "smooth": 5, "seed": 3,
+                                                                      "w_steps": 2000}
+    faces, hairstyles = [EXAMPLES["face"]] * 5, [EXAMPLES["shape"]] * 4
+    with pytest.raises(jobs.UploadError, match=r"^grid: 5 faces x 4 hairstyles = 20 transfers, more than this server "
+                                               r"takes in one job \(16: serve --max-batch\)$"):
+        server.grid(faces, hairstyles)
+    big = tmp_path / "big.png"
+    shutil.copyfile(EXAMPLES["shape"], big)
+    monkeypatch.setattr(server, "limits", jobs.Limits(max_upload_mb=big.stat().st_size / 2 ** 20 / 2))
+    with pytest.raises(jobs.UploadError, match=r"^face: big.png is 0.0291 MiB, more than this server takes \(0.0145 MiB: "
+                                               r"serve --max-upload-mb\)$"):
+        server.store_upload(big, "face")
+    with pytest.raises(ValueError, match="max_steps must be a number above 0"):
+        jobs.Limits(max_steps=0)
+
+
+def test_a_grid_over_the_batch_limit_is_refused(client):
+    face, shape = handle_file(str(EXAMPLES["face"])), handle_file(str(EXAMPLES["shape"]))
+    with pytest.raises(AppError) as e:
+        client.predict([face] * 4, [shape] * 5, None, False, "hair", "realistic", 5, 0, *STEPS.values(),
+                       api_name="/grid")
+    assert "grid: 4 faces x 5 hairstyles = 20 transfers, more than this server takes in one job (16: serve " \
+           "--max-batch)" in _one_line(e.value)
+
+
+def test_an_upload_over_the_size_limit_is_refused_as_it_arrives(served, tmp_path):
+    """Gradio's own limit (launch's max_file_size, from serve --max-upload-mb, 25 MiB by
+    default): the page and gradio_client refuse the file before sending it, and the server
+    refuses it as it arrives (a client that ignores the page), leaving nothing behind."""
+    import httpx
+    big = tmp_path / f"big_{uuid.uuid4().hex[:8]}.png"
+    with big.open("wb") as f:
+        f.truncate(25 * 2 ** 20 + 1)
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 26214400 bytes"):
+        Client(served[1], verbose=False).predict(*_args(big, EXAMPLES["shape"], EXAMPLES["color"]),
+                                                 api_name="/transfer")
+    with big.open("rb") as f:
+        response = httpx.post(f"{served[1]}gradio_api/upload", files={"files": f}, timeout=120)
+    assert response.status_code == 413 and "maximum allowed size" in response.text
+    assert _temporary_copies(big.name) == []
+
+
+def test_a_jobs_uploads_leave_gradios_temporary_folder(client, served, tmp_path, monkeypatch):
+    """Whatever the job's outcome (a refusal, or a result), Gradio's temporary copies of its
+    uploads are removed when it ends; the server's own copy stands in for a rerun from the same
+    page (which sends the same, removed, paths again)."""
+    server = served[0]
+    given = []  # the paths the page passed to the server: Gradio's temporary copies
+    store_upload = server.store_upload
+    monkeypatch.setattr(server, "store_upload", lambda path, role: given.append(path) or store_upload(path, role))
+    copies = {}
+    for role in ("face", "shape", "color"):
+        copies[role] = tmp_path / f"{role}_{uuid.uuid4().hex[:8]}{EXAMPLES[role].suffix}"
+        shutil.copyfile(EXAMPLES[role], copies[role])
+    with pytest.raises(AppError, match="out of range"):
+        client.predict(*_args(copies["face"], copies["shape"], copies["color"], w_steps=10 ** 6), api_name="/transfer")
+    assert [p.name for p in copies.values() if _temporary_copies(p.name)] == []
+    result = client.predict(*_args(copies["face"], copies["shape"], copies["color"]), api_name="/transfer")
+    assert np.asarray(Image.open(result[0])).shape == (256, 256, 3)
+    assert [p.name for p in copies.values() if _temporary_copies(p.name)] == []
+    temporary = [Path(p) for p in given if Path(p).name == copies["shape"].name]
+    assert temporary and all(Path(gradio.utils.get_upload_folder()) in p.parents for p in temporary)
+    # The rerun: the image field passes the removed path on, and the server uses its copy.
+    field = web_app.Upload(label="Shape reference", type="filepath", image_mode=None, render=False)
+    payload = gradio.data_classes.FileData(path=str(temporary[-1]), orig_name=copies["shape"].name)
+    assert field.preprocess(payload) == str(temporary[-1])
+    kept = store_upload(temporary[-1], "shape reference")
+    assert kept.parent == server.out_dir / "uploads" and image_io.load_rgb(kept).shape == (128, 128, 3)
+    with pytest.raises(jobs.UploadError, match=r"^face: never_uploaded.png is not on the server .*: upload it again$"):
+        store_upload(temporary[-1].with_name("never_uploaded.png"), "face")
+
+
+def test_the_page_sends_nothing_anywhere(served, monkeypatch):
+    """Gradio's usage analytics (its launch, version check and telemetry requests) are off on
+    every page the project builds, set before gradio is imported through barbershop_jax.web."""
+    import gradio.analytics as analytics
+    sent = []
+    for name in ("_do_analytics_request", "_do_normal_analytics_request", "version_check"):
+        monkeypatch.setattr(analytics, name, lambda *a, name=name, **k: sent.append(name))
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    assert Client(served[1], verbose=False).config["analytics_enabled"] is False
+    page = web_app.launch(served[0], "127.0.0.1", _free_port(), block=False)
+    try:
+        assert page.analytics_enabled is False
+        time.sleep(1)  # Gradio sends from threads
+    finally:
+        page.close()
+    assert sent == []
+
+
 def test_two_tabs_at_once_both_get_their_results(served):
     """Two clients submit together: the queue runs them one after the other, and both finish."""
     url = served[1]
@@ -185,6 +382,22 @@ def test_serve_without_the_extra_says_what_to_install(monkeypatch, capsys):
     assert cli.build_parser().parse_args(["serve"]).host == "127.0.0.1"  # this machine only, unless asked
     assert cli.main(["serve"]) == 2
     assert capsys.readouterr().err == "serve needs the web extra: pip install 'barbershop-jax[web]'\n"
+
+
+def test_serve_passes_its_limits_to_the_server(monkeypatch, capsys):
+    """serve's --max-steps, --max-batch and --max-upload-mb reach the server (defaults: jobs'),
+    and a limit that is not a positive number is one line from the command line."""
+    given = {}
+    monkeypatch.setattr(web, "serve", lambda *args, **kwargs: given.update(kwargs))
+    assert cli.main(["serve", "--no-compile-cache"]) == 0
+    assert given["limits"] == jobs.Limits(max_steps=2000, max_batch=16, max_upload_mb=25)
+    assert cli.main(["serve", "--max-steps", "500", "--max-batch", "4", "--max-upload-mb", "2.5",
+                     "--no-compile-cache"]) == 0
+    assert given["limits"] == jobs.Limits(max_steps=500, max_batch=4, max_upload_mb=2.5)
+    for flag, value in (("--max-steps", "0"), ("--max-upload-mb", "nan"), ("--max-batch", "1e9")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["serve", flag, value])
+        assert e.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
 
 
 def _browser(tmp_path):

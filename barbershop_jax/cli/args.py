@@ -268,6 +268,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
                                    "(default: a temporary folder removed when the server stops)")
     web.add_argument("--batch-size", type=POSITIVE, default=DEFAULT_BATCH_SIZE,
                      help=f"images, pairs or triples optimised together (default {DEFAULT_BATCH_SIZE})")
+    _add_limit_flags(web)
     web.set_defaults(func=commands.serve)
 
     # Commands of other installed packages: `convert` (PyTorch checkpoints -> Flax) lives in the
@@ -279,6 +280,24 @@ def build_parser(commands) -> argparse.ArgumentParser:
     for command in subcommands(parser):
         _add_global_flags(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_limit_flags(web):
+    """serve's limits on one request: the server runs one job at a time, so one request may not
+    hold it for long while every other job queues. Checked before any work, one line each."""
+    from barbershop_jax.web import jobs  # the web layer's defaults (this imports no gradio)
+    web.add_argument("--max-steps", type=POSITIVE, default=jobs.MAX_STEPS, metavar="N",
+                     help=f"the most steps a request may ask of each stage (default {jobs.MAX_STEPS}: above the "
+                          "largest official count, W+ 1100, so that every official setting and somewhat longer runs "
+                          "fit, while one job stays within a few times an official one; the page's default counts "
+                          "are lowered to it)")
+    web.add_argument("--max-batch", type=POSITIVE, default=jobs.MAX_BATCH, metavar="N",
+                     help=f"the most transfers one grid job may ask for, faces x hairstyles (default {jobs.MAX_BATCH}: "
+                          "a 4x4 contact sheet, about 16 official transfers' time)")
+    web.add_argument("--max-upload-mb", type=_at_least(0.0, float, above=True), default=jobs.MAX_UPLOAD_MB,
+                     metavar="MIB", help=f"the largest file an upload may be, in MiB (default {jobs.MAX_UPLOAD_MB}: a "
+                                         "full-resolution camera photo fits; Gradio refuses a larger one as it "
+                                         "arrives)")
 
 
 def _add_global_flags(p, default):

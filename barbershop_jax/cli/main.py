@@ -138,16 +138,18 @@ WEB_EXTRA = "serve needs the web extra: pip install 'barbershop-jax[web]'"
 
 
 def serve(args):
+    from barbershop_jax import web  # first: it turns Gradio's analytics off before gradio is imported
     try:
         from gradio import Blocks  # noqa: F401 (not bare `import gradio`: an uninstalled gradio leaves a
     except ImportError:            # folder behind, which imports as an empty namespace package)
         print(WEB_EXTRA, file=sys.stderr)
         return 2
-    from barbershop_jax import web
+    from barbershop_jax.web import jobs
     if args.out:
         _check_out_folder(args.out)
+    limits = jobs.Limits(max_steps=args.max_steps, max_batch=args.max_batch, max_upload_mb=args.max_upload_mb)
     web.serve(args.weights, args.host, args.port, args.out, batch_size=args.batch_size,
-              compile_cache=not args.no_compile_cache)
+              compile_cache=not args.no_compile_cache, limits=limits)
     return 0
 
 

@@ -4,14 +4,16 @@ once, one output folder: an image uploaded twice is embedded once), with the pro
 stage that runs. app.py puts a Gradio page over it."""
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
+import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from barbershop_jax.config import DEFAULT_BATCH_SIZE, EmbedConfig, TransferConfig
+from barbershop_jax.config import DEFAULT_BATCH_SIZE, EmbedConfig, TransferConfig, split_options
 from barbershop_jax.pipeline import contact_sheet, demo, face_crop, landmarks, progress, store
 from barbershop_jax.pipeline import image_files as image_io
 from barbershop_jax.pipeline.embed import NonFiniteError
@@ -21,10 +23,56 @@ from barbershop_jax.stages import target_mask
 MIN_SIDE = 32  # px: a smaller upload is refused (resized to the generator it would be a blur)
 STEP_FIELDS = ("w_steps", "fs_steps", "inpaint_steps", "align_steps1", "align_steps2", "blend_steps")
 POLL_SECONDS = 0.5  # how often a waiting job reports its stage's progress
+# What one request may ask by default (serve's --max-steps, --max-batch, --max-upload-mb say why).
+MAX_STEPS = 2000       # each step count: above the largest official one (W+ 1100)
+MAX_BATCH = 16         # transfers in one grid job (faces x hairstyles)
+MAX_UPLOAD_MB = 25     # each uploaded file, MiB: a full-resolution camera photo fits
+# The page's other numbers. smooth's dilations are unrolled in a compiled program, one program per
+# value, so a large one takes very long to compile (the official value is 5). A seed is a 32-bit PRNG key.
+MAX_SMOOTH = 32
+MAX_SEED = 2 ** 31 - 1
+MAX_REGION_CHARS = 200
+KEPT_UPLOADS = 4096  # temporary upload paths remembered with the server's copy (Server.store_upload)
 
 
 class UploadError(ValueError):
     """An upload that cannot be used; the message is one line naming the input and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server, checked before any work with one line per
+    refused input: the server runs one job at a time, so one request of 10^9 steps would
+    hold it for years while every other job queues.
+
+    max_steps: each step count; max_batch: the transfers of one grid job (faces x
+    hairstyles); max_upload_mb: each uploaded file, in MiB (Gradio's own unit)."""
+    max_steps: int = MAX_STEPS
+    max_batch: int = MAX_BATCH
+    max_upload_mb: float = MAX_UPLOAD_MB
+
+    def __post_init__(self):
+        for name in ("max_steps", "max_batch", "max_upload_mb"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                raise ValueError(f"Limits: {name} must be a number above 0, got {value!r}")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def whole_number(name: str, value, high: int, hint: str = "") -> int:
+    """A number from the page or the API as an int from 0 to `high`, else a ValueError in one
+    line naming it (numbers arrive as floats; NaN and infinity are refused, not rounded)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name}: expected a whole number, got {value!r}")
+    if not math.isfinite(value) or value != int(value):
+        raise ValueError(f"{name}: {value!r} is not a whole number")
+    if not 0 <= value <= high:
+        raise ValueError(f"{name}: {int(value)} is out of range (0 to {high}{hint})")
+    return int(value)
 
 
 def official_steps() -> dict:
@@ -61,20 +109,27 @@ class Server:
     demo.DEMO_STEPS as the page's step defaults; the official counts with weights).
     out_dir: the server's folder (uploads/, aligned/, the official layout of results, and
     the embedding cache); None: a temporary folder that lives as long as the server.
-    steps: the page's default step counts, replacing those above (a dict of STEP_FIELDS)."""
+    steps: the page's default step counts, replacing those above (a dict of STEP_FIELDS), each
+    at most limits.max_steps.
+    limits: what one request may ask (Limits; its defaults when None)."""
 
     def __init__(self, weights=None, out_dir=None, *, batch_size: int = DEFAULT_BATCH_SIZE, steps=None,
-                 compile_cache: bool = True):
+                 compile_cache: bool = True, limits: Limits | None = None):
+        self.limits = limits or Limits()
         self.transfer = HairTransfer(weights, out_dir, batch_size=batch_size, progress=True,
                                      compile_cache=compile_cache)
         self.out_dir = self.transfer.out_dir
         self.embedded = weights is None
         self.size = self.transfer.models.generator.config.size
-        self.default_steps = {**(demo.DEMO_STEPS if self.embedded else official_steps()), **(steps or {})}
+        defaults = {**(demo.DEMO_STEPS if self.embedded else official_steps()), **(steps or {})}
+        self.default_steps = {k: min(v, self.limits.max_steps) for k, v in defaults.items()}
         self.label_map = self.transfer.models.parser.labels
         # One job at a time on the models: the page's queue holds the others (app.py).
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="barbershop-jax-job")
         self._examples = None
+        # {an upload's path as given: the server's copy}, so that a temporary upload removed when
+        # its job ended (app.py) can be used again, as the page sends the same path for a rerun.
+        self._kept = collections.OrderedDict()
 
     # ------------------------------------------------------------------ uploads
     def _example_sidecars(self) -> dict:
@@ -90,10 +145,14 @@ class Server:
     def store_upload(self, path, role: str) -> Path:
         """Check an uploaded file and keep it as OUT/uploads/{stem}_{hash}{suffix}: named by its
         content, so that the same image is one name (embedded once) and two images of one name
-        are two. Raises UploadError (one line) for a missing, unreadable or tiny image."""
+        are two. A path stored before and since removed (a temporary upload) gives its copy.
+        Raises UploadError (one line) for a missing, unreadable, tiny or too large image."""
         if path is None or str(path) == "":
             raise UploadError(f"{role}: no image given")
         path = Path(path)
+        if not path.exists() and str(path) in self._kept and self._kept[str(path)].is_file():
+            return self._kept[str(path)]
+        self._check_size(path, role)
         try:
             pixels = image_io.load_rgb(path)
         except (image_io.ImageError, OSError) as e:
@@ -103,13 +162,28 @@ class Server:
             raise UploadError(f"{role}: {path.name} is {w}x{h} px, too small (at least {MIN_SIDE} px a side)")
         image_hash = store.content_hash(pixels)
         kept = self.out_dir / "uploads" / f"{_safe_stem(path.stem)}_{image_hash[:10]}{path.suffix.lower() or '.png'}"
+        if path.parent == kept.parent:  # already the server's copy
+            return path
         if not kept.is_file():
             data = path.read_bytes()
             image_io.atomic_write(kept, lambda f: f.write(data))
         sidecar = self._example_sidecars().get(image_hash)
         if sidecar is not None and not landmarks.sidecar_path(kept).is_file():
             shutil.copyfile(sidecar, landmarks.sidecar_path(kept))
+        self._kept[str(path)] = kept
+        while len(self._kept) > KEPT_UPLOADS:
+            self._kept.popitem(last=False)
         return kept
+
+    def _check_size(self, path: Path, role: str):
+        try:
+            size = path.stat().st_size
+        except OSError:
+            raise UploadError(f"{role}: {path.name} is not on the server (an upload is removed when its job ends "
+                              "and kept only while the server runs): upload it again") from None
+        if size > self.limits.max_upload_bytes:
+            raise UploadError(f"{role}: {path.name} is {size / 2 ** 20:.3g} MiB, more than this server takes "
+                              f"({self.limits.max_upload_mb:.3g} MiB: serve --max-upload-mb)")
 
     def prepare(self, path, role: str, align: bool = True) -> Prepared:
         """An upload as the pipeline's input. align: its FFHQ crop where landmarks are found (a
@@ -139,11 +213,26 @@ class Server:
 
     # ------------------------------------------------------------------ jobs
     def options(self, sign, smooth, seed, region=None, **steps) -> dict:
-        """The pipeline options from the page's values (numbers arrive as floats)."""
-        out = {"sign": sign, "smooth": int(smooth), "seed": int(seed),
-               **{k: int(v) for k, v in steps.items() if v is not None}}
-        if region and str(region).strip():
-            out["region"] = str(region).strip()
+        """The pipeline options from the page's values (numbers arrive as floats; a step count
+        of None is the pipeline's default), checked before any work: each number whole and in
+        its range (the step counts within limits.max_steps), the region's length, and the
+        configurations they make (EmbedConfig, TransferConfig). A ValueError names the input."""
+        unknown = set(steps) - set(STEP_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown step option(s): {', '.join(sorted(unknown))}")
+        out = {"sign": sign, "smooth": whole_number("smooth", smooth, MAX_SMOOTH),
+               "seed": whole_number("seed", seed, MAX_SEED),
+               **{k: whole_number(k, v, self.limits.max_steps, ": serve --max-steps")
+                  for k, v in steps.items() if v is not None}}
+        if region is not None and not isinstance(region, str):
+            raise ValueError(f"region: expected label names, got {region!r}")
+        if region and region.strip():
+            if len(region) > MAX_REGION_CHARS:
+                raise ValueError(f"region: {len(region)} characters, more than {MAX_REGION_CHARS}")
+            out["region"] = region.strip()
+        embed, transfer = split_options(out)
+        EmbedConfig(**embed)
+        TransferConfig(**transfer).region_ids(self.label_map)
         return out
 
     def run(self, fn, on_progress=None):
@@ -191,6 +280,10 @@ class Server:
         own report (its plan, then the sheet it wrote)."""
         if not faces or not hairstyles:
             raise UploadError("grid: give at least one face and one hairstyle")
+        if len(faces) * len(hairstyles) > self.limits.max_batch:
+            raise UploadError(f"grid: {len(faces)} faces x {len(hairstyles)} hairstyles = "
+                              f"{len(faces) * len(hairstyles)} transfers, more than this server takes in one job "
+                              f"({self.limits.max_batch}: serve --max-batch)")
         if colors and len(colors) not in (1, len(hairstyles)):
             raise UploadError(f"grid: {len(colors)} colour references for {len(hairstyles)} hairstyles: give one "
                               "per hairstyle, one for all, or none")
@@ -222,4 +315,5 @@ def _safe_stem(stem: str) -> str:
     return cleaned[:40] or "image"
 
 
-__all__ = ["MIN_SIDE", "NonFiniteError", "Prepared", "Server", "UploadError", "WebResult", "official_steps"]
+__all__ = ["Limits", "MIN_SIDE", "NonFiniteError", "Prepared", "Server", "UploadError", "WebResult", "official_steps",
+           "whole_number"]
