@@ -110,13 +110,17 @@ def embed_files(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedC
     and checked first, then `wave` images at a time are embedded, and only their names are
     kept. A file that cannot be read, or two different images under one name, are refused
     before any work; with a `failures` list the bad ones are listed there instead
-    (usable_images) and the others embedded. `embed` returns each image's arrays, and at
-    1024 px its F alone is 2 MB: 10,000 images held 20 GB. kwargs: as `embed` (batch_size,
-    failures, reuse: one store.Reuse for all waves, ...). Returns the names embedded, or found
-    in out_dir, by this process."""
+    (usable_images) and the others embedded (when none is left, the ImageError says why).
+    `embed` returns each image's arrays, and at 1024 px its F alone is 2 MB: 10,000 images
+    held 20 GB. kwargs: as `embed` (batch_size, failures, reuse: one store.Reuse for all
+    waves, ...). Returns the names embedded, or found in out_dir, by this process."""
     check_counts("embed_files", 1, wave=wave)
     if kwargs.get("failures") is not None:  # a bad file is listed there and the others go on
-        paths = usable_images(paths, kwargs["failures"], progress)
+        failed = []
+        paths = usable_images(paths, failed, progress)
+        if failed and not paths:  # nothing to embed: one error, as for a single bad file
+            raise image_io.ImageError("; ".join(reason for _, reason in failed[:3]))
+        kwargs["failures"].extend(failed)
     items = identify(paths, progress)
     models = bundle.load(parser=False) if models is None else models
     names = []
