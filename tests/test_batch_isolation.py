@@ -13,6 +13,7 @@ from PIL import Image
 from barbershop_jax import cli
 from barbershop_jax.models import bundle, stylegan2
 from barbershop_jax.pipeline import embed as pipeline_embed
+from barbershop_jax.pipeline import face_crop
 from barbershop_jax.pipeline import hair_transfer
 from conftest import no_model_planning
 
@@ -132,6 +133,26 @@ def test_align_faces_goes_past_a_photo_whose_crop_leaves_it(tmp_path, capsys):
     assert any(f"{photos[2]}: the landmarks give a crop square" in x for x in errors), err
     assert "2 of 4 photo(s) failed" in err
 
+
+
+def test_a_crop_error_no_check_foresaw_fails_its_photo_alone(tmp_path, capsys, monkeypatch):
+    """Whatever else the crop raises (Pillow's ValueError for a box it cannot cut, memory) is
+    that photo's failure, named, and not the batch's."""
+    photos = photos_with_a_face_outside(tmp_path / "photos")
+    real_crop = face_crop.crop_face
+
+    def crop(pixels, points, size, *, min_face, what):
+        if what.endswith("p1.png"):
+            raise ValueError("Coordinate 'right' is less than 'left'")
+        return real_crop(pixels, points, size, min_face=min_face, what=what)
+    monkeypatch.setattr(face_crop, "crop_face", crop)
+    out = tmp_path / "out"
+    rc = cli.main(["align-faces", str(photos[0]), str(photos[3]), "--out", str(out), "--size", "64", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert error_lines(err) == [f"barbershop-jax: error: {photos[0]}: cannot crop the face (ValueError: Coordinate "
+                                "'right' is less than 'left')"]
+    assert sorted(p.name for p in out.iterdir()) == ["failures.csv", "p4.crop.json", "p4.png"]
 
 def test_transfer_align_goes_past_a_photo_whose_crop_leaves_it(tmp_path, capsys, monkeypatch):
     ran = stub_transfer(monkeypatch)
