@@ -731,6 +731,47 @@ def test_cli_target_mask_flags_reach_the_transfer(tmp_path, capsys, monkeypatch,
     assert second.target is None and second.shape_transform == (1.0, 3.0, 0.0)
 
 
+
+def test_cli_manifest_rows_with_a_bad_region_or_target_mask_fail_alone(tmp_path, capsys, monkeypatch, models):
+    """A row's region, target mask and shape transform are checked as the transfer takes them
+    (with the face parser's labels), before any work: a bad one fails its row, named with its
+    number, and the other rows run; two rows editing one (face, shape) pair differently: the
+    later one fails (the pair is aligned once)."""
+    calls = []
+    monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
+    monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many", lambda self, good, **k: calls.append(
+        ([tuple(s.path.name for s in t) for t in good], k["regions"], k["edits"])) or [])
+    no_model_planning(monkeypatch)
+    for i, name in enumerate("abc"):
+        image_io.save_png(tmp_path / f"{name}.png", np.full((64, 64, 3), 40 * i, np.uint8))
+    cache.save_label_png(tmp_path / "m.png", np.zeros((64, 64), np.int32), 16)
+    cache.save_label_png(tmp_path / "small.png", np.zeros((32, 32), np.int32), 16)
+    bad = {3: ("a.png,b.png,c.png,beard,,", "unknown region name(s) 'beard'"),
+           4: ("a.png,b.png,c.png,\" , \",,", "region: no label name given"),
+           5: ("a.png,b.png,c.png,,missing.png,", "missing.png: no such target mask"),
+           6: ("a.png,b.png,c.png,,c.png,", "c.png: a RGB image, not a label map"),
+           7: ("a.png,b.png,c.png,,small.png,", "but target masks are 64x64"),
+           9: ("b.png,b.png,a.png,,,dx=5", "b with b: another target-mask edit than the one of row 8")}
+    lines = ["face,shape,color,region,target_mask,shape_transform", "a.png,b.png,c.png,,,",
+             *(row for row, _ in list(bad.values())[:-1]), "b.png,b.png,c.png,,m.png,dx=3", bad[9][0],
+             "a.png,b.png,c.png,brows,,"]
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "o"
+    rc = cli.main(["transfer", "--pairs", str(tmp_path / "t.csv"), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    [(ran, regions, edits)] = calls  # the good rows 2, 8 and 10, and only they, ran
+    assert ran == [("a.png", "b.png", "c.png"), ("b.png", "b.png", "c.png"), ("a.png", "b.png", "c.png")]
+    assert regions == [None, None, "brows"] and edits[1].shape_transform == (1.0, 3.0, 0.0)
+    with open(out / "failures.csv") as f:
+        failures = list(csv.DictReader(f))
+    assert [int(r["row"]) for r in failures] == list(bad)
+    for r, (number, (_, says)) in zip(failures, bad.items()):
+        assert says in r["error"], (number, r["error"])
+        assert f"t.csv row {number}: " in next(x for x in err.splitlines() if says in x)
+    assert f"{len(bad)} of {len(bad) + 3} triple(s) failed" in err
+
+
 # ----------------------------------------------------------------------------- regions, structure
 def _with_embeddings(batch_run, folder):
     """A fresh output folder with the batch run's embeddings: the tests below are about the

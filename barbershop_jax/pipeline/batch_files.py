@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import io
+import math
 from pathlib import Path
 
 from barbershop_jax.pipeline import image_files as image_io
@@ -103,12 +105,34 @@ def summary(results: list[TransferResult], timings: dict[str, float], listed: st
 
 
 # ----------------------------------------------------------------------------- manifests
-def read_triples(csv_path):
-    """(triples of paths, edits, regions): CSV columns face, shape, color, and optionally
-    structure (a fourth reference: the triple gets it as a fourth path), region (label names,
-    e.g. "brows,eyes"; None per row where empty), target_mask and shape_transform (one
-    TargetEdit or None per row); relative paths are resolved against the CSV file's folder."""
-    csv_path = Path(csv_path)
+@dataclasses.dataclass
+class Row:
+    """One transfer of a batch: its images as given (`triple`: face, shape, color[, structure]),
+    its target-mask edit, its region (None: the run's), its cell of a grid ((row, column) of
+    the contact sheet), its row in the manifest (the header is row 1; None outside a
+    manifest), and `problem`: why it cannot run, None while it can. A row with a problem is
+    reported (stderr, failures.csv) and the other rows go on. `images`: the images as the run
+    takes them (the crops with --align, then sources.ImageSource once read)."""
+    triple: tuple
+    edit: TargetEdit | None = None
+    region: str | None = None
+    cell: tuple | None = None
+    number: int | None = None
+    problem: str | None = None
+    images: tuple | None = None
+
+    def __post_init__(self):
+        if self.images is None:
+            self.images = self.triple
+
+    def where(self, manifest) -> str:
+        """How an error line names the row: "rows.csv row 3: " in a manifest, else ""."""
+        return f"{manifest} row {self.number}: " if manifest and self.number is not None else ""
+
+
+def _records(csv_path: Path) -> list[tuple[int, dict]]:
+    """The manifest's rows as (row number, {column: cell}), the header being row 1; rows of
+    empty cells (the ",,," lines a spreadsheet leaves at the end) are left out."""
     try:
         # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark, which would otherwise
         # become part of the first column's name.
@@ -119,25 +143,53 @@ def read_triples(csv_path):
             if missing:
                 raise ValueError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))} "
                                  "(the header must name face, shape, color)")
-            # Rows of empty cells (",,," lines a spreadsheet leaves at the end) are not triples.
-            rows = [row for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
+            return [(number, row) for number, row in enumerate(reader, start=2)
+                    if any((v or "").strip() for v in row.values() if isinstance(v, str))]
     except OSError as e:
         raise ValueError(f"{csv_path}: cannot read ({e.strerror})") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{csv_path}: not UTF-8 text ({e.reason}); save it as CSV UTF-8") from None
-    resolve = lambda v: (csv_path.parent / v.strip()) if not Path(v.strip()).is_absolute() else Path(v.strip())  # noqa: E731
-    given = lambda row, k: (row.get(k) or "").strip()  # noqa: E731 (optional columns: empty or absent)
-    triples = [tuple(resolve(row[k] or "") for k in ("face", "shape", "color"))
-               + ((resolve(given(row, "structure")),) if given(row, "structure") else ()) for row in rows]
-    # Optional columns: target_mask (an indexed PNG) and shape_transform ("scale=..,dx=..,dy=..").
-    edits = [make_edit(resolve(given(row, "target_mask")) if given(row, "target_mask") else None,
-                       row.get("shape_transform") or None) for row in rows]
-    regions = [given(row, "region") or None for row in rows]
-    return triples, edits, regions
+
+
+def read_rows(csv_path) -> list[Row]:
+    """The manifest's rows: CSV columns face, shape, color, and optionally structure (a fourth
+    reference: the triple gets it as a fourth path), region (label names, e.g. "brows,eyes";
+    None where empty), target_mask and shape_transform (the row's TargetEdit, or None);
+    relative paths are resolved against the CSV file's folder. A row whose cells cannot be
+    used (no face, a shape transform that is not three finite numbers in range) comes back
+    with its `problem` set: one bad row must not stop the others. An unreadable file, or one
+    without the face, shape and color columns, raises a ValueError naming it."""
+    csv_path = Path(csv_path)
+    return [_read_row(csv_path, number, record) for number, record in _records(csv_path)]
+
+
+def _read_row(csv_path: Path, number: int, record: dict) -> Row:
+    def given(column):  # optional columns: empty or absent
+        return (record.get(column) or "").strip()
+
+    def resolve(value):
+        return Path(value) if Path(value).is_absolute() else csv_path.parent / value
+
+    triple = tuple(resolve(given(k)) for k in ("face", "shape", "color"))
+    triple += (resolve(given("structure")),) if given("structure") else ()
+    row = Row(triple, region=given("region") or None, number=number)
+    empty = [k for k in ("face", "shape", "color") if not given(k)]
+    try:
+        if empty:
+            raise ValueError(f"no {' or '.join(empty)} given")
+        row.edit = make_edit(resolve(given("target_mask")) if given("target_mask") else None,
+                             given("shape_transform") or None)
+    except ValueError as e:
+        row.problem = str(e)
+    return row
 
 
 def make_edit(target_mask, shape_transform):
-    """A TargetEdit from a target mask's path and a shape transform's text, or None."""
+    """A TargetEdit from a target mask's path and a shape transform's text, or None (a
+    ValueError, naming the text, for a transform that is not finite numbers)."""
     if target_mask is None and not shape_transform:
         return None
-    return TargetEdit(target_mask, parse_shape_transform(shape_transform) if shape_transform else None)
+    values = parse_shape_transform(shape_transform) if shape_transform else None
+    if values is not None and not all(math.isfinite(v) for v in values):
+        raise ValueError(f"shape transform {shape_transform!r}: scale, dx and dy must be finite numbers")
+    return TargetEdit(target_mask, values)

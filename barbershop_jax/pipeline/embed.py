@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from barbershop_jax.models import bundle
 from barbershop_jax.pipeline import batching, loop_hook, resume
 from barbershop_jax.pipeline import image_files as image_io
 from barbershop_jax.pipeline import progress as progress_lib
+from barbershop_jax.pipeline import sources as sources_lib
 from barbershop_jax.pipeline import store as cache_lib
 from barbershop_jax.pipeline.sources import DecodedImages, identify
 from barbershop_jax.stages import embed as embedding
@@ -105,18 +107,54 @@ def embed(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig 
 def embed_files(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig | None = None, *,
                 wave: int = EMBED_WAVE, progress: bool = True, **kwargs) -> list[str]:
     """`embed` for any number of images, as `barbershop-jax embed` runs it: every file is read
-    and checked first (two different images under one name are refused before any work), then
-    `wave` images at a time are embedded, and only their names are kept. `embed` returns each
-    image's arrays, and at 1024 px its F alone is 2 MB: 10,000 images held 20 GB. kwargs: as
-    `embed` (batch_size, failures, reuse: one store.Reuse for all waves, ...). Returns the names
-    embedded, or found in out_dir, by this process."""
+    and checked first, then `wave` images at a time are embedded, and only their names are
+    kept. A file that cannot be read, or two different images under one name, are refused
+    before any work; with a `failures` list the bad ones are listed there instead
+    (usable_images) and the others embedded (when none is left, the ImageError says why).
+    `embed` returns each image's arrays, and at 1024 px its F alone is 2 MB: 10,000 images
+    held 20 GB. kwargs: as `embed` (batch_size, failures, reuse: one store.Reuse for all
+    waves, ...). Returns the names embedded, or found in out_dir, by this process."""
     check_counts("embed_files", 1, wave=wave)
+    if kwargs.get("failures") is not None:  # a bad file is listed there and the others go on
+        failed = []
+        paths = usable_images(paths, failed, progress)
+        if failed and not paths:  # nothing to embed: one error, as for a single bad file
+            raise image_io.ImageError("; ".join(reason for _, reason in failed[:3]))
+        kwargs["failures"].extend(failed)
     items = identify(paths, progress)
     models = bundle.load(parser=False) if models is None else models
     names = []
     for start, stop in batching.waves(len(items), wave, "images"):
         names += [e.name for e in embed(items[start:stop], out_dir, models, cfg, progress=progress, **kwargs)]
     return names
+
+
+def usable_images(paths, failures: list, progress: bool = True) -> list:
+    """The images among `paths` (files or sources.ImageSource) that can be embedded, each file
+    read once (sources.read_sources; the pixels are not kept); each one that cannot is added
+    to `failures` as (path, reason) instead: a file that cannot be read, or an image whose
+    name (its file's stem, which names its output files) an earlier, different image has:
+    the first keeps the name, as one reads a list from the top."""
+    paths = list(paths)
+    read = sources_lib.read_sources([p for p in paths if isinstance(p, (str, Path))], progress)
+    usable, owners, seen = [], {}, set()
+    for p in paths:
+        if isinstance(p, (str, Path)):
+            if str(p) in seen:
+                continue
+            seen.add(str(p))
+        source = read[str(p)] if isinstance(p, (str, Path)) else p
+        if isinstance(source, image_io.ImageError):
+            failures.append((str(p), str(source)))
+            continue
+        first = owners.setdefault(source.name, source)
+        if first.image_hash != source.image_hash:
+            failures.append((str(p), f"{source.path or source.name} and {first.path or first.name} are two images "
+                                     f"named {source.name!r}, which would write the same output files; the first "
+                                     "keeps the name: rename the other"))
+            continue
+        usable.append(source)
+    return usable
 
 
 def _embed_todo(items, store, models, cfg, batch_size, fs, progress, devices, out_dir, checkpoint_every, writes,

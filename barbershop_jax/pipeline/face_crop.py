@@ -37,6 +37,7 @@ from barbershop_jax.pipeline import store as cache
 OFFICIAL_SIZE = 1024      # the official crop size; other sizes are LANCZOS-resized from it
 TRANSFORM_SIZE = 4096     # the quad is sampled at this size first (official)
 MIN_FACE = 64             # default: a quad smaller than this (photo pixels) is refused
+MAX_CROP_TO_PHOTO = 8     # a quad wider than this many times the photo's longer side is refused
 
 
 class FaceCropError(ValueError):
@@ -150,13 +151,14 @@ def crop_face(photo: np.ndarray, points, size: int = OFFICIAL_SIZE, *, min_face:
         raise FaceCropError(f"{what}: face too small: its crop square is {qsize:.0f} px wide in the photo, "
                             f"at least {min_face:.0f} needed")
     h, w = photo.shape[:2]
+    _check_in_photo(quad, qsize, w, h, what)
     img = Image.fromarray(np.ascontiguousarray(photo, np.uint8), "RGB")
     quad_orig = quad.copy()
 
     # Shrink a photo much larger than the crop first (official: integer factor, LANCZOS).
     shrink = int(np.floor(qsize / OFFICIAL_SIZE * 0.5))
     if shrink > 1:
-        rsize = (int(np.rint(float(w) / shrink)), int(np.rint(float(h) / shrink)))
+        rsize = (max(int(np.rint(float(w) / shrink)), 1), max(int(np.rint(float(h) / shrink)), 1))
         img = img.resize(rsize, Image.Resampling.LANCZOS)
         quad /= shrink
         qsize /= shrink
@@ -205,6 +207,20 @@ def crop_face(photo: np.ndarray, points, size: int = OFFICIAL_SIZE, *, min_face:
     transform = CropTransform((w, h), quad_orig, size,
                               landmarks=tuple(tuple(map(float, p)) for p in np.asarray(points, np.float64)))
     return np.asarray(img), transform
+
+
+def _check_in_photo(quad, qsize: float, w: int, h: int, what) -> None:
+    """Landmarks from a file can put the face anywhere: a crop square whose centre lies outside
+    the photo, or one so large that the photo is a speck in it (MAX_CROP_TO_PHOTO times the
+    photo's longer side), is no face of this photo (and its padding would be past any memory).
+    A face near the photo's edge is fine: the official reflect-pads what its square leaves."""
+    x, y = np.asarray(quad, np.float64).mean(axis=0)
+    if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):  # pixel centres at integers
+        raise FaceCropError(f"{what}: the landmarks put the face's centre at ({x:.0f}, {y:.0f}), outside the "
+                            f"{w}x{h} photo")
+    if qsize > MAX_CROP_TO_PHOTO * max(w, h):
+        raise FaceCropError(f"{what}: the landmarks give a crop square {qsize:.0f} px wide, over "
+                            f"{MAX_CROP_TO_PHOTO} times the {w}x{h} photo")
 
 
 # ----------------------------------------------------------------------------- out: paste-back
@@ -340,8 +356,13 @@ class Aligner:
             self._claim(name, photo_path)
         out = []
         for i in chosen:
-            crop, t = crop_face(pixels, faces[i], self.size, min_face=self.min_face,
-                                what=f"{photo_path}" + (f" (face {i})" if len(faces) > 1 else ""))
+            what = f"{photo_path}" + (f" (face {i})" if len(faces) > 1 else "")
+            try:
+                crop, t = crop_face(pixels, faces[i], self.size, min_face=self.min_face, what=what)
+            except FaceCropError:
+                raise
+            except (ValueError, MemoryError) as e:  # landmarks no check foresaw: this photo fails, not the batch
+                raise FaceCropError(f"{what}: cannot crop the face ({type(e).__name__}: {e})") from None
             t = dataclasses.replace(t, source=str(photo_path.resolve()), source_hash=source_hash, face_index=i,
                                     exif=image_io.HONOUR_EXIF if self.exif is None else self.exif)
             crop_path = image_io.save_png(Path(out_dir) / f"{names[i]}.png", crop)

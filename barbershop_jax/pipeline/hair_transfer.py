@@ -105,6 +105,15 @@ class HairTransfer:
             store.read_label_png(e.target, labels, size) if isinstance(e.target, (str, Path))
             else target_mask.check_target(e.target, labels, size))) for e in (edits or [])]
 
+    def edit_tag(self, edit: TargetEdit | None, region: str | None = None) -> str:
+        """The digest (TargetEdit.tag; "" for none) of a triple's edit as transfer_many takes it
+        with this region, after the checks transfer_many makes before any work: the region's
+        label names, and the target mask (read from its file) against the face parser's labels
+        and the parse size; each raises its ValueError here. Batch runs check every row with it,
+        so that one bad row fails alone instead of stopping the others."""
+        [read] = self._read_edits([edit], self._pipelines([region]))
+        return "" if read is None else read.tag()
+
     def save_step_times(self) -> dict:
         """Keep the seconds per step this process's progress bars measured, for later plans."""
         return step_times.save_measured(self.models.generator.config.size, self.dtype)

@@ -53,9 +53,9 @@ class TransferJob:
     def aligner(self, size: int) -> face_crop.Aligner:
         return face_crop.Aligner.from_options(size, self.landmarks, self.dlib_model, self.face_index, self.min_face)
 
-    def rows(self):
-        """(triples, edits, regions, cells) of the job; cells: each triple's (row, column) in
-        grid mode, else None."""
+    def rows(self) -> list[batch_files.Row]:
+        """The job's transfers, one batch_files.Row each (in grid mode with its cell; from a
+        manifest with its row number, and its problem where its cells cannot be used)."""
         if self.faces or self.hairstyles or self.colors:
             if self.pairs or self.face or self.shape or self.color or self.structure:
                 raise ValueError("give either --faces and --hairstyles (a grid) or --face/--shape/--color or --pairs, "
@@ -66,24 +66,20 @@ class TransferJob:
                 raise ValueError("--target-mask and --shape-transform edit one (face, shape) pair: not with a grid")
             faces, hairstyles = list(dict.fromkeys(self.faces)), list(dict.fromkeys(self.hairstyles))
             triples, cells = grid_lib.grid_triples(faces, hairstyles, self.colors)
-            return triples, [None] * len(triples), [None] * len(triples), cells
-        triples, edits, regions = self._rows()
-        return triples, edits, regions, [None] * len(triples)
-
-    def _rows(self):
+            return [batch_files.Row(t, cell=cell) for t, cell in zip(triples, cells)]
         if self.pairs:
             if self.face or self.shape or self.color or self.structure:
                 raise ValueError("give either --pairs or --face/--shape/--color/--structure, not both")
             if self.target_mask or self.shape_transform:
                 raise ValueError("with --pairs, give target masks and shape transforms as the CSV's target_mask and "
                                  "shape_transform columns")
-            triples, edits, regions = batch_files.read_triples(self.pairs)
-            if not triples:
+            rows = batch_files.read_rows(self.pairs)
+            if not rows:
                 raise ValueError(f"{self.pairs}: no triples (one row per transfer after the header)")
-            return triples, edits, regions
+            return rows
         if self.face and self.shape and self.color:
             triple = (self.face, self.shape, self.color) + ((self.structure,) if self.structure else ())
-            return [triple], [batch_files.make_edit(self.target_mask, self.shape_transform)], [None]
+            return [batch_files.Row(triple, batch_files.make_edit(self.target_mask, self.shape_transform))]
         raise ValueError("give --face, --shape and --color (or --pairs triples.csv)")
 
 
@@ -95,86 +91,199 @@ def generator_size(weights) -> int:
     return int(weights_lib.read_config(root, "stylegan2")["config"]["size"])
 
 
-def _unique_rows(job, triples, edits, regions, cells):
-    """A manifest's repeated rows are done once (a note names them)."""
-    row_key = lambda i: (*map(str, triples[i]), regions[i] or "")  # noqa: E731
+def _unique_rows(job, rows):
+    """A manifest's repeated rows (the same files, region and edit) are done once (a note
+    names them)."""
     first_row = {}
-    for i in range(len(triples)):
-        first_row.setdefault(row_key(i), i)
-    for i in range(len(triples)):
-        if first_row[row_key(i)] != i:  # rows count from 2: the header is row 1
-            print(f"barbershop-jax: note: {job.pairs}: row {i + 2} repeats row {first_row[row_key(i)] + 2}; "
-                  "it is done once", file=sys.stderr)
-    keep = [first_row[row_key(i)] == i for i in range(len(triples))]
-    return ([x for x, k in zip(column, keep) if k] for column in (triples, edits, regions, cells))
+    for row in rows:
+        first = first_row.setdefault((*map(str, row.triple), row.region or "", row.edit, row.problem), row)
+        if first is not row and row.number is not None:
+            print(f"barbershop-jax: note: {job.pairs}: row {row.number} repeats row {first.number}; it is done once",
+                  file=sys.stderr)
+    return list(first_row.values())
 
 
-def _kept(columns, ok):
-    return ([x for x, k in zip(column, ok) if k] for column in columns)
+def _live(rows):
+    return [row for row in rows if row.problem is None]
+
+
+def _settle(rows, good, failures):
+    """The outcome of a check over the rows' images (good: their new images, in order;
+    failures: (images, reason) of the others): each row takes its new images or its problem."""
+    failed = {tuple(map(str, images)): str(reason) for images, reason in failures}
+    good = iter(good)
+    for row in rows:
+        key = tuple(map(str, row.images))
+        if key in failed:
+            row.problem = failed[key]
+        else:
+            row.images = next(good)
+
+
+def _this_part(job, rows):
+    """This host's rows of a `--part K/N` run (bad rows too: each is reported by one host),
+    and its failures file's name."""
+    k, n = job.part
+    parts = batch_files.parts_by_face([str(row.triple[0]) for row in rows], n)
+    mine = [row for row, part in zip(rows, parts) if part == k - 1]
+    print(f"barbershop-jax: part {k} of {n}: {len(mine)} of {len(rows)} triple(s) (the rows of "
+          f"{len({str(row.triple[0]) for row in mine})} face(s))", file=sys.stderr)
+    return mine, f"failures.part{k}of{n}.csv"
+
+
+def _check_transforms(rows):
+    """Paste-back needs each face's crop transform and the unchanged photo it was cut from:
+    a row whose face has neither fails alone, now rather than after its optimisations."""
+    problems = {}
+    for row in _live(rows):
+        face = str(row.images[0])
+        if face not in problems:
+            try:
+                face_crop.load_source_photo(face_crop.read_transform(face), what=face)
+                problems[face] = None
+            except ValueError as e:  # FaceCropError, or the photo's ImageError
+                problems[face] = str(e)
+        row.problem = problems[face]
+
+
+def _read_images(job, rows):
+    """Every image of the live rows read and checked (ht_lib.check_triples), each row's images
+    becoming their sources.ImageSource; a row with an unreadable image, or one whose image's
+    name another image has, fails alone."""
+    live = _live(rows)
+    size = generator_size(job.weights) if job.no_resize else None
+    _settle(live, *ht_lib.check_triples([row.images for row in live], size, progress=job.progress))
+    _refuse_name_clashes(_live(rows))
+
+
+def _refuse_name_clashes(rows):
+    """An image's name is its file's stem, and names the output files and cache entries: two
+    different images under one name (face.png and face.jpg) would overwrite each other's
+    results, and the cache would take one for the other. The first row to use a name keeps
+    it, as one reads a manifest from the top (and a rerun after renaming the other file finds
+    everything the first row made); each later row with another image of that name fails,
+    naming both files, and the rest of the batch goes on."""
+    owners = {}  # name -> (the first image with it, its row)
+    for row in rows:
+        images = [image for image in row.images if image is not None]
+        for image in images:
+            first, first_row = owners.get(image.name, (image, row))
+            if first.image_hash != image.image_hash:
+                where = f" (row {first_row.number})" if first_row.number is not None else ""
+                row.problem = (f"{image.path or image.name} and {first.path or first.name}{where} are two images "
+                               f"named {image.name!r}, which would write the same output files; the first keeps "
+                               "the name: rename the other")
+                break
+        else:
+            for image in images:
+                owners.setdefault(image.name, (image, row))
+
+
+def _check_edits(ht, rows):
+    """Each live row's region and target-mask edit checked as the transfer would take them (a
+    region's label names, a target mask's file); two rows editing one (face, shape) pair of a
+    region differently cannot both run (its alignment is made once): the later one fails."""
+    tags, pairs = {}, {}
+    for row in _live(rows):
+        if row.region is None and row.edit is None:
+            continue
+        key = (row.region, row.edit)
+        if key not in tags:
+            try:
+                tags[key] = ht.edit_tag(row.edit, row.region)
+            except (ValueError, OSError) as e:
+                tags[key] = e
+        if isinstance(tags[key], Exception):
+            row.problem = str(tags[key])
+        elif tags[key]:
+            face, shape = row.images[0].name, row.images[1].name
+            tag, first = pairs.setdefault((row.region, face, shape), (tags[key], row))
+            if tag != tags[key]:
+                where = f" of row {first.number}" if first.number is not None else ""
+                row.problem = (f"{face} with {shape}: another target-mask edit than the one{where} (one edit per "
+                               "(face, shape) pair in a run)")
+
+
+def _stop_if_none_left(job, rows, failures_csv):
+    """When no row can run: the failures file of a batch, and one error line."""
+    if _live(rows):
+        return
+    if job.pairs or job.faces is not None:
+        _write_failures(job, rows, failures_csv)
+    raise ImageError("; ".join(row.where(job.pairs) + row.problem for row in rows[:3]))
+
+
+def _write_failures(job, rows, failures_csv):
+    """OUT/failures.csv: a manifest's rows with their row numbers first."""
+    failed = [row for row in rows if row.problem is not None]
+    width = max(len(row.triple) for row in failed)
+    columns = batch_files.INPUT_COLUMNS[:max(3, width)]
+    if job.pairs:
+        return batch_files.write_failures(job.out, [((row.number, *row.triple), row.problem) for row in failed],
+                                          columns=("row", *columns), name=failures_csv)
+    return batch_files.write_failures(job.out, [(row.triple, row.problem) for row in failed], columns=columns,
+                                      name=failures_csv)
 
 
 def run(job: TransferJob) -> int:
     """Run the job: 0 when every triple has a result, 1 when some failed (each named on
-    stderr and in OUT/failures.csv); results in OUT (and OUT/results.csv for a manifest or a
-    grid, and the grid's contact sheet OUT/grid.png). The plan is printed first."""
-    triples, edits, regions, cells = _unique_rows(job, *job.rows())
-    failures_csv, grid = "failures.csv", job.faces is not None
+    stderr, with its manifest row, and in OUT/failures.csv) while the others went on; results
+    in OUT (and OUT/results.csv for a manifest or a grid, and the grid's contact sheet
+    OUT/grid.png). The plan is printed first."""
+    rows = _unique_rows(job, job.rows())
+    failures_csv = "failures.csv"
     if job.part:  # before --align and the models: this host's rows only
-        k, n = job.part
-        parts = batch_files.parts_by_face([str(t[0]) for t in triples], n)
-        mine = [p == k - 1 for p in parts]
-        print(f"barbershop-jax: part {k} of {n}: {sum(mine)} of {len(triples)} triple(s) (the rows of "
-              f"{len({str(t[0]) for t, m in zip(triples, mine) if m})} face(s))", file=sys.stderr)
-        triples, edits, regions, cells = _kept((triples, edits, regions, cells), mine)
-        failures_csv = f"failures.part{k}of{n}.csv"
-        if not triples:
+        rows, failures_csv = _this_part(job, rows)
+        if not rows:
             return 0
-    n_triples = len(triples)
     if job.paste_back and not job.align:
-        for t in triples:  # before loading any model
-            face_crop.read_transform(t[0])
+        _check_transforms(rows)  # before loading any model
 
     def hair_transfer():  # loads the models
         return ht_lib.HairTransfer(job.weights, job.out, batch_size=job.batch_size, progress=job.progress,
                                    checkpoint_every=job.checkpoint_every, dtype=job.dtype,
                                    parser_dtype=job.parser_dtype, fresh=job.fresh, **job.options)
 
-    ht, align_failures = None, []
+    ht = None
     if job.align:  # the crops are cut at the generator's size: load the models first
         ht = hair_transfer()
-        originals = triples
-        triples, align_failures = ht_lib.align_inputs(triples, Path(job.out) / "aligned",
-                                                      job.aligner(ht.models.generator.config.size),
-                                                      roles=(0,) if job.align == "face" else None)
-        failed = {tuple(map(str, t)) for t, _ in align_failures}
-        edits, regions, cells = _kept((edits, regions, cells), [tuple(map(str, t)) not in failed for t in originals])
-    size = generator_size(job.weights) if job.no_resize else None
-    good, failures = ht_lib.check_triples(triples, size, progress=job.progress)  # before loading any model
-    bad = {tuple(map(str, t)) for t, _ in failures}
-    edits, regions, cells = _kept((edits, regions, cells), [tuple(map(str, t)) not in bad for t in triples])
-    failures = align_failures + failures
-    if not good:
-        if job.pairs or grid:
-            batch_files.write_failures(job.out, failures, name=failures_csv)
-        raise ImageError("; ".join(f"{msg}" for _, msg in failures[:3]))
+        live = _live(rows)
+        _settle(live, *ht_lib.align_inputs([row.images for row in live], Path(job.out) / "aligned",
+                                           job.aligner(ht.models.generator.config.size),
+                                           roles=(0,) if job.align == "face" else None))
+    _read_images(job, rows)  # before loading any model
+    _stop_if_none_left(job, rows, failures_csv)
     ht = ht or hair_transfer()
+    _check_edits(ht, rows)
+    _stop_if_none_left(job, rows, failures_csv)
+    return _transfer(job, ht, rows, failures_csv)
+
+
+def _transfer(job, ht, rows, failures_csv) -> int:
+    """The live rows transferred; the results and failures reported."""
+    good, grid = _live(rows), job.faces is not None
     if grid:
         faces, hairstyles = list(dict.fromkeys(job.faces)), list(dict.fromkeys(job.hairstyles))
         title = grid_lib.title(len(faces), len(hairstyles))
+    images, edits, regions = ([row.images for row in good], [row.edit for row in good],
+                              [row.region for row in good])
     if (job.pairs or grid) and job.progress:  # a batch: what it will do and how long it will take, first
-        print(ht.plan(good, edits=edits, regions=regions, title=title if grid else "").describe(), file=sys.stderr)
-    results = ht.transfer_files(good, paste_back=job.paste_back, feather=job.feather, edits=edits, regions=regions,
+        print(ht.plan(images, edits=edits, regions=regions, title=title if grid else "").describe(), file=sys.stderr)
+    results = ht.transfer_files(images, paste_back=job.paste_back, feather=job.feather, edits=edits, regions=regions,
                                 save_target_masks=job.save_target_mask)
-    failures += ht.failures  # optimisations that diverged: those triples only
+    reasons = dict(ht.failures)  # optimisations that diverged: those triples only
+    for row, result in zip(good, results):
+        if result is None:
+            row.problem = reasons.get(tuple(image.name for image in row.images if image is not None), "failed")
     listed = None
-    done = [(t, region, r) for t, region, r in zip(good, regions, results) if r is not None]
+    done = [(row.images, row.region, r) for row, r in zip(good, results) if r is not None]
     if (job.pairs or grid) and done:  # which file came of which row, for the scripts that run many
         listed = batch_files.write_results(job.out, done, name=failures_csv.replace("failures", "results"))
     ht.save_step_times()
     if grid:
-        by_cell = {cell: r.path for cell, r in zip(cells, results) if r is not None}
+        by_cell = {row.cell: r.path for row, r in zip(good, results) if r is not None}
         notes = () if job.weights else (grid_lib.RANDOM_WEIGHTS_NOTE,)
-        used = {i: t[0] for (i, _), t in zip(cells, good)}  # with --align: the face crops
+        used = {row.cell[0]: row.images[0] for row in good}  # with --align: the face crops
         faces = [used.get(i, face) for i, face in enumerate(faces)]
         _, sheet_path = grid_lib.write_sheet(job.out, faces, hairstyles, job.colors, by_cell, title=title, notes=notes,
                                              name=failures_csv.replace("failures", "grid").replace(".csv", ".png"))
@@ -187,10 +296,11 @@ def run(job: TransferJob) -> int:
     if job.paste_back:
         for r in results:
             print(f"{r.face}: pasted into its photo: {r.pasted_path}")
-    if failures:
-        path = batch_files.write_failures(job.out, failures, name=failures_csv)
-        print(f"{len(failures)} of {n_triples} triple(s) failed; see {path}", file=sys.stderr)
-        for _, msg in failures:
-            print(f"barbershop-jax: error: {msg}", file=sys.stderr)
+    failed = [row for row in rows if row.problem is not None]
+    if failed:
+        path = _write_failures(job, rows, failures_csv)
+        print(f"{len(failed)} of {len(rows)} triple(s) failed; see {path}", file=sys.stderr)
+        for row in failed:
+            print(f"barbershop-jax: error: {row.where(job.pairs)}{row.problem}", file=sys.stderr)
         return 1
     return 0
