@@ -66,9 +66,8 @@ def embed(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig 
     as (name, reason) and left out of the result when a list is given; otherwise a
     NonFiniteError is raised once the other images are done.
     """
-    check_numbers("embed", batch_size=batch_size)
-    if checkpoint_every is not None:
-        check_numbers("embed", checkpoint_every=checkpoint_every)
+    check_numbers("embed", batch_size=batch_size, **({} if checkpoint_every is None else
+                                                     {"checkpoint_every": checkpoint_every}))
     reuse = cache_lib.Reuse() if reuse is None else reuse
     if import_official is not None and reuse.fresh:
         raise ValueError(f"--import-official {import_official} with --fresh: the one adopts entries, the other "

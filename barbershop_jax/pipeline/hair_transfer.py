@@ -50,9 +50,8 @@ class HairTransfer:
                  compile_cache: bool = True, checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
                  dtype: str = "float32", parser_dtype: str = "float32", fresh: bool = False, **options):
         # The settings are checked before minutes of loading models.
-        check_numbers("HairTransfer", batch_size=batch_size)
-        if checkpoint_every is not None:
-            check_numbers("HairTransfer", checkpoint_every=checkpoint_every)
+        check_numbers("HairTransfer", batch_size=batch_size, **({} if checkpoint_every is None else
+                                                                {"checkpoint_every": checkpoint_every}))
         embed_overrides, overrides = split_options(options)
         EmbedConfig(**embed_overrides)  # each raises a ValueError naming a bad setting
         TransferConfig(**overrides)
@@ -173,12 +172,7 @@ class HairTransfer:
             if failures:
                 raise failures[0][1]
         if paste_back:
-            for t in triples:  # before any optimisation: a face without a transform fails now
-                face = t[0].path if isinstance(t[0], sources_lib.ImageSource) else t[0]
-                if not isinstance(face, (str, Path)):
-                    raise face_crop.FaceCropError("paste-back needs the face as a file with its crop transform "
-                                                  "(from align-faces), not an in-memory image")
-                face_crop.read_transform(face)
+            check_paste_back(triples)
         regions = list(regions) if regions is not None else [None] * len(triples)
         if len(regions) != len(triples):
             raise ValueError(f"{len(regions)} regions for {len(triples)} triples: give one (or None) per triple")
@@ -262,6 +256,16 @@ def checked_triples(triples, what: str = "triples") -> list[tuple]:
         checked.append(tuple(sources_lib.in_memory(image, f"{what}[{i}][{j}] ({ROLES[j]})")
                              for j, image in enumerate(triple)))
     return checked
+
+
+def check_paste_back(triples):
+    """Before any optimisation: a face without its crop transform fails now, not after."""
+    for t in triples:
+        face = t[0].path if isinstance(t[0], sources_lib.ImageSource) else t[0]
+        if not isinstance(face, (str, Path)):
+            raise face_crop.FaceCropError("paste-back needs the face as a file with its crop transform "
+                                          "(from align-faces), not an in-memory image")
+        face_crop.read_transform(face)
 
 
 def align_inputs(triples, out_dir, aligner: face_crop.Aligner, roles=None):
