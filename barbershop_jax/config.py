@@ -17,6 +17,7 @@ stages hard-code; every departure is a named option.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -28,22 +29,126 @@ EMBED_WAVE = 1024             # images per embed call of pipeline.embed_files
 FS_BLOCK = 3                  # F = the features after this block (32x32 at any size), official
 
 
-def check_counts(owner: str, minimum: int = 0, **values):
-    """ValueError naming `owner` and the field unless every value is a whole number (not a
-    bool) of at least `minimum`: step counts (0 skips a stage), batch sizes (minimum 1), chunk
-    lengths. Checked before any work: a negative batch size once ran nothing and reported
-    success, a negative step count silently skipped its stage."""
+# ------------------------------------------------------------------ every number's range
+# One table for every number a run takes, read by the command line's argparse types
+# (cli/args.py), the configs' checks below, and the Python API's keyword arguments
+# (check_numbers), so that a value refused in one is refused in all, before any work: a step
+# count of 10**30 was taken as given, a seed of 2**32 draws the noise of seed 0
+# (jax.random.PRNGKey keeps 32 bits), an infinite weight or learning rate can only give NaN,
+# a smoothing of 10**6 would unroll a million mask operations into one compiled program.
+MAX_STEPS = 1_000_000         # steps of one loop (the official at most 1100)
+MAX_BATCH_SIZE = 4096         # images, pairs or triples optimised together
+MAX_SEED = 2**32 - 1          # jax.random.PRNGKey keeps 32 bits
+MAX_SMOOTH = 1024             # mask dilations, unrolled when compiled; a 1024 px mask is full long before
+MAX_SIZE = 4096               # image sides: crops, the LPIPS, parse and loss sizes
+MAX_FS_BLOCK = 8              # F's block: 2 ** (block + 2) px, up to the largest generator (1024 px)
+MAX_LATENTS = 18              # W+ vectors of the largest generator (1024 px)
+MAX_COUNT = 2**31 - 1         # any other count or index: the devices' int32
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # weights are float32 on the device: larger is infinity
+
+
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    """The range of one number: whole (`kind` int) or real (float, finite), least..most;
+    above: least itself refused (a learning rate of 0 learns nothing)."""
+    kind: type
+    least: float
+    most: float
+    above: bool = False
+
+    def problem(self, value) -> str | None:
+        """Why `value` is refused (what it must be), or None when it is within the limit."""
+        if self.kind is int:
+            ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+            ok = ok and self.least <= value <= self.most
+            return None if ok else f"must be a whole number of at least {self.least} and at most {self.most}"
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+        try:
+            number = float(value) if ok else math.nan  # a Python int past float's range overflows
+        except OverflowError:
+            number = math.nan
+        ok = math.isfinite(number) and (self.least < number if self.above else self.least <= number)
+        return None if ok and number <= self.most else f"must be {self.words()}"
+
+    def words(self) -> str:
+        low = f"above {self.least:g}" if self.above else f"at least {self.least:g}"
+        return f"{low} and at most {self.most:g} (a finite number)"
+
+
+_STEPS, _LAMBDA = Limit(int, 0, MAX_STEPS), Limit(float, 0.0, FLOAT32_MAX)
+_SIZE = Limit(int, 1, MAX_SIZE)
+LIMITS = {
+    **dict.fromkeys(("w_steps", "fs_steps", "inpaint_steps", "align_steps1", "align_steps2", "blend_steps",
+                     "checkpoint_every"), _STEPS),
+    "chunk": Limit(int, 1, MAX_STEPS),
+    "batch_size": Limit(int, 1, MAX_BATCH_SIZE),
+    "wave": Limit(int, 1, MAX_COUNT),
+    "seed": Limit(int, 0, MAX_SEED),
+    **dict.fromkeys(("smooth", "blend_smooth"), Limit(int, 0, MAX_SMOOTH)),
+    "align_latents": Limit(int, 1, MAX_LATENTS),
+    "fs_block": Limit(int, 0, MAX_FS_BLOCK),
+    **dict.fromkeys(("size", "lpips_size", "parse_size", "loss_size", "blend_parse_size"), _SIZE),
+    "learning_rate": Limit(float, 0.0, FLOAT32_MAX, above=True),
+    **dict.fromkeys(("l2_lambda", "percept_lambda", "p_norm_lambda", "l_f_lambda", "ce_lambda", "style_lambda",
+                     "face_lambda", "hair_lambda"), _LAMBDA),
+    # paste-back: the soft edge, a fraction of the side; past half, no pixel is fully pasted
+    "feather": Limit(float, 0.0, 0.5),
+    "min_face": Limit(float, 0.0, FLOAT32_MAX),  # photo pixels
+    "face_index": Limit(int, 0, MAX_COUNT),
+    "scale": Limit(float, 0.0, 100.0, above=True),  # shape transform: the region's scale
+    **dict.fromkeys(("dx", "dy"), Limit(float, -MAX_SIZE, MAX_SIZE)),  # and its move, pixels
+}
+
+
+def shown(value, limit: int = 40) -> str:
+    """repr(value) cut to `limit` characters (a 5,000-digit number is refused by repr)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"a {type(value).__name__} of more than 4,300 digits"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check_numbers(owner: str, **values):
+    """ValueError naming `owner` and the field unless every value is within its LIMITS entry
+    (of its name): of the right kind (no bools, no strings), finite, in range."""
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ValueError(f"{owner}: {name} must be a whole number of at least {minimum}, got {value!r}")
+        problem = LIMITS[name].problem(value)
+        if problem:
+            raise ValueError(f"{owner}: {name} {problem}, got {shown(value)}")
 
 
-def _check_weights(owner, cfg, names):
-    for name in names:
-        if not getattr(cfg, name) >= 0:  # NaN fails too
-            raise ValueError(f"{owner}: {name} must be at least 0, got {getattr(cfg, name)!r}")
-    if not cfg.learning_rate > 0:
-        raise ValueError(f"{owner}: learning_rate must be above 0, got {cfg.learning_rate!r}")
+def check_counts(owner: str, minimum: int = 0, maximum: int = MAX_COUNT, **values):
+    """ValueError naming `owner` and the field unless every value is a whole number (not a
+    bool) from `minimum` to `maximum`: counts without a LIMITS entry of their own."""
+    limit = Limit(int, minimum, maximum)
+    for name, value in values.items():
+        if limit.problem(value):
+            raise ValueError(f"{owner}: {name} {limit.problem(value)}, got {shown(value)}")
+
+
+NOISE_MODES = ("random", "const", "none")  # models.stylegan2's, which this module does not import (jax)
+
+
+def check_fields(owner: str, cfg):
+    """Every field of a config dataclass checked before any work: numbers by LIMITS (None
+    allowed where the field's default is None: resolved later), flags are bools, the noise
+    mode one of NOISE_MODES."""
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if field.name in LIMITS and not (value is None and field.default is None):
+            check_numbers(owner, **{field.name: value})
+        elif isinstance(field.default, bool) and not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{owner}: {field.name} must be True or False, got {shown(value)}")
+    if cfg.noise not in NOISE_MODES:
+        raise ValueError(f"{owner}: noise must be one of {', '.join(NOISE_MODES)}, got {shown(cfg.noise)}")
+
+
+def check_block(owner: str, block: int, size: int):
+    """F's block must lie inside a generator of `size` px: its features are 2 ** (block + 2) px."""
+    if 2 ** (block + 2) > size:
+        raise ValueError(f"{owner}: fs_block {block} has {2 ** (block + 2)} px features, more than the generator's "
+                         f"{size} px")
 
 
 def f_shape(generator_config, block: int = FS_BLOCK) -> tuple:
@@ -69,16 +174,21 @@ class EmbedConfig:
     chunk: int | None = None       # steps per compiled scan (None: stages.loop.loop_defaults)
 
     def __post_init__(self):
-        check_counts("EmbedConfig", w_steps=self.w_steps, fs_steps=self.fs_steps, fs_block=self.fs_block)
-        if self.chunk is not None:
-            check_counts("EmbedConfig", 1, chunk=self.chunk)
-        _check_weights("EmbedConfig", self, ("l2_lambda", "percept_lambda", "p_norm_lambda", "l_f_lambda"))
+        check_fields("EmbedConfig", self)
 
     @classmethod
     def for_size(cls, size: int, **overrides) -> "EmbedConfig":
         """The official settings, with the LPIPS size shrunk for generators below 256 px."""
         base = {} if size >= 256 else {"lpips_size": size // 2}
-        return cls(**{**base, **overrides})
+        return cls(**{**base, **overrides}).check_size(size)
+
+    def check_size(self, size: int) -> "EmbedConfig":
+        """self, or a ValueError when it does not fit a generator of `size` px (F's block, the
+        LPIPS size), found before any work rather than when the first program compiles."""
+        check_block("EmbedConfig", self.fs_block, size)
+        if size % self.lpips_size:
+            raise ValueError(f"EmbedConfig: lpips_size {self.lpips_size} must divide the generator size {size}")
+        return self
 
     def step_config(self) -> "EmbedConfig":
         """The fields the optimisation steps read; the rest blanked (the loop's compile key).
@@ -125,19 +235,17 @@ class TransferConfig:
     def __post_init__(self):
         # One spelling per region set ("eyes, brows" -> "brows,eyes"): it is part of cache keys
         # and file names. The names are checked against the parser's labels by region_ids.
+        if not (isinstance(self.region, str) or isinstance(self.region, (list, tuple))
+                and all(isinstance(n, str) for n in self.region)):
+            raise ValueError(f"TransferConfig: region must be label names (a string, e.g. {DEFAULT_REGION!r}, "
+                             f"or a list of them), got {shown(self.region)}")
         names = self.region.split(",") if isinstance(self.region, str) else list(self.region)
         object.__setattr__(self, "region", ",".join(sorted({n.strip() for n in names if n.strip()})))
         if not self.region:
             raise ValueError(f"region: no label name given (e.g. {DEFAULT_REGION!r} or 'brows,eyes')")
         if self.sign not in SIGNS:
             raise ValueError(f"sign must be one of {SIGNS}, got {self.sign!r}")
-        check_counts("TransferConfig", smooth=self.smooth, blend_smooth=self.blend_smooth,
-                     inpaint_steps=self.inpaint_steps, align_steps1=self.align_steps1,
-                     align_steps2=self.align_steps2, blend_steps=self.blend_steps)
-        check_counts("TransferConfig", 1, align_latents=self.align_latents,
-                     **({} if self.chunk is None else {"chunk": self.chunk}))
-        check_counts("TransferConfig", fs_block=self.fs_block)
-        _check_weights("TransferConfig", self, ("ce_lambda", "style_lambda", "face_lambda", "hair_lambda"))
+        check_fields("TransferConfig", self)
 
     def resolve(self, size: int) -> "TransferConfig":
         """Fill the sizes for a generator of `size` px: the official values at 1024."""
@@ -147,6 +255,11 @@ class TransferConfig:
         for name, value in (("parse_size", parse), ("loss_size", loss), ("blend_parse_size", blend_parse)):
             if value <= 0 or size % value:
                 raise ValueError(f"{name} {value} must divide the generator size {size}")
+        check_block("TransferConfig", self.fs_block, size)
+        n_latent = 2 * int(math.log2(size)) - 2
+        if self.align_latents > n_latent:
+            raise ValueError(f"TransferConfig: align_latents {self.align_latents} is more than the {n_latent} W+ "
+                             f"vectors of a {size} px generator")
         return dataclasses.replace(self, parse_size=parse, loss_size=loss, blend_parse_size=blend_parse)
 
     def step_config(self, keep: tuple = ()) -> "TransferConfig":

@@ -15,7 +15,7 @@ import numpy as np
 from barbershop_jax.models import bisenet
 from barbershop_jax.models.bisenet import BiSeNetConfig
 
-from .common import ConversionError, check_keys, to_numpy, torch_load
+from .common import ConversionError, check_keys, check_tensors, to_numpy, torch_load
 
 WHAT = "BiSeNet face parser (ResNet18 context path)"
 HEAD_KEY = "conv_out.conv_out.weight"
@@ -122,9 +122,7 @@ def state_dict_from_checkpoint(ckpt, src) -> dict:
     keys = list(ckpt)
     if keys and all(isinstance(k, str) and k.startswith("module.") for k in keys):
         ckpt = {k[len("module."):]: v for k, v in ckpt.items()}
-    non_tensors = [str(k) for k, v in ckpt.items() if not hasattr(v, "shape")]
-    if non_tensors:
-        raise ConversionError(f"{src}: not a {WHAT} state_dict: non-tensor entries {', '.join(non_tensors[:6])}")
+    check_tensors(ckpt, src, WHAT)
     return {k: v for k, v in ckpt.items() if not k.endswith(".num_batches_tracked")}
 
 

@@ -3,7 +3,17 @@ directories. It needs torch, so it lives here, outside the runtime: barbershop_j
 line finds it through the `barbershop_jax.commands` entry point (pyproject.toml)."""
 from __future__ import annotations
 
-from barbershop_jax.cli.args import COUNT, POSITIVE
+from barbershop_jax.cli.args import number
+from barbershop_jax.config import MAX_SEED, Limit
+
+# The converter's own numbers (the runtime's are config.LIMITS): sizes the generator supports,
+# sample counts that finish (the PCA is chunked; latent_avg's samples are mapped at once), and a
+# seed whose PCA seed (seed + 1) is a 32-bit seed too.
+SIZE = number(Limit(int, 8, 1024))
+CHANNEL_MULTIPLIER = number(Limit(int, 1, 64))
+PCA_SAMPLES = number(Limit(int, 0, 100_000_000))
+MEAN_LATENT_SAMPLES = number(Limit(int, 1, 1_000_000))
+SEED = number(Limit(int, 0, MAX_SEED - 1))
 
 
 def _convert_stylegan2(args):
@@ -36,16 +46,16 @@ def add_commands(sub):
                                       "p-norm PCA statistics the W+ embedding needs.")
     p.add_argument("src", help="the .pt checkpoint ({'g_ema', 'latent_avg'} or a training checkpoint)")
     p.add_argument("dst", help="weights directory; the generator goes to DST/stylegan2/")
-    p.add_argument("--size", type=POSITIVE, help="output size (default: read from the shapes)")
-    p.add_argument("--channel-multiplier", type=POSITIVE, help="the generator's channel multiplier (default: read "
+    p.add_argument("--size", type=SIZE, help="output size (default: read from the shapes)")
+    p.add_argument("--channel-multiplier", type=CHANNEL_MULTIPLIER, help="the generator's channel multiplier (default: read "
                                                                "from the shapes)")
     pca = p.add_mutually_exclusive_group()
-    pca.add_argument("--pca-samples", type=COUNT, default=1_000_000,
+    pca.add_argument("--pca-samples", type=PCA_SAMPLES, default=1_000_000,
                      help="samples for the p-norm PCA statistics (official: 1e6; 0 skips)")
     pca.add_argument("--pca", help="import an existing ffhq_PCA.npz instead of computing it")
-    p.add_argument("--n-mean-latent", type=POSITIVE, default=4096,
+    p.add_argument("--n-mean-latent", type=MEAN_LATENT_SAMPLES, default=4096,
                    help="samples for latent_avg when the checkpoint has none (rosinality: 4096)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the PCA and latent_avg samples (default 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the PCA and latent_avg samples (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST/stylegan2")
     p.set_defaults(func=_convert_stylegan2)
 

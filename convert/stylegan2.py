@@ -18,7 +18,7 @@ from barbershop_jax.models import pca as pca_lib
 from barbershop_jax.models import stylegan2, stylegan2_layers
 from barbershop_jax.models.stylegan2 import GeneratorConfig
 
-from .common import ConversionError, check_keys, to_numpy, torch_load
+from .common import ConversionError, check_keys, check_tensors, to_numpy, torch_load
 
 WHAT = "rosinality StyleGAN2 generator"
 
@@ -143,6 +143,8 @@ def params_from_state_dict(sd, c: GeneratorConfig):
 # ------------------------------------------------------------------ entry points
 def state_dict_from_checkpoint(ckpt, src):
     """The g_ema state_dict and the stored latent_avg (or None) of any accepted layout."""
+    import torch
+
     if not isinstance(ckpt, dict):
         raise ConversionError(f"{src}: expected a dict checkpoint, found {type(ckpt).__name__}")
     if "g_ema" in ckpt:
@@ -154,7 +156,9 @@ def state_dict_from_checkpoint(ckpt, src):
         raise ConversionError(f"{src}: not a {WHAT} checkpoint: no 'g_ema' entry (top-level keys: {keys})")
     if not isinstance(sd, dict):
         raise ConversionError(f"{src}: 'g_ema' is a {type(sd).__name__}, not a state_dict")
-    return sd, latent_avg
+    if latent_avg is not None and not isinstance(latent_avg, torch.Tensor):
+        raise ConversionError(f"{src}: latent_avg is a {type(latent_avg).__name__}, not a tensor")
+    return check_tensors(sd, src, WHAT), latent_avg
 
 
 def convert(src, size=None, channel_multiplier=None, n_mean_latent=4096, seed=0):

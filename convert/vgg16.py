@@ -19,7 +19,7 @@ import numpy as np
 from barbershop_jax.models import vgg16
 from barbershop_jax.models.vgg16 import TAPS, TORCH_CONV_INDEX, VGG16Config
 
-from .common import ConversionError, check_keys, to_numpy, torch_load
+from .common import ConversionError, check_keys, check_tensors, to_numpy, torch_load
 
 WHAT = "torchvision VGG16"
 LPIPS_WHAT = "LPIPS VGG linear-layer"
@@ -69,15 +69,6 @@ def lins_from_state_dict(sd) -> dict:
 
 
 # ------------------------------------------------------------------ entry points
-def _plain_state_dict(ckpt, src, what):
-    if not isinstance(ckpt, dict):
-        raise ConversionError(f"{src}: expected a {what} state_dict, found {type(ckpt).__name__}")
-    non_tensors = [str(k) for k, v in ckpt.items() if not hasattr(v, "shape")]
-    if non_tensors:
-        raise ConversionError(f"{src}: not a {what} state_dict: non-tensor entries {', '.join(non_tensors[:6])}")
-    return ckpt
-
-
 def _sha256(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -89,12 +80,12 @@ def _sha256(path) -> str:
 def convert(src, lpips_weights=None):
     """Read and check both files; returns (VGG16, info dict). Writes nothing."""
     config = VGG16Config()
-    sd = _plain_state_dict(torch_load(src), src, WHAT)
+    sd = check_tensors(torch_load(src), src, WHAT)
     features = {k: v for k, v in sd.items() if not str(k).startswith("classifier.")}
     check_keys(features, torch_shapes(config), src, WHAT)
 
     lpips_path = Path(lpips_weights) if lpips_weights is not None else default_lpips_weights(config.lpips_version)
-    lins = _plain_state_dict(torch_load(lpips_path), lpips_path, LPIPS_WHAT)
+    lins = check_tensors(torch_load(lpips_path), lpips_path, LPIPS_WHAT)
     check_keys(lins, lpips_shapes(config), lpips_path, f"{LPIPS_WHAT} (v{config.lpips_version})")
 
     model = vgg16.VGG16(params=params_from_state_dict(features), lpips_lin=lins_from_state_dict(lins),

@@ -3,42 +3,60 @@ parser of every command (each names the function of cli/main.py that runs it).""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from importlib import metadata
 
-from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, FEATHER
+from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, FEATHER, FLOAT32_MAX, LIMITS
+from barbershop_jax.config import MAX_BATCH_SIZE, MAX_COUNT, Limit, shown
 from barbershop_jax.pipeline.face_crop import MIN_FACE
+from barbershop_jax.pipeline.image_files import one_line, shown_path
 
 PLUGIN_GROUP = "barbershop_jax.commands"  # entry points: f(subparsers) adds commands
 
 
-def _at_least(low, kind=int, above=False):
-    """An argparse type: a `kind` number >= low (> low with above=True), else one clear line
-    (a negative batch size once ran nothing and reported success)."""
+def number(limit: Limit):
+    """An argparse type: a number within `limit` (whole or finite), else one clear line naming
+    the flag (argparse adds it) and the range; exit status 2 before any work (a negative batch
+    size once ran nothing and reported success, a seed of 2**32 drew the noise of seed 0)."""
     def parse(text):
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if value != value or value in (float("inf"), float("-inf")) or value < low or (above and value == low):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a number {'above' if above else 'of at least'} {low}")
+            value = limit.kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not {'an integer' if limit.kind is int else 'a number'}"
+                                             ) from None
+        if limit.problem(value):
+            low = f"above {limit.least}" if limit.above else f"of at least {limit.least}"
+            high = limit.most if limit.kind is int else f"{limit.most:g}"
+            raise argparse.ArgumentTypeError(f"{shown(text)}: expected a number {low} and at most {high}")
         return value
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    parse.__name__ = limit.kind.__name__  # argparse names the type in its messages
     return parse
 
 
-COUNT = _at_least(0)              # step counts, iterations, indices
-POSITIVE = _at_least(1)           # batch sizes, sample counts
-NON_NEGATIVE = _at_least(0.0, float)  # loss weights, fractions, pixel counts
+def flag(name: str):
+    """The argparse type of the setting `name`: its range in config.LIMITS, which the configs
+    and the Python API check too."""
+    return number(LIMITS[name])
+
+
+COUNT = number(Limit(int, 0, MAX_COUNT))              # other counts and indices
+POSITIVE = number(Limit(int, 1, MAX_COUNT))           # other sizes
+NON_NEGATIVE = number(Limit(float, 0.0, FLOAT32_MAX))  # other finite amounts
+PORT = number(Limit(int, 1, 65535))
+SAMPLES = number(Limit(int, 1, MAX_BATCH_SIZE))       # demo --samples: rendered as one batch
+TRUNCATION = number(Limit(float, 0.0, 1.0))           # psi: 0 the average face, 1 none
+UPLOAD_MB = number(Limit(float, 0.0, 1024.0 * 1024.0, above=True))  # serve --max-upload-mb: up to a TiB
 
 
 def _part(text):
-    """'K/N' -> (K, N), 1 <= K <= N."""
+    """'K/N' -> (K, N), 1 <= K <= N <= MAX_COUNT."""
     try:
         k, n = (int(x) for x in text.split("/"))
-        if not 1 <= k <= n:
+        if not 1 <= k <= n <= MAX_COUNT:
             raise ValueError
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N with 1 <= K <= N, e.g. 2/4") from None
+        raise argparse.ArgumentTypeError(f"{shown(text)}: expected K/N with 1 <= K <= N, e.g. 2/4") from None
     return k, n
 
 
@@ -49,7 +67,7 @@ TRANSFER_STEPS = (("w_steps", "W+ embedding steps (official: 1100)"), ("fs_steps
 
 
 def _add_checkpoint_flag(p):
-    p.add_argument("--checkpoint-every", type=COUNT, default=DEFAULT_CHECKPOINT_EVERY, metavar="STEPS",
+    p.add_argument("--checkpoint-every", type=flag("checkpoint_every"), default=DEFAULT_CHECKPOINT_EVERY, metavar="STEPS",
                    help=f"save each optimisation loop's state every STEPS steps under OUT/.resume/, so that an "
                         f"interrupted run resumes mid-stage (default {DEFAULT_CHECKPOINT_EVERY}; 0: off)")
 
@@ -68,9 +86,9 @@ def _add_landmark_flags(p):
     p.add_argument("--dlib-model", metavar="DAT", help="dlib's shape_predictor_68_face_landmarks.dat (default: "
                                                       "$BARBERSHOP_DLIB_MODEL, else the one installed by "
                                                       "barbershop-jax[landmarks])")
-    p.add_argument("--face-index", type=COUNT, help="which face of a photo with several (default: all for "
+    p.add_argument("--face-index", type=flag("face_index"), help="which face of a photo with several (default: all for "
                                                   "align-faces; an error for transfer --align)")
-    p.add_argument("--min-face", type=NON_NEGATIVE, default=MIN_FACE,
+    p.add_argument("--min-face", type=flag("min_face"), default=MIN_FACE,
                    help=f"refuse faces whose crop square is smaller than this many photo pixels (default {MIN_FACE})")
 
 
@@ -87,10 +105,20 @@ def _add_exif_flag(p):
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line, as every other error here (argparse prints the whole usage
-    block first, which buries the line that says what is wrong); exit status 2."""
+    block first, which buries the line that says what is wrong); exit status 2. A file whose
+    name starts with '-' reads as an option, and argparse's message ("expected one argument",
+    "the following arguments are required") would not name it: the line names it."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        dashed = [a for a in getattr(self, "given", ()) if a.startswith("-") and len(a) > 1 and os.path.lexists(a)]
+        if dashed:
+            message += (f" ({shown_path(dashed[0])} is a file whose name starts with '-', which reads as an option: "
+                        f"write ./{shown_path(dashed[0])})")
+        self.exit(2, one_line(f"{self.prog}: error: {message} (see {self.prog} --help)") + "\n")
 
 
 def build_parser(commands) -> argparse.ArgumentParser:
@@ -113,13 +141,14 @@ def build_parser(commands) -> argparse.ArgumentParser:
                                       "instead.")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     demo.add_argument("--weights", help="a converted weights directory instead of the embedded default")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the generator noise (with --samples: of the "
+    demo.add_argument("--seed", type=flag("seed"), default=0, help="seed of the generator noise (with --samples: of the "
                                                           "samples) (default 0)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_fresh_flag(demo)
     demo.add_argument("--samples", action="store_true", help="instead: render a grid of generator samples")
-    demo.add_argument("--n", type=POSITIVE, default=16, help="with --samples: number of samples")
-    demo.add_argument("--truncation", type=float, default=1.0, help="with --samples: truncation psi")
+    demo.add_argument("--n", type=SAMPLES, default=16, help="with --samples: number of samples")
+    demo.add_argument("--truncation", type=TRUNCATION, default=1.0,
+                      help="with --samples: truncation psi, 0 (the average face) to 1 (none)")
     demo.set_defaults(func=commands.demo)
 
     tr = sub.add_parser("transfer", help="hairstyle transfer: the face of --face with the hair shape of --shape "
@@ -157,13 +186,13 @@ def build_parser(commands) -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="output folder (official layout; embeddings and alignments "
                                                  "found there are reused)")
     tr.add_argument("--sign", choices=["realistic", "fidelity"], help="target-mask inpainting (default: realistic)")
-    tr.add_argument("--smooth", type=COUNT, help="dilation/erosion of the F-mixing masks (default: 5)")
-    tr.add_argument("--seed", type=int, help="seed of the generator noise (default 0)")
+    tr.add_argument("--smooth", type=flag("smooth"), help="dilation/erosion of the F-mixing masks (default: 5)")
+    tr.add_argument("--seed", type=flag("seed"), help="seed of the generator noise (default 0)")
     tr.add_argument("--noise", choices=["random", "const", "none"], help="generator noise (official: random)")
-    tr.add_argument("--batch-size", type=POSITIVE, default=DEFAULT_BATCH_SIZE,
+    tr.add_argument("--batch-size", type=flag("batch_size"), default=DEFAULT_BATCH_SIZE,
                     help=f"images, pairs or triples optimised together (default {DEFAULT_BATCH_SIZE})")
     for name, text in TRANSFER_STEPS:
-        tr.add_argument("--" + name.replace("_", "-"), type=COUNT, help=text)
+        tr.add_argument("--" + name.replace("_", "-"), type=flag(name), help=text)
     tr.add_argument("--save-target-mask", action="store_true",
                     help="also write each target mask as OUT/target_masks/{face}_{ref}.png (target_masks_{region}/ "
                          "for a region other than hair): an indexed PNG whose values are class ids (legend.json "
@@ -179,7 +208,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
     tr.add_argument("--paste-back", action="store_true",
                     help="also paste each result into the face's photo (OUT/..._pasted.png); the face must come from "
                          "--align or align-faces")
-    tr.add_argument("--feather", type=NON_NEGATIVE, default=FEATHER,
+    tr.add_argument("--feather", type=flag("feather"), default=FEATHER,
                     help=f"paste-back: soft edge of the mask, as a fraction of the image side (default {FEATHER})")
     _add_landmark_flags(tr)
     _add_exif_flag(tr)
@@ -203,7 +232,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
     al.add_argument("photos", nargs="+", help="photo files or folders of photos")
     al.add_argument("--out", required=True, help="output folder: {stem}.png (or {stem}_{i}.png for several faces) "
                                                  "and {stem}.crop.json")
-    al.add_argument("--size", type=POSITIVE, default=1024, help="crop size (official: 1024)")
+    al.add_argument("--size", type=flag("size"), default=1024, help="crop size (official: 1024)")
     _add_landmark_flags(al)
     _add_exif_flag(al)
     al.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -217,17 +246,17 @@ def build_parser(commands) -> argparse.ArgumentParser:
     embed.add_argument("images", nargs="+", help="image files or folders of images")
     embed.add_argument("--out", required=True, help="output folder: W+/{name}.npy, FS/{name}.npz (official layout)")
     embed.add_argument("--weights", help="converted weights directory (default: the embedded tiny models)")
-    embed.add_argument("--batch-size", type=POSITIVE, default=DEFAULT_BATCH_SIZE,
+    embed.add_argument("--batch-size", type=flag("batch_size"), default=DEFAULT_BATCH_SIZE,
                        help=f"images optimised together (default {DEFAULT_BATCH_SIZE})")
-    embed.add_argument("--w-steps", type=COUNT, help="W+ steps (official: 1100)")
-    embed.add_argument("--fs-steps", type=COUNT, help="FS steps (official: 250)")
-    embed.add_argument("--lr", type=_at_least(0.0, float, above=True), help="Adam learning rate (official: 0.01)")
+    embed.add_argument("--w-steps", type=flag("w_steps"), help="W+ steps (official: 1100)")
+    embed.add_argument("--fs-steps", type=flag("fs_steps"), help="FS steps (official: 250)")
+    embed.add_argument("--lr", type=flag("learning_rate"), help="Adam learning rate (official: 0.01)")
     embed.add_argument("--noise", choices=["random", "const", "none"], help="generator noise (official: random)")
-    embed.add_argument("--seed", type=int, help="seed of the per-image noise (default 0)")
-    embed.add_argument("--l2-lambda", type=NON_NEGATIVE, help="weight of the full-size MSE (official: 1.0)")
-    embed.add_argument("--percept-lambda", type=NON_NEGATIVE, help="weight of LPIPS at 256 px (official: 1.0)")
-    embed.add_argument("--p-norm-lambda", type=NON_NEGATIVE, help="weight of the p-norm regulariser (official: 0.001)")
-    embed.add_argument("--l-f-lambda", type=NON_NEGATIVE, help="weight of the F regulariser (official: declared, unused: 0)")
+    embed.add_argument("--seed", type=flag("seed"), help="seed of the per-image noise (default 0)")
+    embed.add_argument("--l2-lambda", type=flag("l2_lambda"), help="weight of the full-size MSE (official: 1.0)")
+    embed.add_argument("--percept-lambda", type=flag("percept_lambda"), help="weight of LPIPS at 256 px (official: 1.0)")
+    embed.add_argument("--p-norm-lambda", type=flag("p_norm_lambda"), help="weight of the p-norm regulariser (official: 0.001)")
+    embed.add_argument("--l-f-lambda", type=flag("l_f_lambda"), help="weight of the F regulariser (official: declared, unused: 0)")
     embed.add_argument("--import-official", metavar="DIR",
                        help="adopt the official code's W+/{name}.npy and FS/{name}.npz from DIR instead of computing them")
     embed.add_argument("--no-fs", action="store_true", help="stop after W+")
@@ -263,10 +292,10 @@ def build_parser(commands) -> argparse.ArgumentParser:
     web.add_argument("--weights", help="converted weights directory (default: the embedded tiny random models, with a "
                                        "banner saying so)")
     web.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    web.add_argument("--port", type=POSITIVE, default=7860, help="port (default 7860)")
+    web.add_argument("--port", type=PORT, default=7860, help="port (default 7860)")
     web.add_argument("--out", help="the server's folder: uploads, crops, results and the embedding cache, kept "
                                    "(default: a temporary folder removed when the server stops)")
-    web.add_argument("--batch-size", type=POSITIVE, default=DEFAULT_BATCH_SIZE,
+    web.add_argument("--batch-size", type=flag("batch_size"), default=DEFAULT_BATCH_SIZE,
                      help=f"images, pairs or triples optimised together (default {DEFAULT_BATCH_SIZE})")
     _add_limit_flags(web)
     web.set_defaults(func=commands.serve)
@@ -294,7 +323,7 @@ def _add_limit_flags(web):
     web.add_argument("--max-batch", type=POSITIVE, default=jobs.MAX_BATCH, metavar="N",
                      help=f"the most transfers one grid job may ask for, faces x hairstyles (default {jobs.MAX_BATCH}: "
                           "a 4x4 contact sheet, about 16 official transfers' time)")
-    web.add_argument("--max-upload-mb", type=_at_least(0.0, float, above=True), default=jobs.MAX_UPLOAD_MB,
+    web.add_argument("--max-upload-mb", type=UPLOAD_MB, default=jobs.MAX_UPLOAD_MB,
                      metavar="MIB", help=f"the largest file an upload may be, in MiB (default {jobs.MAX_UPLOAD_MB}: a "
                                          "full-resolution camera photo fits; Gradio refuses a larger one as it "
                                          "arrives)")

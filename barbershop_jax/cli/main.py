@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from barbershop_jax.cli import args as args_lib
+from barbershop_jax.pipeline.image_files import one_line
 
 
 def demo(args):
@@ -73,7 +74,7 @@ def embed(args):
         path = batch_files.write_failures(args.out, [((name,), reason) for name, reason in failures],
                                           columns=("image",))
         for _, reason in failures:
-            print(f"barbershop-jax: error: {reason}", file=sys.stderr)
+            print(f"barbershop-jax: error: {one_line(str(reason))}", file=sys.stderr)
         print(f"{len(failures)} image(s) failed; see {path}", file=sys.stderr)
         return 1
 
@@ -119,7 +120,7 @@ def evaluate_embedding(args):
     vgg = bundle.load_vgg(args.weights)  # LPIPS only: no generator, no PCA statistics
     report = evaluate.evaluate(paths, args.embeddings, vgg)
     for item in report["unreadable"]:
-        print(f"barbershop-jax: error: {item['reason']}", file=sys.stderr)
+        print(f"barbershop-jax: error: {one_line(str(item['reason']))}", file=sys.stderr)
     if not report["images"]:  # nothing to report: say so instead of writing an empty table
         if report["missing"]:
             print(f"barbershop-jax: error: {args.embeddings}: no embeddings of the {len(report['missing'])} "
@@ -180,6 +181,10 @@ def build_parser():
 
 
 def main(argv=None) -> int:
+    # File names that are not UTF-8 (kept by Python as surrogates) are printed escaped, as
+    # stderr does, instead of failing the print after the work is done.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     _log_to_stderr()
     from barbershop_jax.pipeline import image_files
@@ -232,7 +237,7 @@ def _run(args) -> int:
             return 2
         raise
     except (ValueError, OSError) as e:  # ConversionError is a ValueError
-        print(f"barbershop-jax: error: {e}", file=sys.stderr)
+        print(f"barbershop-jax: error: {one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("barbershop-jax: interrupted", file=sys.stderr)

@@ -41,7 +41,9 @@ def _write_csv(path: Path, header, rows) -> Path:
     writer.writerow(header)
     for inputs, rest in rows:
         writer.writerow([*(str(x) for x in inputs), *[""] * (n_inputs - len(inputs)), *rest])
-    return image_io.atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+    # surrogateescape: a file name that is not UTF-8 is written back as its own bytes (a
+    # strict encode failed the run at its end, after the work).
+    return image_io.atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8", "surrogateescape")))
 
 
 def write_results(out_dir, done, name: str = "results.csv") -> Path:

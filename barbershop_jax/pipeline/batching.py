@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from barbershop_jax.config import check_counts
+from barbershop_jax.config import check_numbers
 
 log = logging.getLogger("barbershop_jax")
 
@@ -19,7 +19,7 @@ def batches(items: list, batch_size: int, stage: str):
     before in this process (a short last batch, or a later single item, then reuses the
     compiled programs instead of compiling new ones); otherwise the items' own number (a
     single small run computes no padding). Callers keep the results of `real` only."""
-    check_counts(stage, 1, batch_size=batch_size)
+    check_numbers(stage, batch_size=batch_size)
     items = list(items)
     for i in range(0, len(items), batch_size):
         real = items[i:i + batch_size]
@@ -33,7 +33,7 @@ def batches(items: list, batch_size: int, stage: str):
 def waves(n_items: int, wave: int, unit: str):
     """(start, stop) of each wave of a long run (embed_files, HairTransfer.transfer_files),
     with a line per wave when there are several (log_wave)."""
-    check_counts(f"waves of {unit}", 1, wave=wave)
+    check_numbers(f"waves of {unit}", wave=wave)
     started, n_waves = time.time(), -(-n_items // wave)
     for k, start in enumerate(range(0, n_items, wave), 1):
         stop = min(start + wave, n_items)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from barbershop_jax import config
-from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, EMBED_WAVE, EmbedConfig, check_counts
+from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, EMBED_WAVE, EmbedConfig, check_numbers
 from barbershop_jax.models import bundle
 from barbershop_jax.pipeline import batching, loop_hook, resume
 from barbershop_jax.pipeline import image_files as image_io
@@ -68,18 +68,19 @@ def embed(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig 
     as (name, reason) and left out of the result when a list is given; otherwise a
     NonFiniteError is raised once the other images are done.
     """
-    check_counts("embed", 1, batch_size=batch_size)
+    check_numbers("embed", batch_size=batch_size, **({} if checkpoint_every is None else
+                                                     {"checkpoint_every": checkpoint_every}))
     reuse = cache_lib.Reuse() if reuse is None else reuse
     if import_official is not None and reuse.fresh:
         raise ValueError(f"--import-official {import_official} with --fresh: the one adopts entries, the other "
                          "redoes them; give one")
     models = bundle.load(parser=False) if models is None else models
     g = models.generator
-    cfg = EmbedConfig.for_size(g.config.size) if cfg is None else cfg
+    cfg = EmbedConfig.for_size(g.config.size) if cfg is None else cfg.check_size(g.config.size)
     store = cache_lib.EmbeddingCache(out_dir, cache_lib.embedding_weights(models))
     decoded = DecodedImages(g.config.size) if decoded is None else decoded
     # Files read here are decoded once: their pixels go to `decoded`, which the targets read.
-    items = [decoded.adopt(it) for it in identify(paths, progress, keep_pixels=True)]
+    items = [decoded.adopt(it) for it in identify(paths, progress, keep_pixels=True, what="paths")]
     if split_processes:
         items = items[jax.process_index()::jax.process_count()]
     n_lat, d = g.config.n_latent, g.config.style_dim
@@ -114,14 +115,14 @@ def embed_files(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedC
     `embed` returns each image's arrays, and at 1024 px its F alone is 2 MB: 10,000 images
     held 20 GB. kwargs: as `embed` (batch_size, failures, reuse: one store.Reuse for all
     waves, ...). Returns the names embedded, or found in out_dir, by this process."""
-    check_counts("embed_files", 1, wave=wave)
+    check_numbers("embed_files", wave=wave)
     if kwargs.get("failures") is not None:  # a bad file is listed there and the others go on
         failed = []
         paths = usable_images(paths, failed, progress)
         if failed and not paths:  # nothing to embed: one error, as for a single bad file
             raise image_io.ImageError("; ".join(reason for _, reason in failed[:3]))
         kwargs["failures"].extend(failed)
-    items = identify(paths, progress)
+    items = identify(paths, progress, what="paths")
     models = bundle.load(parser=False) if models is None else models
     names = []
     for start, stop in batching.waves(len(items), wave, "images"):

@@ -31,6 +31,7 @@ import numpy as np
 import scipy.ndimage
 from PIL import Image
 
+from barbershop_jax.config import check_numbers
 from barbershop_jax.pipeline import image_files as image_io
 from barbershop_jax.pipeline import store as cache
 
@@ -313,6 +314,9 @@ class Aligner:
     exif: bool | None = None  # None: image_io.HONOUR_EXIF
 
     def __post_init__(self):
+        check_numbers("Aligner", size=self.size, min_face=self.min_face)
+        if self.face_index is not None:
+            check_numbers("Aligner", face_index=self.face_index)
         if self.landmarks is None:
             from barbershop_jax.pipeline.landmarks import Landmarks
             self.landmarks = Landmarks()

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, FEATHER, TRANSFER_WAVE
-from barbershop_jax.config import EmbedConfig, TransferConfig, check_counts, split_options
+from barbershop_jax.config import EmbedConfig, TransferConfig, check_numbers, shown, split_options
 from barbershop_jax.models import bundle
 from barbershop_jax.pipeline import batching, face_crop, step_times, store
 from barbershop_jax.pipeline import grid as grid_lib
@@ -50,7 +50,8 @@ class HairTransfer:
                  compile_cache: bool = True, checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
                  dtype: str = "float32", parser_dtype: str = "float32", fresh: bool = False, **options):
         # The settings are checked before minutes of loading models.
-        check_counts("HairTransfer", 1, batch_size=batch_size)
+        check_numbers("HairTransfer", batch_size=batch_size, **({} if checkpoint_every is None else
+                                                                {"checkpoint_every": checkpoint_every}))
         embed_overrides, overrides = split_options(options)
         EmbedConfig(**embed_overrides)  # each raises a ValueError naming a bad setting
         TransferConfig(**overrides)
@@ -91,7 +92,7 @@ class HairTransfer:
         found), and the time its steps would take, from the steps measured on this machine
         (step_times.py). Reads the images (give sources.ImageSource items to read nothing
         again); runs no model."""
-        triples = list(triples)
+        triples = checked_triples(triples)
         regions = list(regions) if regions is not None else [None] * len(triples)
         pipelines = self._pipelines(regions, **options)
         return plan_lib.plan(pipelines, triples, self._read_edits(edits, pipelines), regions, dtype=self.dtype,
@@ -129,6 +130,9 @@ class HairTransfer:
         log = log or (print if self.progress else (lambda *_: None))
         faces, hairstyles = list(faces), list(hairstyles)
         colors = None if colors is None else list(colors)
+        for what, images in (("faces", faces), ("hairstyles", hairstyles), ("colors", colors or [])):
+            for i, image in enumerate(images):  # checked before any work, named by their place
+                sources_lib.in_memory(image, f"{what}[{i}]")
         triples, cells = grid_lib.grid_triples(faces, hairstyles, colors)
         options = {k: v for k, v in kwargs.items() if k not in ("align", "paste_back", "feather",
                                                                  "save_target_masks", "wave")}
@@ -168,7 +172,8 @@ class HairTransfer:
         save_target_masks: also write OUT/target_masks/{face}_{ref}.png (indexed: values are
         class ids, in the label colours) and legend.json, to edit and give back (the folder
         is target_masks_{region} for a region other than hair)."""
-        triples = list(triples)
+        check_numbers("transfer_many", feather=feather)
+        triples = checked_triples(triples)
         if align:
             aligner = align if isinstance(align, face_crop.Aligner) else face_crop.Aligner()
             triples, failures = align_inputs(triples, self.out_dir / "aligned",
@@ -176,12 +181,7 @@ class HairTransfer:
             if failures:
                 raise failures[0][1]
         if paste_back:
-            for t in triples:  # before any optimisation: a face without a transform fails now
-                face = t[0].path if isinstance(t[0], sources_lib.ImageSource) else t[0]
-                if not isinstance(face, (str, Path)):
-                    raise face_crop.FaceCropError("paste-back needs the face as a file with its crop transform "
-                                                  "(from align-faces), not an in-memory image")
-                face_crop.read_transform(face)
+            check_paste_back(triples)
         regions = list(regions) if regions is not None else [None] * len(triples)
         if len(regions) != len(triples):
             raise ValueError(f"{len(regions)} regions for {len(triples)} triples: give one (or None) per triple")
@@ -241,11 +241,40 @@ class HairTransfer:
         as in `shape`, structured as in `structure` (default: `shape`) and coloured as in
         `color`. target_mask (array or indexed PNG path) and shape_transform ((scale, dx, dy))
         edit the target mask (TargetEdit); takes transfer_many's other options too."""
+        triple = tuple(sources_lib.in_memory(image, role) for image, role in zip((face, shape, color, structure), ROLES))
         edit = TargetEdit(target_mask, shape_transform) if target_mask is not None or shape_transform else None
-        result = self.transfer_many([(face, shape, color, structure)], edits=[edit], **options)[0]
+        result = self.transfer_many([triple], edits=[edit], **options)[0]
         if result is None:
             raise NonFiniteError(self.failures[0][1])
         return result
+
+
+ROLES = ("face", "shape", "color", "structure")  # the images of a triple, in order
+
+
+def checked_triples(triples, what: str = "triples") -> list[tuple]:
+    """The triples, each in-memory image in them checked and made an ImageSource first
+    (sources.in_memory), so that a degenerate array (empty, NaN, floats outside [0, 1], an
+    int64 or boolean dtype, another shape) is refused before any work, naming its place:
+    "triples[2][1] (shape)"."""
+    checked = []
+    for i, triple in enumerate(triples):
+        if isinstance(triple, (str, bytes)) or not hasattr(triple, "__len__") or not 3 <= len(triple) <= 4:
+            raise ValueError(f"{what}[{i}]: expected (face, shape, color) or (face, shape, color, structure), "
+                             f"got {shown(triple)}")
+        checked.append(tuple(sources_lib.in_memory(image, f"{what}[{i}][{j}] ({ROLES[j]})")
+                             for j, image in enumerate(triple)))
+    return checked
+
+
+def check_paste_back(triples):
+    """Before any optimisation: a face without its crop transform fails now, not after."""
+    for t in triples:
+        face = t[0].path if isinstance(t[0], sources_lib.ImageSource) else t[0]
+        if not isinstance(face, (str, Path)):
+            raise face_crop.FaceCropError("paste-back needs the face as a file with its crop transform "
+                                          "(from align-faces), not an in-memory image")
+        face_crop.read_transform(face)
 
 
 def align_inputs(triples, out_dir, aligner: face_crop.Aligner, roles=None):

@@ -23,6 +23,20 @@ class ImageError(ValueError):
 IMAGE_FILE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, zlib.error)
 
 
+def shown_path(path) -> str:
+    """A file name as a one-line message names it: as it is, or repr() when it holds characters
+    that would break or hide in the line (a newline, a tab, a terminal escape, bytes that are
+    not UTF-8, which Python keeps as surrogates)."""
+    text = os.fsdecode(path)
+    return text if text.isprintable() else repr(text)
+
+
+def one_line(text: str) -> str:
+    """`text` with each character that would break or hide in a one-line message (a newline,
+    a tab, an escape, a surrogate) written as its Python escape."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 # Turn images upright by their EXIF orientation. The official code ignores it (a phone photo
 # taken upright but stored sideways is processed sideways); `--no-exif` restores that.
 HONOUR_EXIF = True  # the process's default (exif_orientation changes it for a block)
@@ -48,16 +62,16 @@ def load_rgb(path, *, exif: bool | None = None) -> np.ndarray:
     exif = HONOUR_EXIF if exif is None else exif
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f"{path}: no such file")
+        raise ImageError(f"{shown_path(path)}: no such file")
     try:
         with Image.open(path) as im:
             if exif:
                 im = ImageOps.exif_transpose(im)
             pixels = _rgb_of(im)
     except IMAGE_FILE_ERRORS as e:
-        raise ImageError(f"{path}: not a readable image ({e})") from None
+        raise ImageError(f"{shown_path(path)}: not a readable image ({one_line(str(e))})") from None
     if pixels.size == 0:
-        raise ImageError(f"{path}: the image is empty ({pixels.shape[1]}x{pixels.shape[0]})")
+        raise ImageError(f"{shown_path(path)}: the image is empty ({pixels.shape[1]}x{pixels.shape[0]})")
     return pixels
 
 
@@ -77,21 +91,38 @@ def _rgb_of(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def as_rgb_array(image) -> np.ndarray:
-    """A PIL image or an array (H, W, 3) or (H, W), uint8 or float in [0, 1], as uint8 RGB."""
+def as_rgb_array(image, what: str = "image") -> np.ndarray:
+    """A PIL image, or an array (H, W), (H, W, 3) or (H, W, 4) (alpha dropped) of uint8 or of
+    floats in [0, 1], as uint8 RGB. Anything else is an ImageError naming `what` (the
+    argument) and the problem: an empty image, another rank or channel count, NaN or infinity,
+    floats outside [0, 1] (which were clipped into a plausible image), other integer dtypes
+    (int64 0..255 or uint16 0..65535: the scale is a guess), booleans."""
     if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ImageError(f"{what}: the image is empty ({image.width}x{image.height})")
         return np.asarray(image.convert("RGB"))
-    array = np.asarray(image)
+    try:
+        array = np.asarray(image)
+    except (ValueError, TypeError):  # ragged nested lists, objects numpy cannot read
+        raise ImageError(f"{what}: not an image array (a {type(image).__name__} numpy cannot read as one)") from None
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ImageError(f"{what}: an image array must be (H, W, 3), (H, W, 4) or (H, W), got shape {array.shape}"
+                         + ("" if array.ndim else f" ({type(image).__name__})"))
+    if array.size == 0:
+        raise ImageError(f"{what}: the image is empty (shape {array.shape})")
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] not in (3, 4):
-        raise ImageError(f"an image array must be (H, W, 3), got shape {array.shape}")
     array = array[..., :3]
-    if array.dtype != np.uint8:
-        if not np.issubdtype(array.dtype, np.floating):
-            raise ImageError(f"an image array must be uint8 or float in [0, 1], got {array.dtype}")
-        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return np.ascontiguousarray(array)
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ImageError(f"{what}: an image array must be uint8 (0..255) or float in [0, 1], got {array.dtype}")
+    if not np.isfinite(array).all():
+        raise ImageError(f"{what}: the image holds NaN or infinity")
+    low, high = float(array.min()), float(array.max())
+    if low < 0.0 or high > 1.0:
+        raise ImageError(f"{what}: float pixels must be in [0, 1], got {low:g} to {high:g} (give uint8 for 0..255)")
+    return np.ascontiguousarray((array * 255.0 + 0.5).astype(np.uint8))
 
 
 def to_uint8(image) -> np.ndarray:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from barbershop_jax.pipeline import store as cache_lib
+from barbershop_jax.stages import target_mask
 
 
 @dataclasses.dataclass
@@ -38,6 +39,10 @@ class TargetEdit:
     merge (stages.target_mask.move_region). Either may be None."""
     target: np.ndarray | None = None
     shape_transform: tuple | None = None
+
+    def __post_init__(self):
+        if self.shape_transform is not None:  # three finite numbers in range, before any work
+            object.__setattr__(self, "shape_transform", target_mask.check_shape_transform(self.shape_transform))
 
     def tag(self) -> str:
         """A digest of the edit, for cache keys ("" for no edit)."""

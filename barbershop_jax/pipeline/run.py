@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ import numpy as np
 
 from barbershop_jax import config as config_lib
 from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, DEFAULT_REGION, FEATHER
-from barbershop_jax.config import EmbedConfig, TransferConfig, check_counts
+from barbershop_jax.config import EmbedConfig, TransferConfig, check_numbers
 from barbershop_jax.models.bundle import Models
 from barbershop_jax.ops import resample
 from barbershop_jax.pipeline import embed as embed_lib
@@ -81,7 +82,7 @@ class Pipeline(Aligning, Blending):
     def __init__(self, models: Models, out_dir, embed_cfg: EmbedConfig, cfg: TransferConfig, *,
                  batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True, devices=None,
                  checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY, reuse: cache_lib.Reuse | None = None):
-        check_counts("Pipeline", 1, batch_size=batch_size)
+        check_numbers("Pipeline", batch_size=batch_size)
         if embed_cfg.fs_block != cfg.fs_block:
             raise ValueError(f"the embedding's F is at block {embed_cfg.fs_block}, the transfer's at {cfg.fs_block}: "
                              "give fs_block to both (HairTransfer(fs_block=...) does)")
@@ -241,6 +242,7 @@ class Pipeline(Aligning, Blending):
         self.sources.update(sources)
         given = [tuple(s.name for s in t) for t in named]
         quads = [(*t[:3], t[3] if len(t) == 4 else t[1]) for t in given]
+        self._check_name_lengths(quads, sources)
         for t, edit in zip(quads, edits or ()):
             if edit is None or (edit.target is None and edit.shape_transform is None):
                 continue
@@ -250,6 +252,16 @@ class Pipeline(Aligning, Blending):
                                  "(face, shape) pair per run)")
             self.pair_edits[pair] = edit
         return given, quads, sources
+
+    def _check_name_lengths(self, quads, sources):
+        """A triple's result file joins its image names: one too long to write is refused
+        before any work, naming the images, rather than failing when the result is written."""
+        for t in quads:
+            longest = f".{self._triple_stem(t)}_{self.tag}_pasted.png.{'x' * 8}.tmp"  # the pasted result's temp file
+            if len(os.fsencode(longest)) > sources_lib.NAME_MAX:
+                files = ", ".join(image_io.shown_path(sources[n].path or n) for n in dict.fromkeys(t))
+                raise ValueError(f"{files}: the result's file name would be {len(os.fsencode(longest))} bytes, over "
+                                 f"the {sources_lib.NAME_MAX} a file name may have; shorten the image names")
 
     def run(self, triples, edits=None) -> list[TransferResult]:
         """triples: [(face, shape, color)] or [(face, shape, color, structure)] of paths, PIL

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from barbershop_jax.config import shown
 from barbershop_jax.ops import resample
 from barbershop_jax.pipeline import image_files as image_io
 from barbershop_jax.pipeline import store as cache_lib
@@ -32,30 +33,53 @@ class ImageSource:
         return self.pixels if self.pixels is not None else image_io.load_rgb(self.path)
 
 
-def check_name(name: str) -> str:
-    """Image names become file names under the output folder: no folders, no way out of it."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise image_io.ImageError(f"{name!r}: not usable as an image name (it names output files; no '/', "
+# An image name is part of every output file name of its image: W+/{name}.npy and its
+# temporary twin .{name}.npy.XXXXXXXX.tmp must fit the file systems' 255 bytes.
+MAX_NAME_BYTES = 200
+NAME_MAX = 255  # bytes of one file name (ext4, XFS, APFS, NTFS in UTF-16 units)
+
+
+def check_name(name: str, path=None) -> str:
+    """Image names become file names under the output folder: no folders, no way out of it,
+    no name too long to write (found before any work, not when the first result is written).
+    The ImageError names the file `path` the name comes from, when it comes from one."""
+    where = f"{image_io.shown_path(path)}: its name {name!r}" if path is not None else repr(name)
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise image_io.ImageError(f"{where}: not usable as an image name (it names output files; no '/', "
                                   "'\\' or '..')")
+    if len(os.fsencode(name)) > MAX_NAME_BYTES:
+        raise image_io.ImageError(f"{image_io.shown_path(path) if path is not None else shown(name)}: the name is "
+                                  f"{len(os.fsencode(name))} bytes long, over the {MAX_NAME_BYTES} its output file "
+                                  "names allow; rename it")
     return name
 
 
-def as_source(image, name: str | None = None, keep_pixels: bool = False) -> ImageSource:
+def as_source(image, name: str | None = None, keep_pixels: bool = False, *, what: str = "image") -> ImageSource:
     """A path, PIL image, uint8 array (H, W, 3) or ImageSource as an ImageSource. In-memory
     images are named `name`, or after their content hash. keep_pixels: a file's decoded pixels
-    stay with it (a run that reads it again), instead of being read again when needed."""
+    stay with it (a run that reads it again), instead of being read again when needed.
+    what: the argument an in-memory image came as, named by its ImageError (as_rgb_array)."""
     if isinstance(image, ImageSource):
         return image
     if isinstance(image, (str, Path)):
-        name = check_name(name or Path(image).stem)
+        name = check_name(name or Path(image).stem, image)
         pixels = image_io.load_rgb(image)
         return ImageSource(name, cache_lib.content_hash(pixels), Path(image), pixels if keep_pixels else None,
                            pixels.shape)
     if name is not None:
         check_name(name)
-    pixels = image_io.as_rgb_array(image)
+    pixels = image_io.as_rgb_array(image, what)
     image_hash = cache_lib.content_hash(pixels)
     return ImageSource(name or f"image_{image_hash[:12]}", image_hash, None, pixels, pixels.shape)
+
+
+def in_memory(image, what: str):
+    """An in-memory image (array or PIL) as its ImageSource, checked now and named `what` in
+    the ImageError that refuses it (before any work, and before the run loses track of which
+    argument it was); paths, ImageSources and None as they are."""
+    if image is None or isinstance(image, (str, Path, ImageSource)):
+        return image
+    return as_source(image, what=what)
 
 
 _WARNED: set = set()
@@ -107,28 +131,29 @@ def read_sources(paths, progress: bool = True, keep_pixels: bool = False) -> dic
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def as_sources(images, progress: bool = False, keep_pixels: bool = False) -> list[ImageSource]:
+def as_sources(images, progress: bool = False, keep_pixels: bool = False, what: str = "images") -> list[ImageSource]:
     """as_source of each image, the files read in parallel (read_sources); the first image
-    that cannot be used raises its ImageError."""
+    that cannot be used raises its ImageError (an in-memory one named `what[i]`)."""
     images = list(images)
     read = read_sources([x for x in images if isinstance(x, (str, Path))], progress, keep_pixels)
-    sources = [read[str(x)] if isinstance(x, (str, Path)) else as_source(x) for x in images]
+    sources = [read[str(x)] if isinstance(x, (str, Path)) else as_source(x, what=f"{what}[{i}]")
+               for i, x in enumerate(images)]
     for source in sources:
         if isinstance(source, image_io.ImageError):
             raise source
     return sources
 
 
-def identify(images, progress: bool = False, keep_pixels: bool = False) -> list[ImageSource]:
+def identify(images, progress: bool = False, keep_pixels: bool = False, what: str = "images") -> list[ImageSource]:
     """The distinct images among `images` (paths or ImageSources), in order (files read in
-    parallel: as_sources). Two different images under one name are refused: the cache files
-    are named after the image."""
+    parallel: as_sources; `what`: the argument they came as). Two different images under one
+    name are refused: the cache files are named after the image."""
     items, seen = [], {}
-    for source in as_sources(images, progress, keep_pixels):
+    for source in as_sources(images, progress, keep_pixels, what):
         if source.name in seen:
             if seen[source.name] != source.image_hash:
-                raise image_io.ImageError(f"{source.path or source.name}: another input is also named "
-                                          f"{source.name!r}; rename one")
+                raise image_io.ImageError(f"{image_io.shown_path(source.path or source.name)}: another input is "
+                                          f"also named {source.name!r}; rename one")
             continue
         seen[source.name] = source.image_hash
         items.append(source)

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from barbershop_jax.config import DEFAULT_REGION, TransferConfig
+from barbershop_jax.config import DEFAULT_REGION, TransferConfig, check_numbers, shown
 from barbershop_jax.models.bisenet import LabelMap
 from barbershop_jax.models.bundle import Models
 from barbershop_jax.stages import align as alignment
@@ -279,6 +279,13 @@ def parse_shape_transform(text: str) -> tuple[float, float, float]:
             values[key.strip()] = float(value)
         except ValueError:
             raise ValueError(f"shape transform {text!r}: {key.strip()} is not a number") from None
-    if values["scale"] <= 0:
-        raise ValueError(f"shape transform {text!r}: scale must be positive")
-    return values["scale"], values["dx"], values["dy"]
+    return check_shape_transform(tuple(values.values()), f"shape transform {text!r}")
+
+
+def check_shape_transform(values, what: str = "shape_transform") -> tuple[float, float, float]:
+    """(scale, dx, dy) as floats, or a ValueError naming `what` unless there are three numbers,
+    each finite and within its LIMITS entry (scale above 0)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != 3:
+        raise ValueError(f"{what}: expected (scale, dx, dy), got {shown(values)}")
+    check_numbers(what, **dict(zip(("scale", "dx", "dy"), values)))
+    return tuple(float(v) for v in values)
