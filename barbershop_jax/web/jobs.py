@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from barbershop_jax.config import DEFAULT_BATCH_SIZE, EmbedConfig, TransferConfig, split_options
+from barbershop_jax.config import DEFAULT_BATCH_SIZE, MAX_SEED, EmbedConfig, TransferConfig, split_options
 from barbershop_jax.pipeline import contact_sheet, demo, face_crop, landmarks, progress, store
 from barbershop_jax.pipeline import image_files as image_io
 from barbershop_jax.pipeline.embed import NonFiniteError
@@ -28,9 +28,9 @@ MAX_STEPS = 2000       # each step count: above the largest official one (W+ 110
 MAX_BATCH = 16         # transfers in one grid job (faces x hairstyles)
 MAX_UPLOAD_MB = 25     # each uploaded file, MiB: a full-resolution camera photo fits
 # The page's other numbers. smooth's dilations are unrolled in a compiled program, one program per
-# value, so a large one takes very long to compile (the official value is 5). A seed is a 32-bit PRNG key.
+# value, so a large one takes very long to compile (the official value is 5). The seed's range is
+# config.MAX_SEED, as on the command line.
 MAX_SMOOTH = 32
-MAX_SEED = 2 ** 31 - 1
 MAX_REGION_CHARS = 200
 KEPT_UPLOADS = 4096  # temporary upload paths remembered with the server's copy (Server.store_upload)
 
