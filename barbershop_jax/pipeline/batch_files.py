@@ -6,7 +6,6 @@ import collections
 import csv
 import dataclasses
 import io
-import math
 from pathlib import Path
 
 from barbershop_jax.pipeline import image_files as image_io
@@ -188,10 +187,8 @@ def _read_row(csv_path: Path, number: int, record: dict) -> Row:
 
 def make_edit(target_mask, shape_transform):
     """A TargetEdit from a target mask's path and a shape transform's text, or None (a
-    ValueError, naming the text, for a transform that is not finite numbers)."""
+    ValueError, naming the text, for a transform out of range or not finite: its parser
+    checks it)."""
     if target_mask is None and not shape_transform:
         return None
-    values = parse_shape_transform(shape_transform) if shape_transform else None
-    if values is not None and not all(math.isfinite(v) for v in values):
-        raise ValueError(f"shape transform {shape_transform!r}: scale, dx and dy must be finite numbers")
-    return TargetEdit(target_mask, values)
+    return TargetEdit(target_mask, parse_shape_transform(shape_transform) if shape_transform else None)
