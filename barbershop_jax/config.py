@@ -118,15 +118,6 @@ def check_numbers(owner: str, **values):
             raise ValueError(f"{owner}: {name} {problem}, got {shown(value)}")
 
 
-def check_counts(owner: str, minimum: int = 0, maximum: int = MAX_COUNT, **values):
-    """ValueError naming `owner` and the field unless every value is a whole number (not a
-    bool) from `minimum` to `maximum`: counts without a LIMITS entry of their own."""
-    limit = Limit(int, minimum, maximum)
-    for name, value in values.items():
-        if limit.problem(value):
-            raise ValueError(f"{owner}: {name} {limit.problem(value)}, got {shown(value)}")
-
-
 NOISE_MODES = ("random", "const", "none")  # models.stylegan2's, which this module does not import (jax)
 
 
