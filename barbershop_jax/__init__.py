@@ -19,7 +19,7 @@ def __getattr__(name):
         from barbershop_jax.pipeline.hair_transfer import HairTransfer
         return HairTransfer
     if name == "TargetEdit":
-        from barbershop_jax.pipeline.records import TargetEdit
+        from barbershop_jax.pipeline.store.records import TargetEdit
         return TargetEdit
     if name in ("TransferConfig", "EmbedConfig"):
         from barbershop_jax import config

@@ -23,7 +23,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from barbershop_jax import config  # noqa: E402
 from barbershop_jax.config import EmbedConfig  # noqa: E402
-from barbershop_jax.pipeline import loop_hook, resume  # noqa: E402
+from barbershop_jax.pipeline import loop_hook  # noqa: E402
+from barbershop_jax.pipeline.store import resume  # noqa: E402
 from barbershop_jax.stages import embed as embedding  # noqa: E402
 from test_embedding import _known_w_plus, _targets, make_consts  # noqa: E402
 

@@ -1,6 +1,6 @@
 """The embedding stage's result writes (official layout: W+ .npy + PNG + key, FS .npz + PNG +
 key) for a batch of 1024 px images, one after another as before, and on BackgroundWrites'
-threads (pipeline/image_files.py) as the embedding now does them while the next batch runs.
+threads (pipeline/files/image_files.py) as the embedding now does them while the next batch runs.
 
     python benchmarks/bench_writes.py [--images 8] [--workers 4]
 """
@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 from barbershop_jax.config import EmbedConfig  # noqa: E402
 from barbershop_jax.ops import resample  # noqa: E402
-from barbershop_jax.pipeline import image_files as image_io  # noqa: E402
-from barbershop_jax.pipeline import store as cache  # noqa: E402
+from barbershop_jax.pipeline.files import image_files as image_io  # noqa: E402
+from barbershop_jax.pipeline.store import cache  # noqa: E402
 
 
 def main(argv=None):

@@ -29,7 +29,7 @@ from barbershop_jax.config import EmbedConfig  # noqa: E402
 from barbershop_jax.models import bundle  # noqa: E402
 from barbershop_jax.pipeline import embed as pipeline_embed  # noqa: E402
 from barbershop_jax.pipeline import evaluate  # noqa: E402
-from barbershop_jax.pipeline import image_files as image_io  # noqa: E402
+from barbershop_jax.pipeline.files import image_files as image_io  # noqa: E402
 from suite import build_models  # noqa: E402
 
 

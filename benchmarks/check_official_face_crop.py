@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from barbershop_jax.pipeline import face_crop
+from barbershop_jax.pipeline.faces import crop as face_crop
 
 
 def official_align_face(repo: str):

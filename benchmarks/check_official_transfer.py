@@ -288,7 +288,7 @@ def _ours(work: Path, sections=SECTIONS):
     from barbershop_jax.models import bisenet, stylegan2, vgg16
     from barbershop_jax.models.bundle import Models
     from barbershop_jax.ops import masks, resample
-    from barbershop_jax.pipeline import image_files as image_io
+    from barbershop_jax.pipeline.files import image_files as image_io
     from barbershop_jax.stages import align as alignment
     from barbershop_jax.stages import blend as blending
     from barbershop_jax.stages import loop, target_mask

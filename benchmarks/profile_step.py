@@ -219,7 +219,7 @@ def main(argv=None):
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     start = time.perf_counter()
-    from barbershop_jax.pipeline import compile_cache
+    from barbershop_jax.pipeline.runtime import compile_cache
     compile_cache.enable()
     chunk_default, unroll = loop.loop_defaults()
     chunk = args.chunk or chunk_default

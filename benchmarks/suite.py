@@ -56,7 +56,7 @@ from barbershop_jax.config import EmbedConfig, TransferConfig  # noqa: E402
 from barbershop_jax.models import bisenet, stylegan2, vgg16  # noqa: E402
 from barbershop_jax.models import pca as pca_lib  # noqa: E402
 from barbershop_jax.models.bundle import Models  # noqa: E402
-from barbershop_jax.pipeline import sources  # noqa: E402
+from barbershop_jax.pipeline.files import sources  # noqa: E402
 from barbershop_jax.pipeline.run import Pipeline  # noqa: E402
 from barbershop_jax.stages import align as alignment  # noqa: E402
 from barbershop_jax.stages import blend as blending  # noqa: E402
@@ -523,7 +523,7 @@ def main(argv=None):
     args.reps = args.reps or 3
     start = time.perf_counter()
     late = lambda: args.deadline and time.perf_counter() - start > args.deadline  # noqa: E731
-    from barbershop_jax.pipeline import compile_cache
+    from barbershop_jax.pipeline.runtime import compile_cache
     compile_cache.enable()  # for the memory analysis of programs compiled here
 
     chunk_default, unroll = loop.loop_defaults()

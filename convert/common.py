@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from barbershop_jax.pipeline.image_files import one_line, shown_path
+from barbershop_jax.pipeline.files.image_files import one_line, shown_path
 
 
 class ConversionError(ValueError):

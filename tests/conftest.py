@@ -21,7 +21,7 @@ if not (os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("BARBERSHOP_JAX
     os.environ["BARBERSHOP_JAX_COMPILE_CACHE"] = _cache_dir
     os.environ["BARBERSHOP_JAX_TEST_CACHE_MADE"] = "1"  # the workers, started after this, reuse it
     atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
-    # The steps the runs measure (pipeline/step_times.py) go there too, not to the user's home.
+    # The steps the runs measure (pipeline/store/step_times.py) go there too, not to the user's home.
     os.environ["BARBERSHOP_JAX_STEP_TIMES"] = os.path.join(_cache_dir, "step_times.json")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"  # the many small programs too
 
@@ -32,7 +32,7 @@ import pytest  # noqa: E402
 jax.config.update("jax_enable_x64", False)
 sys.path.insert(0, str(Path(__file__).parent))
 
-from barbershop_jax.pipeline import compile_cache  # noqa: E402
+from barbershop_jax.pipeline.runtime import compile_cache  # noqa: E402
 
 compile_cache.enable()  # in this process too: the subprocesses then find what the tests compiled
 

@@ -11,12 +11,12 @@ from barbershop_jax.models import bundle
 from PIL import Image
 
 from barbershop_jax import cli
-from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.config import EmbedConfig
-from barbershop_jax.pipeline import batching
+from barbershop_jax.pipeline.runtime import batching
 from barbershop_jax.pipeline import embed as pipeline_embed
 from barbershop_jax.pipeline import hair_transfer
-from barbershop_jax.pipeline import sources
+from barbershop_jax.pipeline.files import sources
 from barbershop_jax.models import stylegan2
 from conftest import no_model_planning
 

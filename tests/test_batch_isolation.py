@@ -13,7 +13,7 @@ from PIL import Image
 from barbershop_jax import cli
 from barbershop_jax.models import bundle, stylegan2
 from barbershop_jax.pipeline import embed as pipeline_embed
-from barbershop_jax.pipeline import face_crop
+from barbershop_jax.pipeline.faces import crop as face_crop
 from barbershop_jax.pipeline import hair_transfer
 from conftest import no_model_planning
 

@@ -152,7 +152,7 @@ def test_segment_compiles_once(converted):
 def test_bfloat16_option(converted):
     """bundle.with_dtype(parser, "bfloat16"): float32 logits close to the float32 network's, the
     same weights file (the dtype is not saved), and cache keys of its own."""
-    from barbershop_jax.pipeline import store as cache
+    from barbershop_jax.pipeline.store import cache
 
     model, root = converted
     half = bundle.with_dtype(model, "bfloat16")

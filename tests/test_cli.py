@@ -70,7 +70,7 @@ def test_every_command_says_what_it_does_and_every_option_has_help():
 def test_global_options_work_before_and_after_the_command(tmp_path, monkeypatch):
     """`--no-compile-cache` before or after the command (after it once gave "unrecognized
     arguments"); given in neither place, the cache is on."""
-    from barbershop_jax.pipeline import compile_cache
+    from barbershop_jax.pipeline.runtime import compile_cache
     parser, _ = _parsers()
     for argv, off in ((["demo"], False), (["--no-compile-cache", "demo"], True), (["demo", "--no-compile-cache"], True),
                       (["embed", "x.png", "--out", "o", "--no-compile-cache"], True),

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from barbershop_jax.pipeline import compile_cache
+from barbershop_jax.pipeline.runtime import compile_cache
 
 # Compiles the small programs argv[2] .. argv[3] - 1 with the cache in folder argv[1].
 COMPILE = """
 import sys, warnings
 # A failed cache read or write is only a warning in JAX: fail on it (and on nothing else).
 warnings.filterwarnings("error", message=".*persistent compilation cache")
-from barbershop_jax.pipeline import compile_cache
+from barbershop_jax.pipeline.runtime import compile_cache
 import jax, jax.numpy as jnp, numpy as np
 compile_cache.enable(sys.argv[1])
 for k in range(int(sys.argv[2]), int(sys.argv[3])):

@@ -1,11 +1,11 @@
-"""Contact sheets (pipeline/contact_sheet.py): where the images land, that the titles and notes
+"""Contact sheets (pipeline/files/contact_sheet.py): where the images land, that the titles and notes
 are drawn (dark pixels where the text goes, none where there is no text), that the legend's
 swatches are the palette's colours, and that failed cells are grey."""
 import numpy as np
 import pytest
 
 from barbershop_jax.models import bisenet
-from barbershop_jax.pipeline import contact_sheet
+from barbershop_jax.pipeline.files import contact_sheet
 from barbershop_jax.stages import target_mask
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

@@ -18,9 +18,11 @@ from PIL import Image
 from barbershop_jax import cli, config
 from barbershop_jax.config import EmbedConfig
 from barbershop_jax.pipeline import embed as pipeline_embed
-from barbershop_jax.pipeline import face_crop, resume, step_times
-from barbershop_jax.pipeline import image_files as image_io
-from barbershop_jax.pipeline import store
+from barbershop_jax.pipeline.faces import crop as face_crop
+from barbershop_jax.pipeline.store import resume
+from barbershop_jax.pipeline.store import step_times
+from barbershop_jax.pipeline.files import image_files as image_io
+from barbershop_jax.pipeline.store import cache as store
 from test_transfer import STEPS, _transfer, images, models, weights_dir  # noqa: F401 (the fixtures)
 
 TRIPLE = ("ann", "bob", "bob")  # one alignment (shape == colour), one blend

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from barbershop_jax import cli
-from barbershop_jax.pipeline import face_crop
-from barbershop_jax.pipeline import image_files as image_io
-from barbershop_jax.pipeline import landmarks
+from barbershop_jax.pipeline.faces import crop as face_crop
+from barbershop_jax.pipeline.files import image_files as image_io
+from barbershop_jax.pipeline.faces import landmarks
 from barbershop_jax.pipeline.demo import example_images
 from barbershop_jax.pipeline.hair_transfer import align_inputs
 from barbershop_jax.pipeline.transfer_job import TransferJob

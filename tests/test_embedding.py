@@ -14,22 +14,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from barbershop_jax.pipeline import store as cache
+from barbershop_jax.pipeline.store import cache
 from barbershop_jax import cli
 from barbershop_jax.stages import embed as embedding
-from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.ops import resample
 from barbershop_jax.config import EmbedConfig
 from barbershop_jax.models import bundle
 from barbershop_jax.models.bundle import Models
 from barbershop_jax.pipeline import loop_hook
 from barbershop_jax.models import embedded
-from barbershop_jax.pipeline import batching
+from barbershop_jax.pipeline.runtime import batching
 from barbershop_jax.pipeline import embed as pipeline_embed
-from barbershop_jax.pipeline import progress
+from barbershop_jax.pipeline.runtime import progress
 from barbershop_jax.stages import loop
 from barbershop_jax.models import pca as pca_lib
 from barbershop_jax.models import vgg16
+from barbershop_jax.pipeline.files.sources import content_hash
 from conftest import assert_adam_close, count_compilations, render, render_from_features
 
 SMALL_VGG = vgg16.VGG16Config(widths=(8, 16, 16, 32, 32))
@@ -347,7 +348,7 @@ def test_files_are_in_the_official_format(consts, tmp_path):
         render_from_features(g, structure_f, latent_in)[0])))
     np.testing.assert_array_equal(result.w_plus, w[0])
     meta = json.loads((tmp_path / "out" / "W+" / "face0.json").read_text())
-    assert meta["image_sha256"] == cache.content_hash(np.asarray(Image.open(paths[0]).convert("RGB")))
+    assert meta["image_sha256"] == content_hash(np.asarray(Image.open(paths[0]).convert("RGB")))
 
 
 def test_embed_command(tmp_path, capsys):

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from barbershop_jax import cli
-from barbershop_jax.pipeline import face_crop
-from barbershop_jax.pipeline import image_files as image_io
-from barbershop_jax.pipeline import landmarks
+from barbershop_jax.pipeline.faces import crop as face_crop
+from barbershop_jax.pipeline.files import image_files as image_io
+from barbershop_jax.pipeline.faces import landmarks
 from barbershop_jax.pipeline.demo import example_images
 
 

@@ -10,7 +10,7 @@ import pytest
 from barbershop_jax import cli
 from barbershop_jax.models import bundle
 from barbershop_jax.pipeline import grid as grid_lib
-from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline import plan as plan_lib
 from conftest import assert_batch_independent, render
 from test_transfer import STEPS, _transfer, models  # noqa: F401 (the fixture)

@@ -17,8 +17,11 @@ from barbershop_jax import config
 from barbershop_jax.config import EmbedConfig, TransferConfig
 from barbershop_jax.models import bundle, stylegan2
 from barbershop_jax.pipeline import embed as pipeline_embed
-from barbershop_jax.pipeline import face_crop, hair_transfer, image_files, sources
-from barbershop_jax.pipeline.records import TargetEdit
+from barbershop_jax.pipeline import hair_transfer
+from barbershop_jax.pipeline.faces import crop as face_crop
+from barbershop_jax.pipeline.files import image_files
+from barbershop_jax.pipeline.files import sources
+from barbershop_jax.pipeline.store.records import TargetEdit
 from barbershop_jax.stages import target_mask
 from conftest import no_model_planning
 

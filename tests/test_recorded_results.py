@@ -26,7 +26,7 @@ from barbershop_jax.config import EmbedConfig, TransferConfig
 from barbershop_jax.models import embedded, vgg16
 from barbershop_jax.models.bundle import Models
 from barbershop_jax.models import pca as pca_lib
-from barbershop_jax.pipeline import image_files
+from barbershop_jax.pipeline.files import image_files
 from barbershop_jax.pipeline.run import Pipeline
 from conftest import cpu_isa, render
 from test_transfer import SMALL_VGG, STEPS, _parser_with_hair

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from barbershop_jax.stages import embed as embedding
-from barbershop_jax.pipeline import image_files as image_io
-from barbershop_jax.pipeline import loop_hook, resume
+from barbershop_jax.pipeline.files import image_files as image_io
+from barbershop_jax.pipeline import loop_hook
+from barbershop_jax.pipeline.store import resume
 from barbershop_jax.config import EmbedConfig
 from barbershop_jax.pipeline import embed as pipeline_embed
 from test_embedding import _known_w_plus, _targets, make_consts
@@ -233,7 +234,7 @@ def test_a_stop_drops_queued_background_writes_and_waits_for_running_ones(tmp_pa
 def test_a_stop_while_reading_inputs_drops_the_reads_not_started(tmp_path, monkeypatch):
     """SIGTERM while the input images are read on the thread pool: the main thread stops at
     once, the reads not started are dropped, and only the running one is waited for."""
-    from barbershop_jax.pipeline import sources
+    from barbershop_jax.pipeline.files import sources
 
     paths = [image_io.save_png(tmp_path / f"im{i}.png", np.zeros((8, 8, 3), np.uint8)) for i in range(8)]
     real, started = sources.as_source, []

@@ -12,7 +12,7 @@ from PIL import Image
 from barbershop_jax.stages import align as alignment
 from barbershop_jax.ops import masks
 from barbershop_jax.stages import target_mask
-from barbershop_jax.pipeline import store as cache
+from barbershop_jax.pipeline.store import cache
 from barbershop_jax.losses import lpips as lpips_loss
 from barbershop_jax.losses import segmentation
 from barbershop_jax.models import bisenet, vgg16

@@ -21,20 +21,21 @@ from PIL import Image
 
 from barbershop_jax.stages import blend as blending
 from barbershop_jax import cli
-from barbershop_jax.pipeline import image_files as image_io
-from barbershop_jax.pipeline import landmarks
-from barbershop_jax.pipeline import resume
+from barbershop_jax.pipeline.files import image_files as image_io
+from barbershop_jax.pipeline.faces import landmarks
+from barbershop_jax.pipeline.store import resume
 from barbershop_jax import config
 from barbershop_jax.models import embedded
-from barbershop_jax.pipeline import align_stage
-from barbershop_jax.pipeline import batch_files
-from barbershop_jax.pipeline import batching
-from barbershop_jax.pipeline import blend_stage
+from barbershop_jax.pipeline import align as align_stage
+from barbershop_jax.pipeline.store import batch_files
+from barbershop_jax.pipeline.runtime import batching
+from barbershop_jax.pipeline import blend as blend_stage
 from barbershop_jax.pipeline import demo
 from barbershop_jax.pipeline import hair_transfer
-from barbershop_jax.pipeline import records
-from barbershop_jax.pipeline import run, sources
-from barbershop_jax.pipeline import store as cache
+from barbershop_jax.pipeline.store import records
+from barbershop_jax.pipeline import run
+from barbershop_jax.pipeline.files import sources
+from barbershop_jax.pipeline.store import cache
 from barbershop_jax.stages import loop
 from conftest import count_compilations, no_model_planning, render
 from barbershop_jax.models import pca as pca_lib
@@ -581,7 +582,8 @@ def test_sigterm_then_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(b
 # outside every optimisation loop: argv = marker file, where, then the command's arguments.
 SLOW_DRIVER = """
 import pathlib, sys, time
-from barbershop_jax.pipeline import sources, store
+from barbershop_jax.pipeline.files import sources
+from barbershop_jax.pipeline.store import cache as store
 
 marker, where = pathlib.Path(sys.argv[1]), sys.argv[2]
 
@@ -924,7 +926,7 @@ def test_a_new_learning_rate_compiles_nothing_new(batch_run, models, tmp_path):
 
 def test_each_input_is_decoded_once_per_run(batch_run, models, monkeypatch):
     """An input file is decoded once in a run: its hash, the W+ and FS targets, the parse and
-    the blend's references all read those pixels (pipeline/sources.py, DecodedImages)."""
+    the blend's references all read those pixels (pipeline/files/sources.py, DecodedImages)."""
     out, triples, _ = batch_run
     decoded = []
     real = image_io.load_rgb

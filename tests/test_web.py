@@ -29,8 +29,9 @@ from barbershop_jax import cli, web  # noqa: E402
 from barbershop_jax.models import bundle, embedded, vgg16  # noqa: E402
 from barbershop_jax.models import pca as pca_lib  # noqa: E402
 from barbershop_jax.models.bundle import Models  # noqa: E402
-from barbershop_jax.pipeline import demo, progress  # noqa: E402
-from barbershop_jax.pipeline import image_files as image_io  # noqa: E402
+from barbershop_jax.pipeline import demo  # noqa: E402
+from barbershop_jax.pipeline.runtime import progress  # noqa: E402
+from barbershop_jax.pipeline.files import image_files as image_io  # noqa: E402
 from barbershop_jax.web import app as web_app  # noqa: E402
 from barbershop_jax.web import jobs  # noqa: E402
 

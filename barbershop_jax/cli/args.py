@@ -9,8 +9,8 @@ from importlib import metadata
 
 from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, FEATHER, FLOAT32_MAX, LIMITS
 from barbershop_jax.config import MAX_BATCH_SIZE, MAX_COUNT, Limit, shown
-from barbershop_jax.pipeline.face_crop import MIN_FACE
-from barbershop_jax.pipeline.image_files import one_line, shown_path
+from barbershop_jax.pipeline.faces.crop import MIN_FACE
+from barbershop_jax.pipeline.files.image_files import one_line, shown_path
 
 PLUGIN_GROUP = "barbershop_jax.commands"  # entry points: f(subparsers) adds commands
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from barbershop_jax.cli import args as args_lib
-from barbershop_jax.pipeline.image_files import one_line
+from barbershop_jax.pipeline.files.image_files import one_line
 
 
 def demo(args):
@@ -55,9 +55,9 @@ def embed(args):
 
     from barbershop_jax.config import EmbedConfig
     from barbershop_jax.models import bundle
-    from barbershop_jax.pipeline import batch_files
+    from barbershop_jax.pipeline.store import batch_files
     from barbershop_jax.pipeline import embed as embed_lib
-    from barbershop_jax.pipeline import store
+    from barbershop_jax.pipeline.store import cache as store
     _distributed(args)
     models = bundle.load(args.weights, args.dtype, parser=False)
     overrides = {field: getattr(args, flag) for flag, field in EMBED_FLAGS.items() if getattr(args, flag) is not None}
@@ -97,7 +97,8 @@ def transfer(args):
 
 
 def align_faces(args):
-    from barbershop_jax.pipeline import batch_files, face_crop
+    from barbershop_jax.pipeline.store import batch_files
+    from barbershop_jax.pipeline.faces import crop as face_crop
     aligner = face_crop.Aligner.from_options(args.size, args.landmarks, args.dlib_model, args.face_index,
                                              args.min_face)
     photos = _image_paths(args.photos)
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     _log_to_stderr()
-    from barbershop_jax.pipeline import image_files
+    from barbershop_jax.pipeline.files import image_files
     with image_files.exif_orientation(not getattr(args, "no_exif", False)):
         return _run(args)
 
@@ -212,7 +213,8 @@ def _check_out_folder(out):
 
 
 def _run(args) -> int:
-    from barbershop_jax.pipeline import compile_cache, resume
+    from barbershop_jax.pipeline.runtime import compile_cache
+    from barbershop_jax.pipeline.store import resume
     try:
         if args.command in OUT_FOLDER_COMMANDS:
             _check_out_folder(args.out)

@@ -1,16 +1,19 @@
-"""Everything around the pure stages: files, the store of results, image sources, batches and
-waves, progress, checkpoints and stop signals, compile caches, paste-back, the Python API.
+"""Everything around the pure stages (stages/): the method's steps run over files and batches,
+the Python API and the command line's jobs. The stages, in the order a transfer runs them:
 
-    sources.py      inputs read once each, named, hashed; DecodedImages: pixels decoded once a run
-    embed.py        embed images (W+, FS) batch by batch through the store
-    run.py          Pipeline: every triple through embedding, target mask, alignment, blending
-      align_stage.py, blend_stage.py   its two batched stages around stages/align.py, blend.py
-    hair_transfer.py  HairTransfer, the Python API; the checks of a batch's inputs
+    embed.py        images embedded in W+, then FS
+    align.py        each (face, reference) pair: its target mask, then the face aligned to it
+    blend.py        each triple blended
+    run.py          Pipeline: every triple through the stages, in that order
+    hair_transfer.py  HairTransfer, the Python API
     transfer_job.py   `barbershop-jax transfer` as one call (manifests, --part, CSVs)
-    store.py        the content-addressed store in the official layout (W+/, FS/, Align_*, Blend_*)
-    records.py      TargetEdit, TransferResult
-    batch_files.py  manifest CSVs, results and failures CSVs, the end table
-    batching.py, progress.py, loop_hook.py, resume.py   batches and waves; bars; checkpoints, signals
-    face_crop.py, landmarks.py   ordinary photos in (FFHQ crops), results pasted back
-    image_files.py, compile_cache.py, evaluate.py, demo.py
+    grid.py, plan.py, demo.py, evaluate.py, loop_hook.py
+
+and the infrastructure around them, one package each:
+
+    store/      the output folder: cache entries and keys, records, checkpoints (resume),
+                step times, the manifest and results CSVs
+    files/      image files, the run's sources (each image read and decoded once), contact sheets
+    faces/      ordinary photos in (FFHQ crops from landmarks), results pasted back
+    runtime/    batches and waves, progress bars, stop signals, the compilation cache
 """

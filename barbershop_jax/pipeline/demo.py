@@ -12,7 +12,7 @@ import numpy as np
 
 from barbershop_jax.config import DEFAULT_BATCH_SIZE
 from barbershop_jax.models import embedded, stylegan2
-from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline.files import image_files as image_io
 
 @functools.partial(jax.jit, static_argnames=("n",))
 def render_samples(model: stylegan2.StyleGAN2, n: int, seed, truncation=1.0):
@@ -60,8 +60,10 @@ def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, lo
     with `weights`). fresh: redo the embeddings, alignments and blends an earlier demo left in
     OUT (by default they are reused, and a note says which)."""
     from barbershop_jax.ops import resample
-    from barbershop_jax.pipeline import batch_files, face_crop, hair_transfer
-    from barbershop_jax.pipeline.sources import as_source
+    from barbershop_jax.pipeline import hair_transfer
+    from barbershop_jax.pipeline.store import batch_files
+    from barbershop_jax.pipeline.faces import crop as face_crop
+    from barbershop_jax.pipeline.files.sources import as_source
 
     steps = ({} if weights else DEMO_STEPS) if steps is None else steps
     ht = hair_transfer.HairTransfer(weights, out_dir, batch_size=batch_size, progress=progress, seed=seed,
@@ -98,7 +100,7 @@ SHEET_PANEL = 256  # px per panel of demo_grid.png (the embedded models' 64 px i
 def demo_sheet(photo, crop, refs, result, label_map, size: int, weights, steps) -> np.ndarray:
     """demo_grid.png: the inputs, the result, its target mask (with a legend of the classes
     in it) and the pasted photo, each titled, and a line saying which weights made them."""
-    from barbershop_jax.pipeline import contact_sheet
+    from barbershop_jax.pipeline.files import contact_sheet
     from barbershop_jax.stages import target_mask
 
     panels = [("photo", photo), (f"face crop ({size} px)", crop), ("shape reference", refs[0]),

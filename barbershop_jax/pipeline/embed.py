@@ -14,12 +14,14 @@ import numpy as np
 from barbershop_jax import config
 from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, EMBED_WAVE, EmbedConfig, check_numbers
 from barbershop_jax.models import bundle
-from barbershop_jax.pipeline import batching, loop_hook, resume
-from barbershop_jax.pipeline import image_files as image_io
-from barbershop_jax.pipeline import progress as progress_lib
-from barbershop_jax.pipeline import sources as sources_lib
-from barbershop_jax.pipeline import store as cache_lib
-from barbershop_jax.pipeline.sources import DecodedImages, identify
+from barbershop_jax.pipeline import loop_hook
+from barbershop_jax.pipeline.runtime import batching
+from barbershop_jax.pipeline.store import resume
+from barbershop_jax.pipeline.files import image_files as image_io
+from barbershop_jax.pipeline.runtime import progress as progress_lib
+from barbershop_jax.pipeline.files import sources as sources_lib
+from barbershop_jax.pipeline.store import cache as cache_lib
+from barbershop_jax.pipeline.files.sources import DecodedImages, identify
 from barbershop_jax.stages import embed as embedding
 from barbershop_jax.stages.loop import image_key
 

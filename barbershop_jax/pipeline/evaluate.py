@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from barbershop_jax.ops import resample
-from barbershop_jax.pipeline import image_files as image_io
-from barbershop_jax.pipeline import store as cache_lib
+from barbershop_jax.pipeline.files import image_files as image_io
+from barbershop_jax.pipeline.store import cache as cache_lib
 from barbershop_jax.losses import lpips as lpips_loss
+from barbershop_jax.pipeline.files.sources import content_hash
 
 
 def psnr(a, b) -> float:
@@ -79,7 +80,7 @@ def evaluate(paths, embed_dir, vgg, lpips_size=256) -> dict:
         except image_io.ImageError as e:
             unreadable.append({"path": str(path), "reason": str(e)})
             continue
-        image_hash = cache_lib.content_hash(pixels)
+        image_hash = content_hash(pixels)
         name = Path(path).stem
         found = False
         for stage in (cache_lib.W_DIR, cache_lib.FS_DIR):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from barbershop_jax.pipeline import contact_sheet
-from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline.files import contact_sheet
+from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline.plan import Plan
 
 SHEET = "grid.png"

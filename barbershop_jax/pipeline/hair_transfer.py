@@ -9,14 +9,17 @@ from pathlib import Path
 from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, FEATHER, TRANSFER_WAVE
 from barbershop_jax.config import EmbedConfig, TransferConfig, check_numbers, shown, split_options
 from barbershop_jax.models import bundle
-from barbershop_jax.pipeline import batching, face_crop, step_times, store
+from barbershop_jax.pipeline.runtime import batching
+from barbershop_jax.pipeline.faces import crop as face_crop
+from barbershop_jax.pipeline.store import step_times
+from barbershop_jax.pipeline.store import cache as store
 from barbershop_jax.pipeline import grid as grid_lib
 from barbershop_jax.pipeline import plan as plan_lib
-from barbershop_jax.pipeline import compile_cache as compile_cache_lib
-from barbershop_jax.pipeline import image_files as image_io
-from barbershop_jax.pipeline import sources as sources_lib
+from barbershop_jax.pipeline.runtime import compile_cache as compile_cache_lib
+from barbershop_jax.pipeline.files import image_files as image_io
+from barbershop_jax.pipeline.files import sources as sources_lib
 from barbershop_jax.pipeline.embed import NonFiniteError
-from barbershop_jax.pipeline.records import TargetEdit, TransferResult
+from barbershop_jax.pipeline.store.records import TargetEdit, TransferResult
 from barbershop_jax.pipeline.run import Pipeline
 from barbershop_jax.stages import target_mask
 
@@ -281,7 +284,7 @@ def align_inputs(triples, out_dir, aligner: face_crop.Aligner, roles=None):
     """Replace the images at `roles` (0 face, 1 shape, 2 colour, 3 structure; None: all) of
     each triple by their FFHQ crops, each distinct photo aligned once. Returns (triples,
     [(triple, error)]): a triple whose photo has no usable face fails alone."""
-    from barbershop_jax.pipeline.landmarks import LandmarkError, LandmarkModelError
+    from barbershop_jax.pipeline.faces.landmarks import LandmarkError, LandmarkModelError
 
     crops, good, failures = {}, [], []
     for t in triples:

@@ -8,8 +8,9 @@ import time
 
 import jax
 
-from barbershop_jax.pipeline import progress as progress_lib
-from barbershop_jax.pipeline import resume, stopping
+from barbershop_jax.pipeline.runtime import progress as progress_lib
+from barbershop_jax.pipeline.store import resume
+from barbershop_jax.pipeline.runtime import stopping
 from barbershop_jax.stages.loop import Loop, LoopHook
 
 log = logging.getLogger("barbershop_jax")

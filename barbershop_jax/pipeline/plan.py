@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from barbershop_jax.pipeline import step_times
-from barbershop_jax.pipeline import store as cache_lib
-from barbershop_jax.pipeline.records import alignments
+from barbershop_jax.pipeline.store import step_times
+from barbershop_jax.pipeline.store import cache as cache_lib
+from barbershop_jax.pipeline.store.records import alignments
 
 # The stages as their progress bars name them (step_times keys), with their work's unit.
 STAGES = (("W+ embedding", "image"), ("FS embedding", "image"), ("Alignment", "pair"), ("Blend", "triple"))

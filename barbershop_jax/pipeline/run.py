@@ -46,13 +46,13 @@ from barbershop_jax.config import EmbedConfig, TransferConfig, check_numbers
 from barbershop_jax.models.bundle import Models
 from barbershop_jax.ops import resample
 from barbershop_jax.pipeline import embed as embed_lib
-from barbershop_jax.pipeline import face_crop
-from barbershop_jax.pipeline import image_files as image_io
-from barbershop_jax.pipeline import sources as sources_lib
-from barbershop_jax.pipeline import store as cache_lib
-from barbershop_jax.pipeline.align_stage import Aligning
-from barbershop_jax.pipeline.blend_stage import Blending
-from barbershop_jax.pipeline.records import TargetEdit, TransferResult, alignments, references
+from barbershop_jax.pipeline.faces import crop as face_crop
+from barbershop_jax.pipeline.files import image_files as image_io
+from barbershop_jax.pipeline.files import sources as sources_lib
+from barbershop_jax.pipeline.store import cache as cache_lib
+from barbershop_jax.pipeline.align import Aligning
+from barbershop_jax.pipeline.blend import Blending
+from barbershop_jax.pipeline.store.records import TargetEdit, TransferResult, alignments, references
 from barbershop_jax.stages.loop import image_key
 from barbershop_jax.stages.parse import parse_images
 

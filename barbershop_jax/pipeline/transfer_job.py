@@ -10,10 +10,11 @@ from pathlib import Path
 from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, FEATHER
 from barbershop_jax.models import weights as weights_lib
 from barbershop_jax.models import stylegan2
-from barbershop_jax.pipeline import batch_files, face_crop
+from barbershop_jax.pipeline.store import batch_files
+from barbershop_jax.pipeline.faces import crop as face_crop
 from barbershop_jax.pipeline import grid as grid_lib
 from barbershop_jax.pipeline import hair_transfer as ht_lib
-from barbershop_jax.pipeline.image_files import ImageError
+from barbershop_jax.pipeline.files.image_files import ImageError
 
 
 @dataclasses.dataclass

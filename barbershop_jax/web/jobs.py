@@ -14,11 +14,17 @@ from pathlib import Path
 import numpy as np
 
 from barbershop_jax.config import DEFAULT_BATCH_SIZE, MAX_SEED, EmbedConfig, TransferConfig, split_options
-from barbershop_jax.pipeline import contact_sheet, demo, face_crop, landmarks, progress, store
-from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline import demo
+from barbershop_jax.pipeline.files import contact_sheet
+from barbershop_jax.pipeline.faces import crop as face_crop
+from barbershop_jax.pipeline.faces import landmarks
+from barbershop_jax.pipeline.runtime import progress
+from barbershop_jax.pipeline.store import cache as store
+from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline.embed import NonFiniteError
 from barbershop_jax.pipeline.hair_transfer import HairTransfer
 from barbershop_jax.stages import target_mask
+from barbershop_jax.pipeline.files.sources import content_hash
 
 MIN_SIDE = 32  # px: a smaller upload is refused (resized to the generator it would be a blur)
 STEP_FIELDS = ("w_steps", "fs_steps", "inpaint_steps", "align_steps1", "align_steps2", "blend_steps")
@@ -139,7 +145,7 @@ class Server:
             self._examples = {}
             for path in demo.example_images().values():
                 if landmarks.sidecar_path(path).is_file():
-                    self._examples[store.content_hash(image_io.load_rgb(path))] = landmarks.sidecar_path(path)
+                    self._examples[content_hash(image_io.load_rgb(path))] = landmarks.sidecar_path(path)
         return self._examples
 
     def store_upload(self, path, role: str) -> Path:
@@ -160,7 +166,7 @@ class Server:
         h, w = pixels.shape[:2]
         if min(h, w) < MIN_SIDE:
             raise UploadError(f"{role}: {path.name} is {w}x{h} px, too small (at least {MIN_SIDE} px a side)")
-        image_hash = store.content_hash(pixels)
+        image_hash = content_hash(pixels)
         kept = self.out_dir / "uploads" / f"{_safe_stem(path.stem)}_{image_hash[:10]}{path.suffix.lower() or '.png'}"
         if path.parent == kept.parent:  # already the server's copy
             return path

@@ -28,8 +28,8 @@ import numpy as np
 
 from barbershop_jax.config import DEFAULT_CHECKPOINT_EVERY
 from barbershop_jax.models.weights import ARRAY_FILE_ERRORS
-from barbershop_jax.pipeline import stopping
-from barbershop_jax.pipeline.image_files import atomic_write
+from barbershop_jax.pipeline.runtime import stopping
+from barbershop_jax.pipeline.files.image_files import atomic_write
 
 log = logging.getLogger("barbershop_jax")
 

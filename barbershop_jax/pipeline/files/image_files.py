@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from barbershop_jax.pipeline import stopping
+from barbershop_jax.pipeline.runtime import stopping
 
 
 class ImageError(ValueError):

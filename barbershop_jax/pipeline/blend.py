@@ -8,12 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from barbershop_jax.pipeline import image_files as image_io
-from barbershop_jax.pipeline import loop_hook, resume
-from barbershop_jax.pipeline import progress as progress_lib
-from barbershop_jax.pipeline import store as cache_lib
-from barbershop_jax.pipeline.batching import batches
-from barbershop_jax.pipeline.records import TransferResult, references
+from barbershop_jax.pipeline.files import image_files as image_io
+from barbershop_jax.pipeline import loop_hook
+from barbershop_jax.pipeline.store import resume
+from barbershop_jax.pipeline.runtime import progress as progress_lib
+from barbershop_jax.pipeline.store import cache as cache_lib
+from barbershop_jax.pipeline.runtime.batching import batches
+from barbershop_jax.pipeline.store.records import TransferResult, references
 from barbershop_jax.stages import blend as blending
 
 

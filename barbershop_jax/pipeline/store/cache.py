@@ -14,7 +14,7 @@ entry whose key is there but whose files do not read (truncated, other shapes or
 is damaged: one warning names the file, its key is removed, and it is recomputed. Arrays
 are written first and the JSON last, each atomically (temporary file, then rename), so an
 interrupted run never leaves an entry that looks finished. The alignments and blends keep
-their keys the same way (`stage_key`, pipeline/align_stage.py and blend_stage.py), and their
+their keys the same way (`stage_key`, pipeline/align.py and blend_stage.py), and their
 target label maps beside them (`save_labels`).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from PIL import Image
 from barbershop_jax.config import DEFAULT_REGION
 from barbershop_jax.models.bisenet import LabelMap
 from barbershop_jax.models.weights import ARRAY_FILE_ERRORS
-from barbershop_jax.pipeline.image_files import IMAGE_FILE_ERRORS, atomic_write, save_png
+from barbershop_jax.pipeline.files.image_files import IMAGE_FILE_ERRORS, atomic_write, save_png
 from barbershop_jax.stages.target_mask import check_target, palette
 
 log = logging.getLogger("barbershop_jax")
@@ -44,13 +44,6 @@ W_FIELDS = ("w_steps", "learning_rate", "l2_lambda", "percept_lambda", "p_norm_l
             "lpips_size", "noise", "seed")
 FS_FIELDS = W_FIELDS + ("fs_steps", "l_f_lambda", "fs_block")
 
-
-def content_hash(pixels: np.ndarray) -> str:
-    """sha256 of an image's decoded RGB pixels and shape (not of its file bytes)."""
-    pixels = np.ascontiguousarray(pixels)
-    h = hashlib.sha256(str(pixels.shape).encode())
-    h.update(pixels.tobytes())
-    return h.hexdigest()
 
 
 def tree_fingerprint(tree) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -12,10 +13,17 @@ import numpy as np
 
 from barbershop_jax.config import shown
 from barbershop_jax.ops import resample
-from barbershop_jax.pipeline import image_files as image_io
-from barbershop_jax.pipeline import store as cache_lib
+from barbershop_jax.pipeline.files import image_files as image_io
 
 log = logging.getLogger("barbershop_jax")
+
+
+def content_hash(pixels: np.ndarray) -> str:
+    """sha256 of an image's decoded RGB pixels and shape (not of its file bytes)."""
+    pixels = np.ascontiguousarray(pixels)
+    h = hashlib.sha256(str(pixels.shape).encode())
+    h.update(pixels.tobytes())
+    return h.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +72,12 @@ def as_source(image, name: str | None = None, keep_pixels: bool = False, *, what
     if isinstance(image, (str, Path)):
         name = check_name(name or Path(image).stem, image)
         pixels = image_io.load_rgb(image)
-        return ImageSource(name, cache_lib.content_hash(pixels), Path(image), pixels if keep_pixels else None,
+        return ImageSource(name, content_hash(pixels), Path(image), pixels if keep_pixels else None,
                            pixels.shape)
     if name is not None:
         check_name(name)
     pixels = image_io.as_rgb_array(image, what)
-    image_hash = cache_lib.content_hash(pixels)
+    image_hash = content_hash(pixels)
     return ImageSource(name or f"image_{image_hash[:12]}", image_hash, None, pixels, pixels.shape)
 
 

@@ -15,7 +15,7 @@ import functools
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from barbershop_jax.pipeline import image_files as image_io
+from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.stages import target_mask
 
 BACKGROUND = (255, 255, 255)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from barbershop_jax.pipeline import store as cache_lib
+from barbershop_jax.pipeline.store import cache as cache_lib
 from barbershop_jax.stages import target_mask
+from barbershop_jax.pipeline.files.sources import content_hash
 
 
 @dataclasses.dataclass
@@ -48,7 +49,7 @@ class TargetEdit:
         """A digest of the edit, for cache keys ("" for no edit)."""
         parts = []
         if self.target is not None:
-            parts.append(cache_lib.content_hash(np.asarray(self.target, np.int32)))
+            parts.append(content_hash(np.asarray(self.target, np.int32)))
         if self.shape_transform is not None:
             parts.append(repr(tuple(float(v) for v in self.shape_transform)))
         return cache_lib.digest(*parts) if parts else ""

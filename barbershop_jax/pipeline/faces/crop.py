@@ -32,8 +32,9 @@ import scipy.ndimage
 from PIL import Image
 
 from barbershop_jax.config import check_numbers
-from barbershop_jax.pipeline import image_files as image_io
-from barbershop_jax.pipeline import store as cache
+from barbershop_jax.pipeline.files import image_files as image_io
+from barbershop_jax.pipeline.store import cache
+from barbershop_jax.pipeline.files.sources import content_hash
 
 OFFICIAL_SIZE = 1024      # the official crop size; other sizes are LANCZOS-resized from it
 TRANSFORM_SIZE = 4096     # the quad is sampled at this size first (official)
@@ -88,7 +89,7 @@ class CropTransform:
     source_size: (width, height) of the photo (after EXIF rotation when `exif` is True);
     quad: (4, 2) the crop's corners (top-left, bottom-left, bottom-right, top-right) in the
     photo's pixel coordinates; size: the crop's side; source: the photo's path and
-    source_hash its pixels' hash (cache.content_hash), so that paste-back finds it and can
+    source_hash its pixels' hash (sources.content_hash), so that paste-back finds it and can
     tell when the file has changed."""
     source_size: tuple[int, int]
     quad: np.ndarray
@@ -318,7 +319,7 @@ class Aligner:
         if self.face_index is not None:
             check_numbers("Aligner", face_index=self.face_index)
         if self.landmarks is None:
-            from barbershop_jax.pipeline.landmarks import Landmarks
+            from barbershop_jax.pipeline.faces.landmarks import Landmarks
             self.landmarks = Landmarks()
         self._written: dict[str, Path] = {}  # crop name -> the photo it was cut from
 
@@ -327,7 +328,7 @@ class Aligner:
                      min_face: float = MIN_FACE) -> "Aligner":
         """The aligner of the command-line options: landmarks from a JSON file (else sidecars,
         else dlib with `dlib_model`), the face of a photo to take, the smallest face allowed."""
-        from barbershop_jax.pipeline.landmarks import Landmarks
+        from barbershop_jax.pipeline.faces.landmarks import Landmarks
         return cls(size=size, landmarks=Landmarks(landmarks, dlib_model), face_index=face_index, min_face=min_face)
 
     def _claim(self, name: str, photo_path: Path):
@@ -354,7 +355,7 @@ class Aligner:
                                 f"(0 to {len(faces) - 1}, in the landmark backend's order)")
         else:
             chosen = range(len(faces))
-        source_hash = cache.content_hash(pixels)
+        source_hash = content_hash(pixels)
         names = {i: photo_path.stem + (f"_{i}" if len(faces) > 1 else "") for i in chosen}
         for name in names.values():
             self._claim(name, photo_path)
@@ -385,7 +386,7 @@ def load_source_photo(transform: CropTransform, what="crop") -> np.ndarray:
     if not transform.source:
         raise FaceCropError(f"{what}: its crop transform does not name the source photo")
     photo = image_io.load_rgb(transform.source, exif=transform.exif)
-    if transform.source_hash and cache.content_hash(photo) != transform.source_hash:
+    if transform.source_hash and content_hash(photo) != transform.source_hash:
         raise FaceCropError(f"{transform.source}: the photo has changed since {what} was cut from it")
     return photo
 
@@ -397,7 +398,7 @@ def align_photos(aligner: Aligner, photos, out_dir, progress: bool = True):
 
     from tqdm import tqdm
 
-    from barbershop_jax.pipeline.landmarks import LandmarkError, LandmarkModelError
+    from barbershop_jax.pipeline.faces.landmarks import LandmarkError, LandmarkModelError
 
     crops, failures = [], []
     for photo in tqdm(photos, desc="align faces", unit="photo", disable=not progress or len(photos) < 2):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import jax
 
-from barbershop_jax.pipeline import compile_cache
-from barbershop_jax.pipeline import image_files as image_io
-from barbershop_jax.pipeline import progress as progress_lib
+from barbershop_jax.pipeline.runtime import compile_cache
+from barbershop_jax.pipeline.files import image_files as image_io
+from barbershop_jax.pipeline.runtime import progress as progress_lib
 
 log = logging.getLogger("barbershop_jax")
 
