@@ -1,0 +1,24 @@
+"""How a run runs, apart from what it computes: the settings that change neither a result nor
+a cache key (a triple gives the same result in any batch, on any device)."""
+from __future__ import annotations
+
+import dataclasses
+
+from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, check_numbers
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """batch_size: items per batch of every stage (its programs compile once per size);
+    progress: progress bars on stderr; devices: the devices a batch is sharded over (None: all
+    local ones); checkpoint_every: each optimisation loop saves its state every so many steps
+    under OUT/.resume/, so that an interrupted run resumes mid-stage (store/resume.py; None:
+    never)."""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    progress: bool = True
+    devices: tuple | None = None
+    checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY
+
+    def __post_init__(self):
+        check_numbers("the run's settings", batch_size=self.batch_size,
+                      **({} if self.checkpoint_every is None else {"checkpoint_every": self.checkpoint_every}))
