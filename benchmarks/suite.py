@@ -58,6 +58,7 @@ from barbershop_jax.models import pca as pca_lib  # noqa: E402
 from barbershop_jax.models.bundle import Models  # noqa: E402
 from barbershop_jax.pipeline.files import sources  # noqa: E402
 from barbershop_jax.pipeline.run import Pipeline  # noqa: E402
+from barbershop_jax.pipeline.runtime.settings import RunSettings  # noqa: E402
 from barbershop_jax.stages import align as alignment  # noqa: E402
 from barbershop_jax.stages import blend as blending  # noqa: E402
 from barbershop_jax.stages import embed as embedding  # noqa: E402
@@ -229,7 +230,7 @@ def _pipeline(models, out, batch, steps: dict, chunk):
                                      chunk=chunk)
     cfg = TransferConfig(inpaint_steps=steps["inpaint"], align_steps1=steps["align1"], align_steps2=steps["align2"],
                          blend_steps=steps["blend"], chunk=chunk)
-    return Pipeline(models, out, embed_cfg, cfg, batch_size=batch, progress=False, checkpoint_every=None)
+    return Pipeline(models, out, embed_cfg, cfg, RunSettings(batch_size=batch, progress=False, checkpoint_every=None))
 
 
 OFFICIAL = {"W+": 1100, "FS": 250, "inpaint": 80, "align1": 140, "align2": 100, "blend": 400}
@@ -248,7 +249,7 @@ def time_transfer(models, batch, scale, chunk) -> dict:
         total = time.perf_counter() - t
     done = sum(r is not None for r in results)
     return {"batch": batch, "scale": scale, "steps": steps, "seconds": total, "seconds_per_triple": total / batch,
-            "triples_done": done, "stage_seconds": dict(pipe.timings), "warmup_seconds": warm_s,
+            "triples_done": done, "stage_seconds": dict(pipe.context.timings), "warmup_seconds": warm_s,
             "device_peak_bytes": _device_peak()}
 
 
@@ -287,7 +288,7 @@ def time_grid(models, n_faces, n_hair, batch, scale, chunk, seed) -> dict:
     cells = n_faces * n_hair
     return {"faces": n_faces, "hairstyles": n_hair, "cells": cells, "batch": batch, "scale": scale,
             "seconds": total, "seconds_per_triple": total / cells, "triples_done": sum(r is not None for r in results),
-            "stage_seconds": dict(pipe.timings)}
+            "stage_seconds": dict(pipe.context.timings)}
 
 
 def predict_transfer(rows, batch, scale=1.0) -> float | None:

@@ -114,10 +114,11 @@ def test_the_plan_predicts_from_measured_steps(models, six, tmp_path, monkeypatc
     monkeypatch.setattr(plan_lib.step_times, "read", lambda: {})
     assert ht.plan(triples).seconds is None and "not known yet" in ht.plan(triples).describe()
     ctx = plan_lib.step_times.context(models.generator.config.size, "float32", 2)
-    per_step = {"W+ embedding": 0.5, "FS embedding": 0.25, "Alignment": 1.0, "Blend": 2.0}
+    # The target mask's steps and the alignment's at the same rate: "Alignment" below counts both.
+    per_step = {"W+ embedding": 0.5, "FS embedding": 0.25, "Target mask": 1.0, "Alignment": 1.0, "Blend": 2.0}
     monkeypatch.setattr(plan_lib.step_times, "read", lambda: {ctx: {k: [4, 4 * v] for k, v in per_step.items()}})
     plan = ht.plan(triples)
-    s = ht.pipeline().cfg
+    s = ht.pipeline().context.cfg
     steps = {"W+ embedding": 3, "FS embedding": 2, "Alignment": 2 * s.inpaint_steps + s.align_steps1 + s.align_steps2,
              "Blend": s.blend_steps}
     # 3 images (2 faces, 1 hairstyle) in 2 batches of 2; 2 pairs, 2 triples: 1 batch each.

@@ -28,6 +28,7 @@ from barbershop_jax.models.bundle import Models
 from barbershop_jax.models import pca as pca_lib
 from barbershop_jax.pipeline.files import image_files
 from barbershop_jax.pipeline.run import Pipeline
+from barbershop_jax.pipeline.runtime.settings import RunSettings
 from conftest import cpu_isa, render
 from test_transfer import SMALL_VGG, STEPS, _parser_with_hair
 
@@ -62,7 +63,7 @@ def run_recorded_transfer(out: Path) -> dict:
     for region, triples in runs.items():
         embed_cfg = EmbedConfig.for_size(g.config.size, w_steps=STEPS["w_steps"], fs_steps=STEPS["fs_steps"])
         cfg = TransferConfig(region=region, **{k: v for k, v in STEPS.items() if k not in ("w_steps", "fs_steps")})
-        results = Pipeline(models, out / "out", embed_cfg, cfg, batch_size=2, progress=False).run(triples)
+        results = Pipeline(models, out / "out", embed_cfg, cfg, RunSettings(batch_size=2, progress=False)).run(triples)
         for i, r in enumerate(results):
             for field in FIELDS:
                 arrays[f"{region}{i}_{field}"] = np.asarray(getattr(r, field))

@@ -26,14 +26,16 @@ from barbershop_jax.pipeline.faces import landmarks
 from barbershop_jax.pipeline.store import resume
 from barbershop_jax import config
 from barbershop_jax.models import embedded
-from barbershop_jax.pipeline import align as align_stage
 from barbershop_jax.pipeline.store import batch_files
 from barbershop_jax.pipeline.runtime import batching
-from barbershop_jax.pipeline import blend as blend_stage
 from barbershop_jax.pipeline import demo
 from barbershop_jax.pipeline import hair_transfer
 from barbershop_jax.pipeline.store import records
 from barbershop_jax.pipeline import run
+from barbershop_jax.stages import align as stage_align
+from barbershop_jax.stages import blend as stage_blend
+from barbershop_jax.stages import embed as stage_embed
+from barbershop_jax.stages import target_mask as stage_target_mask
 from barbershop_jax.pipeline.files import sources
 from barbershop_jax.pipeline.store import cache
 from barbershop_jax.stages import loop
@@ -205,9 +207,9 @@ def test_batch_equals_single_runs(batch_run, models, tmp_path):
 def test_cached_rerun_does_no_work(batch_run, models, monkeypatch):
     out, triples, first = batch_run
     calls = []
-    for module, name in ((align_stage.target_mask, "gan_inpaint"), (align_stage.alignment, "align"),
-                         (blend_stage.blending, "blend"), (run.embed_lib.embedding, "embed_w_plus"),
-                         (run.embed_lib.embedding, "embed_fs")):
+    for module, name in ((stage_target_mask, "gan_inpaint"), (stage_align, "align"),
+                         (stage_blend, "blend"), (stage_embed, "embed_w_plus"),
+                         (stage_embed, "embed_fs")):
         monkeypatch.setattr(module, name, lambda *a, _n=name, **k: calls.append(_n))
     again = _transfer(models, out).transfer_many(triples)
     assert calls == []
@@ -788,8 +790,8 @@ def test_hair_and_the_shape_as_structure_given_explicitly_are_the_default_run(ba
     the batch run's results are found as they are, and nothing runs again."""
     out, triples, first = batch_run
     calls = []
-    for module, name in ((align_stage.target_mask, "gan_inpaint"), (align_stage.alignment, "align"),
-                         (blend_stage.blending, "blend")):
+    for module, name in ((stage_target_mask, "gan_inpaint"), (stage_align, "align"),
+                         (stage_blend, "blend")):
         monkeypatch.setattr(module, name, lambda *a, _n=name, **k: calls.append(_n))
     again = _transfer(models, out).transfer_many([(*t, t[1]) for t in triples], region="hair")
     assert calls == []
@@ -819,7 +821,7 @@ def test_a_structure_reference_changes_f_in_the_region_and_not_s(batch_run, mode
     cfg = TransferConfig().resolve(64)
     labels = models.parser.labels
     pipeline = ht.pipeline()
-    hair = lambda n: masks.region(pipeline._parsed_of([sources.as_source(path[n])])[0][0],  # noqa: E731
+    hair = lambda n: masks.region(pipeline.parse([sources.as_source(path[n])])[0][0],  # noqa: E731
                                   cfg.region_ids(labels))
     target = masks.region(plain.target_labels, cfg.region_ids(labels))
     # Where the mixing weights of the target's region and of either reference's region in it are 0, F is
@@ -848,7 +850,7 @@ def test_another_region_changes_only_its_labels_and_the_blend_masks_follow_it(ba
     ht = _transfer(models, out)
     labels = models.parser.labels
     pipeline = ht.pipeline()
-    parsed = {n: pipeline._parsed_of([sources.as_source(path[n])])[0] for n in ("ann", "bob", "cid")}
+    parsed = {n: pipeline.parse([sources.as_source(path[n])])[0] for n in ("ann", "bob", "cid")}
     counts = np.bincount(np.concatenate([parsed[n][0].ravel() for n in ("ann", "bob")]), minlength=16)
     counts[[labels.id("hair"), labels.id("background"), labels.id("hat")]] = 0
     region = labels.names[int(np.argmax(counts))]
@@ -938,7 +940,7 @@ def test_each_input_is_decoded_once_per_run(batch_run, models, monkeypatch):
     # and the stages that are not cached read them too: embedding afresh into another folder
     pipeline = _transfer(models, out.parent / "decode_once").pipeline()
     decoded.clear()
-    pipeline.embed([pipeline.decoded.adopt(s) for s in pipeline_sources_of(triples)])
+    pipeline.embed([pipeline.context.decoded.adopt(s) for s in pipeline_sources_of(triples)])
     assert sorted(decoded) == sorted({Path(x).name for t in triples for x in t}), decoded
 
 

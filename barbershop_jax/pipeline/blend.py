@@ -1,127 +1,91 @@
-"""The blending stage of a run: each triple blended, batched, through the store (the pure
-stage: stages/blend.py)."""
+"""The blending stage: each triple's appearance blended from the face and the colour
+reference over the aligned structure, batched, through the store (the pure stage:
+stages/blend.py). Writes the Blend_{tag}/ entry and the result PNG (store/layout.py)."""
 from __future__ import annotations
 
-from pathlib import Path
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from barbershop_jax.pipeline import stage_runner
+from barbershop_jax.pipeline.context import TransferContext
 from barbershop_jax.pipeline.files import image_files as image_io
-from barbershop_jax.pipeline import loop_hook
-from barbershop_jax.pipeline.store import resume
-from barbershop_jax.pipeline.runtime import progress as progress_lib
-from barbershop_jax.pipeline.store import cache as cache_lib
-from barbershop_jax.pipeline.runtime.batching import batches
-from barbershop_jax.pipeline.store.records import TransferResult, references
+from barbershop_jax.pipeline.store import cache
+from barbershop_jax.pipeline.store.layout import references
+from barbershop_jax.pipeline.store.records import TransferResult
 from barbershop_jax.stages import blend as blending
 
 
-class Blending:
-    """Pipeline's blending stage (a part of pipeline/run.py's Pipeline)."""
+def blend(ctx: TransferContext, triples, embedded: dict, aligned: dict) -> dict:
+    """{triple: TransferResult} of each (face, shape, color, structure) triple, found in the
+    output folder or blended (and written); one that diverged is in ctx.failures instead."""
+    cfg = ctx.cfg
 
-    def blend_triples(self, triples, sources, embedded, aligned) -> list[TransferResult]:
-        """triples: (face, shape, color, structure) each."""
-        results = {}
-        todo = []
-        for t in triples:
-            key, npz = self.blend_key(sources, t), self.blend_path(t)
-            cached = self._cached_blend(t, key, npz, aligned)
-            if cached is not None:
-                results[t] = cached
-                self.reuse.found("blend", key)
-            else:
-                todo.append((t, key, npz))
-        self.reuse.making("blend", [key for _, key, _ in todo])
-        with progress_lib.StageProgress("Blend", len(todo), self.batch_size, self.cfg.blend_steps,
-                                        enabled=self.progress, unit="triple") as stage:
-            for batch, padded in batches(todo, self.batch_size, "blend"):
-                stage.next_batch()
-                results.update(self._blend_batch(padded, sources, embedded, aligned, len(batch), stage))
-        return [results.get(t) for t in triples]  # None: the triple's blend diverged
-
-    def blend_key(self, sources, t) -> str:
-        """The cache key of a triple's blend: its images, weights, settings and edits."""
-        face, shape, color, _ = t
-        edits = (self._edit(face, shape).tag(), self._edit(face, color).tag())
-        return cache_lib.stage_key("Blend", self._triple_hashes(sources, t), self.weights, self.embed_cfg, self.cfg,
-                                   cache_lib.ALIGN_FIELDS + cache_lib.BLEND_FIELDS,
-                                   cache_lib.digest(*edits) if any(edits) else "")
-
-    def blend_path(self, t) -> Path:
-        return self.out / f"Blend_{self.tag}" / f"{self._triple_stem(t)}.npz"
-
-    def _result_path(self, t) -> Path:
-        return self.out / f"{self._triple_stem(t)}_{self.tag}.png"
-
-    def _cached_blend(self, t, key, npz, aligned):
-        """The triple's result the output folder holds under `key`, or None (a damaged entry:
-        one warning, and it is recomputed; store.read_entry)."""
-        if not self.reuse.allows(key):
-            return None
-        path = self._result_path(t)
-
-        def read(npz_path):
-            latent_in, structure_f = cache_lib.load_latents_npz(npz_path, self.latent_shape, self.f_shape)
-            image = image_io.load_rgb(path, exif=False)
-            if image.shape != (self.size, self.size, 3):
-                raise ValueError(f"{path}: {image.shape[1]}x{image.shape[0]}, not the generator's "
-                                 f"{self.size}x{self.size}")
-            return latent_in, structure_f, image
-        hit = cache_lib.read_entry(npz, key, read)
-        if hit is None:
-            return None
-        # The blend masks are not stored: a cached result carries None for them.
+    def result(t, row):
         face, shape, color, structure = t
-        return TransferResult(face, shape, color, structure, hit[2], aligned[(face, shape, structure)].target, hit[0],
-                              hit[1], None, None, path)
+        return TransferResult(face, shape, color, structure, image_io.to_uint8(row["image"]),
+                              aligned[(face, shape, structure)].target, row["latent_in"], row["structure_f"],
+                              row["face_mask"], row["hair_mask"], ctx.layout.result(t))
 
-    def _blend_batch(self, batch, sources, embedded, aligned, n_real, stage):
-        cfg = self.cfg
-        names = [n for t, _, _ in batch for n in (t[0], t[2])]
-        with self._timed("parsing"):
-            parsed = dict(zip(names, self._parsed_of([sources[n] for n in names])))
-        small = {n: self.decoded.small(sources[n], cfg.loss_size) for n in names}
-        col = lambda fn: jnp.asarray(np.stack([fn(*t) for t, _, _ in batch]))  # noqa: E731
-        inputs = blending.BlendInputs(
-            col(lambda f, s, c, st: embedded[f].latent_in), col(lambda f, s, c, st: embedded[c].latent_in),
-            col(lambda f, s, c, st: aligned[(f, c, c)].structure_f),
-            col(lambda f, s, c, st: aligned[(f, s, st)].structure_f),
-            col(lambda f, s, c, st: small[f]), col(lambda f, s, c, st: small[c]),
-            col(lambda f, s, c, st: self._region_of(parsed[f][1])),
-            col(lambda f, s, c, st: self._region_of(parsed[c][1])),
-            # The noise key of (face, shape, color): a structure reference changes the final F only.
-            jnp.stack([self._key(tuple(sources[n].image_hash for n in t[:3])) for t, _, _ in batch]),
-            self._region_batch(len(batch)))
-        ckpt = resume.batch_checkpoint(self.out, "blend", [k for _, k, _ in batch], self.checkpoint_every)
-        with self._timed("blending"):
-            result = jax.block_until_ready(blending.blend(self.models, inputs, cfg,
-                                                          hook=loop_hook.PipelineHook(stage, ckpt, self.devices)))
-        latent_in, structure_f = np.asarray(result.latent_in), np.asarray(result.structure_f)
-        images = image_io.to_uint8(np.asarray(result.image))
-        out, written = {}, []
-        for i, (t, key, npz) in enumerate(batch[:n_real]):
-            face, shape, color, structure = t
-            if not (np.isfinite(latent_in[i]).all() and np.isfinite(np.asarray(result.image[i])).all()):
-                self.failures.append((t, f"{face}, {references(shape, structure)}, {color}: blending diverged "
-                                         "(NaN or infinity); nothing written"))
-                continue
-            path = self._result_path(t)
-            meta = {"key": key, "face": face, "shape": shape, "color": color,
-                    **({"structure": structure} if structure != shape else {}), "weights": self.weights}
-            written.append(self._write(self._write_blend, npz, path, latent_in[i], structure_f[i], images[i], meta))
-            out[t] = TransferResult(face, shape, color, structure, images[i], aligned[(face, shape, structure)].target,
-                                    latent_in[i], structure_f[i], np.asarray(result.face_mask[i]),
-                                    np.asarray(result.hair_mask[i]), path)
-        if ckpt is not None:
-            self._write(resume.clear, ckpt.folder, after=written, cleanup=True)
-        return out
+    stage = stage_runner.Stage(
+        "Blend", "triple", cfg.blend_steps, "blending", "blend",
+        lambda batch, hook, bar: _batch(ctx, batch, hook, embedded, aligned),
+        key=ctx.blend_key, kind="blend", cached=lambda t, key: _cached(ctx, t, key, aligned),
+        write=lambda t, key, row: _write(ctx, t, key, row), result=result, finite=("latent_in", "image"),
+        diverged=lambda t: (t, f"{t[0]}, {references(t[1], t[3])}, {t[2]}: blending diverged (NaN or infinity); "
+                               "nothing written"))
+    return stage_runner.run(ctx, stage, triples)
 
-    @staticmethod
-    def _write_blend(npz, path, latent_in, structure_f, image, meta):
-        npz.with_suffix(".json").unlink(missing_ok=True)
-        cache_lib.save_latents_npz(npz, latent_in, structure_f)
-        render = image_io.save_png(npz.with_suffix(".png"), image)
-        image_io.atomic_write(path, lambda f: f.write(render.read_bytes()))  # the same PNG: encode once
-        cache_lib.save_json(npz.with_suffix(".json"), meta)
+
+def _cached(ctx: TransferContext, t, key, aligned) -> TransferResult | None:
+    """The triple's result the output folder holds under `key`, or None (a damaged entry: one
+    warning, and it is recomputed; cache.read_entry)."""
+    path = ctx.layout.result(t)
+
+    def read(npz_path):
+        latent_in, structure_f = cache.load_latents_npz(npz_path, ctx.latent_shape, ctx.f_shape)
+        image = image_io.load_rgb(path, exif=False)
+        if image.shape != (ctx.size, ctx.size, 3):
+            raise ValueError(f"{path}: {image.shape[1]}x{image.shape[0]}, not the generator's {ctx.size}x{ctx.size}")
+        return latent_in, structure_f, image
+    hit = cache.read_entry(ctx.layout.blend(t), key, read)
+    if hit is None:
+        return None
+    # The blend masks are not stored: a cached result carries None for them.
+    face, shape, color, structure = t
+    return TransferResult(face, shape, color, structure, hit[2], aligned[(face, shape, structure)].target, hit[0],
+                          hit[1], None, None, path)
+
+
+def _batch(ctx: TransferContext, batch, hook, embedded, aligned) -> dict:
+    """One batch of triples (the last ones may repeat one, to keep the compiled size)."""
+    cfg = ctx.cfg
+    small = {n: ctx.decoded.small(ctx.sources[n], cfg.loss_size) for f, _, c, _ in batch for n in (f, c)}
+
+    def col(fn):
+        return jnp.asarray(np.stack([fn(*t) for t in batch]))
+
+    inputs = blending.BlendInputs(
+        col(lambda f, s, c, st: embedded[f].latent_in), col(lambda f, s, c, st: embedded[c].latent_in),
+        col(lambda f, s, c, st: aligned[(f, c, c)].structure_f),
+        col(lambda f, s, c, st: aligned[(f, s, st)].structure_f),
+        col(lambda f, s, c, st: small[f]), col(lambda f, s, c, st: small[c]),
+        col(lambda f, s, c, st: ctx.region_of(ctx.parsed[f][1])),
+        col(lambda f, s, c, st: ctx.region_of(ctx.parsed[c][1])),
+        # The noise key of (face, shape, color): a structure reference changes the final F only.
+        jnp.stack([ctx.noise_key(*t[:3]) for t in batch]), ctx.region_batch(len(batch)))
+    result = blending.blend(ctx.models, inputs, cfg, hook=hook)
+    return {"latent_in": result.latent_in, "structure_f": result.structure_f, "image": result.image,
+            "face_mask": result.face_mask, "hair_mask": result.hair_mask}
+
+
+def _write(ctx: TransferContext, t, key, row) -> None:
+    """One blend's files and its result: the key last, so that a half-written entry has none."""
+    face, shape, color, structure = t
+    npz = ctx.layout.blend(t)
+    meta = {"key": key, "face": face, "shape": shape, "color": color,
+            **({"structure": structure} if structure != shape else {}), "weights": ctx.weights}
+    npz.with_suffix(".json").unlink(missing_ok=True)
+    cache.save_latents_npz(npz, row["latent_in"], row["structure_f"])
+    render = image_io.save_png(npz.with_suffix(".png"), image_io.to_uint8(row["image"]))
+    image_io.atomic_write(ctx.layout.result(t), lambda f: f.write(render.read_bytes()))  # the same PNG: encode once
+    cache.save_json(npz.with_suffix(".json"), meta)

@@ -1,6 +1,6 @@
-"""Embedding images from files, batch by batch, through the cache: the pipeline around the
-pure W+ and FS stages (stages/embed.py). Images are read and decoded here (sources.py), results
-written here (store.py), progress and checkpoints attached here (loop_hook.py)."""
+"""The embedding stage: images embedded in W+, then FS, batch by batch through the store
+(stage_runner.py around the pure stages/embed.py); `embed` and `embed_files` run it alone, as
+`barbershop-jax embed` does."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,16 +12,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from barbershop_jax import config
-from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, EMBED_WAVE, EmbedConfig, check_numbers
+from barbershop_jax.config import EMBED_WAVE, EmbedConfig, check_numbers
 from barbershop_jax.models import bundle
-from barbershop_jax.pipeline import loop_hook
-from barbershop_jax.pipeline.runtime import batching
-from barbershop_jax.pipeline.store import resume
+from barbershop_jax.pipeline import stage_runner
+from barbershop_jax.pipeline.context import RunContext
 from barbershop_jax.pipeline.files import image_files as image_io
-from barbershop_jax.pipeline.runtime import progress as progress_lib
 from barbershop_jax.pipeline.files import sources as sources_lib
-from barbershop_jax.pipeline.store import cache as cache_lib
 from barbershop_jax.pipeline.files.sources import DecodedImages, identify
+from barbershop_jax.pipeline.runtime import batching
+from barbershop_jax.pipeline.runtime.settings import RunSettings
+from barbershop_jax.pipeline.store import cache as cache_lib
+from barbershop_jax.pipeline.store.layout import Layout
 from barbershop_jax.stages import embed as embedding
 from barbershop_jax.stages.loop import image_key
 
@@ -41,70 +42,81 @@ class NonFiniteError(ValueError):
     """An image's optimisation produced NaN or infinity; nothing was written for it."""
 
 
-def embed(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig | None = None,
-          batch_size: int = DEFAULT_BATCH_SIZE, fs: bool = True, progress: bool = True, devices=None,
-          import_official=None, checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
-          failures: list | None = None, split_processes: bool = True, decoded=None,
-          reuse: cache_lib.Reuse | None = None) -> list[EmbeddedImage]:
+def embed(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig | None = None, *, fs: bool = True,
+          import_official=None, failures: list | None = None, **run) -> list[EmbeddedImage]:
     """Embed images in W+ (and FS), batch by batch, skipping what `out_dir` already holds.
 
     `paths`: image files, or ImageSource items (`sources.as_source`) for images in memory.
     models: the models.bundle.Models (the face parser unused; default: the embedded ones).
-    decoded: the run's sources.DecodedImages (each image decoded once for the whole run), or
-    None for this call's own.
+    run: how the run runs, RunSettings' fields (batch_size, progress, devices,
+    checkpoint_every: each batch's loops save their state every so many steps under
+    out_dir/.resume/, so an interrupted run resumes mid-stage; None turns it off), and
     reuse: which finished entries of out_dir may be used (`fresh` redoes those of earlier
-    runs), counting those it used and made (store.Reuse; default: reuse all, counted apart).
+    runs), counting those it used and made (store.Reuse; default: reuse all).
 
     Writes the official layout under out_dir (W+/{name}.npy, FS/{name}.npz, with a PNG of each
-    render and a JSON key beside it; see store.py). `import_official`: a folder of official
-    outputs (W+/, FS/) whose files are adopted, by image name, where out_dir has no entry yet.
-    Multi-host (after `jax.distributed.initialize()`): process k of N embeds every N-th
-    distinct image, over its own local devices, into the same out_dir (a shared filesystem);
-    each process returns its share. Returns one EmbeddedImage per distinct path (of the share).
-    split_processes=False: every process embeds (or reads from out_dir) every image it is
-    given; a transfer needs all the images of its triples.
+    render and a JSON key beside it; see store/cache.py). `import_official`: a folder of
+    official outputs (W+/, FS/) whose files are adopted, by image name, where out_dir has no
+    entry yet. Multi-host (after `jax.distributed.initialize()`): process k of N embeds every
+    N-th distinct image, over its own local devices, into the same out_dir (a shared
+    filesystem); each process returns its share. Returns one EmbeddedImage per distinct path
+    (of the share).
 
-    checkpoint_every: each batch's loops save their state every so many steps under
-    out_dir/.resume/, so an interrupted run resumes mid-stage (resume.py); None turns it off.
     An image whose result holds NaN or infinity is not written: it is listed in `failures`
     as (name, reason) and left out of the result when a list is given; otherwise a
     NonFiniteError is raised once the other images are done.
     """
-    check_numbers("embed", batch_size=batch_size, **({} if checkpoint_every is None else
-                                                     {"checkpoint_every": checkpoint_every}))
-    reuse = cache_lib.Reuse() if reuse is None else reuse
+    reuse = run.pop("reuse", None) or cache_lib.Reuse()
+    check_numbers("embed", **{k: run[k] for k in ("batch_size", "checkpoint_every") if run.get(k) is not None})
+    settings = RunSettings(**run)
     if import_official is not None and reuse.fresh:
         raise ValueError(f"--import-official {import_official} with --fresh: the one adopts entries, the other "
                          "redoes them; give one")
     models = bundle.load(parser=False) if models is None else models
     g = models.generator
     cfg = EmbedConfig.for_size(g.config.size) if cfg is None else cfg.check_size(g.config.size)
-    store = cache_lib.EmbeddingCache(out_dir, cache_lib.embedding_weights(models))
-    decoded = DecodedImages(g.config.size) if decoded is None else decoded
+    ctx = RunContext(layout=Layout(out_dir), settings=settings, reuse=reuse, decoded=DecodedImages(g.config.size))
     # Files read here are decoded once: their pixels go to `decoded`, which the targets read.
-    items = [decoded.adopt(it) for it in identify(paths, progress, keep_pixels=True, what="paths")]
-    if split_processes:
-        items = items[jax.process_index()::jax.process_count()]
-    n_lat, d = g.config.n_latent, g.config.style_dim
-    f_shape = config.f_shape(g.config, cfg.fs_block)
+    items = [ctx.decoded.adopt(it) for it in identify(paths, settings.progress, keep_pixels=True, what="paths")]
+    items = items[jax.process_index()::jax.process_count()]
     if import_official is not None:
-        for it in items:
-            name, image_hash = it.name, it.image_hash
-            if store.get_w_plus(name, image_hash, cfg, (n_lat, d)) is None:
-                imported = store.import_official(import_official, name, image_hash, cfg, (n_lat, d), f_shape)
-                reuse.made.update([store.w_key(image_hash, cfg), store.fs_key(image_hash, cfg)])  # not "reused"
-                log.info("%s: imported %s from %s", name, ", ".join(imported) or "nothing", import_official)
-
-    with image_io.BackgroundWrites() as writes:  # results are written while the next batch runs
-        failed, w_plus, results = _embed_todo(items, store, models, cfg, batch_size, fs, progress, devices,
-                                              out_dir, checkpoint_every, writes, decoded, reuse)
-    if failed and failures is None:
-        raise NonFiniteError(failed[0][1])
+        _import_official(ctx, models, cfg, items, import_official)
+    with image_io.BackgroundWrites() as ctx.writes:  # results are written while the next batch runs
+        embedded = embed_images(ctx, models, cfg, items, fs=fs)
+    if ctx.failures and failures is None:
+        raise NonFiniteError(ctx.failures[0][1])
     if failures is not None:
-        failures.extend(failed)
-    bad = {name for name, _ in failed}
-    return [EmbeddedImage(it.name, it.image_hash, w_plus[it.name], *(results.get(it.name, (None, None))))
-            for it in items if it.name not in bad]
+        failures.extend(ctx.failures)
+    return embedded
+
+
+def embed_images(ctx: RunContext, models: bundle.Models, cfg: EmbedConfig, items, *, fs: bool = True
+                 ) -> list[EmbeddedImage]:
+    """The embedding stage of a run: each image (a sources.ImageSource whose pixels
+    ctx.decoded holds) embedded in W+, then FS, through the store of ctx.layout's folder; an
+    image that diverged is in ctx.failures and not in the result."""
+    store = cache_lib.EmbeddingCache(ctx.layout.root, cache_lib.embedding_weights(models))
+    by_name = {it.name: it for it in items}
+    w_plus = stage_runner.run(ctx, _w_plus_stage(ctx, store, models, cfg, by_name), list(by_name))
+    latents = {}
+    if fs:
+        latents = stage_runner.run(ctx, _fs_stage(ctx, store, models, cfg, by_name, w_plus),
+                                   [name for name in by_name if name in w_plus])
+    bad = {name for name, _ in ctx.failures}
+    return [EmbeddedImage(it.name, it.image_hash, w_plus[it.name], *latents.get(it.name, (None, None)))
+            for it in by_name.values() if it.name not in bad and it.name in w_plus]
+
+
+def _import_official(ctx, models, cfg, items, folder):
+    """Official outputs adopted where the store has no entry (counted as made, not reused)."""
+    store = cache_lib.EmbeddingCache(ctx.layout.root, cache_lib.embedding_weights(models))
+    g = models.generator.config
+    latent_shape, f_shape = (g.n_latent, g.style_dim), config.f_shape(g, cfg.fs_block)
+    for it in items:
+        if store.get_w_plus(it.name, it.image_hash, cfg, latent_shape) is None:
+            imported = store.import_official(folder, it.name, it.image_hash, cfg, latent_shape, f_shape)
+            ctx.reuse.made.update([store.w_key(it.image_hash, cfg), store.fs_key(it.image_hash, cfg)])
+            log.info("%s: imported %s from %s", it.name, ", ".join(imported) or "nothing", folder)
 
 
 def embed_files(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig | None = None, *,
@@ -160,74 +172,50 @@ def usable_images(paths, failures: list, progress: bool = True) -> list:
     return usable
 
 
-def _embed_todo(items, store, models, cfg, batch_size, fs, progress, devices, out_dir, checkpoint_every, writes,
-                decoded, reuse):
-    """The batches of `embed` that the cache does not hold (or `reuse` does not allow):
-    (failed, w_plus, FS results)."""
-    g = models.generator
-    n_lat, d = g.config.n_latent, g.config.style_dim
-    f_shape = config.f_shape(g.config, cfg.fs_block)
-    failed: list = []
-    w_plus = {it.name: store.get_w_plus(it.name, it.image_hash, cfg, (n_lat, d))
-              if reuse.allows(store.w_key(it.image_hash, cfg)) else None for it in items}
-    for it in items:
-        if w_plus[it.name] is not None:
-            reuse.found("W+", store.w_key(it.image_hash, cfg))
-    todo = [it for it in items if w_plus[it.name] is None]
-    reuse.making("W+", [store.w_key(it.image_hash, cfg) for it in todo])
-    with progress_lib.StageProgress("W+ embedding", len(todo), batch_size, cfg.w_steps, enabled=progress) as stage:
-        for batch, padded in batching.batches(todo, batch_size, "w_plus"):
-            stage.next_batch()
-            targets = _targets(padded, decoded, cfg)
-            ckpt = resume.batch_checkpoint(out_dir, "w_plus", [store.w_key(it.image_hash, cfg) for it in padded],
-                                           checkpoint_every)
-            w, _ = embedding.embed_w_plus(models, targets, cfg, hook=loop_hook.PipelineHook(stage, ckpt, devices))
-            images = image_io.to_uint8(np.asarray(embedding.w_plus_render(models, w, targets.key, cfg)))
-            written = []
-            for it, w_i, im in zip(batch, np.asarray(w), images):
-                if not np.isfinite(w_i).all():
-                    failed.append((it.name, f"{it.path or it.name}: W+ embedding diverged (NaN or infinity); "
-                                            "nothing written"))
-                    continue
-                written.append(writes.submit(store.put_w_plus, it.name, it.image_hash, cfg, w_i, im))
-                w_plus[it.name] = w_i
-            if ckpt is not None:  # once the batch's results are on disk
-                writes.submit(resume.clear, ckpt.folder, after=written, cleanup=True)
+def _w_plus_stage(ctx, store, models, cfg, by_name) -> stage_runner.Stage:
+    g = models.generator.config
+    shape = (g.n_latent, g.style_dim)
 
-    results = {}
-    if fs:
-        for it in items:
-            if not reuse.allows(store.fs_key(it.image_hash, cfg)):
-                continue
-            hit = store.get_fs(it.name, it.image_hash, cfg, (n_lat, d), f_shape)
-            if hit is not None:
-                results[it.name] = hit
-                reuse.found("FS", store.fs_key(it.image_hash, cfg))
-        todo = [it for it in items if it.name not in results and w_plus[it.name] is not None]
-        reuse.making("FS", [store.fs_key(it.image_hash, cfg) for it in todo])
-        with progress_lib.StageProgress("FS embedding", len(todo), batch_size, cfg.fs_steps,
-                                        enabled=progress) as stage:
-            for batch, padded in batching.batches(todo, batch_size, "fs"):
-                stage.next_batch()
-                targets = _targets(padded, decoded, cfg)
-                w = jnp.asarray(np.stack([w_plus[it.name] for it in padded]))
-                ckpt = resume.batch_checkpoint(out_dir, "fs", [store.fs_key(it.image_hash, cfg) for it in padded],
-                                               checkpoint_every)
-                latent_in, structure_f, _ = embedding.embed_fs(models, targets, w, cfg,
-                                                               hook=loop_hook.PipelineHook(stage, ckpt, devices))
-                images = image_io.to_uint8(np.asarray(embedding.fs_render(models, latent_in, structure_f, targets.key,
-                                                                          cfg)))
-                written = []
-                for it, li, f, im in zip(batch, np.asarray(latent_in), np.asarray(structure_f), images):
-                    if not (np.isfinite(li).all() and np.isfinite(f).all()):
-                        failed.append((it.name, f"{it.path or it.name}: FS embedding diverged (NaN or infinity); "
-                                                "nothing written"))
-                        continue
-                    written.append(writes.submit(store.put_fs, it.name, it.image_hash, cfg, li, f, im))
-                    results[it.name] = (li, f)
-                if ckpt is not None:
-                    writes.submit(resume.clear, ckpt.folder, after=written, cleanup=True)
-    return failed, w_plus, results
+    def compute(names, hook, bar):
+        targets = _targets([by_name[n] for n in names], ctx.decoded, cfg)
+        w, _ = embedding.embed_w_plus(models, targets, cfg, hook=hook)
+        return {"w_plus": w, "image": embedding.w_plus_render(models, w, targets.key, cfg)}
+
+    def write(name, key, row):
+        store.put_w_plus(name, by_name[name].image_hash, cfg, row["w_plus"], image_io.to_uint8(row["image"]))
+
+    return stage_runner.Stage(
+        "W+ embedding", "image", cfg.w_steps, "embedding", "w_plus", compute,
+        key=lambda name: store.w_key(by_name[name].image_hash, cfg), kind="W+",
+        cached=lambda name, key: store.get_w_plus(name, by_name[name].image_hash, cfg, shape),
+        write=write, result=lambda name, row: row["w_plus"], finite=("w_plus",),
+        diverged=lambda name: (name, f"{by_name[name].path or name}: W+ embedding diverged (NaN or infinity); "
+                                     "nothing written"))
+
+
+def _fs_stage(ctx, store, models, cfg, by_name, w_plus) -> stage_runner.Stage:
+    g = models.generator.config
+    latent_shape, f_shape = (g.n_latent, g.style_dim), config.f_shape(g, cfg.fs_block)
+
+    def compute(names, hook, bar):
+        targets = _targets([by_name[n] for n in names], ctx.decoded, cfg)
+        w = jnp.asarray(np.stack([w_plus[n] for n in names]))
+        latent_in, structure_f, _ = embedding.embed_fs(models, targets, w, cfg, hook=hook)
+        image = embedding.fs_render(models, latent_in, structure_f, targets.key, cfg)
+        return {"latent_in": latent_in, "structure_f": structure_f, "image": image}
+
+    def write(name, key, row):
+        store.put_fs(name, by_name[name].image_hash, cfg, row["latent_in"], row["structure_f"],
+                     image_io.to_uint8(row["image"]))
+
+    return stage_runner.Stage(
+        "FS embedding", "image", cfg.fs_steps, "embedding", "fs", compute,
+        key=lambda name: store.fs_key(by_name[name].image_hash, cfg), kind="FS",
+        cached=lambda name, key: store.get_fs(name, by_name[name].image_hash, cfg, latent_shape, f_shape),
+        write=write, result=lambda name, row: (row["latent_in"], row["structure_f"]),
+        finite=("latent_in", "structure_f"),
+        diverged=lambda name: (name, f"{by_name[name].path or name}: FS embedding diverged (NaN or infinity); "
+                                     "nothing written"))
 
 
 def _targets(batch, decoded, cfg) -> embedding.Targets:

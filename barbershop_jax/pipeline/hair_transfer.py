@@ -21,6 +21,7 @@ from barbershop_jax.pipeline.files import sources as sources_lib
 from barbershop_jax.pipeline.embed import NonFiniteError
 from barbershop_jax.pipeline.store.records import TargetEdit, TransferResult
 from barbershop_jax.pipeline.run import Pipeline
+from barbershop_jax.pipeline.runtime.settings import RunSettings
 from barbershop_jax.stages import target_mask
 
 
@@ -81,8 +82,8 @@ class HairTransfer:
         embed_overrides, overrides = split_options({**self.options, **options})
         return Pipeline(self.models, self.out_dir,
                         EmbedConfig.for_size(self.models.generator.config.size, **embed_overrides),
-                        TransferConfig(**overrides), batch_size=self.batch_size, progress=self.progress,
-                        devices=self.devices, checkpoint_every=self.checkpoint_every, reuse=self._new_reuse())
+                        TransferConfig(**overrides), RunSettings(self.batch_size, self.progress, self.devices,
+                                                                 self.checkpoint_every), reuse=self._new_reuse())
 
     def _pipelines(self, regions, **options) -> dict:
         """One pipeline per region (its settings and file names), each checked before any work."""
@@ -104,7 +105,7 @@ class HairTransfer:
     def _read_edits(self, edits, pipelines) -> list:
         """The edits with their target masks read (an indexed PNG path) and checked."""
         labels = self.models.parser.labels
-        size = next((pipeline.cfg.parse_size for pipeline in pipelines.values()), None)  # the same for every region
+        size = next((pipeline.context.cfg.parse_size for pipeline in pipelines.values()), None)  # the same for every region
         return [None if e is None else dataclasses.replace(e, target=None if e.target is None else (
             store.read_label_png(e.target, labels, size) if isinstance(e.target, (str, Path))
             else target_mask.check_target(e.target, labels, size))) for e in (edits or [])]
@@ -205,10 +206,10 @@ class HairTransfer:
                 if paste_back:
                     done = pipeline.paste_back(done, feather)
             finally:
-                for stage, seconds in pipeline.timings.items():
+                for stage, seconds in pipeline.context.timings.items():
                     self.timings[stage] = self.timings.get(stage, 0.0) + seconds
                 self.failures += pipeline.triple_failures
-                self.reuse.add(pipeline.reuse)
+                self.reuse.add(pipeline.context.reuse)
             for i, r in zip(indices, done):
                 results[i] = r
         return results

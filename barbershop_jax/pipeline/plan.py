@@ -12,7 +12,8 @@ from barbershop_jax.pipeline.store import cache as cache_lib
 from barbershop_jax.pipeline.store.records import alignments
 
 # The stages as their progress bars name them (step_times keys), with their work's unit.
-STAGES = (("W+ embedding", "image"), ("FS embedding", "image"), ("Alignment", "pair"), ("Blend", "triple"))
+STAGES = (("W+ embedding", "image"), ("FS embedding", "image"), ("Target mask", "pair"), ("Alignment", "pair"),
+          ("Blend", "triple"))
 
 
 @dataclasses.dataclass
@@ -79,43 +80,46 @@ def _duration(seconds: float) -> str:
 
 def plan(pipelines: dict, triples, edits=None, regions=None, *, dtype="float32", title="") -> Plan:
     """The plan of HairTransfer.transfer_many(triples, edits=edits, regions=regions):
-    pipelines is {region or None: its pipeline.Pipeline} (run.py; their inputs are read here:
-    give sources.ImageSource items to read nothing). No model runs."""
+    pipelines is {region or None: its run.Pipeline} (their inputs are read here: give
+    sources.ImageSource items to read nothing). No model runs."""
     regions = list(regions) if regions is not None else [None] * len(triples)
     edits = list(edits) if edits else [None] * len(triples)
-    any_pipeline = next(iter(pipelines.values()))
-    cfg, embed_cfg, size = any_pipeline.cfg, any_pipeline.embed_cfg, any_pipeline.size
-    images, aligns, blends = {}, [0, 0], [0, 0]
+    ctx = next(iter(pipelines.values())).context
+    images, counts = {}, {"Target mask": [0, 0], "Alignment": [0, 0], "Blend": [0, 0]}
     for region, pipeline in pipelines.items():
         rows = [i for i, r in enumerate(regions) if (r or None) == region]
-        if not rows:
-            continue
-        _, quads, sources = pipeline.inputs([triples[i] for i in rows], [edits[i] for i in rows])
-        images.update(sources)
-        found = lambda path, key: pipeline.reuse.allows(key) and cache_lib.key_matches(path, key)  # noqa: E731
-        for face, shape, ref in dict.fromkeys(a for t in quads for a in alignments(t)):
-            npz, labels = pipeline._align_paths(face, shape, ref)
-            aligns[0] += 1
-            aligns[1] += not (found(npz, pipeline.align_key(sources, face, shape, ref)) and labels.is_file())
-        for t in dict.fromkeys(quads):
-            blends[0] += 1
-            blends[1] += not (found(pipeline.blend_path(t), pipeline.blend_key(sources, t))
-                              and pipeline._result_path(t).is_file())
-    store = cache_lib.EmbeddingCache(any_pipeline.out, cache_lib.embedding_weights(any_pipeline.models))
-    reuse = any_pipeline.reuse  # --fresh: only what this run makes is reused, so every entry is to do
+        if rows:
+            _, quads = pipeline.inputs([triples[i] for i in rows], [edits[i] for i in rows])
+            images.update(pipeline.context.sources)
+            _count_transfers(pipeline.context, quads, counts)
+    store = cache_lib.EmbeddingCache(ctx.layout.root, cache_lib.embedding_weights(ctx.models))
+    embed_cfg, cfg = ctx.embed_cfg, ctx.cfg
 
-    def todo(folder, suffix, key_of):
-        return sum(not (reuse.allows(key := key_of(s.image_hash, embed_cfg))
-                        and cache_lib.key_matches(store.root / folder / f"{s.name}{suffix}", key))
-                   for s in images.values())
-    w_todo = todo(cache_lib.W_DIR, ".npy", store.w_key)
-    fs_todo = todo(cache_lib.FS_DIR, ".npz", store.fs_key)
-    batch_size = any_pipeline.batch_size
-    counts = {"W+ embedding": (len(images), w_todo, embed_cfg.w_steps),
-              "FS embedding": (len(images), fs_todo, embed_cfg.fs_steps),
-              "Alignment": (*aligns, 2 * cfg.inpaint_steps + cfg.align_steps1 + cfg.align_steps2),
-              "Blend": (*blends, cfg.blend_steps)}
-    measured, ctx = step_times.read(), step_times.context(size, dtype, batch_size)
-    stages = [StagePlan(name, unit, *counts[name], batch_size, step_times.seconds_per_step(measured, ctx, name))
-              for name, unit in STAGES]
+    def todo(path_of, key_of):  # --fresh: only what this run makes is reused, so every entry is to do
+        return sum(not (ctx.reuse.allows(key := key_of(s.image_hash, embed_cfg))
+                        and cache_lib.key_matches(path_of(s.name), key)) for s in images.values())
+    steps = {"W+ embedding": embed_cfg.w_steps, "FS embedding": embed_cfg.fs_steps,
+             "Target mask": 2 * cfg.inpaint_steps, "Alignment": cfg.align_steps1 + cfg.align_steps2,
+             "Blend": cfg.blend_steps}
+    counts.update({"W+ embedding": (len(images), todo(ctx.layout.w_plus, store.w_key)),
+                   "FS embedding": (len(images), todo(ctx.layout.fs, store.fs_key))})
+    batch_size = ctx.settings.batch_size
+    measured, where = step_times.read(), step_times.context(ctx.size, dtype, batch_size)
+    stages = [StagePlan(name, unit, *counts[name], steps[name], batch_size,
+                        step_times.seconds_per_step(measured, where, name)) for name, unit in STAGES]
     return Plan(len(triples), stages, title)
+
+
+def _count_transfers(ctx, quads, counts):
+    """Adds the distinct alignments and triples of a region's run, and those to compute, to
+    counts[stage] = [total, todo] (a target mask is computed for each alignment to compute)."""
+    layout, reuse = ctx.layout, ctx.reuse
+    found = lambda path, key: reuse.allows(key) and cache_lib.key_matches(path, key)  # noqa: E731
+    for a in dict.fromkeys(a for t in quads for a in alignments(t)):
+        missing = not (found(layout.alignment(*a), ctx.align_key(*a)) and layout.alignment_labels(*a).is_file())
+        for stage in ("Target mask", "Alignment"):
+            counts[stage][0] += 1
+            counts[stage][1] += missing
+    for t in dict.fromkeys(quads):
+        counts["Blend"][0] += 1
+        counts["Blend"][1] += not (found(layout.blend(t), ctx.blend_key(t)) and layout.result(t).is_file())

@@ -9,7 +9,8 @@ import io
 from pathlib import Path
 
 from barbershop_jax.pipeline.files import image_files as image_io
-from barbershop_jax.pipeline.store.records import TargetEdit, TransferResult, references
+from barbershop_jax.pipeline.store.layout import references
+from barbershop_jax.pipeline.store.records import TargetEdit, TransferResult
 from barbershop_jax.stages.target_mask import parse_shape_transform
 
 

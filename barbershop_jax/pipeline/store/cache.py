@@ -1,7 +1,7 @@
 """The store of results, content-addressed: no image is embedded twice, no pair aligned twice.
 
-Files use the official layout, so official latents can be read and ours used by the official
-code:
+Files use the official layout (layout.py), so official latents can be read and ours used by
+the official code:
 
     DIR/W+/{name}.npy    (1, n_latent, style_dim) float32
     DIR/FS/{name}.npz    latent_in (1, n_latent, style_dim), latent_F (1, C, r, r) in NCHW
@@ -14,8 +14,8 @@ entry whose key is there but whose files do not read (truncated, other shapes or
 is damaged: one warning names the file, its key is removed, and it is recomputed. Arrays
 are written first and the JSON last, each atomically (temporary file, then rename), so an
 interrupted run never leaves an entry that looks finished. The alignments and blends keep
-their keys the same way (`stage_key`, pipeline/align.py and blend_stage.py), and their
-target label maps beside them (`save_labels`).
+their keys the same way (`stage_key`, pipeline/align.py and blend.py), and their target
+label maps beside them (`save_labels`). Every path comes from layout.py.
 """
 from __future__ import annotations
 
@@ -34,12 +34,12 @@ from PIL import Image
 from barbershop_jax.config import DEFAULT_REGION
 from barbershop_jax.models.bisenet import LabelMap
 from barbershop_jax.models.weights import ARRAY_FILE_ERRORS
+from barbershop_jax.pipeline.store.layout import FS_DIR, W_DIR, Layout
 from barbershop_jax.pipeline.files.image_files import IMAGE_FILE_ERRORS, atomic_write, save_png
 from barbershop_jax.stages.target_mask import check_target, palette
 
 log = logging.getLogger("barbershop_jax")
 
-W_DIR, FS_DIR = "W+", "FS"
 W_FIELDS = ("w_steps", "learning_rate", "l2_lambda", "percept_lambda", "p_norm_lambda",
             "lpips_size", "noise", "seed")
 FS_FIELDS = W_FIELDS + ("fs_steps", "l_f_lambda", "fs_block")
@@ -195,11 +195,11 @@ class EmbeddingCache:
     # --- W+
     def get_w_plus(self, name, image_hash, cfg, shape):
         """The cached W+ (n_latent, style_dim) or None."""
-        path = self.root / W_DIR / f"{name}.npy"
+        path = Layout(self.root).w_plus(name)
         return read_entry(path, self.w_key(image_hash, cfg), lambda p: load_npy(p, shape))
 
     def put_w_plus(self, name, image_hash, cfg, w_plus, image_png=None, extra=None):
-        path = self.root / W_DIR / f"{name}.npy"
+        path = Layout(self.root).w_plus(name)
         self._start(path)
         save_npy(path, np.asarray(w_plus)[None])
         self._finish(path, self.w_key(image_hash, cfg), name, image_hash, image_png, extra)
@@ -207,12 +207,12 @@ class EmbeddingCache:
     # --- FS
     def get_fs(self, name, image_hash, cfg, latent_shape, f_shape_nhwc):
         """The cached (latent_in (n_latent, d), structure_f (r, r, C) NHWC) or None."""
-        path = self.root / FS_DIR / f"{name}.npz"
+        path = Layout(self.root).fs(name)
         return read_entry(path, self.fs_key(image_hash, cfg),
                           lambda p: load_latents_npz(p, latent_shape, f_shape_nhwc))
 
     def put_fs(self, name, image_hash, cfg, latent_in, structure_f, image_png=None, extra=None):
-        path = self.root / FS_DIR / f"{name}.npz"
+        path = Layout(self.root).fs(name)
         self._start(path)
         save_latents_npz(path, latent_in, structure_f)
         self._finish(path, self.fs_key(image_hash, cfg), name, image_hash, image_png, extra)
@@ -226,7 +226,7 @@ class EmbeddingCache:
         embedded, as it would be without the official folder."""
         src_root, done = Path(src_root), []
         meta = {"imported_from": str(src_root)}
-        w_file, fs_file = src_root / W_DIR / f"{name}.npy", src_root / FS_DIR / f"{name}.npz"
+        w_file, fs_file = Layout(src_root).w_plus(name), Layout(src_root).fs(name)
         w = _importable(w_file, lambda p: load_npy(p, latent_shape))
         if w is not None:
             self.put_w_plus(name, image_hash, cfg, w, extra=meta)

@@ -55,9 +55,6 @@ class TargetEdit:
         return cache_lib.digest(*parts) if parts else ""
 
 
-def references(shape, structure) -> str:
-    """The shape and structure references in file names and messages: shape, or shape+structure."""
-    return shape if structure == shape else f"{shape}+{structure}"
 
 
 def alignments(t) -> tuple:
