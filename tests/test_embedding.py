@@ -142,7 +142,7 @@ def test_progress_rate_and_eta_leave_out_compilation_and_restored_steps(monkeypa
     several times too long for hundreds of steps); restored steps are not timed."""
     spans = collections.deque()
     monkeypatch.setattr(progress, "_compile_spans", spans)
-    bar = progress._progress(1100, "W+ embedding", 8)
+    bar = progress.progress_bar(1100, "W+ embedding", 8)
     clock = [0.0]
     bar._time = lambda: clock[0]
     bar.start_t = bar.last_print_t = bar.mark = 0.0

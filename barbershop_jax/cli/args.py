@@ -109,6 +109,14 @@ class _Parser(argparse.ArgumentParser):
     name starts with '-' reads as an option, and argparse's message ("expected one argument",
     "the following arguments are required") would not name it: the line names it."""
 
+    commands = None  # the action add_subparsers returned: its choices are the commands' parsers
+
+    def add_subparsers(self, **kwargs):
+        # Kept, because argparse has no public way to list a parser's subparsers; the parsers
+        # it adds (plugins' nested ones too) are of this class, so they keep theirs as well.
+        self.commands = super().add_subparsers(**kwargs)
+        return self.commands
+
     def parse_known_args(self, args=None, namespace=None):
         self.given = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
@@ -338,8 +346,7 @@ def _add_global_flags(p, default):
 def subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     """Every command's parser under `parser`, nested ones (convert stylegan2) too."""
     found = []
-    for action in parser._actions:  # argparse has no public way to list a parser's subparsers
-        if isinstance(action, argparse._SubParsersAction):
-            for command in dict.fromkeys(action.choices.values()):  # aliases name one parser twice
-                found += [command, *subcommands(command)]
+    if getattr(parser, "commands", None) is not None:
+        for command in dict.fromkeys(parser.commands.choices.values()):  # aliases name one parser twice
+            found += [command, *subcommands(command)]
     return found

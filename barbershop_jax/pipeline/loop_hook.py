@@ -51,7 +51,7 @@ class PipelineHook(LoopHook):
         if isinstance(self.progress, progress_lib.StageProgress):
             bar = self.progress.loop(loop.desc, done)
         elif self.progress:
-            bar = progress_lib._progress(n_steps, loop.desc, jax.tree.leaves(state)[0].shape[0], initial=done)
+            bar = progress_lib.progress_bar(n_steps, loop.desc, jax.tree.leaves(state)[0].shape[0], initial=done)
         else:
             bar = None
         self._open[loop] = [bar, done, done, None, n_steps]
@@ -67,7 +67,7 @@ class PipelineHook(LoopHook):
         dispatch = (called, time.time())  # tracing, reading and compiling, when this chunk's call did them
         entry[1] = done
         if bar is not None:  # the metrics wait for the chunk, so the bar moves when its steps are done
-            bar.advance(done - before, progress_lib._loss_summary(jax.device_get(metrics)), excluded=dispatch)
+            bar.advance(done - before, progress_lib.loss_summary(jax.device_get(metrics)), excluded=dispatch)
         checkpoint = self._checkpoint(loop)
         stop = resume.stop_requested()
         if checkpoint is not None and (done - saved >= checkpoint.every or done == n_steps or stop):

@@ -178,7 +178,23 @@ def crop_face(photo: np.ndarray, points, size: int = OFFICIAL_SIZE, *, min_face:
         img = img.crop(crop)
         quad -= crop[0:2]
 
-    # Pad where the quad leaves the photo: reflect, blur the padding, fade it to the median.
+    img, quad = _pad_outside(img, quad, qsize, border)
+
+    # Sample the quad (Pillow's continuous coordinates put pixel centres at +0.5).
+    img = img.transform((TRANSFORM_SIZE, TRANSFORM_SIZE), Image.Transform.QUAD, tuple((quad + 0.5).flatten()),
+                        Image.Resampling.BILINEAR)
+    first = OFFICIAL_SIZE if size <= OFFICIAL_SIZE else size
+    img = img.resize((first, first), Image.Resampling.LANCZOS)
+    if size != first:
+        img = img.resize((size, size), Image.Resampling.LANCZOS)
+    transform = CropTransform((w, h), quad_orig, size,
+                              landmarks=tuple(tuple(map(float, p)) for p in np.asarray(points, np.float64)))
+    return np.asarray(img), transform
+
+
+def _pad_outside(img, quad, qsize: float, border: int):
+    """(image, quad) padded where the quad leaves the photo, as the official: reflected, the
+    padding blurred and faded to the median colour."""
     pad = (int(np.floor(min(quad[:, 0]))), int(np.floor(min(quad[:, 1]))), int(np.ceil(max(quad[:, 0]))),
            int(np.ceil(max(quad[:, 1]))))
     pad = (max(-pad[0] + border, 0), max(-pad[1] + border, 0), max(pad[2] - img.size[0] + border, 0),
@@ -198,17 +214,7 @@ def crop_face(photo: np.ndarray, points, size: int = OFFICIAL_SIZE, *, min_face:
         arr += (np.median(arr, axis=(0, 1)) - arr) * np.clip(mask, 0.0, 1.0)
         img = Image.fromarray(np.uint8(np.clip(np.rint(arr), 0, 255)), "RGB")
         quad += pad[:2]
-
-    # Sample the quad (Pillow's continuous coordinates put pixel centres at +0.5).
-    img = img.transform((TRANSFORM_SIZE, TRANSFORM_SIZE), Image.Transform.QUAD, tuple((quad + 0.5).flatten()),
-                        Image.Resampling.BILINEAR)
-    first = OFFICIAL_SIZE if size <= OFFICIAL_SIZE else size
-    img = img.resize((first, first), Image.Resampling.LANCZOS)
-    if size != first:
-        img = img.resize((size, size), Image.Resampling.LANCZOS)
-    transform = CropTransform((w, h), quad_orig, size,
-                              landmarks=tuple(tuple(map(float, p)) for p in np.asarray(points, np.float64)))
-    return np.asarray(img), transform
+    return img, quad
 
 
 def _check_in_photo(quad, qsize: float, w: int, h: int, what) -> None:

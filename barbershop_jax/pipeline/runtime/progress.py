@@ -5,12 +5,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
+import time
 import weakref
 
 import jax
 import numpy as np
 
-def _loss_summary(metrics) -> str:
+def loss_summary(metrics) -> str:
     loss = np.asarray(metrics["loss"]) if isinstance(metrics, dict) and "loss" in metrics else None
     if loss is None:
         return ""
@@ -85,7 +86,7 @@ def _busy(spans, lo: float, hi: float) -> float:
     return total
 
 
-def _progress(total, desc, n_items, *, initial=0, unit="image"):
+def progress_bar(total, desc, n_items, *, initial=0, unit="image"):
     """A tqdm bar of optimisation steps whose rate and ETA leave out compilation.
 
     A loop's first chunk may be mostly tracing and compiling (37 s against 0.4 s per chunk for
@@ -136,7 +137,7 @@ def _progress(total, desc, n_items, *, initial=0, unit="image"):
 
     bar = StepBar(total=total, initial=initial, desc=f"{desc} ({n_items} {unit}{'s' if n_items != 1 else ''})",
                   unit="step", leave=True, dynamic_ncols=True, smoothing=0)
-    bar.mark = bar._time()
+    bar.mark = time.time()
     with _open_lock:
         _open_bars.add(bar)
     return bar
@@ -170,7 +171,7 @@ class StageProgress:
                  unit="image"):
         self.desc, self.n_batches, self.batch, self.batch_size = desc, -(-n_items // batch_size), 0, batch_size
         total = self.n_batches * steps_per_batch
-        self.bar = _progress(total, desc, n_items, unit=unit) if enabled and total > 0 else None
+        self.bar = progress_bar(total, desc, n_items, unit=unit) if enabled and total > 0 else None
 
     def next_batch(self):
         self.batch += 1
