@@ -114,8 +114,7 @@ def test_the_plan_predicts_from_measured_steps(models, six, tmp_path, monkeypatc
     monkeypatch.setattr(plan_lib.step_times, "read", lambda: {})
     assert ht.plan(triples).seconds is None and "not known yet" in ht.plan(triples).describe()
     ctx = plan_lib.step_times.context(models.generator.config.size, "float32", 2)
-    # The target mask's steps and the alignment's at the same rate: "Alignment" below counts both.
-    per_step = {"W+ embedding": 0.5, "FS embedding": 0.25, "Target mask": 1.0, "Alignment": 1.0, "Blend": 2.0}
+    per_step = {"W+ embedding": 0.5, "FS embedding": 0.25, "Alignment": 1.0, "Blend": 2.0}
     monkeypatch.setattr(plan_lib.step_times, "read", lambda: {ctx: {k: [4, 4 * v] for k, v in per_step.items()}})
     plan = ht.plan(triples)
     s = ht.pipeline().context.cfg

@@ -29,10 +29,18 @@ def found(ctx: TransferContext, alignments) -> tuple[dict, list]:
     return stage_runner.lookup(ctx, _stage(ctx), alignments)
 
 
-def align(ctx: TransferContext, alignments, embedded: dict, targets: dict) -> dict:
+def progress(ctx: TransferContext, alignments):
+    """The alignment stage's bar, over its target masks' steps too: users and plans know the
+    two as one stage ("Alignment", as the official prints it)."""
+    cfg = ctx.cfg
+    return stage_runner.progress(ctx, "Alignment", "pair", len(alignments),
+                                 2 * cfg.inpaint_steps + cfg.align_steps1 + cfg.align_steps2)
+
+
+def align(ctx: TransferContext, alignments, embedded: dict, targets: dict, bar=None) -> dict:
     """{alignment: Aligned} of each alignment computed (and written), given each one's target
     mask (target_mask.py); one that diverged is in ctx.failures instead."""
-    return stage_runner.compute(ctx, _stage(ctx, embedded, targets), alignments)
+    return stage_runner.compute(ctx, _stage(ctx, embedded, targets), alignments, bar)
 
 
 def _stage(ctx: TransferContext, embedded=None, targets=None) -> stage_runner.Stage:

@@ -12,8 +12,7 @@ from barbershop_jax.pipeline.store import cache as cache_lib
 from barbershop_jax.pipeline.store.records import alignments
 
 # The stages as their progress bars name them (step_times keys), with their work's unit.
-STAGES = (("W+ embedding", "image"), ("FS embedding", "image"), ("Target mask", "pair"), ("Alignment", "pair"),
-          ("Blend", "triple"))
+STAGES = (("W+ embedding", "image"), ("FS embedding", "image"), ("Alignment", "pair"), ("Blend", "triple"))
 
 
 @dataclasses.dataclass
@@ -85,7 +84,7 @@ def plan(pipelines: dict, triples, edits=None, regions=None, *, dtype="float32",
     regions = list(regions) if regions is not None else [None] * len(triples)
     edits = list(edits) if edits else [None] * len(triples)
     ctx = next(iter(pipelines.values())).context
-    images, counts = {}, {"Target mask": [0, 0], "Alignment": [0, 0], "Blend": [0, 0]}
+    images, counts = {}, {"Alignment": [0, 0], "Blend": [0, 0]}
     for region, pipeline in pipelines.items():
         rows = [i for i, r in enumerate(regions) if (r or None) == region]
         if rows:
@@ -99,7 +98,7 @@ def plan(pipelines: dict, triples, edits=None, regions=None, *, dtype="float32",
         return sum(not (ctx.reuse.allows(key := key_of(s.image_hash, embed_cfg))
                         and cache_lib.key_matches(path_of(s.name), key)) for s in images.values())
     steps = {"W+ embedding": embed_cfg.w_steps, "FS embedding": embed_cfg.fs_steps,
-             "Target mask": 2 * cfg.inpaint_steps, "Alignment": cfg.align_steps1 + cfg.align_steps2,
+             "Alignment": 2 * cfg.inpaint_steps + cfg.align_steps1 + cfg.align_steps2,  # with the target mask
              "Blend": cfg.blend_steps}
     counts.update({"W+ embedding": (len(images), todo(ctx.layout.w_plus, store.w_key)),
                    "FS embedding": (len(images), todo(ctx.layout.fs, store.fs_key))})
@@ -112,14 +111,13 @@ def plan(pipelines: dict, triples, edits=None, regions=None, *, dtype="float32",
 
 def _count_transfers(ctx, quads, counts):
     """Adds the distinct alignments and triples of a region's run, and those to compute, to
-    counts[stage] = [total, todo] (a target mask is computed for each alignment to compute)."""
+    counts[stage] = [total, todo]."""
     layout, reuse = ctx.layout, ctx.reuse
     found = lambda path, key: reuse.allows(key) and cache_lib.key_matches(path, key)  # noqa: E731
     for a in dict.fromkeys(a for t in quads for a in alignments(t)):
-        missing = not (found(layout.alignment(*a), ctx.align_key(*a)) and layout.alignment_labels(*a).is_file())
-        for stage in ("Target mask", "Alignment"):
-            counts[stage][0] += 1
-            counts[stage][1] += missing
+        counts["Alignment"][0] += 1
+        counts["Alignment"][1] += not (found(layout.alignment(*a), ctx.align_key(*a))
+                                       and layout.alignment_labels(*a).is_file())
     for t in dict.fromkeys(quads):
         counts["Blend"][0] += 1
         counts["Blend"][1] += not (found(layout.blend(t), ctx.blend_key(t)) and layout.result(t).is_file())

@@ -70,8 +70,9 @@ class Pipeline:
                 with ctx.timed("parsing"):
                     parse(ctx, [ctx.sources[n] for n in dict.fromkeys(n for a in pairs for n in a)])
                 aligned, todo = align_stage.found(ctx, pairs)
-                targets = target_mask_stage.target_masks(ctx, todo)
-                aligned.update(align_stage.align(ctx, todo, embedded, targets))
+                with align_stage.progress(ctx, todo) as bar:  # one bar, "Alignment", over both stages
+                    targets = target_mask_stage.target_masks(ctx, todo, bar)
+                    aligned.update(align_stage.align(ctx, todo, embedded, targets, bar))
                 if self.save_target_masks:
                     target_mask_stage.save_target_masks(ctx, aligned)
                 live = [t for t in live if all(a in aligned for a in alignments(t))]

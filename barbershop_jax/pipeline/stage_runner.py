@@ -6,6 +6,7 @@ written on the run's writer threads while the next batch runs; a batch's checkpo
 cleared once its results are on disk."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Callable
 
@@ -62,15 +63,22 @@ def run(ctx: RunContext, stage: Stage, items) -> dict:
     return {**found, **compute(ctx, stage, todo)}
 
 
-def compute(ctx: RunContext, stage: Stage, items) -> dict:
-    """The items computed batch by batch (none looked up), written when the stage writes."""
+def progress(ctx: RunContext, name: str, unit: str, n_items: int, steps: int) -> progress_lib.StageProgress:
+    """The bar of a stage (or of stages that share one) over n_items in batches of `steps`."""
+    return progress_lib.StageProgress(name, n_items, ctx.settings.batch_size, steps, enabled=ctx.settings.progress,
+                                      unit=unit)
+
+
+def compute(ctx: RunContext, stage: Stage, items, bar: progress_lib.StageProgress | None = None) -> dict:
+    """The items computed batch by batch (none looked up), written when the stage writes; on
+    `bar` when given (a bar that stages share), else on a bar of the stage's own."""
     settings = ctx.settings
     keys = {item: stage.key(item) for item in items} if stage.key is not None else {}
     if stage.kind:
         ctx.reuse.making(stage.kind, keys.values())
     results = {}
-    with progress_lib.StageProgress(stage.name, len(items), settings.batch_size, stage.steps,
-                                    enabled=settings.progress, unit=stage.unit) as bar:
+    own = progress(ctx, stage.name, stage.unit, len(items), stage.steps) if bar is None else None
+    with own or contextlib.nullcontext(bar) as bar:
         for batch, padded in batches(items, settings.batch_size, stage.checkpoint):
             bar.next_batch()
             checkpoint = resume.batch_checkpoint(ctx.layout.root, stage.checkpoint,

@@ -14,16 +14,17 @@ from barbershop_jax.pipeline.store import cache
 from barbershop_jax.stages import target_mask as inpainting
 
 
-def target_masks(ctx: TransferContext, alignments) -> dict:
+def target_masks(ctx: TransferContext, alignments, bar=None) -> dict:
     """{alignment: its target label map (P, P) int32} for each (face, shape, ref) alignment,
     batched as the alignment stage batches them: the two stages share each batch's checkpoint
     folder (OUT/.resume/align/{batch}/, the masks' loops under mask/), which the alignment
-    clears once the batch's results are written."""
+    clears once the batch's results are written, and their progress bar (`bar`: the
+    alignment's, align.progress)."""
     cfg = ctx.cfg
     stage = stage_runner.Stage("Target mask", "pair", 2 * cfg.inpaint_steps, "target mask", "align",
                                lambda batch, hook, bar: _batch_targets(ctx, batch, hook, bar),
                                key=lambda a: ctx.align_key(*a), result=lambda a, row: row["target"])
-    return stage_runner.compute(ctx, stage, alignments)
+    return stage_runner.compute(ctx, stage, alignments, bar)
 
 
 def _stack(items):

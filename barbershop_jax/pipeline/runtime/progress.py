@@ -174,7 +174,8 @@ class StageProgress:
         self.bar = progress_bar(total, desc, n_items, unit=unit) if enabled and total > 0 else None
 
     def next_batch(self):
-        self.batch += 1
+        # Wraps: stages that share a bar (the target mask and the alignment) each count from 1.
+        self.batch = self.batch % self.n_batches + 1
 
     def skip(self, steps: int):
         if self.bar is not None and steps > 0:
