@@ -87,9 +87,7 @@ class Pipeline:
         """{name: embed.EmbeddedImage} of each source: every image of this process's triples,
         also under jax.distributed (where `embed.embed` embeds this process's share only)."""
         ctx = self.context
-        with ctx.timed("embedding"):
-            done = embed_stage.embed_images(ctx, ctx.models, ctx.embed_cfg, sources)
-        return {e.name: e for e in done}
+        return {e.name: e for e in embed_stage.embed_images(ctx, ctx.models, ctx.embed_cfg, sources)}
 
     def parse(self, sources) -> list:
         """(labels at parse_size, labels at blend_parse_size) of each source (parse.py)."""
