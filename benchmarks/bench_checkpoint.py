@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from barbershop_jax import config  # noqa: E402
 from barbershop_jax.config import EmbedConfig  # noqa: E402
@@ -27,6 +27,7 @@ from barbershop_jax.pipeline import loop_hook  # noqa: E402
 from barbershop_jax.pipeline.store import resume  # noqa: E402
 from barbershop_jax.stages import embed as embedding  # noqa: E402
 from test_embedding import _known_w_plus, _targets, make_consts  # noqa: E402
+import result_names  # noqa: E402
 
 
 def main():
@@ -68,7 +69,7 @@ def main():
     lines += [f"| {r['checkpoint_every'] or 'off'} | {r['median_s']:.2f} | {100 * r['overhead']:+.1f}% |" for r in rows]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"checkpoint_{result['backend']}_{result['size']}px"
+    name = result_names.stem("checkpoint", f"{result['size']}px")
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

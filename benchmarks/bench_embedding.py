@@ -29,6 +29,7 @@ from barbershop_jax.config import EmbedConfig, TransferConfig  # noqa: E402
 from barbershop_jax.stages import loop  # noqa: E402
 from suite import build_models, time_jax_stage  # noqa: E402
 from torch_reference import Nets, time_step  # noqa: E402
+import result_names  # noqa: E402
 
 
 def main(argv=None):
@@ -66,10 +67,11 @@ def main(argv=None):
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "jax": jax.__version__,
             "torch": torch.__version__, "jax_device": str(jax.devices()[0]), "torch_device": device,
             "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
-            "size": args.size, "lpips_size": args.lpips_size, "steps": args.steps, "reps": args.reps}
+            "machine": result_names.machine(), "size": args.size, "lpips_size": args.lpips_size,
+            "steps": args.steps, "reps": args.reps}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"embedding_{jax.devices()[0].platform}_{args.size}px"
+    tag = result_names.stem("embedding", f"{args.size}px")
     (out / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     head = (f"Embedding steps, {args.size} px (LPIPS at {args.lpips_size}); {meta['gpu'] or 'CPU'}; JAX "
             f"{meta['jax']}, PyTorch {meta['torch']}; median of {args.reps} chunks of {args.steps} steps; {meta['date']}")

@@ -9,7 +9,7 @@ weights, grouped convolution) in plain PyTorch ops, gradients to the latents onl
 JAX: jitted, compile time reported apart, `block_until_ready` on every timed call.
 The two sides alternate call by call (JAX, PyTorch, JAX, ...) so that a machine whose load
 changes during the run slows both alike; medians of --reps calls, the load average beside them.
-Writes JSON and a markdown table to benchmarks/results/.
+Writes JSON and a markdown table to benchmarks/results/ (names: result_names.py).
 
     python benchmarks/bench_generator.py --size 256 --batch 1 4 --steps grad_w --profile --limits   # the CPU acceptance run
     python benchmarks/bench_generator.py --size 1024 --batch 1 --steps grad_w
@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import result_names  # noqa: E402
 
 STEPS = ("render", "grad_w", "grad_fs")
 
@@ -272,7 +273,7 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--profile", action="store_true", help="profile JAX's grad_w at each batch")
     p.add_argument("--top", type=int, default=25, help="operations listed per profile")
-    p.add_argument("--tag", default="", help="suffix of the result files")
+    p.add_argument("--tag", default="", help="a variant, appended to the size in the result files' names")
     p.add_argument("--block", type=int, default=3, help="F/S split (official: 3, 32x32 features)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--precision", default=None, choices=["default", "high", "highest"],
@@ -323,13 +324,14 @@ def main(argv=None):
             "torch": torch.__version__, "size": args.size, "channel_multiplier": args.channel_multiplier,
             "block": args.block, "reps": args.reps, "dtype": args.dtype,
             "precision": args.precision or "default", "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+            "torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "machine": result_names.machine()}
     if device == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = (f"generator_{jax.devices()[0].platform}_{args.size}px" + ("" if args.dtype == "float32" else f"_{args.dtype}")
-           + (f"_{args.tag}" if args.tag else ""))
+    tag = result_names.stem("generator", f"{args.size}px" + ("" if args.dtype == "float32" else f"-{args.dtype}")
+                            + (f"-{args.tag}" if args.tag else ""))
     (out / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows, "profiles": profiles, "limits": limits}, indent=1) + "\n")
     table = "\n".join([_meta_md(meta), "", HEADER, *(_row_md(r) for r in rows), "",
                         *(_profile_md(p) for p in profiles), *([_limits_md(limits)] if limits else [])])

@@ -14,8 +14,8 @@ JAX calls are jitted; compilation is excluded (two warm-up calls), every timed c
 `block_until_ready`. PyTorch gets two warm-up calls and `torch.cuda.synchronize()` on GPU;
 --torch-threads times it at several CPU thread counts (on the 2-vCPU development VM its default
 2 OpenMP threads were pathologically slow for the parser, about 1 s a call, and 1 thread not).
-Reported: median, min and max over --repeats calls. Writes benchmarks/results/losses_<host>.json
-and .md and prints the markdown table.
+Reported: median, min and max over --repeats calls. Writes benchmarks/results/
+losses_<sizes>px_<date>_<machine>.json and .md (result_names.py) and prints the markdown table.
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ import jax.numpy as jnp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the PyTorch BiSeNet reference
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import result_names  # noqa: E402
 
 from barbershop_jax.losses import lpips as jax_lpips  # noqa: E402
 from barbershop_jax.models import bisenet, vgg16  # noqa: E402
@@ -180,7 +182,8 @@ def main(argv=None):
     host = socket.gethostname()
     default_threads = torch.get_num_threads()
     torch_threads = [] if args.no_torch else (args.torch_threads or [default_threads])
-    meta = {"host": host, "mode": "quick" if args.quick else "full", "repeats": repeats, "warmup": WARMUP,
+    meta = {"host": host, "machine": result_names.machine(), "mode": "quick" if args.quick else "full",
+            "repeats": repeats, "warmup": WARMUP,
             "jax": jax.__version__, "jax_device": jax.devices()[0].device_kind, "jax_cpu_count": os.cpu_count(),
             "torch": torch.__version__, "torch_device": str(torch_device()), "torch_threads": torch_threads,
             "cpu": platform.processor() or platform.machine()}
@@ -208,8 +211,9 @@ def main(argv=None):
     table = markdown(records, meta)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"losses_{host}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
-    (out / f"losses_{host}.md").write_text(table)
+    name = result_names.stem("losses", "-".join(str(s) for s in sizes) + "px")
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
+    (out / f"{name}.md").write_text(table)
     print(table)
 
 

@@ -1,6 +1,6 @@
 """The embedding stage's result writes (official layout: W+ .npy + PNG + key, FS .npz + PNG +
-key) for a batch of 1024 px images, one after another as before, and on BackgroundWrites'
-threads (pipeline/files/image_files.py) as the embedding now does them while the next batch runs.
+key) for a batch of 1024 px images, one after another, and on BackgroundWrites' threads
+(pipeline/files/image_files.py), as the embedding does them while the next batch runs.
 
     python benchmarks/bench_writes.py [--images 8] [--workers 4]
 """

@@ -31,6 +31,7 @@ from barbershop_jax.pipeline import embed as pipeline_embed  # noqa: E402
 from barbershop_jax.pipeline import evaluate  # noqa: E402
 from barbershop_jax.pipeline.files import image_files as image_io  # noqa: E402
 from suite import build_models  # noqa: E402
+import result_names  # noqa: E402
 
 
 def targets(g, n, seed):
@@ -88,11 +89,12 @@ def main(argv=None):
             between[stage] = float(np.mean([evaluate.psnr(x, y) for x, y in zip(a, b)]))
         report["psnr_float32_vs_bfloat16"] = between
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "jax": jax.__version__,
-            "device": jax.devices()[0].device_kind, "size": args.size, "channel_max": args.channel_max,
+            "device": jax.devices()[0].device_kind, "machine": result_names.machine(), "size": args.size,
+            "channel_max": args.channel_max,
             "images": args.images, "w_steps": args.w_steps, "fs_steps": args.fs_steps}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"bf16_quality_{jax.devices()[0].platform}_{args.size}px"
+    tag = result_names.stem("bf16-quality", f"{args.size}px")
     (out / f"{tag}.json").write_text(json.dumps({"meta": meta, "report": report}, indent=1) + "\n")
     lines = [f"Embedding quality, float32 against bfloat16 compute: {args.images} generator renders at {args.size} px "
              f"(channels up to {args.channel_max}), {args.w_steps} W+ and {args.fs_steps} FS steps, "

@@ -4,7 +4,7 @@ The official FFHQ architecture (1024 px, channel multiplier 2) with random weigh
 official scale: the PyTorch reference (tests/torch_stylegan2.py) saved as a checkpoint,
 converted by the real converter, and compared in strict float32 (TF32 off on both sides):
 W+ render, F after block 3, the FS render from block 4, and the gradient to W+.
-Writes benchmarks/results/check_1024_<platform>.json.
+Writes benchmarks/results/check_1024px_<date>_<machine>.json (result_names.py).
 """
 import json
 import sys
@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 import torch_stylegan2 as T  # noqa: E402
 from convert import stylegan2 as conv  # noqa: E402
+import result_names  # noqa: E402
 
 
 def rel(a, b):
@@ -64,7 +65,7 @@ def main(size=1024):
               "fs_render": rel(resume(model, jnp.asarray(nhwc(f)), wj, nj), nhwc(fs)),
               "grad_w_plus": rel(grad(wj, model, nj, tj), wt.grad.cpu().numpy())}
     print(json.dumps(result, indent=1))
-    out = ROOT / "benchmarks" / "results" / f"check_{size}_{jax.devices()[0].platform}.json"
+    out = ROOT / "benchmarks" / "results" / f"{result_names.stem('check', f'{size}px')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
 

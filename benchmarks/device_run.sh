@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU session for the device tool's 15-minute budget: the benchmark suite at
+# One prepared GPU run for a 15-minute device budget: the benchmark suite at
 # 1024 px, most important first, each part started only while time is left (BUDGET seconds).
 #   1. every stage's step at batch 8, PyTorch at batch 1 and 8 beside it, then a whole transfer
 #      of 8 triples at SCALE times the official step counts (default 1: the official counts;
@@ -7,7 +7,7 @@
 #   2. every stage's step at batch 1, and a whole transfer of 1 triple at SCALE
 #   3. where each stage step's device time goes at batch 8 (benchmarks/profile_step.py)
 #   4. every stage's step in bfloat16 (generator, VGG16 and the parser) at batch 8
-# Session 4 (H100) ran part 1 at SCALE=0.1 in 355 s, part 3 in 90 s.
+# On an H100 (2026-11-27) part 1 at SCALE=0.1 took 355 s, part 3 90 s.
 # Usage on a GPU machine, from the repository root:
 #   OUT=dir BUDGET=seconds [SCALE=1] [PACK=file.tgz] bash benchmarks/device_run.sh
 # PACK: also pack OUT into one archive after each part (for a transfer that takes few files);
@@ -37,7 +37,7 @@ python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'tor
 suite --batches 8 --torch-batched --transfer-batch 8 --transfer-scale "$SCALE" --deadline $(( $(left) - 250 )) \
     | tee "$OUT/suite_b8.log"
 [ "$(left)" -gt 120 ] && suite --batches 1 --torch none --transfer-batch 1 --transfer-scale "$SCALE" \
-    --suffix _b1 --deadline $(( $(left) - 90 )) | tee "$OUT/suite_b1.log"
+    --suffix=-b1 --deadline $(( $(left) - 90 )) | tee "$OUT/suite_b1.log"
 if [ "$(left)" -gt 150 ]; then
     # shellcheck disable=SC2086  # EXTRA: several words
     python3 benchmarks/profile_step.py --size "$SIZE" $EXTRA --batch 8 --out "$OUT" --deadline $(( $(left) - 130 )) \

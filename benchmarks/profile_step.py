@@ -13,9 +13,9 @@ matmul, a loop fusion and what it fuses). On a GPU the events are the kernels on
 streams (CUPTI, shipped with JAX's CUDA wheels); on a CPU, the XLA operations on the host
 threads (a dry run: the numbers say little about a GPU).
 
-Writes profile_{platform}_{size}px_b{batch}.json and .md in --out: per stage, the wall time per
-step, the device's busy time per step (their gap is time the device waits for the host), the
-time per kind, and the --top operations with their shapes.
+Writes profile_{size}px-b{batch}_{date}_{machine}.json and .md in --out (result_names.py): per
+stage, the wall time per step, the device's busy time per step (their gap is time the device
+waits for the host), the time per kind, and the --top operations with their shapes.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ import jax.numpy as jnp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+import result_names  # noqa: E402
 import suite  # noqa: E402  (models and stage problems exactly as the suite builds them)
 from barbershop_jax.config import EmbedConfig, TransferConfig  # noqa: E402
 from barbershop_jax.stages import loop  # noqa: E402
@@ -233,7 +234,7 @@ def main(argv=None):
     result = {"meta": meta, "stages": []}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"profile_{device.platform}_{args.size}px_b{args.batch}" + ("" if args.dtype == "float32" else f"_{args.dtype}")
+    tag = result_names.stem("profile", f"{args.size}px-b{args.batch}" + ("" if args.dtype == "float32" else f"-{args.dtype}"))
     for stage in args.stages:
         if args.deadline and time.perf_counter() - start > args.deadline:
             print(f"deadline: skipping {stage}", flush=True)

@@ -3,7 +3,7 @@ PyTorch reference on the same machine in the same run.
 
     python benchmarks/suite.py --quick                       # 64 px, 2 CPU cores, a few minutes
     python benchmarks/suite.py --size 1024 --batches 1 8     # a GPU
-    python benchmarks/suite.py --plot-only results/suite_gpu_1024px.json
+    python benchmarks/suite.py --plot-only benchmarks/results/suite_1024px_2026-11-27_h100.json
 
 Stages (the step functions the pipeline runs, vmapped over the batch and run a chunk at a time
 in one compiled `lax.scan`, exactly as `loop.run` runs them):
@@ -30,8 +30,9 @@ Grids (--grid G; --quick: 4): N faces x M hairstyles for N, M in 1..G through th
 warm, at the transfer's step counts: seconds per triple against N x M (falling: each image is
 embedded once for its whole row or column), beside the figure predicted from the stage steps.
 
-Writes suite_{platform}_{size}px.json, .md and .png (image-steps per second against batch size,
-per stage; _grid.png: the grids' seconds per triple against N x M) in --out.
+Writes suite_{size}px[-variant]_{date}_{machine}.json, .md and .png (image-steps per second
+against batch size, per stage; _grid.png: the grids' seconds per triple against N x M) in --out
+(names: result_names.py).
 """
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ from barbershop_jax.stages import blend as blending  # noqa: E402
 from barbershop_jax.stages import embed as embedding  # noqa: E402
 from barbershop_jax.stages import loop  # noqa: E402
 from barbershop_jax.stages.optim import ADAM  # noqa: E402
+import result_names  # noqa: E402
 
 STAGES = ("W+", "FS", "segmentation", "align2", "blend")
 # Dense peak FLOP/s by compute dtype: float32 convolutions run as TF32 on these (XLA's and
@@ -503,8 +505,8 @@ def main(argv=None):
                    help="a small config on a CPU in minutes: 64 px, generator layers of 128 channels, batches 1 2, "
                         "2-step chunks, 2 reps, PyTorch batched, a whole transfer at batch 2 with 1/100 of the "
                         "official steps")
-    p.add_argument("--tag", help="output name (default suite_{platform}_{size}px[_{dtype}][suffix])")
-    p.add_argument("--suffix", default="", help="appended to the default output name (e.g. _b1)")
+    p.add_argument("--tag", help="output name (default suite_{size}px[-{dtype}][suffix]_{date}_{machine})")
+    p.add_argument("--suffix", default="", help="appended to the default output name's config (e.g. --suffix=-b1)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--plot-only", metavar="JSON", help="redraw the table and plot of an earlier run")
     p.add_argument("--fill-flops", metavar="JSON", help="count the FLOPs missing from an earlier run, then redraw")
@@ -540,11 +542,12 @@ def main(argv=None):
         nets = Nets(args.size, "cuda" if torch.cuda.is_available() else "cpu", channel_max=args.channel_max)
     torch_steps = max(2, chunk // 2)
     rows = []
-    tag = args.tag or (f"suite_{jax.devices()[0].platform}_{args.size}px"
-                       + ("" if args.dtype == "float32" else f"_{args.dtype}")
-                       + ("" if args.parser_dtype == "float32" else f"_parser_{args.parser_dtype}") + args.suffix)
+    tag = args.tag or result_names.stem("suite", f"{args.size}px" + ("" if args.dtype == "float32" else f"-{args.dtype}")
+                                        + ("" if args.parser_dtype == "float32" else f"-parser-{args.parser_dtype}")
+                                        + args.suffix)
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "jax": jax.__version__,
-            "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform, "size": args.size,
+            "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
+            "machine": result_names.machine(), "size": args.size,
             "dtype": args.dtype, "parser_dtype": args.parser_dtype, "channel_max": args.channel_max, "chunk": chunk,
             "unroll": unroll, "reps": args.reps,
             "torch": None, "torch_device": nets and nets.device, "official_steps": official_steps()}

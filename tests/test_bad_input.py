@@ -87,7 +87,8 @@ def test_duplicate_rows_are_done_once(tmp_path, capsys, stub_transfer):
 
 def test_a_spreadsheet_csv_reads_as_written(tmp_path, capsys, stub_transfer):
     """Excel's "CSV UTF-8": a byte-order mark, CRLF line ends, header cells as typed, and
-    empty rows at the end. Before, the mark made the first column "\ufeffface": missing."""
+    empty rows at the end. Read as plain UTF-8, the mark would make the first column
+    "\ufeffface", and the face column would be missing."""
     for name in ("a.png", "b.png", "c.png"):
         good_image(tmp_path / name)
     (tmp_path / "t.csv").write_bytes(b"\xef\xbb\xbfFace , shape,COLOR\r\na.png, b.png ,c.png\r\n,,\r\n\r\n")

@@ -212,7 +212,7 @@ def test_a_damaged_weights_file_is_one_line_naming_it(case, weights_dir, images,
 
 def test_damaged_orbax_arrays_are_one_line_without_event_loop_noise(weights_dir, images, tmp_path):  # noqa: F811
     """The command line in a subprocess, to its exit: when one array does not read, the reads
-    still in flight used to print "Event loop is closed" tracebacks after the error line."""
+    still in flight must not print "Event loop is closed" tracebacks after the error line."""
     def damage(root):  # the arrays' data, not the metadata: orbax reads many arrays before one fails
         for f in (root / "stylegan2" / "arrays").glob("ocdbt.process_*/d/*"):
             _truncate(f)

@@ -13,7 +13,7 @@ from barbershop_jax.pipeline import grid as grid_lib
 from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline import plan as plan_lib
 from conftest import assert_batch_independent, render
-from test_transfer import STEPS, _transfer, models  # noqa: F401 (the fixture)
+from test_transfer import STEPS, _transfer, models, record_decodes  # noqa: F401 (the fixture)
 
 FACES, HAIRSTYLES = ("ann", "bob", "cid"), ("dan", "eve", "fay")
 
@@ -142,3 +142,39 @@ def test_cli_grid_writes_results_csv_and_sheet(models, six, grid_run, tmp_path, 
     assert [(r["face"], r["shape"], r["color"]) for r in rows] == [
         (str(f), str(h), str(h)) for f in faces for h in hairstyles]
     assert (out / "grid.png").is_file() and "wrote" in captured.out
+
+
+def _sheet_from_files(cells, faces, hairstyles):
+    """The contact sheet drawn from the result files ({(row, column): path}), as grids drew it
+    before they kept their cells in memory."""
+    return grid_lib.sheet(faces, hairstyles, None, cells, title=grid_lib.title(len(faces), len(hairstyles)),
+                          notes=(grid_lib.RANDOM_WEIGHTS_NOTE,))
+
+
+def test_a_grid_decodes_each_input_once_and_reads_no_result_back(models, six, tmp_path, monkeypatch):  # noqa: F811
+    """HairTransfer.grid decodes each file once (its hash, the stages and its margin panel
+    read those pixels) and draws its cells from the results' images as their waves end, not
+    from their files: the same sheet as one drawn from the files."""
+    faces, hairstyles = six[0][:2], six[1][:1]
+    decoded = record_decodes(monkeypatch)
+    result = _transfer(models, tmp_path).grid(faces, hairstyles, log=lambda text: None)
+    assert sorted(decoded) == sorted(faces + hairstyles), decoded
+    cells = {(i, j): r.path for i, row in enumerate(result.results) for j, r in enumerate(row)}
+    assert np.array_equal(result.sheet, _sheet_from_files(cells, faces, hairstyles))
+
+
+def test_the_cli_grid_decodes_each_input_once_and_reads_no_result_back(models, six, tmp_path, capsys,  # noqa: F811
+                                                                        monkeypatch):
+    faces, hairstyles = six[0][:2], six[1][:1]
+    monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
+    decoded = record_decodes(monkeypatch)
+    out = tmp_path / "o"
+    rc = cli.main(["transfer", "--faces", *map(str, faces), "--hairstyles", *map(str, hairstyles), "--out", str(out),
+                   "--batch-size", "2", *[f"--{k.replace('_', '-')}={v}" for k, v in STEPS.items()], "--noise",
+                   "random", "--checkpoint-every", "2", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(decoded) == sorted(faces + hairstyles), decoded
+    with open(out / "results.csv") as f:
+        paths = [r["result"] for r in csv.DictReader(f)]
+    cells = {(i, 0): path for i, path in enumerate(paths)}  # faces as rows, one hairstyle
+    assert np.array_equal(image_io.load_rgb(out / "grid.png"), _sheet_from_files(cells, faces, hairstyles))

@@ -1,21 +1,14 @@
-"""The results of a tiny transfer, bit for bit as the code before the redesign gave them
-(commit aca9730, 2026-12-03): four images embedded, three hair triples (one with a structure
-reference) and a lips triple, at batch 2, on the test models of test_transfer.py. Any change
-of numbers fails this test: a change meant to alter them must say so and record anew
-(`python tests/test_recorded_results.py OUT_DIR`).
+"""The results of a tiny transfer, bit for bit as recorded: four images embedded, three hair
+triples (one with a structure reference) and a lips triple, at batch 2, on the test models of
+test_transfer.py. Any change of numbers fails this test: a change meant to alter them must say
+so and record anew (`python tests/test_recorded_results.py OUT_DIR`).
 
-Bits depend on the machine: XLA:CPU compiles for the processor's vector instructions, and on
-an AVX2-only EPYC the same code gave images 80-120 levels away from those of the machine
-that recorded the first file (one input pixel one level off, then the Adam steps' signs).
-So each recording names the machine it was made on (machine() below: the instruction sets
-XLA uses, the core count, jaxlib), and the test compares against the one made on a machine
-like this one; on another machine it is skipped, saying how to record one there.
-data/recorded_avx2.npz: made on session 11's AVX2 EPYC (2 cores) from main at 2606b5f, whose
-arrays there equal those of 86c4851, the redesign's last commit (which gave aca9730's bits on
-the AVX-512 machine that made the first recording, data/recorded_before_redesign.npz, removed:
-it named no machine). data/recorded_avx512.npz: that first recording's arrays, with the name of
-session 12's AVX-512 EPYC (2 cores), where main (after the generator's CPU speed changes of
-issue 22, which leave the tiny models' programs alone) gave all 37 arrays bit for bit."""
+Bits depend on the machine: XLA:CPU compiles for the processor's vector instructions, and
+between AVX2 and AVX-512 one input pixel one level off changes Adam's step signs, until the
+images are 80-120 levels apart. So each recording names the machine it was made on (machine()
+below: the instruction sets XLA uses, the core count, jaxlib) and is named after its widest
+vector set (data/recorded_avx2.npz, data/recorded_avx512.npz); the test compares against the
+one made on a machine like this one, and elsewhere is skipped, saying how to record one there."""
 import sys
 from pathlib import Path
 

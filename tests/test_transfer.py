@@ -926,22 +926,48 @@ def test_a_new_learning_rate_compiles_nothing_new(batch_run, models, tmp_path):
     assert not np.array_equal(one.latent_in, first[0].latent_in)  # the rate reached the optimisers
 
 
+def record_decodes(monkeypatch) -> list:
+    """The files image_io.load_rgb decodes from now on (each a Path, in order)."""
+    decoded = []
+    real = image_io.load_rgb
+    monkeypatch.setattr(image_io, "load_rgb", lambda path, **k: decoded.append(Path(path)) or real(path, **k))
+    return decoded
+
+
 def test_each_input_is_decoded_once_per_run(batch_run, models, monkeypatch):
     """An input file is decoded once in a run: its hash, the W+ and FS targets, the parse and
     the blend's references all read those pixels (pipeline/files/sources.py, DecodedImages)."""
     out, triples, _ = batch_run
-    decoded = []
-    real = image_io.load_rgb
-    monkeypatch.setattr(image_io, "load_rgb", lambda path, **k: decoded.append(Path(path).name) or real(path, **k))
+    decoded = record_decodes(monkeypatch)
     pipeline = _transfer(models, out).pipeline()
     pipeline.run(triples)
-    inputs = sorted(n for n in decoded if n in {Path(x).name for t in triples for x in t})
+    inputs = sorted(p.name for p in decoded if p.name in {Path(x).name for t in triples for x in t})
     assert inputs == sorted({Path(x).name for t in triples for x in t}), decoded
     # and the stages that are not cached read them too: embedding afresh into another folder
     pipeline = _transfer(models, out.parent / "decode_once").pipeline()
     decoded.clear()
     pipeline.embed([pipeline.context.decoded.adopt(s) for s in pipeline_sources_of(triples)])
-    assert sorted(decoded) == sorted({Path(x).name for t in triples for x in t}), decoded
+    assert sorted(p.name for p in decoded) == sorted({Path(x).name for t in triples for x in t}), decoded
+
+
+def test_the_command_line_decodes_each_input_once(batch_run, models, tmp_path, monkeypatch):
+    """The command line's path (transfer_job: hair_transfer.check_triples reads and checks
+    every file before the models load; then HairTransfer.transfer_files and Pipeline.run)
+    decodes each input file once: the pixels the check read serve the plan, the hash and
+    every stage. (The batch's output folder, copied, is reused: what it would otherwise
+    compute reads the same pixels, as the test above shows.)"""
+    out, triples, _ = batch_run
+    shutil.copytree(out, tmp_path / "o")
+    manifest = tmp_path / "t.csv"
+    manifest.write_text("face,shape,color\n" + "".join(",".join(map(str, t)) + "\n" for t in triples))
+    monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
+    decoded = record_decodes(monkeypatch)
+    rc = cli.main(["transfer", "--pairs", str(manifest), "--out", str(tmp_path / "o"), "--batch-size", "2",
+                   *[f"--{k.replace('_', '-')}={v}" for k, v in STEPS.items()], "--noise", "random",
+                   "--checkpoint-every", "2"])
+    assert rc == 0
+    inputs = {Path(x) for t in triples for x in t}
+    assert sorted(p for p in decoded if p in inputs) == sorted(inputs), decoded
 
 
 def pipeline_sources_of(triples):

@@ -93,7 +93,28 @@ def transfer(args):
             for k in ("faces", "hairstyles", "colors")}  # folders expanded to their images
     job = transfer_job.TransferJob(args.out, progress=not args.quiet, checkpoint_every=args.checkpoint_every or None,
                                    options=options, **grid, **{k: getattr(args, k) for k in JOB_FLAGS})
-    return transfer_job.run(job)
+    report = transfer_job.run(job, on_plan=lambda plan: print(plan, file=sys.stderr))
+    _print_transfer_report(report)
+    return report.exit_code
+
+
+def _print_transfer_report(report):
+    """The job's report after its run (its notes and plan were told as it went): the contact
+    sheet, the table of results, what was reused, the pasted photos, then each failed row."""
+    from barbershop_jax.pipeline import grid as grid_lib
+    if report.sheet_path is not None:
+        print(grid_lib.wrote_line(report.sheet_path, report.sheet_title))
+    if report.summary:
+        print(report.summary)
+    if report.reuse_note:
+        print(f"barbershop-jax: note: {report.reuse_note}", file=sys.stderr)
+    for face, path in report.pasted:
+        print(f"{face}: pasted into its photo: {path}")
+    if report.failures:
+        print(f"{len(report.failures)} of {report.triples} triple(s) failed; see {report.failures_csv}",
+              file=sys.stderr)
+        for where, reason in report.failures:
+            print(f"barbershop-jax: error: {where}{reason}", file=sys.stderr)
 
 
 def align_faces(args):
@@ -103,6 +124,8 @@ def align_faces(args):
                                              args.min_face)
     photos = _image_paths(args.photos)
     crops, failures = face_crop.align_photos(aligner, photos, args.out, progress=not args.quiet)
+    for _, reason in failures:
+        print(f"barbershop-jax: error: {reason}", file=sys.stderr)
     print(f"{len(crops)} face crop(s) of {args.size} px from {len(photos) - len(failures)} photo(s) in {args.out} "
           "(each with its transform, {name}.crop.json)")
     if failures:

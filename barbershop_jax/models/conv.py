@@ -2,19 +2,10 @@
 on CPU, where the same numbers come from patches and one matrix product.
 
 Why: XLA's CPU convolution has a fixed cost that dominates small feature maps, and a cliff at
-2x2. Measured on 2 CPU cores (jax 0.10.2), one 3x3 512->512 convolution, forward / gradient
-to the input, batch 1:
-
-    output   XLA convolution     patches + matmul
-    2x2      9.5 / 22.0 ms       0.28 / 0.60 ms
-    4x4      0.9 /  6.3 ms       1.2  / 1.4 ms
-    8x8      3.0 /  9.6 ms       2.0  / 6.9 ms
-    16x16    7.2 / 19.1 ms       7.1  / 14.0 ms
-    32x32    7.1 / 14.8 ms       8.0  / 15.7 ms    (and 1.7x slower at batch 2: stop here)
-
-With fewer channels the cliff fades: forward + gradient at 2x2 takes 0.13 ms (64 channels)
-against 0.05, 0.62 (128) against 0.19, 2.0 (256) against 0.21. Below 128 input channels the
-patch path gains nothing worth its larger program (the tests' tiny models compiled 35% longer).
+2x2 (a 3x3 512->512 convolution at 2x2 takes over 30x as long as patches + one matmul). From
+32x32 outputs the matmul loses, so the patch path stops at 16x16. With fewer channels the cliff
+fades: below 128 input channels the patch path gains nothing worth its larger program (the
+tests' tiny models compile about 35% longer with it). Timings: benchmarks/README.md.
 
 Such maps are the VGG16 loss network's last blocks (16x16 at the official LPIPS size of 256,
 2x2 at a 64 px generator's 32), the face parser's context path and the generator's first

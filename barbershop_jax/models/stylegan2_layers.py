@@ -27,7 +27,7 @@ HIGHEST = jax.lax.Precision.HIGHEST
 def _upfirdn_1d(x, taps, axis, up, pad):
     """upfirdn along one axis: zero-insert by `up`, pad (pad0, pad1), true convolution with
     `taps` (a flipped correlation), stride 1. Shifted adds, not a depthwise convolution:
-    on CPU the grouped convolution was about 13x slower."""
+    on CPU the grouped convolution is about 13x slower."""
     if up > 1:
         zeros = [jnp.zeros_like(x)] * (up - 1)
         x = jnp.stack([x, *zeros], axis=axis + 1)
@@ -79,18 +79,15 @@ def conv_transpose_2x(x, kernel, precision=None):
     """PyTorch's conv_transpose2d(stride=2, padding=0): (H, W) -> (2H+1, 2W+1), HWIO kernel.
 
     Written as a stride-1 convolution of the zero-inserted input with the flipped kernel,
-    which XLA hands to cuDNN as a transposed convolution. A polyphase form (below) was 13%
-    slower on an H100 (benchmarks/README.md), so other platforms keep this one.
+    which XLA hands to cuDNN as a transposed convolution; the polyphase form is slower on a GPU,
+    so every platform but the CPU keeps this one.
 
-    On CPU, inputs of at least POLYPHASE_MIN_PIXELS pixels run polyphase (`_polyphase`): XLA:CPU
-    runs the zero-inserted form in Eigen and its gradient to x, a stride-2 convolution, in
-    YNNPACK, both far from the stride-1 convolutions' speed (1024 px, 512 -> 1025 px, 64 -> 32
-    channels: 422 and 200 ms against 194 and 246; 256 -> 128 channels at 128 px, batch 4: 558
-    and 538 against 306 and 369). Smaller inputs with at least conv.MIN_INPUT_CHANNELS output
-    channels take the gradient to x as patches + one matmul (2.4x faster than YNNPACK at
-    257 px, 128 -> 256 channels, before the polyphase form); the rest (the tests' tiny models,
-    32 px and below) the very program XLA derives, so their bits stay. The kernel's gradient
-    is XLA's own throughout.
+    On CPU, XLA runs the zero-inserted form and its gradient to x (a stride-2 convolution) far
+    below its stride-1 speed, so inputs of at least POLYPHASE_MIN_PIXELS pixels run polyphase
+    (`_polyphase`), and smaller inputs with at least conv.MIN_INPUT_CHANNELS output channels
+    take the gradient to x as patches + one matmul. The rest (the tests' tiny models) run the
+    very program XLA derives, so their bits stay. The kernel's gradient is XLA's own throughout.
+    Timings: benchmarks/README.md, "Generator on CPU".
     """
     if x.shape[1] * x.shape[2] >= POLYPHASE_MIN_PIXELS:
         return jax.lax.platform_dependent(x, kernel, cpu=functools.partial(_polyphase, precision=precision),
@@ -147,12 +144,11 @@ POINTWISE_MIN_PIXELS = 128 * 128
 def to_rgb_conv(x, kernel, precision=None):
     """ToRGB's 1x1 convolution to 3 channels (HWIO kernel (1, 1, in, 3)).
 
-    YNNPACK runs a convolution with 3 output channels far below its speed: at 1024 px, 32 -> 3
-    channels, 106 ms forward and 115 ms for the gradient to x, against 7 ms for the same
-    numbers (bit for bit here) from a dot over the channels, and 44 ms for the gradient to x as
-    three broadcast multiply-adds (XLA's transpose of the dot, a matmul with 3 in the
-    contraction, took 70). So on CPU, from POINTWISE_MIN_PIXELS pixels, that form (a custom
-    VJP); smaller maps (the tests' 64 px models) and other platforms keep the convolution."""
+    XLA:CPU runs a convolution with 3 output channels far below its speed; a dot over the
+    channels gives the same numbers much faster, and three broadcast multiply-adds beat XLA's
+    transpose of that dot for the gradient to x. So on CPU, from POINTWISE_MIN_PIXELS pixels,
+    that form (a custom VJP); smaller maps (the tests' 64 px models) and other platforms keep
+    the convolution. Timings: benchmarks/README.md, "Generator on CPU"."""
     plain = functools.partial(_conv, padding=[(0, 0), (0, 0)], precision=precision)
     if x.shape[1] * x.shape[2] < POINTWISE_MIN_PIXELS:
         return plain(x, kernel)
@@ -189,10 +185,10 @@ SUM_TAPS_MIN_CHANNELS = 128
 def _sum_of_squared_taps(kernel):
     """sum over (kh, kw) of kernel ** 2: (in, out), the demodulation's weight norms.
 
-    XLA:CPU hands the reduction to YNNPACK, which took 25 CPU ms for a 3x3x512x512 kernel
-    (about 0.3 s of a 256 px gradient step) against 1 ms for the explicit adds, a loop fusion
-    (which rounds differently: XLA contracts each square and add into one FMA). At 64 channels
-    it takes 0.06 ms, so small kernels (the tests' models) keep the reduction and its bits."""
+    XLA:CPU hands the reduction to YNNPACK, which is slow at it for the generator's large
+    kernels; explicit adds make one loop fusion instead (which rounds differently: XLA contracts
+    each square and add into one FMA). Small kernels cost little either way, so they (the tests'
+    models) keep the reduction and its bits. Timings: benchmarks/README.md, "Generator on CPU"."""
     if kernel.shape[2] < SUM_TAPS_MIN_CHANNELS:
         return jnp.sum(jnp.square(kernel), axis=(0, 1))
     squares = jnp.square(kernel)

@@ -85,10 +85,35 @@ def _head(image) -> np.ndarray:
     return np.full((64, 64, 3), 128, np.uint8) if pixels is None else pixels
 
 
+def panel_size(n_rows: int, n_cols: int) -> int:
+    """The side of the sheet's panels, px: 256, less for a grid that would pass MAX_SHEET_SIDE."""
+    return max(64, min(256, MAX_SHEET_SIDE // (max(n_rows, n_cols) + 1)))
+
+
+def cell_panel(image, size: int) -> np.ndarray:
+    """A result image as its cell of the sheet draws it (fitted into size x size): what a grid
+    keeps of each result, instead of reading its file back, so that the cells of thousands of
+    results hold no more than the sheet's own pixels."""
+    return np.asarray(contact_sheet.fit(image, size))
+
+
+def with_sources(images, sources: dict) -> list:
+    """The images, each file that `sources` ({str(path): sources.ImageSource}) holds replaced by
+    its source: a panel drawn from the pixels its read kept, not from its file decoded again
+    (its label, the file's stem, is the same)."""
+    return [sources.get(str(x), x) if isinstance(x, (str, Path)) else x for x in images]
+
+
+def wrote_line(path, grid_title: str) -> str:
+    """The line that says where the sheet went."""
+    return f"wrote {path}: the contact sheet ({grid_title}: faces as rows, hairstyles as columns)"
+
+
 def sheet(faces, hairstyles, colors, cells: dict, *, notes=(), title=None) -> np.ndarray:
-    """The contact sheet: cells {(row, column): result image (array or PNG path) or None}."""
+    """The contact sheet: cells {(row, column): result image (array or PNG path; a cell_panel
+    draws the same) or None}."""
     n_rows, n_cols = len(faces), len(hairstyles)
-    size = max(64, min(256, MAX_SHEET_SIDE // (max(n_rows, n_cols) + 1)))
+    size = panel_size(n_rows, n_cols)
     colors = column_colours(hairstyles, colors)
     col_heads = []
     for j, (hair, color) in enumerate(zip(hairstyles, colors)):

@@ -3,6 +3,7 @@ before any work: every file read, every photo aligned."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from barbershop_jax.pipeline.store.records import TargetEdit, TransferResult
 from barbershop_jax.pipeline.run import Pipeline
 from barbershop_jax.pipeline.runtime.settings import RunSettings
 from barbershop_jax.stages import target_mask
+
+logger = logging.getLogger("barbershop_jax")
 
 
 class HairTransfer:
@@ -96,7 +99,7 @@ class HairTransfer:
         found), and the time its steps would take, from the steps measured on this machine
         (step_times.py). Reads the images (give sources.ImageSource items to read nothing
         again); runs no model."""
-        triples = checked_triples(triples)
+        triples = [tuple(map(sources_lib.without_pixels, t)) for t in checked_triples(triples)]  # hashes only
         regions = list(regions) if regions is not None else [None] * len(triples)
         pipelines = self._pipelines(regions, **options)
         return plan_lib.plan(pipelines, triples, self._read_edits(edits, pipelines), regions, dtype=self.dtype,
@@ -127,11 +130,14 @@ class HairTransfer:
         """Every face with every hairstyle: results[i][j] is faces[i] with the hair (shape and
         structure) of hairstyles[j] in the colour of colors[j] (default: the hairstyle's own;
         one colour image serves every column). Each image is embedded once and each pair
-        aligned once; the plan is told first (`log`, default print when progress is on), and
-        the contact sheet written to OUT/grid.png (faces as rows, hairstyles as columns).
+        aligned once; the plan is told first (`log`, default the "barbershop_jax" logger at
+        INFO; also GridResult.plan), and the contact sheet written to OUT/grid.png (faces as
+        rows, hairstyles as columns). Each file is decoded once: its pixels serve its hash,
+        the stages and its margin panel, and the cells are drawn from the results' images as
+        their waves end (grid_lib.cell_panel), not read back from their files.
         kwargs: transfer_files' options (align, paste_back, sign, ...). A cell whose transfer
         failed is None, its reason in self.failures."""
-        log = log or (print if self.progress else (lambda *_: None))
+        log = log or (lambda text: logger.info("%s", text))
         faces, hairstyles = list(faces), list(hairstyles)
         colors = None if colors is None else list(colors)
         for what, images in (("faces", faces), ("hairstyles", hairstyles), ("colors", colors or [])):
@@ -140,22 +146,30 @@ class HairTransfer:
         triples, cells = grid_lib.grid_triples(faces, hairstyles, colors)
         options = {k: v for k, v in kwargs.items() if k not in ("align", "paste_back", "feather",
                                                                  "save_target_masks", "wave")}
-        title = grid_lib.title(len(faces), len(hairstyles))
+        title, plan = grid_lib.title(len(faces), len(hairstyles)), None
         if not kwargs.get("align"):  # with align the crops are not made yet: the plan follows them
-            # Every file read (and hashed) once here; the run reads them from these sources.
-            read = sources_lib.as_sources([x for t in triples for x in t])
+            # Every file read (and hashed) once here, its pixels kept for the run and the sheet.
+            flat = [x for t in triples for x in t]
+            read = sources_lib.as_sources(flat, keep_pixels=True)
             triples = [tuple(read[3 * k:3 * k + 3]) for k in range(len(triples))]
-            log(self.plan(triples, title=title, **options).describe())
-        results = self.transfer_files(triples, **kwargs)
+            plan = self.plan(triples, title=title, **options)
+            log(plan.describe())
+            files = {str(x): s for x, s in zip(flat, read) if isinstance(x, (str, Path))}
+            faces, hairstyles = grid_lib.with_sources(faces, files), grid_lib.with_sources(hairstyles, files)
+            colors = None if colors is None else grid_lib.with_sources(colors, files)
+        size, panels = grid_lib.panel_size(len(faces), len(hairstyles)), {}
+
+        def keep_panel(i, result):
+            if result is not None:
+                panels[cells[i]] = grid_lib.cell_panel(result.image, size)
+        results = self.transfer_files(triples, on_result=keep_panel, **kwargs)
         self.save_step_times()
-        by_cell = dict(zip(cells, results))
         notes = () if self.weights else (grid_lib.RANDOM_WEIGHTS_NOTE,)
-        sheet, path = grid_lib.write_sheet(self.out_dir, faces, hairstyles, colors,
-                                           {c: None if r is None else r.path for c, r in by_cell.items()},
-                                           title=title, notes=notes)
+        sheet, path = grid_lib.write_sheet(self.out_dir, faces, hairstyles, colors, panels, title=title, notes=notes)
+        by_cell = dict(zip(cells, results))
         rows = [[by_cell[(i, j)] for j in range(len(hairstyles))] for i in range(len(faces))]
-        log(f"wrote {path}: the contact sheet ({title}: faces as rows, hairstyles as columns)")
-        return grid_lib.GridResult(rows, sheet, path)
+        log(grid_lib.wrote_line(path, title))
+        return grid_lib.GridResult(rows, sheet, path, plan)
 
     def transfer_many(self, triples, *, align=None, paste_back: bool = False, feather: float = FEATHER,
                       edits=None, regions=None, save_target_masks: bool = False, **options) -> list[TransferResult]:
@@ -214,7 +228,7 @@ class HairTransfer:
                 results[i] = r
         return results
 
-    def transfer_files(self, triples, *, wave: int = TRANSFER_WAVE, edits=None, regions=None,
+    def transfer_files(self, triples, *, wave: int = TRANSFER_WAVE, edits=None, regions=None, on_result=None,
                        **kwargs) -> list[TransferResult | None]:
         """transfer_many for runs of any length, as the command line's batch mode runs them:
         `wave` triples at a time, each result kept as its names and file paths only (its
@@ -222,7 +236,12 @@ class HairTransfer:
         its alignments hold about 12 MB, more with a pasted photo, and transfer_many keeps
         them all until it returns: 10,000 triples would need over 100 GB. A later wave reads
         the embeddings and alignments that an earlier one made from the output folder.
-        timings, failures and reuse add up over the waves."""
+        timings, failures and reuse add up over the waves. on_result(i, result): called with
+        the result of triples[i] (None where it failed) as its wave ends, its arrays still there
+        (a grid keeps its sheet's cells so).
+        The files' pixels that sources read and kept (check_triples) are each decoded once;
+        within its bound (sources.KEPT_PIXELS_BYTES), a file used by several waves is decoded
+        again by each wave past that bound."""
         triples = list(triples)
         out, timings, failures, reuse = [], {}, [], self._new_reuse()
         for start, stop in batching.waves(len(triples), wave, "triples"):
@@ -233,6 +252,9 @@ class HairTransfer:
                 timings[stage] = timings.get(stage, 0.0) + seconds
             failures += self.failures
             reuse.add(self.reuse)
+            for i, r in enumerate(results, start):
+                if on_result is not None:
+                    on_result(i, r)
             out += [None if r is None else dataclasses.replace(
                 r, image=None, target_labels=None, latent_in=None, structure_f=None, face_mask=None, hair_mask=None,
                 pasted=None) for r in results]
@@ -318,11 +340,14 @@ def align_inputs(triples, out_dir, aligner: face_crop.Aligner, roles=None):
 def check_triples(triples, size: int | None = None, progress: bool = False):
     """Split triples into those whose images all read and those that do not (batch mode goes
     on without the latter). Returns (good triples, [(triple, one-line reason)]); in the good
-    ones every file is a sources.ImageSource, read and hashed here once, in parallel
-    (sources.read_sources; its pixels are not kept). `size`: refuse images that are not size x
-    size (otherwise they are resized, with a warning)."""
+    ones every file is a sources.ImageSource, read and hashed here once, in parallel, its
+    pixels kept for the run (sources.read_sources: up to sources.KEPT_PIXELS_BYTES in all, so
+    that a manifest of thousands of images keeps memory flat; past it a file is decoded again
+    when its wave runs). `size`: refuse images that are not size x size (otherwise they are
+    resized, with a warning)."""
     good, failures = [], []
-    checked = sources_lib.read_sources([x for t in triples for x in t if isinstance(x, (str, Path))], progress)
+    checked = sources_lib.read_sources([x for t in triples for x in t if isinstance(x, (str, Path))], progress,
+                                       keep_pixels=True)
     for path, source in checked.items():
         if isinstance(source, image_io.ImageError):
             checked[path] = str(source)

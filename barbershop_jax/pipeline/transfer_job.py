@@ -1,10 +1,11 @@
 """`barbershop-jax transfer` as a Python call: one job (a triple, or a manifest's rows), its
 inputs checked before any model loads, bad rows reported while the others go on, and the
-results and failures written as CSVs. The command line only fills a TransferJob."""
+results and failures written as CSVs. The command line only fills a TransferJob and shows
+the JobReport that `run` returns; the library prints nothing."""
 from __future__ import annotations
 
 import dataclasses
-import sys
+import logging
 from pathlib import Path
 
 from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, FEATHER
@@ -15,6 +16,8 @@ from barbershop_jax.pipeline.faces import crop as face_crop
 from barbershop_jax.pipeline import grid as grid_lib
 from barbershop_jax.pipeline import hair_transfer as ht_lib
 from barbershop_jax.pipeline.files.image_files import ImageError
+
+log = logging.getLogger("barbershop_jax")
 
 
 @dataclasses.dataclass
@@ -84,6 +87,36 @@ class TransferJob:
         raise ValueError("give --face, --shape and --color (or --pairs triples.csv)")
 
 
+@dataclasses.dataclass
+class JobReport:
+    """What a transfer job did, for its caller to show (cli/main.py prints it): what ran and
+    its results, what the output folder already held, which rows failed and why. The notes
+    and the plan were also told while the job ran (the "barbershop_jax" logger, on_plan)."""
+    triples: int = 0                 # the job's rows (this host's with --part), a repeated row once
+    notes: list = dataclasses.field(default_factory=list)    # repeated rows, the --part line
+    plan: str = ""                   # a batch's plan (work and predicted time), told before the work
+    sheet_path: Path | None = None   # a grid's contact sheet
+    sheet_title: str = ""            # the grid's name, "3 faces x 3 hairstyles"
+    results: list = dataclasses.field(default_factory=list)  # TransferResult (file paths) of those done
+    timings: dict = dataclasses.field(default_factory=dict)  # seconds per stage
+    summary: str = ""                # the end-of-run table: seconds per stage, each result
+    reuse_note: str | None = None    # what was reused from the output folder instead of computed
+    pasted: list = dataclasses.field(default_factory=list)   # (face, pasted photo) with --paste-back
+    failures: list = dataclasses.field(default_factory=list)  # (row label, e.g. "t.csv row 3: " or "", reason)
+    failures_csv: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every triple has a result, 1 when some failed."""
+        return 1 if self.failures else 0
+
+
+def _note(report, text):
+    """A line told as the job goes (before the long work) and kept in the report."""
+    report.notes.append(text)
+    log.info("%s", text)
+
+
 def generator_size(weights) -> int:
     """The generator's output size, from its config.json (no arrays read)."""
     if weights is None:
@@ -92,15 +125,14 @@ def generator_size(weights) -> int:
     return int(weights_lib.read_config(root, "stylegan2")["config"]["size"])
 
 
-def _unique_rows(job, rows):
+def _unique_rows(job, rows, report):
     """A manifest's repeated rows (the same files, region and edit) are done once (a note
     names them)."""
     first_row = {}
     for row in rows:
         first = first_row.setdefault((*map(str, row.triple), row.region or "", row.edit, row.problem), row)
         if first is not row and row.number is not None:
-            print(f"barbershop-jax: note: {job.pairs}: row {row.number} repeats row {first.number}; it is done once",
-                  file=sys.stderr)
+            _note(report, f"note: {job.pairs}: row {row.number} repeats row {first.number}; it is done once")
     return list(first_row.values())
 
 
@@ -121,14 +153,14 @@ def _settle(rows, good, failures):
             row.images = next(good)
 
 
-def _this_part(job, rows):
+def _this_part(job, rows, report):
     """This host's rows of a `--part K/N` run (bad rows too: each is reported by one host),
     and its failures file's name."""
     k, n = job.part
     parts = batch_files.parts_by_face([str(row.triple[0]) for row in rows], n)
     mine = [row for row, part in zip(rows, parts) if part == k - 1]
-    print(f"barbershop-jax: part {k} of {n}: {len(mine)} of {len(rows)} triple(s) (the rows of "
-          f"{len({str(row.triple[0]) for row in mine})} face(s))", file=sys.stderr)
+    _note(report, f"part {k} of {n}: {len(mine)} of {len(rows)} triple(s) (the rows of "
+                  f"{len({str(row.triple[0]) for row in mine})} face(s))")
     return mine, f"failures.part{k}of{n}.csv"
 
 
@@ -226,17 +258,21 @@ def _write_failures(job, rows, failures_csv):
                                       name=failures_csv)
 
 
-def run(job: TransferJob) -> int:
-    """Run the job: 0 when every triple has a result, 1 when some failed (each named on
-    stderr, with its manifest row, and in OUT/failures.csv) while the others went on; results
-    in OUT (and OUT/results.csv for a manifest or a grid, and the grid's contact sheet
-    OUT/grid.png). The plan is printed first."""
-    rows = _unique_rows(job, job.rows())
+def run(job: TransferJob, on_plan=None) -> JobReport:
+    """Run the job and report it (JobReport; exit_code 0 when every triple has a result, 1
+    when some failed while the others went on, each failed row named in OUT/failures.csv);
+    results in OUT (and OUT/results.csv for a manifest or a grid, and the grid's contact sheet
+    OUT/grid.png). on_plan(text): called with a batch's plan before its long work (with
+    job.progress). Each input file is decoded once (check_triples keeps its pixels for the
+    run and the sheet)."""
+    report = JobReport()
+    rows = _unique_rows(job, job.rows(), report)
     failures_csv = "failures.csv"
     if job.part:  # before --align and the models: this host's rows only
-        rows, failures_csv = _this_part(job, rows)
+        rows, failures_csv = _this_part(job, rows, report)
         if not rows:
-            return 0
+            return report
+    report.triples = len(rows)
     if job.paste_back and not job.align:
         _check_transforms(rows)  # before loading any model
 
@@ -257,21 +293,30 @@ def run(job: TransferJob) -> int:
     ht = ht or hair_transfer()
     _check_edits(ht, rows)
     _stop_if_none_left(job, rows, failures_csv)
-    return _transfer(job, ht, rows, failures_csv)
+    _transfer(job, ht, rows, failures_csv, report, on_plan)
+    return report
 
 
-def _transfer(job, ht, rows, failures_csv) -> int:
-    """The live rows transferred; the results and failures reported."""
+def _transfer(job, ht, rows, failures_csv, report, on_plan):
+    """The live rows transferred (a grid's sheet cells kept as their waves end); the results
+    and failures reported."""
     good, grid = _live(rows), job.faces is not None
     if grid:
-        faces, hairstyles = list(dict.fromkeys(job.faces)), list(dict.fromkeys(job.hairstyles))
-        title = grid_lib.title(len(faces), len(hairstyles))
+        shape = len(dict.fromkeys(job.faces)), len(dict.fromkeys(job.hairstyles))
+        report.sheet_title, size = grid_lib.title(*shape), grid_lib.panel_size(*shape)
     images, edits, regions = ([row.images for row in good], [row.edit for row in good],
                               [row.region for row in good])
     if (job.pairs or grid) and job.progress:  # a batch: what it will do and how long it will take, first
-        print(ht.plan(images, edits=edits, regions=regions, title=title if grid else "").describe(), file=sys.stderr)
+        report.plan = ht.plan(images, edits=edits, regions=regions, title=report.sheet_title).describe()
+        if on_plan is not None:
+            on_plan(report.plan)
+    panels = {}  # a grid's cells: (row, column) -> the result's panel
+
+    def keep_panel(i, result):  # a grid's cell, drawn from the result's image while it is there
+        if grid and result is not None:
+            panels[good[i].cell] = grid_lib.cell_panel(result.image, size)
     results = ht.transfer_files(images, paste_back=job.paste_back, feather=job.feather, edits=edits, regions=regions,
-                                save_target_masks=job.save_target_mask)
+                                save_target_masks=job.save_target_mask, on_result=keep_panel)
     reasons = dict(ht.failures)  # optimisations that diverged: those triples only
     for row, result in zip(good, results):
         if result is None:
@@ -282,26 +327,35 @@ def _transfer(job, ht, rows, failures_csv) -> int:
         listed = batch_files.write_results(job.out, done, name=failures_csv.replace("failures", "results"))
     ht.save_step_times()
     if grid:
-        by_cell = {row.cell: r.path for row, r in zip(good, results) if r is not None}
         notes = () if job.weights else (grid_lib.RANDOM_WEIGHTS_NOTE,)
-        used = {row.cell[0]: row.images[0] for row in good}  # with --align: the face crops
-        faces = [used.get(i, face) for i, face in enumerate(faces)]
-        _, sheet_path = grid_lib.write_sheet(job.out, faces, hairstyles, job.colors, by_cell, title=title, notes=notes,
-                                             name=failures_csv.replace("failures", "grid").replace(".csv", ".png"))
-        print(f"wrote {sheet_path}: the contact sheet ({title}: faces as rows, hairstyles as columns)")
-    results = [r for r in results if r is not None]
-    print(batch_files.summary(results, ht.timings, listed, ht.reuse))
-    note = ht.reuse.note(job.out)
-    if note:
-        print(f"barbershop-jax: note: {note}", file=sys.stderr)
-    if job.paste_back:
-        for r in results:
-            print(f"{r.face}: pasted into its photo: {r.pasted_path}")
+        _, report.sheet_path = grid_lib.write_sheet(
+            job.out, *_sheet_inputs(job, good), panels, title=report.sheet_title, notes=notes,
+            name=failures_csv.replace("failures", "grid").replace(".csv", ".png"))
+    report.results, report.timings = [r for r in results if r is not None], dict(ht.timings)
+    report.summary = batch_files.summary(report.results, ht.timings, listed, ht.reuse)
+    report.reuse_note = ht.reuse.note(job.out)
+    report.pasted = [(r.face, r.pasted_path) for r in report.results] if job.paste_back else []
     failed = [row for row in rows if row.problem is not None]
     if failed:
-        path = _write_failures(job, rows, failures_csv)
-        print(f"{len(failed)} of {len(rows)} triple(s) failed; see {path}", file=sys.stderr)
-        for row in failed:
-            print(f"barbershop-jax: error: {row.where(job.pairs)}{row.problem}", file=sys.stderr)
-        return 1
-    return 0
+        report.failures_csv = _write_failures(job, rows, failures_csv)
+        report.failures = [(row.where(job.pairs), row.problem) for row in failed]
+
+
+def _sheet_inputs(job, good):
+    """The grid's margins (faces, hairstyles, colours) as sources whose pixels the check kept,
+    so that no input is decoded again for the sheet: the faces as the run took them (the crops
+    with --align), the references where the run took their files as given (with --align all,
+    the photos)."""
+    faces, hairstyles = list(dict.fromkeys(job.faces)), list(dict.fromkeys(job.hairstyles))
+    colors = grid_lib.column_colours(hairstyles, job.colors) if job.colors else None
+    used = {}  # (role, row or column) -> the source the run took
+    for row in good:
+        i, j = row.cell
+        used.update({(0, i): row.images[0], (1, j): row.images[1], (2, j): row.images[2]})
+
+    def as_given(role, k, given):
+        source = used.get((role, k))
+        return source if source is not None and str(source.path) == str(given) else given
+    faces = [used.get((0, i), face) for i, face in enumerate(faces)]
+    hairstyles = [as_given(1, j, hair) for j, hair in enumerate(hairstyles)]
+    return faces, hairstyles, colors and [as_given(2, j, color) for j, color in enumerate(colors)]

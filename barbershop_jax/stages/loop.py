@@ -98,10 +98,9 @@ def loop_defaults(platform: str | None = None) -> tuple[int, bool]:
     Accelerators: 10 steps in a rolled `lax.scan` (10 divides every official step count:
     1100, 250, 80, 140, 100, 400, so no chunk runs idle steps; at 1024 px a chunk is about
     0.1 s of device time, against well under a millisecond of dispatch between chunks).
-    CPU: 4 steps, unrolled, because XLA:CPU runs convolutions inside a loop body 2.5x slower
-    than the same step outside one (measured on 2 cores: a 64 px W+ step took 1,435 ms in a
-    rolled scan, 574 ms unrolled); a 4-step unrolled chunk costs 4x the compile time of one
-    step and saves most of that loss.
+    CPU: 4 steps, unrolled, because XLA:CPU runs convolutions inside a loop body about 2.5x
+    slower than the same step outside one (benchmarks/README.md); a 4-step unrolled chunk costs
+    4x the compile time of one step and saves most of that loss.
 
     BARBERSHOP_JAX_LOOP="CHUNK,rolled" or "CHUNK,unrolled" overrides both (tuning, and tests,
     which compile many stages and run few steps: rolled chunks compile faster).

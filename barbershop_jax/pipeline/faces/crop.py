@@ -398,10 +398,9 @@ def load_source_photo(transform: CropTransform, what="crop") -> np.ndarray:
 
 
 def align_photos(aligner: Aligner, photos, out_dir, progress: bool = True):
-    """`align-faces`: the crops of every photo; a photo without a usable face is reported (one
-    line on stderr) and the others go on. Returns (crops, [((photo,), reason)])."""
-    import sys
-
+    """`align-faces`: the crops of every photo; a photo without a usable face is left out, with
+    its reason, and the others go on. Returns (crops, [((photo,), reason)]) (the command line
+    prints each reason)."""
     from tqdm import tqdm
 
     from barbershop_jax.pipeline.faces.landmarks import LandmarkError, LandmarkModelError
@@ -414,5 +413,4 @@ def align_photos(aligner: Aligner, photos, out_dir, progress: bool = True):
             raise  # no photo can succeed: stop here
         except (FaceCropError, LandmarkError, image_io.ImageError) as e:
             failures.append(((photo,), str(e)))
-            print(f"barbershop-jax: error: {e}", file=sys.stderr)
     return crops, failures

@@ -86,9 +86,10 @@ def _text_block(lines, width: int, px: int, *, centred: bool = False) -> Image.I
     return block
 
 
-def _fit(image, size: int, nearest: bool = False) -> Image.Image:
+def fit(image, size: int, nearest: bool = False) -> Image.Image:
     """The image fitted into a size x size box (aspect kept), centred on the background; a
-    grey box saying "failed" for None."""
+    grey box saying "failed" for None. A box fitted again is unchanged (Pillow's resize to
+    the same size is a copy), so a grid may keep its cells at their panel's size."""
     box = Image.new("RGB", (size, size), BACKGROUND)
     if image is None:
         box.paste(FAILED_GREY, (0, 0, size, size))
@@ -110,7 +111,7 @@ def _titled_panel(title: str, image, size: int, nearest: bool = False) -> Image.
     panel = Image.new("RGB", (size, band + size), BACKGROUND)
     ImageDraw.Draw(panel).text((size // 2, band // 2), _shorten(str(title or ""), font, size), fill=INK,
                                font=font, anchor="mm")
-    panel.paste(_fit(image, size, nearest), (0, band))
+    panel.paste(fit(image, size, nearest), (0, band))
     return panel
 
 

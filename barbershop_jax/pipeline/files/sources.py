@@ -81,6 +81,14 @@ def as_source(image, name: str | None = None, keep_pixels: bool = False, *, what
     return ImageSource(name or f"image_{image_hash[:12]}", image_hash, None, pixels, pixels.shape)
 
 
+def without_pixels(image):
+    """A file's ImageSource without the pixels kept with it (its name and hash are what a plan
+    reads); anything else as it is."""
+    if isinstance(image, ImageSource) and image.path is not None and image.pixels is not None:
+        return dataclasses.replace(image, pixels=None)
+    return image
+
+
 def in_memory(image, what: str):
     """An in-memory image (array or PIL) as its ImageSource, checked now and named `what` in
     the ImageError that refuses it (before any work, and before the run loses track of which
@@ -107,22 +115,38 @@ def fit_to_size(pixels: np.ndarray, size: int, what) -> np.ndarray:
 
 READ_THREADS = min(16, os.cpu_count() or 1)
 READ_BAR_FROM = 32  # images: fewer are read without a progress bar
+# The decoded pixels one read keeps with its sources (keep_pixels), and a run's DecodedImages
+# holds: about 680 images at 1024 px. Past it a file's pixels are dropped and decoded again
+# when the run needs them, so that a manifest of thousands of images keeps memory flat.
+KEPT_PIXELS_BYTES = 2 * 2**30
 
 
 def read_sources(paths, progress: bool = True, keep_pixels: bool = False) -> dict:
     """{str(path): ImageSource, or the ImageError that says why it cannot be used} for each
-    distinct path, decoded and hashed on READ_THREADS threads (PIL's decoders and hashlib let
-    go of the GIL: 32 ms per 1024 px PNG on one core, and 3,000 images were a silent minute and
-    a half before the first step, on every run, cached or not), with a bar from READ_BAR_FROM."""
+    distinct path, decoded and hashed on READ_THREADS threads, with a bar from READ_BAR_FROM.
+    Every run hashes every input before its first step, cached or not, and a 1024 px PNG takes
+    about 32 ms of one core: read one by one, a large batch would wait minutes without a word.
+    PIL's decoders and hashlib release the GIL, so threads share that work.
+    keep_pixels: each source keeps its decoded pixels, up to KEPT_PIXELS_BYTES in all (the
+    first images read first); the rest are read again when needed."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
+    kept, lock = [0], threading.Lock()  # bytes of pixels kept so far
+
     def read(path):
         try:
-            return as_source(path, keep_pixels=keep_pixels)
+            source = as_source(path, keep_pixels=keep_pixels)
         except image_io.ImageError as e:
             return e
+        if source.pixels is not None:
+            with lock:
+                keep = kept[0] + source.pixels.nbytes <= KEPT_PIXELS_BYTES
+                kept[0] += source.pixels.nbytes if keep else 0
+            source = source if keep else dataclasses.replace(source, pixels=None)
+        return source
 
     distinct = list(dict.fromkeys(str(p) for p in paths))
     pool = ThreadPoolExecutor(READ_THREADS)
@@ -175,7 +199,7 @@ class DecodedImages:
     `max_bytes` the least recently used image is dropped (decoded again if needed), so a wave
     of thousands of 1024 px images does not hold them all."""
 
-    def __init__(self, size: int, max_bytes: int = 2 * 2**30):
+    def __init__(self, size: int, max_bytes: int = KEPT_PIXELS_BYTES):
         self.size, self.max_bytes = size, max_bytes
         self._arrays: collections.OrderedDict = collections.OrderedDict()  # (name, what) -> array
         self._bytes = 0

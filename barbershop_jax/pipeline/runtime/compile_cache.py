@@ -12,12 +12,11 @@ for no bound) the least recently used programs are deleted. A bound also makes J
 lock around each read and write, so that processes sharing the folder (parallel runs, test
 workers) never read a program another one is still writing; without one JAX writes in place.
 
-The traced programs themselves are not kept: an earlier version exported them with
-`jax.export` so that a new process skipped tracing and lowering (at 1024 px, batch 8, 11.4 s
-for the five stage steps on 2 CPU cores, against 0.5 s read back), but their keys needed JAX's
-private trace-context and tracer APIs, which break on a JAX upgrade and have no public
-equivalent. A new process therefore traces every stage once; XLA's cache still serves the
-compiled programs (README, "Speed", records what that costs).
+The traced programs themselves are not kept: exporting them (`jax.export`) would spare a new
+process its tracing and lowering, but their cache keys would need JAX's private trace-context
+and tracer APIs, which break on a JAX upgrade and have no public equivalent. A new process
+therefore traces every stage once; XLA's cache still serves the compiled programs (what that
+costs: benchmarks/README.md).
 """
 from __future__ import annotations
 
