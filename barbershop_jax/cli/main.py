@@ -56,6 +56,7 @@ def embed(args):
     from barbershop_jax.config import EmbedConfig
     from barbershop_jax.models import bundle
     from barbershop_jax.pipeline.store import batch_files
+    from barbershop_jax.pipeline.store.layout import Layout
     from barbershop_jax.pipeline import embed as embed_lib
     from barbershop_jax.pipeline.store import cache as store
     _distributed(args)
@@ -71,8 +72,8 @@ def embed(args):
     if reuse.note(args.out):
         print(f"barbershop-jax: note: {reuse.note(args.out)}", file=sys.stderr)
     if failures:
-        path = batch_files.write_failures(args.out, [((name,), reason) for name, reason in failures],
-                                          columns=("image",))
+        path = batch_files.write_failures(Layout(args.out).failures_csv(),
+                                          [((name,), reason) for name, reason in failures], columns=("image",))
         for _, reason in failures:
             print(f"barbershop-jax: error: {one_line(str(reason))}", file=sys.stderr)
         print(f"{len(failures)} image(s) failed; see {path}", file=sys.stderr)
@@ -119,6 +120,7 @@ def _print_transfer_report(report):
 
 def align_faces(args):
     from barbershop_jax.pipeline.store import batch_files
+    from barbershop_jax.pipeline.store.layout import Layout
     from barbershop_jax.pipeline.faces import crop as face_crop
     aligner = face_crop.Aligner.from_options(args.size, args.landmarks, args.dlib_model, args.face_index,
                                              args.min_face)
@@ -129,7 +131,7 @@ def align_faces(args):
     print(f"{len(crops)} face crop(s) of {args.size} px from {len(photos) - len(failures)} photo(s) in {args.out} "
           "(each with its transform, {name}.crop.json)")
     if failures:
-        path = batch_files.write_failures(Path(args.out), failures, columns=("photo",))
+        path = batch_files.write_failures(Layout(args.out).failures_csv(), failures, columns=("photo",))
         print(f"{len(failures)} of {len(photos)} photo(s) failed; see {path}", file=sys.stderr)
         return 1
     return 0

@@ -13,6 +13,7 @@ import numpy as np
 from barbershop_jax.config import DEFAULT_BATCH_SIZE
 from barbershop_jax.models import embedded, stylegan2
 from barbershop_jax.pipeline.files import image_files as image_io
+from barbershop_jax.pipeline.store.layout import Layout
 
 @functools.partial(jax.jit, static_argnames=("n",))
 def render_samples(model: stylegan2.StyleGAN2, n: int, seed, truncation=1.0):
@@ -74,7 +75,7 @@ def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, lo
         log(f"barbershop-jax demo: the embedded {size} px models with fixed RANDOM weights and reduced step counts "
             f"({', '.join(f'{k} {v}' for k, v in steps.items())}).\nThey exercise the whole pipeline; random "
             "weights give no real hairstyle.")
-    face = face_crop.Aligner(size=size).align_one(images["photo"], Path(out_dir) / "aligned")
+    face = face_crop.Aligner(size=size).align_one(images["photo"], Layout(out_dir).crops_dir())
     log(f"aligned {images['photo'].name} (landmarks from {images['photo'].stem}.landmarks.json) -> {face.crop_path}")
     # The references are 128 px crops: fit them to the generator once, here, rather than warn per stage.
     refs = [resample.lanczos_resize(image_io.load_rgb(images[r]), size) for r in ("shape", "color")]

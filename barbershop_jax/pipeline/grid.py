@@ -14,7 +14,6 @@ from barbershop_jax.pipeline.files import contact_sheet
 from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline.plan import Plan
 
-SHEET = "grid.png"
 MAX_SHEET_SIDE = 8192  # pixels: past it the panels shrink (100 x 100 cells of 256 px would be 26k px wide)
 # The sheet's line where no weights file was given: its cells show the pipeline, not hairstyles.
 RANDOM_WEIGHTS_NOTE = "weights: the embedded RANDOM-weight tiny models: no real hairstyle"
@@ -126,8 +125,8 @@ def sheet(faces, hairstyles, colors, cells: dict, *, notes=(), title=None) -> np
     return contact_sheet.grid_sheet(grid_cells, row_heads, col_heads, size=size, title=title, notes=notes)
 
 
-def write_sheet(out_dir, faces, hairstyles, colors, cells: dict, name: str = SHEET,
-                **kwargs) -> tuple[np.ndarray, Path]:
-    """sheet(...) written to OUT/grid.png (or `name`: a --part host writes grid.partKofN.png)."""
+def write_sheet(path, faces, hairstyles, colors, cells: dict, **kwargs) -> tuple[np.ndarray, Path]:
+    """sheet(...) written to `path` (OUT/grid.png: layout.Layout.grid_sheet; a --part host's
+    is grid.partKofN.png)."""
     image = sheet(faces, hairstyles, colors, cells, **kwargs)
-    return image, image_io.save_png(Path(out_dir) / name, image)
+    return image, image_io.save_png(Path(path), image)

@@ -23,6 +23,7 @@ from barbershop_jax.pipeline.embed import NonFiniteError
 from barbershop_jax.pipeline.store.records import TargetEdit, TransferResult
 from barbershop_jax.pipeline.run import Pipeline
 from barbershop_jax.pipeline.runtime.settings import RunSettings
+from barbershop_jax.pipeline.store.layout import Layout
 from barbershop_jax.stages import target_mask
 
 logger = logging.getLogger("barbershop_jax")
@@ -165,7 +166,7 @@ class HairTransfer:
         results = self.transfer_files(triples, on_result=keep_panel, **kwargs)
         self.save_step_times()
         notes = () if self.weights else (grid_lib.RANDOM_WEIGHTS_NOTE,)
-        sheet, path = grid_lib.write_sheet(self.out_dir, faces, hairstyles, colors, panels, title=title, notes=notes)
+        sheet, path = grid_lib.write_sheet(Layout(self.out_dir).grid_sheet(), faces, hairstyles, colors, panels, title=title, notes=notes)
         by_cell = dict(zip(cells, results))
         rows = [[by_cell[(i, j)] for j in range(len(hairstyles))] for i in range(len(faces))]
         log(grid_lib.wrote_line(path, title))
@@ -194,7 +195,7 @@ class HairTransfer:
         triples = checked_triples(triples)
         if align:
             aligner = align if isinstance(align, face_crop.Aligner) else face_crop.Aligner()
-            triples, failures = align_inputs(triples, self.out_dir / "aligned",
+            triples, failures = align_inputs(triples, Layout(self.out_dir).crops_dir(),
                                              dataclasses.replace(aligner, size=self.models.generator.config.size))
             if failures:
                 raise failures[0][1]

@@ -12,6 +12,7 @@ from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, 
 from barbershop_jax.models import weights as weights_lib
 from barbershop_jax.models import stylegan2
 from barbershop_jax.pipeline.store import batch_files
+from barbershop_jax.pipeline.store.layout import Layout
 from barbershop_jax.pipeline.faces import crop as face_crop
 from barbershop_jax.pipeline import grid as grid_lib
 from barbershop_jax.pipeline import hair_transfer as ht_lib
@@ -154,14 +155,13 @@ def _settle(rows, good, failures):
 
 
 def _this_part(job, rows, report):
-    """This host's rows of a `--part K/N` run (bad rows too: each is reported by one host),
-    and its failures file's name."""
+    """This host's rows of a `--part K/N` run (bad rows too: each is reported by one host)."""
     k, n = job.part
     parts = batch_files.parts_by_face([str(row.triple[0]) for row in rows], n)
     mine = [row for row, part in zip(rows, parts) if part == k - 1]
     _note(report, f"part {k} of {n}: {len(mine)} of {len(rows)} triple(s) (the rows of "
                   f"{len({str(row.triple[0]) for row in mine})} face(s))")
-    return mine, f"failures.part{k}of{n}.csv"
+    return mine
 
 
 def _check_transforms(rows):
@@ -237,25 +237,25 @@ def _check_edits(ht, rows):
                                "(face, shape) pair in a run)")
 
 
-def _stop_if_none_left(job, rows, failures_csv):
+def _stop_if_none_left(job, rows, layout):
     """When no row can run: the failures file of a batch, and one error line."""
     if _live(rows):
         return
     if job.pairs or job.faces is not None:
-        _write_failures(job, rows, failures_csv)
+        _write_failures(job, rows, layout)
     raise ImageError("; ".join(row.where(job.pairs) + row.problem for row in rows[:3]))
 
 
-def _write_failures(job, rows, failures_csv):
+def _write_failures(job, rows, layout):
     """OUT/failures.csv: a manifest's rows with their row numbers first."""
     failed = [row for row in rows if row.problem is not None]
     width = max(len(row.triple) for row in failed)
     columns = batch_files.INPUT_COLUMNS[:max(3, width)]
     if job.pairs:
-        return batch_files.write_failures(job.out, [((row.number, *row.triple), row.problem) for row in failed],
-                                          columns=("row", *columns), name=failures_csv)
-    return batch_files.write_failures(job.out, [(row.triple, row.problem) for row in failed], columns=columns,
-                                      name=failures_csv)
+        return batch_files.write_failures(layout.failures_csv(), [((row.number, *row.triple), row.problem)
+                                                                  for row in failed], columns=("row", *columns))
+    return batch_files.write_failures(layout.failures_csv(), [(row.triple, row.problem) for row in failed],
+                                      columns=columns)
 
 
 def run(job: TransferJob, on_plan=None) -> JobReport:
@@ -267,9 +267,9 @@ def run(job: TransferJob, on_plan=None) -> JobReport:
     run and the sheet)."""
     report = JobReport()
     rows = _unique_rows(job, job.rows(), report)
-    failures_csv = "failures.csv"
+    layout = Layout(job.out, part=job.part)  # the run's files: results.csv, failures.csv, grid.png
     if job.part:  # before --align and the models: this host's rows only
-        rows, failures_csv = _this_part(job, rows, report)
+        rows = _this_part(job, rows, report)
         if not rows:
             return report
     report.triples = len(rows)
@@ -285,19 +285,19 @@ def run(job: TransferJob, on_plan=None) -> JobReport:
     if job.align:  # the crops are cut at the generator's size: load the models first
         ht = hair_transfer()
         live = _live(rows)
-        _settle(live, *ht_lib.align_inputs([row.images for row in live], Path(job.out) / "aligned",
+        _settle(live, *ht_lib.align_inputs([row.images for row in live], layout.crops_dir(),
                                            job.aligner(ht.models.generator.config.size),
                                            roles=(0,) if job.align == "face" else None))
     _read_images(job, rows)  # before loading any model
-    _stop_if_none_left(job, rows, failures_csv)
+    _stop_if_none_left(job, rows, layout)
     ht = ht or hair_transfer()
     _check_edits(ht, rows)
-    _stop_if_none_left(job, rows, failures_csv)
-    _transfer(job, ht, rows, failures_csv, report, on_plan)
+    _stop_if_none_left(job, rows, layout)
+    _transfer(job, ht, rows, layout, report, on_plan)
     return report
 
 
-def _transfer(job, ht, rows, failures_csv, report, on_plan):
+def _transfer(job, ht, rows, layout, report, on_plan):
     """The live rows transferred (a grid's sheet cells kept as their waves end); the results
     and failures reported."""
     good, grid = _live(rows), job.faces is not None
@@ -324,20 +324,19 @@ def _transfer(job, ht, rows, failures_csv, report, on_plan):
     listed = None
     done = [(row.images, row.region, r) for row, r in zip(good, results) if r is not None]
     if (job.pairs or grid) and done:  # which file came of which row, for the scripts that run many
-        listed = batch_files.write_results(job.out, done, name=failures_csv.replace("failures", "results"))
+        listed = batch_files.write_results(layout.results_csv(), done)
     ht.save_step_times()
     if grid:
         notes = () if job.weights else (grid_lib.RANDOM_WEIGHTS_NOTE,)
-        _, report.sheet_path = grid_lib.write_sheet(
-            job.out, *_sheet_inputs(job, good), panels, title=report.sheet_title, notes=notes,
-            name=failures_csv.replace("failures", "grid").replace(".csv", ".png"))
+        _, report.sheet_path = grid_lib.write_sheet(layout.grid_sheet(), *_sheet_inputs(job, good), panels,
+                                                    title=report.sheet_title, notes=notes)
     report.results, report.timings = [r for r in results if r is not None], dict(ht.timings)
     report.summary = batch_files.summary(report.results, ht.timings, listed, ht.reuse)
     report.reuse_note = ht.reuse.note(job.out)
     report.pasted = [(r.face, r.pasted_path) for r in report.results] if job.paste_back else []
     failed = [row for row in rows if row.problem is not None]
     if failed:
-        report.failures_csv = _write_failures(job, rows, failures_csv)
+        report.failures_csv = _write_failures(job, rows, layout)
         report.failures = [(row.where(job.pairs), row.problem) for row in failed]
 
 

@@ -23,6 +23,7 @@ from barbershop_jax.pipeline.store import cache as store
 from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline.embed import NonFiniteError
 from barbershop_jax.pipeline.hair_transfer import HairTransfer
+from barbershop_jax.pipeline.store.layout import Layout
 from barbershop_jax.stages import target_mask
 from barbershop_jax.pipeline.files.sources import content_hash
 
@@ -201,7 +202,7 @@ class Server:
         h, w = image_io.load_rgb(kept).shape[:2]
         if not align and h == w:
             return Prepared(kept, False, f"{role}: {name} used as it is (square: taken for an aligned crop)")
-        crop_dir = self.out_dir / "aligned"
+        crop_dir = Layout(self.out_dir).crops_dir()
         crop = crop_dir / f"{kept.stem}.png"
         if crop.is_file() and face_crop.transform_path(crop).is_file():  # aligned before: the transform is written last
             return Prepared(crop, True, f"{role}: {name} aligned (FFHQ crop, from an earlier upload)")

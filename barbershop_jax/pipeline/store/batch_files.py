@@ -46,23 +46,23 @@ def _write_csv(path: Path, header, rows) -> Path:
     return image_io.atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8", "surrogateescape")))
 
 
-def write_results(out_dir, done, name: str = "results.csv") -> Path:
-    """OUT/results.csv (or `name`): a row per result, in the input's order: its input files
-    (structure where any triple has one), region (empty: the run's), the result PNG and, with
-    paste-back, the pasted photo. done: [(triple of paths or sources.ImageSource, region, result)]."""
+def write_results(path, done) -> Path:
+    """`path` (OUT/results.csv: layout.Layout.results_csv): a row per result, in the input's
+    order: its input files (structure where any triple has one), region (empty: the run's),
+    the result PNG and, with paste-back, the pasted photo. done: [(triple of paths or sources.ImageSource, region, result)]."""
     columns = INPUT_COLUMNS[:max([3, *(len(t) for t, _, _ in done)])]
     rows = [([getattr(x, "path", None) or getattr(x, "name", x) for x in t],
              [region or "", str(r.path), str(r.pasted_path or "")]) for t, region, r in done]
-    return _write_csv(Path(out_dir) / name, [*columns, "region", "result", "pasted"], rows)
+    return _write_csv(Path(path), [*columns, "region", "result", "pasted"], rows)
 
 
-def write_failures(out_dir, failures, columns=None, name: str = "failures.csv") -> Path:
-    """OUT/failures.csv (or `name`): the columns of each failed item (empty where it has fewer),
+def write_failures(path, failures, columns=None) -> Path:
+    """`path` (OUT/failures.csv: layout.Layout.failures_csv): the columns of each failed item (empty where it has fewer),
     then the error. columns: default face, shape, color (and structure where an item has one)."""
     if columns is None:
         columns = INPUT_COLUMNS[:max([3, *(len(item) for item, _ in failures)])]
     rows = [(item, [str(reason)]) for item, reason in failures]
-    return _write_csv(Path(out_dir) / name, [*columns, "error"], rows)
+    return _write_csv(Path(path), [*columns, "error"], rows)
 
 
 SUMMARY_ROWS = 20  # results listed at the end of a run; the rest are in results.csv
