@@ -13,7 +13,7 @@ from barbershop_jax.pipeline.faces import crop as face_crop
 from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline.faces import landmarks
 from barbershop_jax.pipeline.demo import example_images
-from barbershop_jax.pipeline.hair_transfer import align_inputs
+from barbershop_jax.pipeline.hair_transfer import crop_inputs
 from barbershop_jax.pipeline.transfer_job import TransferJob
 
 SIZE = 256
@@ -90,7 +90,7 @@ def test_align_faces_without_the_sidecar_finds_the_face_with_the_packaged_model(
     found = np.asarray(dlib_t.landmarks)
     assert found.shape == (68, 2)
 
-    sidecar = face_crop.Aligner(size=SIZE).align_one(example_images()["photo"], tmp_path / "sidecar")
+    sidecar = face_crop.FaceCropper(size=SIZE).crop_one(example_images()["photo"], tmp_path / "sidecar")
     given = np.asarray(json.loads(landmarks.sidecar_path(example_images()["photo"]).read_text()))
     # The sidecar's 5 points were placed by hand: dlib's differ by at most 3.0 px (x or y) in
     # this 512 px photo, whose crop square is 176 px wide.
@@ -113,14 +113,14 @@ def test_align_faces_without_the_sidecar_finds_the_face_with_the_packaged_model(
 
 
 def test_transfer_align_takes_the_packaged_model_and_asks_which_face(tmp_path, monkeypatch):
-    """transfer --align's aligner (TransferJob.aligner) on the photo without its sidecar: two
+    """transfer --align's cropper (TransferJob.cropper) on the photo without its sidecar: two
     faces, so --face-index is needed; with it, the astronaut's face is cropped."""
     require_packaged_model()
     monkeypatch.delenv(landmarks.MODEL_ENV, raising=False)
     photo = photo_without_sidecar(tmp_path / "photos")
     triples = [(photo, photo, photo)]
-    _, failures = align_inputs(triples, tmp_path / "aligned", TransferJob(out=str(tmp_path)).aligner(64))
+    _, failures = crop_inputs(triples, tmp_path / "aligned", TransferJob(out=str(tmp_path)).cropper(64))
     assert "2 faces found; choose one with --face-index" in str(failures[0][1])
-    good, failures = align_inputs(triples, tmp_path / "aligned", TransferJob(out=str(tmp_path), face_index=0).aligner(64))
+    good, failures = crop_inputs(triples, tmp_path / "aligned", TransferJob(out=str(tmp_path), face_index=0).cropper(64))
     assert not failures and [p.name for p in good[0]] == ["photo_0.png"] * 3
     assert face_crop.read_transform(tmp_path / "aligned" / "photo_0.png").landmarks

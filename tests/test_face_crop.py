@@ -166,7 +166,7 @@ def test_paste_back_maps_a_smaller_result_and_refuses_another_photo():
 def test_aligner_on_the_bundled_photo_with_its_sidecar_landmarks(tmp_path):
     photo_path = example_images()["photo"]
     assert landmarks.sidecar_path(photo_path).is_file()
-    face = face_crop.Aligner(size=128).align_one(photo_path, tmp_path)
+    face = face_crop.FaceCropper(size=128).crop_one(photo_path, tmp_path)
     assert face.crop_path == tmp_path / "photo.png"
     assert image_io.load_rgb(face.crop_path).shape == (128, 128, 3)
     t = face_crop.read_transform(face.crop_path)
@@ -259,8 +259,8 @@ def test_bad_photos_are_refused_in_one_line(tmp_path):
             image_io.load_rgb(tmp_path / name)
 
 
-def aligner_with(faces_by_name, **kw):
-    return face_crop.Aligner(size=64, landmarks=lambda photo, path: faces_by_name[path.stem], **kw)
+def cropper_with(faces_by_name, **kw):
+    return face_crop.FaceCropper(size=64, landmarks=lambda photo, path: faces_by_name[path.stem], **kw)
 
 
 def test_no_face_several_faces_and_tiny_faces(tmp_path):
@@ -268,27 +268,27 @@ def test_no_face_several_faces_and_tiny_faces(tmp_path):
     big = five((70, 80), (130, 80), (78, 140), (122, 140))
     tiny = five((100, 100), (104, 100), (101, 104), (103, 104))
     with pytest.raises(face_crop.FaceCropError, match="p.png: no face found"):
-        aligner_with({"p": []}).align(photo, tmp_path / "out")
+        cropper_with({"p": []}).crop(photo, tmp_path / "out")
     with pytest.raises(face_crop.FaceCropError, match="p.png: 2 faces found; choose one with --face-index"):
-        aligner_with({"p": [big, big + 5]}).align_one(photo, tmp_path / "out")
+        cropper_with({"p": [big, big + 5]}).crop_one(photo, tmp_path / "out")
     with pytest.raises(face_crop.FaceCropError, match="face index 2 asked for, but 2 face"):
-        aligner_with({"p": [big, big + 5]}, face_index=2).align_one(photo, tmp_path / "out")
+        cropper_with({"p": [big, big + 5]}, face_index=2).crop_one(photo, tmp_path / "out")
     with pytest.raises(face_crop.FaceCropError, match="face too small: its crop square is 16 px"):
-        aligner_with({"p": [tiny]}).align(photo, tmp_path / "out")
+        cropper_with({"p": [tiny]}).crop(photo, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing written for a refused photo
-    both = aligner_with({"p": [big, big + 5]}).align(photo, tmp_path / "out")
+    both = cropper_with({"p": [big, big + 5]}).crop(photo, tmp_path / "out")
     assert [f.crop_path.name for f in both] == ["p_0.png", "p_1.png"]  # official names
-    one = aligner_with({"p": [big, big + 5]}, face_index=1).align_one(photo, tmp_path / "one")
+    one = cropper_with({"p": [big, big + 5]}, face_index=1).crop_one(photo, tmp_path / "one")
     assert one.crop_path.name == "p_1.png" and one.transform.face_index == 1
 
     # Two photos named alike in different folders: the second would overwrite the first's crop.
     (tmp_path / "other").mkdir()
     twin = write(tmp_path / "other" / "p.png", Image.fromarray(smooth_photo(200, 200, seed=3)))
-    aligner = aligner_with({"p": [big]})
-    aligner.align(photo, tmp_path / "twins")
+    cropper = cropper_with({"p": [big]})
+    cropper.crop(photo, tmp_path / "twins")
     with pytest.raises(face_crop.FaceCropError, match="its crop would be named p.png, like the crop of"):
-        aligner.align(twin, tmp_path / "twins")
-    aligner.align(photo, tmp_path / "twins")  # the same photo again is fine
+        cropper.crop(twin, tmp_path / "twins")
+    cropper.crop(photo, tmp_path / "twins")  # the same photo again is fine
 
 
 def test_align_faces_command_reports_bad_photos_and_goes_on(tmp_path, capsys, monkeypatch):

@@ -244,7 +244,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
     _add_landmark_flags(al)
     _add_exif_flag(al)
     al.add_argument("--quiet", action="store_true", help="no progress bar")
-    al.set_defaults(func=commands.align_faces)
+    al.set_defaults(func=commands.crop_faces)
 
     embed = sub.add_parser("embed", help="embed images in W+ and FS (cached: nothing is embedded twice)",
                            description="Embed FFHQ-aligned images in StyleGAN2's W+ space and then in FS space, "

@@ -81,7 +81,7 @@ def embed(args):
 
 
 JOB_FLAGS = ("face", "shape", "color", "structure", "pairs", "part", "target_mask", "shape_transform", "weights",
-             "batch_size", "dtype", "parser_dtype", "align", "landmarks", "dlib_model", "face_index", "min_face",
+             "batch_size", "dtype", "parser_dtype", "landmarks", "dlib_model", "face_index", "min_face",
              "paste_back", "feather", "no_resize", "save_target_mask", "fresh")
 
 
@@ -93,7 +93,8 @@ def transfer(args):
     grid = {k: [str(p) for p in _image_paths(getattr(args, k))] if getattr(args, k) else None
             for k in ("faces", "hairstyles", "colors")}  # folders expanded to their images
     job = transfer_job.TransferJob(args.out, progress=not args.quiet, checkpoint_every=args.checkpoint_every or None,
-                                   options=options, **grid, **{k: getattr(args, k) for k in JOB_FLAGS})
+                                   options=options, crop=args.align, **grid,
+                                   **{k: getattr(args, k) for k in JOB_FLAGS})
     report = transfer_job.run(job, on_plan=lambda plan: print(plan, file=sys.stderr))
     _print_transfer_report(report)
     return report.exit_code
@@ -118,14 +119,14 @@ def _print_transfer_report(report):
             print(f"barbershop-jax: error: {where}{reason}", file=sys.stderr)
 
 
-def align_faces(args):
+def crop_faces(args):
     from barbershop_jax.pipeline.store import batch_files
     from barbershop_jax.pipeline.store.layout import Layout
     from barbershop_jax.pipeline.faces import crop as face_crop
-    aligner = face_crop.Aligner.from_options(args.size, args.landmarks, args.dlib_model, args.face_index,
+    cropper = face_crop.FaceCropper.from_options(args.size, args.landmarks, args.dlib_model, args.face_index,
                                              args.min_face)
     photos = _image_paths(args.photos)
-    crops, failures = face_crop.align_photos(aligner, photos, args.out, progress=not args.quiet)
+    crops, failures = face_crop.crop_photos(cropper, photos, args.out, progress=not args.quiet)
     for _, reason in failures:
         print(f"barbershop-jax: error: {reason}", file=sys.stderr)
     print(f"{len(crops)} face crop(s) of {args.size} px from {len(photos) - len(failures)} photo(s) in {args.out} "

@@ -46,14 +46,14 @@ OFFICIAL_COMMAND = ("barbershop-jax transfer --align --paste-back --face PHOTO.j
 
 def example_images() -> dict:
     """The bundled example images: {'photo', 'face', 'shape', 'color': path}. The photo is an
-    ordinary (not aligned) photo, with its landmarks in photo.landmarks.json beside it."""
+    ordinary (not cropped) photo, with its landmarks in photo.landmarks.json beside it."""
     return {"photo": EXAMPLES / "photo.jpg", **{role: EXAMPLES / f"{role}.png" for role in ("face", "shape", "color")}}
 
 
 def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, log=print, steps=None,
                  batch_size: int = DEFAULT_BATCH_SIZE, fresh: bool = False) -> Path:
     """`barbershop-jax demo`: the whole way on the bundled images: the ordinary photo is
-    aligned (FFHQ crop), given the hair of the shape and colour references, and the result is
+    cropped (FFHQ crop), given the hair of the shape and colour references, and the result is
     pasted back into the photo. Writes the results (the official layout under OUT, the crop in
     OUT/aligned/, the photo with the result in it as ..._pasted.png) and OUT/demo_grid.png:
     photo | face crop | shape | colour | result | target mask | result pasted into the photo.
@@ -75,7 +75,7 @@ def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, lo
         log(f"barbershop-jax demo: the embedded {size} px models with fixed RANDOM weights and reduced step counts "
             f"({', '.join(f'{k} {v}' for k, v in steps.items())}).\nThey exercise the whole pipeline; random "
             "weights give no real hairstyle.")
-    face = face_crop.Aligner(size=size).align_one(images["photo"], Layout(out_dir).crops_dir())
+    face = face_crop.FaceCropper(size=size).crop_one(images["photo"], Layout(out_dir).crops_dir())
     log(f"aligned {images['photo'].name} (landmarks from {images['photo'].stem}.landmarks.json) -> {face.crop_path}")
     # The references are 128 px crops: fit them to the generator once, here, rather than warn per stage.
     refs = [resample.lanczos_resize(image_io.load_rgb(images[r]), size) for r in ("shape", "color")]

@@ -1,5 +1,5 @@
 """The Python API of a hairstyle transfer (HairTransfer), and the checks of a batch's inputs
-before any work: every file read, every photo aligned."""
+before any work: every file read, every photo cropped."""
 from __future__ import annotations
 
 import dataclasses
@@ -136,7 +136,7 @@ class HairTransfer:
         rows, hairstyles as columns). Each file is decoded once: its pixels serve its hash,
         the stages and its margin panel, and the cells are drawn from the results' images as
         their waves end (grid_lib.cell_panel), not read back from their files.
-        kwargs: transfer_files' options (align, paste_back, sign, ...). A cell whose transfer
+        kwargs: transfer_files' options (crop, paste_back, sign, ...). A cell whose transfer
         failed is None, its reason in self.failures."""
         log = log or (lambda text: logger.info("%s", text))
         faces, hairstyles = list(faces), list(hairstyles)
@@ -145,10 +145,10 @@ class HairTransfer:
             for i, image in enumerate(images):  # checked before any work, named by their place
                 sources_lib.in_memory(image, f"{what}[{i}]")
         triples, cells = grid_lib.grid_triples(faces, hairstyles, colors)
-        options = {k: v for k, v in kwargs.items() if k not in ("align", "paste_back", "feather",
+        options = {k: v for k, v in kwargs.items() if k not in ("crop", "align", "paste_back", "feather",
                                                                  "save_target_masks", "wave")}
         title, plan = grid_lib.title(len(faces), len(hairstyles)), None
-        if not kwargs.get("align"):  # with align the crops are not made yet: the plan follows them
+        if not (kwargs.get("crop") or kwargs.get("align")):  # else the crops are not made yet: the plan follows them
             # Every file read (and hashed) once here, its pixels kept for the run and the sheet.
             flat = [x for t in triples for x in t]
             read = sources_lib.as_sources(flat, keep_pixels=True)
@@ -172,7 +172,7 @@ class HairTransfer:
         log(grid_lib.wrote_line(path, title))
         return grid_lib.GridResult(rows, sheet, path, plan)
 
-    def transfer_many(self, triples, *, align=None, paste_back: bool = False, feather: float = FEATHER,
+    def transfer_many(self, triples, *, crop=None, paste_back: bool = False, feather: float = FEATHER,
                       edits=None, regions=None, save_target_masks: bool = False, **options) -> list[TransferResult]:
         """Transfer every (face, shape, color) triple, or (face, shape, color, structure)
         quadruple (structure: the reference whose aligned F gives the region's structure;
@@ -180,10 +180,11 @@ class HairTransfer:
         order. A triple whose optimisation diverged (NaN or infinity) gives None, with its
         reason in `self.failures`; the others are unaffected.
 
-        align: ordinary photos in, FFHQ crops made first (face_crop.Aligner; True for the
-        default one, landmarks from a sidecar JSON or dlib); the crops go to OUT/aligned/.
+        crop: ordinary photos in, FFHQ crops made first (face_crop.FaceCropper; True for the
+        default one, landmarks from a sidecar JSON or dlib); the crops go to OUT/aligned/
+        (`align=` is its former name, still taken).
         paste_back: each result is also pasted into the face's photo (the face must be a
-        file whose crop transform {stem}.crop.json lies beside it, as align writes it).
+        file whose crop transform {stem}.crop.json lies beside it, as crop writes it).
         edits: one TargetEdit (or None) per triple: its (face, shape) pair's target mask given
         (an array, or an indexed PNG path) or its shape reference's region moved and scaled.
         regions: one region (or None: the `region` option, hair by default) per triple, e.g.
@@ -193,10 +194,11 @@ class HairTransfer:
         is target_masks_{region} for a region other than hair)."""
         check_numbers("transfer_many", feather=feather)
         triples = checked_triples(triples)
-        if align:
-            aligner = align if isinstance(align, face_crop.Aligner) else face_crop.Aligner()
-            triples, failures = align_inputs(triples, Layout(self.out_dir).crops_dir(),
-                                             dataclasses.replace(aligner, size=self.models.generator.config.size))
+        crop = options.pop("align", None) if crop is None else crop  # its former name
+        if crop:
+            cropper = crop if isinstance(crop, face_crop.FaceCropper) else face_crop.FaceCropper()
+            triples, failures = crop_inputs(triples, Layout(self.out_dir).crops_dir(),
+                                             dataclasses.replace(cropper, size=self.models.generator.config.size))
             if failures:
                 raise failures[0][1]
         if paste_back:
@@ -304,9 +306,9 @@ def check_paste_back(triples):
         face_crop.read_transform(face)
 
 
-def align_inputs(triples, out_dir, aligner: face_crop.Aligner, roles=None):
+def crop_inputs(triples, out_dir, cropper: face_crop.FaceCropper, roles=None):
     """Replace the images at `roles` (0 face, 1 shape, 2 colour, 3 structure; None: all) of
-    each triple by their FFHQ crops, each distinct photo aligned once. Returns (triples,
+    each triple by their FFHQ crops, each distinct photo cropped once. Returns (triples,
     [(triple, error)]): a triple whose photo has no usable face fails alone."""
     from barbershop_jax.pipeline.faces.landmarks import LandmarkError, LandmarkModelError
 
@@ -318,11 +320,11 @@ def align_inputs(triples, out_dir, aligner: face_crop.Aligner, roles=None):
                 continue
             photo = t[i].path if isinstance(t[i], sources_lib.ImageSource) else t[i]
             if not isinstance(photo, (str, Path)):
-                error = error or face_crop.FaceCropError("alignment needs image files, not in-memory images")
+                error = error or face_crop.FaceCropError("a face crop needs image files, not in-memory images")
                 continue
             if str(photo) not in crops:
                 try:
-                    crops[str(photo)] = aligner.align_one(photo, out_dir).crop_path
+                    crops[str(photo)] = cropper.crop_one(photo, out_dir).crop_path
                 except LandmarkModelError:
                     raise  # no photo can succeed: stop here
                 except (face_crop.FaceCropError, LandmarkError, image_io.ImageError) as e:

@@ -44,7 +44,7 @@ class TransferJob:
     dtype: str = "float32"
     parser_dtype: str = "float32"
     options: dict = dataclasses.field(default_factory=dict)
-    align: str | None = None           # None, "all" or "face": crop ordinary photos first
+    crop: str | None = None            # None, "all" or "face": crop ordinary photos first (--align)
     landmarks: str | None = None
     dlib_model: str | None = None
     face_index: int | None = None
@@ -55,8 +55,8 @@ class TransferJob:
     save_target_mask: bool = False
     fresh: bool = False                # redo the entries earlier runs left in `out`
 
-    def aligner(self, size: int) -> face_crop.Aligner:
-        return face_crop.Aligner.from_options(size, self.landmarks, self.dlib_model, self.face_index, self.min_face)
+    def cropper(self, size: int) -> face_crop.FaceCropper:
+        return face_crop.FaceCropper.from_options(size, self.landmarks, self.dlib_model, self.face_index, self.min_face)
 
     def rows(self) -> list[batch_files.Row]:
         """The job's transfers, one batch_files.Row each (in grid mode with its cell; from a
@@ -273,7 +273,7 @@ def run(job: TransferJob, on_plan=None) -> JobReport:
         if not rows:
             return report
     report.triples = len(rows)
-    if job.paste_back and not job.align:
+    if job.paste_back and not job.crop:
         _check_transforms(rows)  # before loading any model
 
     def hair_transfer():  # loads the models
@@ -282,12 +282,12 @@ def run(job: TransferJob, on_plan=None) -> JobReport:
                                    parser_dtype=job.parser_dtype, fresh=job.fresh, **job.options)
 
     ht = None
-    if job.align:  # the crops are cut at the generator's size: load the models first
+    if job.crop:  # the crops are cut at the generator's size: load the models first
         ht = hair_transfer()
         live = _live(rows)
-        _settle(live, *ht_lib.align_inputs([row.images for row in live], layout.crops_dir(),
-                                           job.aligner(ht.models.generator.config.size),
-                                           roles=(0,) if job.align == "face" else None))
+        _settle(live, *ht_lib.crop_inputs([row.images for row in live], layout.crops_dir(),
+                                           job.cropper(ht.models.generator.config.size),
+                                           roles=(0,) if job.crop == "face" else None))
     _read_images(job, rows)  # before loading any model
     _stop_if_none_left(job, rows, layout)
     ht = ht or hair_transfer()

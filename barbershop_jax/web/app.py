@@ -213,13 +213,13 @@ def build(server: jobs.Server) -> gr.Blocks:
         finally:
             release([*(faces or []), *(hairstyles or []), *(colors or [])])
 
-    def transfer_job(face, shape, color, structure, align_references, region, sign, smooth, seed, *step_values,
+    def transfer_job(face, shape, color, structure, crop_references, region, sign, smooth, seed, *step_values,
                      progress):
         check_uploads(face, shape, color, structure)
         try:
             options = option_values(sign, smooth, seed, region, *step_values)
             progress(0, desc="Preparing the inputs")
-            result = server.transfer_one(face, shape, color, structure, align_references=bool(align_references),
+            result = server.transfer_one(face, shape, color, structure, crop_references=bool(crop_references),
                                          on_progress=_reporter(progress), **options)
         except Exception as e:  # noqa: BLE001 (the page shows one line, never a traceback)
             raise _page_error(e) from None
@@ -227,12 +227,12 @@ def build(server: jobs.Server) -> gr.Blocks:
                 _shown(result.mask), legend_html(result.legend), _shown(result.pasted),
                 [str(p) for p in result.files], "\n".join(f"- {line}" for line in result.notes))
 
-    def grid_job(faces, hairstyles, colors, align_references, region, sign, smooth, seed, *step_values, progress):
+    def grid_job(faces, hairstyles, colors, crop_references, region, sign, smooth, seed, *step_values, progress):
         try:
             options = option_values(sign, smooth, seed, region, *step_values)
             progress(0, desc="Preparing the inputs")
             result, notes, report = server.grid(faces or [], hairstyles or [], colors or None,
-                                        align_references=bool(align_references), on_progress=_reporter(progress),
+                                        crop_references=bool(crop_references), on_progress=_reporter(progress),
                                         **options)
         except Exception as e:  # noqa: BLE001
             raise _page_error(e) from None
@@ -245,7 +245,7 @@ def build(server: jobs.Server) -> gr.Blocks:
     def options_panel():
         with gr.Accordion("Options (official defaults" + (", step counts reduced for the tiny models)" if
                                                             server.embedded else ")"), open=False):
-            align_references = gr.Checkbox(False, label="Align the references too (FFHQ crops from their landmarks; "
+            crop_references = gr.Checkbox(False, label="Align the references too (FFHQ crops from their landmarks; "
                                                         "off: square references are taken as aligned crops)")
             with gr.Row():
                 sign = gr.Radio(list(SIGNS), value=OFFICIAL.sign, label="sign (target-mask inpainting)")
@@ -256,7 +256,7 @@ def build(server: jobs.Server) -> gr.Blocks:
             with gr.Row():
                 counts = [Whole(steps[k], label=label, precision=0, minimum=0, maximum=maximum)
                           for k, (label, maximum, _) in zip(jobs.STEP_FIELDS, numbers[2:])]
-        return [align_references, region, sign, smooth, seed, *counts]
+        return [crop_references, region, sign, smooth, seed, *counts]
 
     with gr.Blocks(title="barbershop-jax", analytics_enabled=False, delete_cache=DELETE_CACHE) as page:
         gr.Markdown("# barbershop-jax: hairstyle transfer\nThe face of one photo with the hair shape of a second "

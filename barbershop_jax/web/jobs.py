@@ -93,7 +93,7 @@ class Prepared:
     """An input ready for the pipeline: its path (the FFHQ crop when the photo was aligned)
     and a line for the page saying what was done with it."""
     path: Path
-    aligned: bool
+    cropped: bool
     note: str
 
 
@@ -192,22 +192,22 @@ class Server:
             raise UploadError(f"{role}: {path.name} is {size / 2 ** 20:.3g} MiB, more than this server takes "
                               f"({self.limits.max_upload_mb:.3g} MiB: serve --max-upload-mb)")
 
-    def prepare(self, path, role: str, align: bool = True) -> Prepared:
-        """An upload as the pipeline's input. align: its FFHQ crop where landmarks are found (a
+    def prepare(self, path, role: str, crop: bool = True) -> Prepared:
+        """An upload as the pipeline's input. crop: its FFHQ crop where landmarks are found (a
         sidecar .landmarks.json, or dlib: the landmarks extra or $BARBERSHOP_DLIB_MODEL), else
         the image as it is if it is square (taken for an aligned crop, and said so), else an
-        UploadError. align=False: a square image as it is, and only a non-square one aligned."""
+        UploadError. crop=False: a square image as it is, and only a non-square one cropped."""
         kept = self.store_upload(path, role)
         name = Path(path).name
         h, w = image_io.load_rgb(kept).shape[:2]
-        if not align and h == w:
+        if not crop and h == w:
             return Prepared(kept, False, f"{role}: {name} used as it is (square: taken for an aligned crop)")
         crop_dir = Layout(self.out_dir).crops_dir()
-        crop = crop_dir / f"{kept.stem}.png"
-        if crop.is_file() and face_crop.transform_path(crop).is_file():  # aligned before: the transform is written last
-            return Prepared(crop, True, f"{role}: {name} aligned (FFHQ crop, from an earlier upload)")
+        crop_path = crop_dir / f"{kept.stem}.png"
+        if crop_path.is_file() and face_crop.transform_path(crop_path).is_file():  # aligned before: the transform is written last
+            return Prepared(crop_path, True, f"{role}: {name} aligned (FFHQ crop, from an earlier upload)")
         try:
-            face = face_crop.Aligner(size=self.size).align_one(kept, crop_dir)
+            face = face_crop.FaceCropper(size=self.size).crop_one(kept, crop_dir)
             return Prepared(face.crop_path, True, f"{role}: {name} aligned (FFHQ crop from its landmarks)")
         except (landmarks.LandmarkError, face_crop.FaceCropError) as e:
             why = (f"no landmarks: no .landmarks.json beside it and no dlib model ({landmarks.INSTALL_HELP})"
@@ -254,17 +254,17 @@ class Server:
                 if on_progress is not None and bars:
                     on_progress(bars[-1])
 
-    def transfer_one(self, face, shape, color, structure=None, *, align_references=False, on_progress=None,
+    def transfer_one(self, face, shape, color, structure=None, *, crop_references=False, on_progress=None,
                      **options) -> WebResult:
         """One transfer from uploaded files (structure optional). The face is aligned where its
-        landmarks are found; the references too with align_references (else only those that
+        landmarks are found; the references too with crop_references (else only those that
         are not square). Raises UploadError or ValueError with one line for bad inputs or
         settings, NonFiniteError if it diverged."""
-        inputs = [self.prepare(face, "face"), self.prepare(shape, "shape reference", align_references),
-                  self.prepare(color, "colour reference", align_references)]
+        inputs = [self.prepare(face, "face"), self.prepare(shape, "shape reference", crop_references),
+                  self.prepare(color, "colour reference", crop_references)]
         if structure is not None:
-            inputs.append(self.prepare(structure, "structure reference", align_references))
-        paste_back = inputs[0].aligned
+            inputs.append(self.prepare(structure, "structure reference", crop_references))
+        paste_back = inputs[0].cropped
         result = self.run(lambda: self.transfer.transfer(
             *(p.path for p in inputs[:3]), structure=inputs[3].path if structure is not None else None,
             paste_back=paste_back, **options), on_progress)
@@ -280,7 +280,7 @@ class Server:
                          contact_sheet.legend_entries(result.target_labels, self.label_map),
                          result.pasted, files, notes)
 
-    def grid(self, faces, hairstyles, colors=None, *, align_references=False, on_progress=None, **options):
+    def grid(self, faces, hairstyles, colors=None, *, crop_references=False, on_progress=None, **options):
         """Every face with every hairstyle (and colour reference: the hairstyle's own when
         None, one for every column, or one per hairstyle) in one run: HairTransfer.grid's GridResult (its contact sheet: faces as rows,
         hairstyles as columns), the lines saying what was done with each input, and the grid's
@@ -295,8 +295,8 @@ class Server:
             raise UploadError(f"grid: {len(colors)} colour references for {len(hairstyles)} hairstyles: give one "
                               "per hairstyle, one for all, or none")
         face_inputs = [self.prepare(f, f"face {i + 1}") for i, f in enumerate(faces)]
-        hair_inputs = [self.prepare(h, f"hairstyle {i + 1}", align_references) for i, h in enumerate(hairstyles)]
-        color_inputs = [self.prepare(c, f"colour {i + 1}", align_references) for i, c in enumerate(colors or [])]
+        hair_inputs = [self.prepare(h, f"hairstyle {i + 1}", crop_references) for i, h in enumerate(hairstyles)]
+        color_inputs = [self.prepare(c, f"colour {i + 1}", crop_references) for i, c in enumerate(colors or [])]
         said = []  # the grid's plan (work and predicted time) and where it wrote the sheet
         grid = self.run(lambda: self.transfer.grid([p.path for p in face_inputs], [p.path for p in hair_inputs],
                                                    [p.path for p in color_inputs] or None, log=said.append,

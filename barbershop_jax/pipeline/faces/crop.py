@@ -1,4 +1,4 @@
-"""Face alignment in and out: the FFHQ crop of a face in an ordinary photo, exactly as the
+"""Ordinary photos in and out: the FFHQ crop of a face in an ordinary photo, exactly as the
 official `align_face.py` (utils/shape_predictor.py) computes it, the transform that produced
 the crop, and the way back: a result pasted into the photo with a feathered mask.
 
@@ -299,7 +299,7 @@ def edited_region(label_map, labels_before, labels_after) -> np.ndarray:
 
 
 @dataclasses.dataclass
-class AlignedFace:
+class CroppedFace:
     photo: Path
     crop_path: Path
     transform: CropTransform
@@ -307,13 +307,13 @@ class AlignedFace:
 
 
 @dataclasses.dataclass
-class Aligner:
+class FaceCropper:
     """Photo -> FFHQ crop(s), written as {stem}.png (or {stem}_{i}.png when the photo has
     several faces, as the official) with the transform in {stem}.crop.json beside it.
 
     landmarks: a backend (landmarks.Landmarks(); default: sidecar JSON, else dlib);
-    face_index: which face of a photo with several (None: all of them for `align`, and an
-    error for `align_one`); exif: honour EXIF orientation (the official does not)."""
+    face_index: which face of a photo with several (None: all of them for `crop`, and an
+    error for `crop_one`); exif: honour EXIF orientation (the official does not)."""
     size: int = OFFICIAL_SIZE
     landmarks: object = None
     face_index: int | None = None
@@ -321,9 +321,9 @@ class Aligner:
     exif: bool | None = None  # None: image_io.HONOUR_EXIF
 
     def __post_init__(self):
-        check_numbers("Aligner", size=self.size, min_face=self.min_face)
+        check_numbers("FaceCropper", size=self.size, min_face=self.min_face)
         if self.face_index is not None:
-            check_numbers("Aligner", face_index=self.face_index)
+            check_numbers("FaceCropper", face_index=self.face_index)
         if self.landmarks is None:
             from barbershop_jax.pipeline.faces.landmarks import Landmarks
             self.landmarks = Landmarks()
@@ -331,8 +331,8 @@ class Aligner:
 
     @classmethod
     def from_options(cls, size: int, landmarks=None, dlib_model=None, face_index=None,
-                     min_face: float = MIN_FACE) -> "Aligner":
-        """The aligner of the command-line options: landmarks from a JSON file (else sidecars,
+                     min_face: float = MIN_FACE) -> "FaceCropper":
+        """The cropper of the command-line options: landmarks from a JSON file (else sidecars,
         else dlib with `dlib_model`), the face of a photo to take, the smallest face allowed."""
         from barbershop_jax.pipeline.faces.landmarks import Landmarks
         return cls(size=size, landmarks=Landmarks(landmarks, dlib_model), face_index=face_index, min_face=min_face)
@@ -345,7 +345,7 @@ class Aligner:
             raise FaceCropError(f"{photo_path}: its crop would be named {name}.png, like the crop of {owner}; "
                                 "rename one of them")
 
-    def align(self, photo_path, out_dir, *, one: bool = False) -> list[AlignedFace]:
+    def crop(self, photo_path, out_dir, *, one: bool = False) -> list[CroppedFace]:
         photo_path = Path(photo_path)
         pixels = image_io.load_rgb(photo_path, exif=self.exif)
         faces = self.landmarks(pixels, photo_path)
@@ -379,12 +379,12 @@ class Aligner:
             crop_path = image_io.save_png(Path(out_dir) / f"{names[i]}.png", crop)
             # The transform is written last: its presence marks a finished crop.
             cache.save_json(transform_path(crop_path), t.to_json())
-            out.append(AlignedFace(photo_path, crop_path, t, crop))
+            out.append(CroppedFace(photo_path, crop_path, t, crop))
         return out
 
-    def align_one(self, photo_path, out_dir) -> AlignedFace:
+    def crop_one(self, photo_path, out_dir) -> CroppedFace:
         """The one face of a photo (or the face_index-th): an error when there are several."""
-        return self.align(photo_path, out_dir, one=True)[0]
+        return self.crop(photo_path, out_dir, one=True)[0]
 
 
 def load_source_photo(transform: CropTransform, what="crop") -> np.ndarray:
@@ -397,7 +397,7 @@ def load_source_photo(transform: CropTransform, what="crop") -> np.ndarray:
     return photo
 
 
-def align_photos(aligner: Aligner, photos, out_dir, progress: bool = True):
+def crop_photos(cropper: FaceCropper, photos, out_dir, progress: bool = True):
     """`align-faces`: the crops of every photo; a photo without a usable face is left out, with
     its reason, and the others go on. Returns (crops, [((photo,), reason)]) (the command line
     prints each reason)."""
@@ -408,7 +408,7 @@ def align_photos(aligner: Aligner, photos, out_dir, progress: bool = True):
     crops, failures = [], []
     for photo in tqdm(photos, desc="align faces", unit="photo", disable=not progress or len(photos) < 2):
         try:
-            crops += aligner.align(photo, out_dir)
+            crops += cropper.crop(photo, out_dir)
         except LandmarkModelError:
             raise  # no photo can succeed: stop here
         except (FaceCropError, LandmarkError, image_io.ImageError) as e:
