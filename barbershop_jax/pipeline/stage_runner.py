@@ -24,7 +24,7 @@ from barbershop_jax.pipeline.store import resume
 class Stage:
     """A batched stage, as its runner (embed.py, target_mask.py, align.py, blend.py) gives it.
 
-    Items are hashable (an image source, an alignment, a triple); a batch's outputs are a
+    Items are hashable (an image name, an alignment, a triple); a batch's outputs are a
     dict of arrays whose first axis is the batch."""
     name: str                       # its progress bar and measured step times ("W+ embedding")
     unit: str                       # what an item is, for the bar ("image", "pair", "triple")
