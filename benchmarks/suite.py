@@ -58,6 +58,7 @@ from barbershop_jax.models import pca as pca_lib  # noqa: E402
 from barbershop_jax.models.bundle import Models  # noqa: E402
 from barbershop_jax.pipeline.files import sources  # noqa: E402
 from barbershop_jax.pipeline.run import Pipeline  # noqa: E402
+from barbershop_jax.pipeline.runtime.settings import RunSettings  # noqa: E402
 from barbershop_jax.stages import align as alignment  # noqa: E402
 from barbershop_jax.stages import blend as blending  # noqa: E402
 from barbershop_jax.stages import embed as embedding  # noqa: E402
@@ -229,7 +230,7 @@ def _pipeline(models, out, batch, steps: dict, chunk):
                                      chunk=chunk)
     cfg = TransferConfig(inpaint_steps=steps["inpaint"], align_steps1=steps["align1"], align_steps2=steps["align2"],
                          blend_steps=steps["blend"], chunk=chunk)
-    return Pipeline(models, out, embed_cfg, cfg, batch_size=batch, progress=False, checkpoint_every=None)
+    return Pipeline(models, out, embed_cfg, cfg, RunSettings(batch_size=batch, progress=False, checkpoint_every=None))
 
 
 OFFICIAL = {"W+": 1100, "FS": 250, "inpaint": 80, "align1": 140, "align2": 100, "blend": 400}

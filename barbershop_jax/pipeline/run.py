@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from barbershop_jax import config as config_lib
-from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, DEFAULT_REGION, FEATHER
-from barbershop_jax.config import EmbedConfig, TransferConfig, check_numbers
+from barbershop_jax.config import DEFAULT_REGION, FEATHER
+from barbershop_jax.config import EmbedConfig, TransferConfig
 from barbershop_jax.models.bundle import Models
 from barbershop_jax.ops import resample
 from barbershop_jax.pipeline import embed as embed_lib
@@ -50,6 +50,7 @@ from barbershop_jax.pipeline.faces import crop as face_crop
 from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline.files import sources as sources_lib
 from barbershop_jax.pipeline.store import cache as cache_lib
+from barbershop_jax.pipeline.runtime.settings import RunSettings
 from barbershop_jax.pipeline.align import Aligning
 from barbershop_jax.pipeline.blend import Blending
 from barbershop_jax.pipeline.store.records import TargetEdit, TransferResult, alignments, references
@@ -79,10 +80,10 @@ class Pipeline(Aligning, Blending):
     alignment is (face, mask reference, latent reference): the face aligned to the latent
     reference under the target mask of (face, mask reference)."""
 
-    def __init__(self, models: Models, out_dir, embed_cfg: EmbedConfig, cfg: TransferConfig, *,
-                 batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True, devices=None,
-                 checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY, reuse: cache_lib.Reuse | None = None):
-        check_numbers("Pipeline", batch_size=batch_size)
+    def __init__(self, models: Models, out_dir, embed_cfg: EmbedConfig, cfg: TransferConfig,
+                 run: RunSettings = RunSettings(), *, reuse: cache_lib.Reuse | None = None):
+        batch_size, progress, devices = run.batch_size, run.progress, run.devices
+        checkpoint_every = run.checkpoint_every
         if embed_cfg.fs_block != cfg.fs_block:
             raise ValueError(f"the embedding's F is at block {embed_cfg.fs_block}, the transfer's at {cfg.fs_block}: "
                              "give fs_block to both (HairTransfer(fs_block=...) does)")
