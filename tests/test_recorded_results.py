@@ -1,6 +1,6 @@
 """The results of a tiny transfer, bit for bit as the code before the redesign gave them
 (commit aca9730, 2026-12-03): four images embedded, three hair triples (one with a structure
-reference) and a lips triple, at batch 2, on the test models of test_transfer.py. Any change
+reference) and a lips triple, at batch 2, on the test models (conftest.tiny_models). Any change
 of numbers fails this test: a change meant to alter them must say so and record anew
 (`python tests/test_recorded_results.py OUT_DIR`).
 
@@ -23,13 +23,10 @@ import jax
 import numpy as np
 
 from barbershop_jax.config import EmbedConfig, TransferConfig
-from barbershop_jax.models import embedded, vgg16
-from barbershop_jax.models.bundle import Models
-from barbershop_jax.models import pca as pca_lib
 from barbershop_jax.pipeline.files import image_files
 from barbershop_jax.pipeline.run import Pipeline
-from conftest import cpu_isa, render
-from test_transfer import SMALL_VGG, STEPS, _parser_with_hair
+from barbershop_jax.pipeline.runtime.settings import RunSettings
+from conftest import STEPS, cpu_isa, render, tiny_models
 
 DATA = Path(__file__).parent / "data"
 
@@ -51,9 +48,8 @@ FIELDS = ("image", "target_labels", "latent_in", "structure_f", "face_mask", "ha
 
 
 def run_recorded_transfer(out: Path) -> dict:
-    g = embedded.generator()
-    models = Models(g, _parser_with_hair(g), vgg16.init(SMALL_VGG, jax.random.PRNGKey(1)),
-                    pca_lib.pca_stats(g, 2000, jax.random.PRNGKey(2)))
+    models = tiny_models()
+    g = models.generator
     w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(11), (4, g.config.style_dim))))
     pixels = image_files.to_uint8(np.asarray(render(g, w)))
     ann, bob, cid, dan = [image_files.save_png(out / "in" / f"{n}.png", p) for n, p in zip(NAMES, pixels)]
@@ -62,7 +58,7 @@ def run_recorded_transfer(out: Path) -> dict:
     for region, triples in runs.items():
         embed_cfg = EmbedConfig.for_size(g.config.size, w_steps=STEPS["w_steps"], fs_steps=STEPS["fs_steps"])
         cfg = TransferConfig(region=region, **{k: v for k, v in STEPS.items() if k not in ("w_steps", "fs_steps")})
-        results = Pipeline(models, out / "out", embed_cfg, cfg, batch_size=2, progress=False).run(triples)
+        results = Pipeline(models, out / "out", embed_cfg, cfg, RunSettings(batch_size=2, progress=False)).run(triples)
         for i, r in enumerate(results):
             for field in FIELDS:
                 arrays[f"{region}{i}_{field}"] = np.asarray(getattr(r, field))
