@@ -71,8 +71,8 @@ class HairTransfer:
             if dtype is not None or parser_dtype is not None:
                 raise ValueError("HairTransfer: dtype and parser_dtype are for the models it loads; a Models bundle "
                                  "computes in its own (convert one with models.bundle.with_dtype)")
-            self.models, self.weights = models, None
-        else:  # the weights directory the models come from (grid sheets say when they are the embedded ones)
+            self.models, self.weights = models, None  # weights: the directory loaded, if any (grid sheets' note)
+        else:
             self.models = bundle.load(models, dtype or "float32", parser_dtype or "float32")
             self.weights = models
         if out_dir is None:
