@@ -8,8 +8,8 @@ torch; converters for the official PyTorch checkpoints live in the separate `con
 from barbershop_jax.models.stylegan2 import GeneratorConfig, StyleGAN2
 from barbershop_jax.models.stylegan2 import load as load_generator
 
-__all__ = ["EmbedConfig", "GeneratorConfig", "HairTransfer", "StyleGAN2", "TargetEdit", "TransferConfig",
-           "load_generator"]
+__all__ = ["EmbedConfig", "GeneratorConfig", "HairTransfer", "RunSettings", "StyleGAN2", "TargetEdit",
+           "TransferConfig", "load_generator"]
 __version__ = "0.1.0"
 
 
@@ -18,6 +18,9 @@ def __getattr__(name):
     if name == "HairTransfer":
         from barbershop_jax.pipeline.hair_transfer import HairTransfer
         return HairTransfer
+    if name == "RunSettings":
+        from barbershop_jax.pipeline.runtime.settings import RunSettings
+        return RunSettings
     if name == "TargetEdit":
         from barbershop_jax.pipeline.store.records import TargetEdit
         return TargetEdit

@@ -26,12 +26,16 @@ if not (os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("BARBERSHOP_JAX
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"  # the many small programs too
 
 import jax  # noqa: E402 (after the environment above, which JAX reads at import)
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
 sys.path.insert(0, str(Path(__file__).parent))
 
+from barbershop_jax.models import bisenet, embedded, vgg16  # noqa: E402
+from barbershop_jax.models import pca as pca_lib  # noqa: E402
+from barbershop_jax.models.bundle import Models  # noqa: E402
 from barbershop_jax.pipeline.runtime import compile_cache  # noqa: E402
 
 compile_cache.enable()  # in this process too: the subprocesses then find what the tests compiled
@@ -159,6 +163,100 @@ def converted_64(torch_generator_64, tmp_path_factory):
 
 
 
+# ----------------------------------------------------------------------------- the tiny models of the tests
+SMALL_VGG = vgg16.VGG16Config(widths=(8, 16, 16, 32, 32))
+STEPS = dict(w_steps=3, fs_steps=2, inpaint_steps=2, align_steps1=3, align_steps2=2, blend_steps=3)
+
+
+def parser_with_hair(generator):
+    """A random BiSeNet whose output channels are permuted so that the class it predicts most
+    on generator images is called hair: the hair paths of every stage then have pixels."""
+    parser = bisenet.init(bisenet.BiSeNetConfig(), jax.random.PRNGKey(3))
+    images = render(generator, generator.mean_w_plus(1))
+    counts = np.bincount(np.asarray(parser.labels_of((images + 1) / 2, parse_size=64)).ravel(), minlength=16)
+    top, hair = int(np.argmax(counts)), parser.labels.id("hair")
+    order = np.arange(16)
+    order[[top, hair]] = order[[hair, top]]
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x[..., order] if "conv_out" in jax.tree_util.keystr(path) and x.shape[-1] == 16 else x,
+        parser.params)
+    return bisenet.FaceParser(params=params, config=parser.config)
+
+
+def tiny_models(parser: bool = True) -> Models:
+    """The embedded generator with a small VGG16 and fewer p-norm samples (quick to build),
+    and parser_with_hair (parser=False: none, as the embedding alone needs)."""
+    g = embedded.generator()
+    return Models(g, parser_with_hair(g) if parser else None, vgg16.init(SMALL_VGG, jax.random.PRNGKey(1)),
+                  pca_lib.pca_stats(g, 2000, jax.random.PRNGKey(2)))
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_models()
+
+
+@pytest.fixture(scope="module")
+def images(models, tmp_path_factory):
+    """Four generator images, ann.png, bob.png, cid.png and dan.png."""
+    from barbershop_jax.pipeline.files import image_files
+
+    g = models.generator
+    w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(11), (4, g.config.style_dim))))
+    pixels = image_files.to_uint8(np.asarray(render(g, w)))
+    root = tmp_path_factory.mktemp("in")
+    return [image_files.save_png(root / f"{name}.png", p) for name, p in zip(("ann", "bob", "cid", "dan"), pixels)]
+
+
+@pytest.fixture(scope="module")
+def weights_dir(models, tmp_path_factory):
+    """The fixture's models saved as a weights folder, for the command line in a subprocess
+    (the shapes and settings of the batch run: the persistent compilation cache serves both)."""
+    from barbershop_jax.models import stylegan2
+
+    m, pca = models, models.pca
+    root = tmp_path_factory.mktemp("weights")
+    stylegan2.save(m.generator, root, pca=pca)
+    bisenet.save(m.parser, root)
+    vgg16.save(m.vgg, root)
+    return root
+
+
+def tiny_transfer(models, out, *, batch_size: int = 2, checkpoint_every: int | None = 2, fresh: bool = False,
+                  **options):
+    """A HairTransfer on `models` (the fixture's, not loaded), writing to `out`: no progress
+    bars, the persistent compilation cache left as this process set it, and STEPS with random
+    noise unless `options` say otherwise."""
+    from barbershop_jax.pipeline.hair_transfer import HairTransfer
+    from barbershop_jax.pipeline.runtime.settings import RunSettings
+
+    run = RunSettings(batch_size=batch_size, progress=False, checkpoint_every=checkpoint_every)
+    options = {**STEPS, "noise": "random", **options}
+    return HairTransfer(models, out, run=run, compile_cache=False, fresh=fresh, **options)
+
+
+def known_w_plus(models, n, seed=5):
+    """n latents W+ of the generator, from normal draws of `seed`."""
+    g = models.generator
+    return g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(seed), (n, g.config.style_dim))))
+
+
+def render_targets(models, w_plus, noise="const", seeds=None):
+    """The embedding's Targets of the images the generator renders from w_plus."""
+    from barbershop_jax.ops import resample
+    from barbershop_jax.pipeline.files import image_files
+    from barbershop_jax.stages import embed as embedding
+    from barbershop_jax.stages import loop
+
+    g = models.generator
+    image = render(g, w_plus, noise=noise, key=jax.random.PRNGKey(9))
+    small = np.stack([resample.uint8_to_signed(resample.lanczos_resize(im, 32))
+                      for im in image_files.to_uint8(np.asarray(image))])
+    hashes = seeds or [f"{i:08x}" for i in range(len(w_plus))]
+    keys = jnp.stack([loop.image_key(0, h) for h in hashes])
+    return embedding.Targets(image, jnp.asarray(small), keys)
+
+
 @pytest.fixture(autouse=True)
 def _production_loop(request, monkeypatch):
     """Tests marked `production_loop` run the loops with the production defaults."""
@@ -181,3 +279,12 @@ def no_model_planning(monkeypatch):
             return "plan: (no models in this test)"
     monkeypatch.setattr(hair_transfer.HairTransfer, "plan", lambda self, *a, **k: Plan())
     monkeypatch.setattr(hair_transfer.HairTransfer, "save_step_times", lambda self: {})
+
+
+def record_decodes(monkeypatch) -> list:
+    """The files image_files.load_rgb decodes from now on (each a Path, in order)."""
+    from barbershop_jax.pipeline.files import image_files
+    decoded = []
+    real = image_files.load_rgb
+    monkeypatch.setattr(image_files, "load_rgb", lambda path, **k: decoded.append(Path(path)) or real(path, **k))
+    return decoded

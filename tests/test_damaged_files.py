@@ -23,7 +23,7 @@ from barbershop_jax.pipeline.store import resume
 from barbershop_jax.pipeline.store import step_times
 from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline.store import cache as store
-from test_transfer import STEPS, _transfer, images, models, weights_dir  # noqa: F401 (the fixtures)
+from conftest import STEPS, tiny_transfer
 
 TRIPLE = ("ann", "bob", "bob")  # one alignment (shape == colour), one blend
 
@@ -46,25 +46,25 @@ def warnings_logged():
         logger.removeHandler(handler)
 
 
-def _paths(images):  # noqa: F811
+def _paths(images):
     return dict(zip(("ann", "bob", "cid", "dan"), images))
 
 
 @pytest.fixture(scope="module")
-def clean(models, images, tmp_path_factory):  # noqa: F811
+def clean(models, images, tmp_path_factory):
     """One triple's whole run at batch size 1 (a recomputed entry runs alone, so at batch size
     1 its numbers are those of this run bit for bit)."""
     out = tmp_path_factory.mktemp("clean")
     path = _paths(images)
-    [result] = _transfer(models, out, batch_size=1).transfer_many([tuple(path[n] for n in TRIPLE)])
+    [result] = tiny_transfer(models, out, batch_size=1).transfer_many([tuple(path[n] for n in TRIPLE)])
     assert result is not None
     return out
 
 
-def _rerun(models, images, out):  # noqa: F811
+def _rerun(models, images, out):
     path = _paths(images)
     with warnings_logged() as lines:
-        [result] = _transfer(models, out, batch_size=1).transfer_many([tuple(path[n] for n in TRIPLE)])
+        [result] = tiny_transfer(models, out, batch_size=1).transfer_many([tuple(path[n] for n in TRIPLE)])
     return result, lines
 
 
@@ -103,7 +103,7 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("case", DAMAGE)
-def test_a_damaged_cache_entry_is_recomputed_with_one_warning(case, clean, models, images, tmp_path):  # noqa: F811
+def test_a_damaged_cache_entry_is_recomputed_with_one_warning(case, clean, models, images, tmp_path):
     pattern, damage = DAMAGE[case]
     out = tmp_path / "out"
     shutil.copytree(clean, out)
@@ -129,7 +129,7 @@ def test_a_damaged_cache_entry_is_recomputed_with_one_warning(case, clean, model
     assert lines == []
 
 
-def test_damaged_official_files_are_named_and_their_images_embedded(clean, models, images, tmp_path):  # noqa: F811
+def test_damaged_official_files_are_named_and_their_images_embedded(clean, models, images, tmp_path):
     """--import-official: ann's official W+ is truncated, bob's FS lacks a key; each is named
     in one warning and embedded instead (what the run would do without the official folder:
     the import only saves time), and everything else is imported."""
@@ -160,7 +160,7 @@ def test_damaged_official_files_are_named_and_their_images_embedded(clean, model
 
 
 # ----------------------------------------------------------------------------- weights folders
-def _damaged_weights(weights_dir, tmp_path, damage):  # noqa: F811
+def _damaged_weights(weights_dir, tmp_path, damage):
     root = tmp_path / "weights"
     shutil.copytree(weights_dir, root)
     return root, damage(root)
@@ -200,7 +200,7 @@ WEIGHTS_DAMAGE = {
 
 
 @pytest.mark.parametrize("case", WEIGHTS_DAMAGE)
-def test_a_damaged_weights_file_is_one_line_naming_it(case, weights_dir, images, tmp_path, capsys):  # noqa: F811
+def test_a_damaged_weights_file_is_one_line_naming_it(case, weights_dir, images, tmp_path, capsys):
     damage, problem = WEIGHTS_DAMAGE[case]
     root, damaged = _damaged_weights(weights_dir, tmp_path, damage)
     rc = cli.main(["embed", str(images[0]), "--weights", str(root), "--out", str(tmp_path / "o"), "--quiet"])
@@ -210,7 +210,7 @@ def test_a_damaged_weights_file_is_one_line_naming_it(case, weights_dir, images,
     assert line.startswith(f"barbershop-jax: error: {damaged}: ") and problem in line, line
 
 
-def test_damaged_orbax_arrays_are_one_line_without_event_loop_noise(weights_dir, images, tmp_path):  # noqa: F811
+def test_damaged_orbax_arrays_are_one_line_without_event_loop_noise(weights_dir, images, tmp_path):
     """The command line in a subprocess, to its exit: when one array does not read, the reads
     still in flight must not print "Event loop is closed" tracebacks after the error line."""
     def damage(root):  # the arrays' data, not the metadata: orbax reads many arrays before one fails
@@ -255,7 +255,7 @@ def test_damaged_step_times_are_left_out(tmp_path, monkeypatch):
     assert len(lines) == 1 and str(file) in lines[0], lines
 
 
-def test_a_damaged_target_mask_or_label_map_is_named(tmp_path, models):  # noqa: F811
+def test_a_damaged_target_mask_or_label_map_is_named(tmp_path, models):
     labels = np.zeros((64, 64), np.int32)
     good = store.save_label_png(tmp_path / "mask.png", labels, 16)
     data = good.read_bytes()

@@ -18,48 +18,20 @@ from barbershop_jax.pipeline.store import cache
 from barbershop_jax import cli
 from barbershop_jax.stages import embed as embedding
 from barbershop_jax.pipeline.files import image_files as image_io
-from barbershop_jax.ops import resample
 from barbershop_jax.config import EmbedConfig
 from barbershop_jax.models import bundle
-from barbershop_jax.models.bundle import Models
 from barbershop_jax.pipeline import loop_hook
-from barbershop_jax.models import embedded
 from barbershop_jax.pipeline.runtime import batching
 from barbershop_jax.pipeline import embed as pipeline_embed
 from barbershop_jax.pipeline.runtime import progress
 from barbershop_jax.stages import loop
-from barbershop_jax.models import pca as pca_lib
-from barbershop_jax.models import vgg16
 from barbershop_jax.pipeline.files.sources import content_hash
-from conftest import assert_adam_close, count_compilations, render, render_from_features
-
-SMALL_VGG = vgg16.VGG16Config(widths=(8, 16, 16, 32, 32))
-
-
-def make_consts():
-    g = embedded.generator()
-    vgg = vgg16.init(SMALL_VGG, jax.random.PRNGKey(1))
-    return Models(g, None, vgg, pca_lib.pca_stats(g, 2000, jax.random.PRNGKey(2)))
-
+from conftest import (assert_adam_close, count_compilations, known_w_plus, render, render_from_features,
+                      render_targets, tiny_models)
 
 @pytest.fixture(scope="module")
 def consts():
-    return make_consts()
-
-
-def _targets(consts, w_plus, noise="const", seeds=None):
-    g = consts.generator
-    image = render(g, w_plus, noise=noise, key=jax.random.PRNGKey(9))
-    small = np.stack([resample.uint8_to_signed(resample.lanczos_resize(im, 32))
-                      for im in image_io.to_uint8(np.asarray(image))])
-    hashes = seeds or [f"{i:08x}" for i in range(len(w_plus))]
-    keys = jnp.stack([loop.image_key(0, h) for h in hashes])
-    return embedding.Targets(image, jnp.asarray(small), keys)
-
-
-def _known_w_plus(consts, n, seed=5):
-    g = consts.generator
-    return g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(seed), (n, g.config.style_dim))))
+    return tiny_models(parser=False)
 
 
 def psnr(a, b):  # images in [-1, 1]: peak-to-peak 2
@@ -71,7 +43,7 @@ def test_recovers_a_rendered_image(consts):
     and 60 FS steps (measured: 21.1 dB; F first dips under Adam's first steps, then climbs)
     3 dB more. A sign error in the loss, a zero learning rate or a broken gradient fails."""
     g = consts.generator
-    targets = _targets(consts, _known_w_plus(consts, 1))
+    targets = render_targets(consts, known_w_plus(consts, 1))
     cfg = EmbedConfig(w_steps=60, fs_steps=60, lpips_size=32, noise="const")
     start = psnr(render(g, g.mean_w_plus(1)), targets.full)
     w_plus, metrics = embedding.embed_w_plus(consts, targets, cfg)
@@ -85,7 +57,7 @@ def test_recovers_a_rendered_image(consts):
 
 def test_batch_equals_single_runs(consts):
     # The settings (and batch sizes 2 and 1) of the other tests here: their programs are reused.
-    targets = _targets(consts, _known_w_plus(consts, 2, seed=6))
+    targets = render_targets(consts, known_w_plus(consts, 2, seed=6))
     cfg = EmbedConfig(w_steps=6, fs_steps=4, lpips_size=32)  # random noise
     w_batch, _ = embedding.embed_w_plus(consts, targets, cfg)
     li_batch, f_batch, _ = embedding.embed_fs(consts, targets, w_batch, cfg)
@@ -99,7 +71,7 @@ def test_batch_equals_single_runs(consts):
 
 
 def test_seed_reproducibility(consts):
-    targets = _targets(consts, _known_w_plus(consts, 1, seed=7))
+    targets = render_targets(consts, known_w_plus(consts, 1, seed=7))
     cfg = EmbedConfig(w_steps=4, lpips_size=32)
     a, _ = embedding.embed_w_plus(consts, targets, cfg)
     b, _ = embedding.embed_w_plus(consts, targets, cfg)
@@ -111,7 +83,7 @@ def test_seed_reproducibility(consts):
 
 def test_result_is_from_before_the_last_update(consts):
     """Official: the saved W+ is the latent of the last iteration, captured before step()."""
-    targets = _targets(consts, _known_w_plus(consts, 1, seed=8))
+    targets = render_targets(consts, known_w_plus(consts, 1, seed=8))
     w1, _ = embedding.embed_w_plus(consts, targets, EmbedConfig(w_steps=1, lpips_size=32))
     np.testing.assert_array_equal(w1, consts.generator.mean_w_plus(1))
 
@@ -119,7 +91,7 @@ def test_result_is_from_before_the_last_update(consts):
 @pytest.mark.production_loop
 def test_unrolled_chunks_equal_rolled(consts, monkeypatch):
     """On CPU the loop unrolls its chunks (loop.loop_defaults); same numbers as rolled."""
-    targets = _targets(consts, _known_w_plus(consts, 2, seed=3))
+    targets = render_targets(consts, known_w_plus(consts, 2, seed=3))
     cfg = EmbedConfig(w_steps=4, lpips_size=32)
     production, _ = embedding.embed_w_plus(consts, targets, cfg)
     # Rolled chunks of the same length: the program test_batch_equals_single_runs compiled.
@@ -203,7 +175,7 @@ def test_a_stage_has_one_bar_over_its_batches_and_loops(capsys):
 def test_idle_steps_of_the_last_chunk_change_nothing(consts):
     """7 steps in chunks of 4 (one compilation; the second chunk's last step idle) equal 7
     steps in chunks of 7, and the last live step's metrics are reported."""
-    targets = _targets(consts, _known_w_plus(consts, 1, seed=12))
+    targets = render_targets(consts, known_w_plus(consts, 1, seed=12))
     cfg = EmbedConfig(w_steps=7, lpips_size=32, noise="const")
     a, metrics_a = embedding.embed_w_plus(consts, targets, dataclasses.replace(cfg, chunk=4))
     b, metrics_b = embedding.embed_w_plus(consts, targets, dataclasses.replace(cfg, chunk=7))
@@ -217,12 +189,12 @@ def test_sharded_over_four_cpu_devices_equals_unsharded(consts, tmp_path):
     script = textwrap.dedent("""
         import sys, jax, numpy as np
         sys.path.insert(0, sys.argv[1])
-        import test_embedding as t
+        import conftest as t
         from barbershop_jax.config import EmbedConfig
         from barbershop_jax.stages import embed as embedding
         assert len(jax.devices()) == 4, jax.devices()
-        consts = t.make_consts()
-        targets = t._targets(consts, t._known_w_plus(consts, 2, seed=4))
+        consts = t.tiny_models(parser=False)
+        targets = t.render_targets(consts, t.known_w_plus(consts, 2, seed=4))
         cfg = EmbedConfig(w_steps=4, fs_steps=2, lpips_size=32)
         w, _ = embedding.embed_w_plus(consts, targets, cfg)
         li, f, _ = embedding.embed_fs(consts, targets, w, cfg)
@@ -237,7 +209,7 @@ def test_sharded_over_four_cpu_devices_equals_unsharded(consts, tmp_path):
     assert "sharded ok (2, 10, 64)" in done.stdout
     # The idle devices are named once (both stages pad 2 to 4).
     assert done.stderr.count("a batch of 2 over 4 devices runs as 4 (2 copies)") == 1, done.stderr[-2000:]
-    targets = _targets(consts, _known_w_plus(consts, 2, seed=4))
+    targets = render_targets(consts, known_w_plus(consts, 2, seed=4))
     cfg = EmbedConfig(w_steps=4, fs_steps=2, lpips_size=32)
     w, _ = embedding.embed_w_plus(consts, targets, cfg)
     li, f, _ = embedding.embed_fs(consts, targets, w, cfg)
@@ -250,7 +222,7 @@ def test_sharded_over_four_cpu_devices_equals_unsharded(consts, tmp_path):
 # ------------------------------------------------------------------ files and cache
 def _write_images(consts, folder, n=2):
     folder.mkdir(parents=True, exist_ok=True)
-    images = image_io.to_uint8(np.asarray(consts.generator.render(_known_w_plus(consts, n, seed=11), noise="const")))
+    images = image_io.to_uint8(np.asarray(consts.generator.render(known_w_plus(consts, n, seed=11), noise="const")))
     paths = []
     for i, im in enumerate(images):
         paths.append(folder / f"face{i}.png")
@@ -470,7 +442,7 @@ def test_bfloat16_compute_is_an_option_cached_apart(consts):
     assert bundle.with_dtype(consts.generator, "float32") is consts.generator
     half = consts._replace(generator=g16, vgg=vgg16_)
     assert cache.tree_fingerprint(half) != cache.tree_fingerprint(consts)
-    assert cache.tree_fingerprint(consts) == cache.tree_fingerprint(make_consts())
+    assert cache.tree_fingerprint(consts) == cache.tree_fingerprint(tiny_models(parser=False))
     w = consts.generator.mean_w_plus(1)
     full, low = consts.generator.render(w, noise="const"), g16.render(w, noise="const")
     err = float(jnp.abs(full - low).max() / jnp.abs(full).max())

@@ -12,14 +12,13 @@ from barbershop_jax.models import bundle
 from barbershop_jax.pipeline import grid as grid_lib
 from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline import plan as plan_lib
-from conftest import assert_batch_independent, render
-from test_transfer import STEPS, _transfer, models, record_decodes  # noqa: F401 (the fixture)
+from conftest import STEPS, assert_batch_independent, record_decodes, render, tiny_transfer
 
 FACES, HAIRSTYLES = ("ann", "bob", "cid"), ("dan", "eve", "fay")
 
 
 @pytest.fixture(scope="module")
-def six(models, tmp_path_factory):  # noqa: F811
+def six(models, tmp_path_factory):
     g = models.generator
     w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(21), (6, g.config.style_dim))))
     pixels = image_io.to_uint8(np.asarray(render(g, w)))
@@ -29,11 +28,11 @@ def six(models, tmp_path_factory):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def grid_run(models, six, tmp_path_factory):  # noqa: F811
+def grid_run(models, six, tmp_path_factory):
     faces, hairstyles = six
     out = tmp_path_factory.mktemp("grid_out")
     told = []
-    ht = _transfer(models, out)
+    ht = tiny_transfer(models, out)
     return out, ht.grid(faces, hairstyles, log=told.append), told
 
 
@@ -55,25 +54,25 @@ def test_a_grid_embeds_each_image_once_aligns_each_pair_once(grid_run):
     assert sheet.shape[0] >= 4 * 64 and sheet.shape[1] >= 4 * 64  # 3 x 3 cells with their inputs in the margins
 
 
-def test_a_rerun_plans_nothing_to_do(models, six, grid_run):  # noqa: F811
+def test_a_rerun_plans_nothing_to_do(models, six, grid_run):
     out, _, _ = grid_run
     faces, hairstyles = six
-    ht = _transfer(models, out)
+    ht = tiny_transfer(models, out)
     triples, _ = grid_lib.grid_triples(faces, hairstyles)
     plan = ht.plan(triples)
     assert [(s.total, s.todo) for s in plan.stages] == [(6, 0), (6, 0), (9, 0), (9, 0)]
     assert plan.seconds == 0.0 and "6 found in the output folder" in plan.describe()
-    fresh = _transfer(models, out, fresh=True).plan(triples)  # --fresh: every entry of the folder is redone
+    fresh = tiny_transfer(models, out, fresh=True).plan(triples)  # --fresh: every entry of the folder is redone
     assert [(s.total, s.todo) for s in fresh.stages] == [(6, 6), (6, 6), (9, 9), (9, 9)]
 
 
-def test_each_cell_equals_its_triple_run_alone(models, six, grid_run, tmp_path):  # noqa: F811
+def test_each_cell_equals_its_triple_run_alone(models, six, grid_run, tmp_path):
     out, result, _ = grid_run
     faces, hairstyles = six
     alone_out = tmp_path / "alone"  # one triple per call, into another folder: nothing of the grid's reused
     for i, face in enumerate(faces):
         for j, hair in enumerate(hairstyles):
-            [alone] = _transfer(models, alone_out).transfer_many([(face, hair, hair)])
+            [alone] = tiny_transfer(models, alone_out).transfer_many([(face, hair, hair)])
             cell = result.results[i][j]
             # Each stage's program computes an item independently of the others in its batch and
             # of its place there (the grid embeds bob second, beside ann; alone, first, beside dan;
@@ -107,9 +106,9 @@ def test_the_title_is_one_wording_for_the_api_the_cli_and_the_page():
     assert grid_lib.title(2, 1) == "2 faces x 1 hairstyle"
 
 
-def test_the_plan_predicts_from_measured_steps(models, six, tmp_path, monkeypatch):  # noqa: F811
+def test_the_plan_predicts_from_measured_steps(models, six, tmp_path, monkeypatch):
     faces, hairstyles = six
-    ht = _transfer(models, tmp_path / "o")
+    ht = tiny_transfer(models, tmp_path / "o")
     triples, _ = grid_lib.grid_triples(faces[:2], hairstyles[:1])
     monkeypatch.setattr(plan_lib.step_times, "read", lambda: {})
     assert ht.plan(triples).seconds is None and "not known yet" in ht.plan(triples).describe()
@@ -125,7 +124,7 @@ def test_the_plan_predicts_from_measured_steps(models, six, tmp_path, monkeypatc
     assert plan.seconds == pytest.approx(expected) and "predicted time: about" in plan.describe()
 
 
-def test_cli_grid_writes_results_csv_and_sheet(models, six, grid_run, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_cli_grid_writes_results_csv_and_sheet(models, six, grid_run, tmp_path, capsys, monkeypatch):
     out, result, _ = grid_run
     faces, hairstyles = six
     monkeypatch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
@@ -157,7 +156,7 @@ def test_a_grid_decodes_each_input_once_and_reads_no_result_back(models, six, tm
     from their files: the same sheet as one drawn from the files."""
     faces, hairstyles = six[0][:2], six[1][:1]
     decoded = record_decodes(monkeypatch)
-    result = _transfer(models, tmp_path).grid(faces, hairstyles, log=lambda text: None)
+    result = tiny_transfer(models, tmp_path).grid(faces, hairstyles, log=lambda text: None)
     assert sorted(decoded) == sorted(faces + hairstyles), decoded
     cells = {(i, j): r.path for i, row in enumerate(result.results) for j, r in enumerate(row)}
     assert np.array_equal(result.sheet, _sheet_from_files(cells, faces, hairstyles))

@@ -1,7 +1,7 @@
 """The results of a tiny transfer, bit for bit as recorded: four images embedded, three hair
-triples (one with a structure reference) and a lips triple, at batch 2, on the test models of
-test_transfer.py. Any change of numbers fails this test: a change meant to alter them must say
-so and record anew (`python tests/test_recorded_results.py OUT_DIR`).
+triples (one with a structure reference) and a lips triple, at batch 2, on the test models
+(conftest.tiny_models). Any change of numbers fails this test: a change meant to alter them
+must say so and record anew (`python tests/test_recorded_results.py OUT_DIR`).
 
 Bits depend on the machine: XLA:CPU compiles for the processor's vector instructions, and
 between AVX2 and AVX-512 one input pixel one level off changes Adam's step signs, until the
@@ -16,14 +16,10 @@ import jax
 import numpy as np
 
 from barbershop_jax.config import EmbedConfig, TransferConfig
-from barbershop_jax.models import embedded, vgg16
-from barbershop_jax.models.bundle import Models
-from barbershop_jax.models import pca as pca_lib
 from barbershop_jax.pipeline.files import image_files
 from barbershop_jax.pipeline.run import Pipeline
 from barbershop_jax.pipeline.runtime.settings import RunSettings
-from conftest import cpu_isa, render
-from test_transfer import SMALL_VGG, STEPS, _parser_with_hair
+from conftest import STEPS, cpu_isa, render, tiny_models
 
 DATA = Path(__file__).parent / "data"
 
@@ -45,9 +41,8 @@ FIELDS = ("image", "target_labels", "latent_in", "structure_f", "face_mask", "ha
 
 
 def run_recorded_transfer(out: Path) -> dict:
-    g = embedded.generator()
-    models = Models(g, _parser_with_hair(g), vgg16.init(SMALL_VGG, jax.random.PRNGKey(1)),
-                    pca_lib.pca_stats(g, 2000, jax.random.PRNGKey(2)))
+    models = tiny_models()
+    g = models.generator
     w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(11), (4, g.config.style_dim))))
     pixels = image_files.to_uint8(np.asarray(render(g, w)))
     ann, bob, cid, dan = [image_files.save_png(out / "in" / f"{n}.png", p) for n, p in zip(NAMES, pixels)]

@@ -16,12 +16,12 @@ from barbershop_jax.pipeline import loop_hook
 from barbershop_jax.pipeline.store import resume
 from barbershop_jax.config import EmbedConfig
 from barbershop_jax.pipeline import embed as pipeline_embed
-from test_embedding import _known_w_plus, _targets, make_consts
+from conftest import known_w_plus, render_targets, tiny_models
 
 
 @pytest.fixture(scope="module")
 def consts():
-    return make_consts()
+    return tiny_models(parser=False)
 
 
 def stop_after(monkeypatch, n_checks):
@@ -37,7 +37,7 @@ def stop_after(monkeypatch, n_checks):
 
 
 def test_interrupted_loop_resumes_with_the_uninterrupted_numbers(consts, tmp_path, monkeypatch):
-    targets = _targets(consts, _known_w_plus(consts, 2, seed=21), noise="random")
+    targets = render_targets(consts, known_w_plus(consts, 2, seed=21), noise="random")
     cfg = EmbedConfig(w_steps=12, lpips_size=32, chunk=4)
     clean, _ = embedding.embed_w_plus(consts, targets, cfg)
 
@@ -59,7 +59,7 @@ def test_interrupted_loop_resumes_with_the_uninterrupted_numbers(consts, tmp_pat
 
 
 def test_checkpoints_that_do_not_fit_are_ignored(consts, tmp_path):
-    targets = _targets(consts, _known_w_plus(consts, 2, seed=22))
+    targets = render_targets(consts, known_w_plus(consts, 2, seed=22))
     cfg = EmbedConfig(w_steps=4, lpips_size=32, chunk=4)
     ckpt = resume.LoopCheckpoint(tmp_path / "ckpt", every=4)
     ckpt.folder.mkdir(parents=True)
@@ -77,7 +77,7 @@ def test_a_diverging_image_fails_alone(consts, tmp_path, monkeypatch):
     other image of its batch gets exactly what a clean run gives it."""
     folder = tmp_path / "in"
     folder.mkdir()
-    pixels = image_io.to_uint8(np.asarray(consts.generator.render(_known_w_plus(consts, 2, seed=23), noise="const")))
+    pixels = image_io.to_uint8(np.asarray(consts.generator.render(known_w_plus(consts, 2, seed=23), noise="const")))
     paths = [image_io.save_png(folder / f"im{i}.png", p) for i, p in enumerate(pixels)]
     cfg = EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
     clean = pipeline_embed.embed(paths, tmp_path / "clean", consts, cfg, batch_size=2, progress=False)
@@ -177,7 +177,7 @@ def _every_file(root):
 def test_a_loop_that_ends_with_a_stop_pending_raises_at_its_end(consts, tmp_path, monkeypatch):
     """A stop that comes during a loop's last chunk ends the run when the loop ends (saved at
     its last step), not at the next loop, after whatever work lies between the two."""
-    targets = _targets(consts, _known_w_plus(consts, 2, seed=21), noise="random")
+    targets = render_targets(consts, known_w_plus(consts, 2, seed=21), noise="random")
     cfg = EmbedConfig(w_steps=8, lpips_size=32, chunk=4)
     ckpt = resume.LoopCheckpoint(tmp_path / "ckpt", every=100)
     stop_after(monkeypatch, 3)  # asked at begin and after each chunk: the stop comes in the last chunk

@@ -25,7 +25,6 @@ from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline.faces import landmarks
 from barbershop_jax.pipeline.store import resume
 from barbershop_jax import config
-from barbershop_jax.models import embedded
 from barbershop_jax.pipeline.store import batch_files
 from barbershop_jax.pipeline.runtime import batching
 from barbershop_jax.pipeline import demo
@@ -39,57 +38,9 @@ from barbershop_jax.stages import target_mask as stage_target_mask
 from barbershop_jax.pipeline.files import sources
 from barbershop_jax.pipeline.store import cache
 from barbershop_jax.stages import loop
-from conftest import count_compilations, no_model_planning, render
-from barbershop_jax.models import pca as pca_lib
-from barbershop_jax.models import bisenet, vgg16
+from conftest import STEPS, count_compilations, no_model_planning, record_decodes, render, tiny_transfer
 from barbershop_jax.config import TransferConfig
 from barbershop_jax.models.bundle import Models
-
-SMALL_VGG = vgg16.VGG16Config(widths=(8, 16, 16, 32, 32))
-STEPS = dict(w_steps=3, fs_steps=2, inpaint_steps=2, align_steps1=3, align_steps2=2, blend_steps=3)
-
-
-def _parser_with_hair(generator):
-    """A random BiSeNet whose output channels are permuted so that the class it predicts most
-    on generator images is called hair: the hair paths of every stage then have pixels."""
-    parser = bisenet.init(bisenet.BiSeNetConfig(), jax.random.PRNGKey(3))
-    images = render(generator, generator.mean_w_plus(1))
-    counts = np.bincount(np.asarray(parser.labels_of((images + 1) / 2, parse_size=64)).ravel(), minlength=16)
-    top, hair = int(np.argmax(counts)), parser.labels.id("hair")
-    order = np.arange(16)
-    order[[top, hair]] = order[[hair, top]]
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, x: x[..., order] if "conv_out" in jax.tree_util.keystr(path) and x.shape[-1] == 16 else x,
-        parser.params)
-    return bisenet.FaceParser(params=params, config=parser.config)
-
-
-@pytest.fixture(scope="module")
-def models():
-    g = embedded.generator()
-    vgg = vgg16.init(SMALL_VGG, jax.random.PRNGKey(1))
-    return Models(g, _parser_with_hair(g), vgg, pca_lib.pca_stats(g, 2000, jax.random.PRNGKey(2)))
-
-
-@pytest.fixture(scope="module")
-def images(models, tmp_path_factory):
-    g = models.generator
-    w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(11), (4, g.config.style_dim))))
-    pixels = image_io.to_uint8(np.asarray(render(g, w)))
-    root = tmp_path_factory.mktemp("in")
-    return [image_io.save_png(root / f"{name}.png", p) for name, p in zip(("ann", "bob", "cid", "dan"), pixels)]
-
-
-def _transfer(models, out, **kw):
-    ht = hair_transfer.HairTransfer.__new__(hair_transfer.HairTransfer)  # the models of the fixture, not load()
-    ht.models, ht.out_dir = models, out
-    ht.batch_size, ht.progress, ht.devices, ht.timings = kw.pop("batch_size", 2), False, None, {}
-    ht.checkpoint_every, ht.failures = kw.pop("checkpoint_every", 2), []
-    ht.weights, ht.dtype = None, "float32"
-    ht.fresh, ht._made = kw.pop("fresh", False), set()
-    ht.options = {**STEPS, "noise": "random", **kw}
-    return ht
-
 
 # 4 images, 4 triples (two with shape == colour: one alignment each), 6 distinct pairs: at
 # batch size 2 every stage runs full batches, so each compiles once.
@@ -102,7 +53,7 @@ def batch_run(models, images, tmp_path_factory):
     out = tmp_path_factory.mktemp("batch")
     path = dict(zip(("ann", "bob", "cid", "dan"), images))
     triples = [tuple(path[n] for n in t) for t in NAMED_TRIPLES]
-    ht = _transfer(models, out)
+    ht = tiny_transfer(models, out)
     return out, triples, ht.transfer_many(triples)
 
 
@@ -113,7 +64,7 @@ def test_under_jax_distributed_a_transfer_embeds_every_image_it_needs(batch_run,
     out, triples, results = batch_run
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(jax, "process_index", lambda: 1)
-    ht = _transfer(models, out)
+    ht = tiny_transfer(models, out)
     again = ht.transfer_many(triples)
     assert ht.failures == [] and all(r is not None for r in again)
     for a, b in zip(results, again, strict=True):
@@ -194,7 +145,7 @@ def test_batch_equals_single_runs(batch_run, models, tmp_path):
         # Alone, at the batch run's size: padded (batching.batches), so nothing compiles again:
         # not the loops' chunks, not the stages' other programs, not a triple's eager work.
         with count_compilations() as compiled:
-            [one] = _transfer(models, single_out, batch_size=2).transfer_many([t])
+            [one] = tiny_transfer(models, single_out, batch_size=2).transfer_many([t])
         assert compiled == [], compiled
         agree = np.mean(one.target_labels == expected.target_labels)
         assert agree >= 0.995, agree  # argmax labels: a float-level tie may flip a pixel
@@ -211,7 +162,7 @@ def test_cached_rerun_does_no_work(batch_run, models, monkeypatch):
                          (stage_blend, "blend"), (stage_embed, "embed_w_plus"),
                          (stage_embed, "embed_fs")):
         monkeypatch.setattr(module, name, lambda *a, _n=name, **k: calls.append(_n))
-    again = _transfer(models, out).transfer_many(triples)
+    again = tiny_transfer(models, out).transfer_many(triples)
     assert calls == []
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a.image, b.image)
@@ -225,14 +176,14 @@ def test_a_rerun_says_what_it_reused_and_fresh_redoes_it(batch_run, models, tmp_
     it made; what a fresh run made itself it reuses (one face, one embedding)."""
     out, triples, first = batch_run
     everything = {"W+": 4, "FS": 4, "alignment": 6, "blend": 4}
-    ht = _transfer(models, out)
+    ht = tiny_transfer(models, out)
     ht.transfer_many(triples)
     assert ht.reuse.reused == everything and sum(ht.reuse.computed.values()) == 0
     assert ht.reuse.note(out) == (f"reused from {out}/: 4 W+ embeddings, 4 FS, 6 alignments, 4 blends; "
                                   "--fresh to redo them")
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    fresh = _transfer(models, copy, fresh=True)
+    fresh = tiny_transfer(models, copy, fresh=True)
     again = fresh.transfer_many(triples)
     assert sum(fresh.reuse.reused.values()) == 0 and fresh.reuse.computed == everything
     assert fresh.reuse.note(copy) is None
@@ -374,8 +325,7 @@ def test_long_runs_go_in_waves_that_keep_only_file_names(monkeypatch):
             *t, t[1], np.zeros((4, 4, 3), np.uint8), np.zeros((2, 2)), np.zeros(3), np.zeros(3), None, None,
             Path(f"{t[0]}.png"), np.zeros((8, 8, 3), np.uint8), Path(f"{t[0]}_pasted.png")) for t in triples]
     monkeypatch.setattr(hair_transfer.HairTransfer, "transfer_many", many)
-    ht = object.__new__(hair_transfer.HairTransfer)  # no models: transfer_many is the stub
-    ht.fresh, ht._made = False, set()
+    ht = hair_transfer.HairTransfer(Models(None, None, None, None), compile_cache=False)  # transfer_many is the stub
     triples = [("f0", "s", "c"), ("bad", "s", "c"), ("f2", "s", "c"), ("f3", "s", "c"), ("f4", "s", "c")]
     out = ht.transfer_files(triples, wave=2, edits=list("abcde"), regions=[None, "lips", None, None, "hair"],
                             paste_back=True)
@@ -480,20 +430,6 @@ def test_cli_align_and_paste_back_route_photos_and_report_faceless_ones(models, 
 
 
 # ----------------------------------------------------------------------------- whole runs, killed
-@pytest.fixture(scope="module")
-def weights_dir(models, tmp_path_factory):
-    """The fixture's models saved as a weights folder, for the command line in a subprocess
-    (the shapes and settings of the batch run: the persistent compilation cache serves both)."""
-    from barbershop_jax.models import stylegan2
-
-    m, pca = models, models.pca
-    root = tmp_path_factory.mktemp("weights")
-    stylegan2.save(m.generator, root, pca=pca)
-    bisenet.save(m.parser, root)
-    vgg16.save(m.vgg, root)
-    return root
-
-
 def _run_until(cmd, pattern_dir: Path, glob: str, sig, timeout=600):
     """Start cmd; when a file matching `glob` appears under `pattern_dir`, send `sig`."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -569,7 +505,7 @@ def test_sigterm_then_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(b
 
     # The same as a run that was never interrupted (here, in this process: the same programs).
     clean = tmp_path / "clean"
-    _transfer(models, clean, **steps).transfer_many(
+    tiny_transfer(models, clean, **steps).transfer_many(
         [(tmp_path / "ann.png", tmp_path / "bob.png", tmp_path / "bob.png"),
          (tmp_path / "bob.png", tmp_path / "ann.png", tmp_path / "ann.png")])
     for name in results:
@@ -685,7 +621,7 @@ def test_target_masks_saved_read_back_and_edited(batch_run, models, tmp_path):
         folder = tmp_path / name
         for sub in ("W+", "FS"):  # the same embeddings: this test is about the target mask
             shutil.copytree(out / sub, folder / sub)
-        return _transfer(models, folder).transfer_many([t], **kw)[0], folder
+        return tiny_transfer(models, folder).transfer_many([t], **kw)[0], folder
 
     plain, plain_out = run("plain", save_target_masks=True)
     saved = plain_out / "target_masks" / "ann_bob.png"
@@ -793,7 +729,7 @@ def test_hair_and_the_shape_as_structure_given_explicitly_are_the_default_run(ba
     for module, name in ((stage_target_mask, "gan_inpaint"), (stage_align, "align"),
                          (stage_blend, "blend")):
         monkeypatch.setattr(module, name, lambda *a, _n=name, **k: calls.append(_n))
-    again = _transfer(models, out).transfer_many([(*t, t[1]) for t in triples], region="hair")
+    again = tiny_transfer(models, out).transfer_many([(*t, t[1]) for t in triples], region="hair")
     assert calls == []
     for a, b in zip(first, again):
         assert (b.shape, b.structure) == (a.shape, a.shape) and b.path == a.path
@@ -810,7 +746,7 @@ def test_a_structure_reference_changes_f_in_the_region_and_not_s(batch_run, mode
 
     out = _with_embeddings(batch_run, tmp_path)
     path = dict(zip(("ann", "bob", "cid", "dan"), images))
-    ht = _transfer(models, out)
+    ht = tiny_transfer(models, out)
     ht.transfer_many([(path["ann"], path["cid"], path["cid"])])  # (ann, cid) aligned alone first, as
     [plain] = ht.transfer_many([(path["ann"], path["bob"], path["cid"])])  # each run below aligns alone
     [structured] = ht.transfer_many([(path["ann"], path["bob"], path["cid"], path["dan"])])
@@ -847,7 +783,7 @@ def test_another_region_changes_only_its_labels_and_the_blend_masks_follow_it(ba
 
     out = _with_embeddings(batch_run, tmp_path)
     path = dict(zip(("ann", "bob", "cid", "dan"), images))
-    ht = _transfer(models, out)
+    ht = tiny_transfer(models, out)
     labels = models.parser.labels
     pipeline = ht.pipeline()
     parsed = {n: pipeline.parse([sources.as_source(path[n])])[0] for n in ("ann", "bob", "cid")}
@@ -910,7 +846,7 @@ def test_other_step_counts_compile_nothing_new(batch_run, models, tmp_path):
     other = dict(w_steps=2, fs_steps=3, inpaint_steps=3, align_steps1=2, align_steps2=3, blend_steps=2)
     assert all(other[k] != STEPS[k] for k in other)
     with count_compilations() as compiled:
-        [one] = _transfer(models, tmp_path, batch_size=2, **other).transfer_many([triples[0]])
+        [one] = tiny_transfer(models, tmp_path, batch_size=2, **other).transfer_many([triples[0]])
     assert one is not None
     assert compiled == [], compiled
 
@@ -921,17 +857,9 @@ def test_a_new_learning_rate_compiles_nothing_new(batch_run, models, tmp_path):
     compiles nothing."""
     _, triples, first = batch_run
     with count_compilations() as compiled:
-        [one] = _transfer(models, tmp_path, batch_size=2, learning_rate=0.02).transfer_many([triples[0]])
+        [one] = tiny_transfer(models, tmp_path, batch_size=2, learning_rate=0.02).transfer_many([triples[0]])
     assert compiled == [], compiled
     assert not np.array_equal(one.latent_in, first[0].latent_in)  # the rate reached the optimisers
-
-
-def record_decodes(monkeypatch) -> list:
-    """The files image_io.load_rgb decodes from now on (each a Path, in order)."""
-    decoded = []
-    real = image_io.load_rgb
-    monkeypatch.setattr(image_io, "load_rgb", lambda path, **k: decoded.append(Path(path)) or real(path, **k))
-    return decoded
 
 
 def test_each_input_is_decoded_once_per_run(batch_run, models, monkeypatch):
@@ -939,12 +867,12 @@ def test_each_input_is_decoded_once_per_run(batch_run, models, monkeypatch):
     the blend's references all read those pixels (pipeline/files/sources.py, DecodedImages)."""
     out, triples, _ = batch_run
     decoded = record_decodes(monkeypatch)
-    pipeline = _transfer(models, out).pipeline()
+    pipeline = tiny_transfer(models, out).pipeline()
     pipeline.run(triples)
     inputs = sorted(p.name for p in decoded if p.name in {Path(x).name for t in triples for x in t})
     assert inputs == sorted({Path(x).name for t in triples for x in t}), decoded
     # and the stages that are not cached read them too: embedding afresh into another folder
-    pipeline = _transfer(models, out.parent / "decode_once").pipeline()
+    pipeline = tiny_transfer(models, out.parent / "decode_once").pipeline()
     decoded.clear()
     pipeline.embed([pipeline.context.decoded.adopt(s) for s in pipeline_sources_of(triples)])
     assert sorted(p.name for p in decoded) == sorted({Path(x).name for t in triples for x in t}), decoded

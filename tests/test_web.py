@@ -1,7 +1,7 @@
 """The web page (`barbershop-jax serve`, the web extra): its functions through Gradio's Python
 client against a server on a free localhost port, and one run in a real headless browser
 (Debian's chromium and chromium-driver with selenium; skipped, with the reason, without them).
-The server runs the embedded generator with a small VGG (as test_transfer's models, so that it
+The server runs the embedded generator with a small VGG (as conftest.tiny_models, so that it
 compiles the same programs) and a few steps per stage."""
 import html
 import json
@@ -34,10 +34,10 @@ from barbershop_jax.pipeline.runtime import progress  # noqa: E402
 from barbershop_jax.pipeline.files import image_files as image_io  # noqa: E402
 from barbershop_jax.web import app as web_app  # noqa: E402
 from barbershop_jax.web import jobs  # noqa: E402
+from conftest import SMALL_VGG  # noqa: E402
 
 STEPS = dict(w_steps=2, fs_steps=2, inpaint_steps=2, align_steps1=2, align_steps2=2, blend_steps=2)
 EXAMPLES = demo.example_images()
-SMALL_VGG = vgg16.VGG16Config(widths=(8, 16, 16, 32, 32))  # test_transfer's: the same compiled programs
 
 
 def _free_port() -> int:

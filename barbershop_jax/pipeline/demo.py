@@ -65,10 +65,11 @@ def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, lo
     from barbershop_jax.pipeline.store import batch_files
     from barbershop_jax.pipeline.faces import crop as face_crop
     from barbershop_jax.pipeline.files.sources import as_source
+    from barbershop_jax.pipeline.runtime.settings import RunSettings
 
     steps = ({} if weights else DEMO_STEPS) if steps is None else steps
-    ht = hair_transfer.HairTransfer(weights, out_dir, batch_size=batch_size, progress=progress, seed=seed,
-                                    fresh=fresh, **steps)
+    ht = hair_transfer.HairTransfer(weights, out_dir, run=RunSettings(batch_size=batch_size, progress=progress),
+                                    fresh=fresh, seed=seed, **steps)
     size = ht.models.generator.config.size
     images = example_images()
     if not weights:

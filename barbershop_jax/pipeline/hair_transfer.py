@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import tempfile
 from pathlib import Path
 
-from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, FEATHER, TRANSFER_WAVE
+from barbershop_jax.config import FEATHER, LIMITS, TRANSFER_WAVE
 from barbershop_jax.config import EmbedConfig, TransferConfig, check_numbers, shown, split_options
 from barbershop_jax.models import bundle
 from barbershop_jax.pipeline.runtime import batching
@@ -17,12 +18,12 @@ from barbershop_jax.pipeline.store import cache as store
 from barbershop_jax.pipeline import grid as grid_lib
 from barbershop_jax.pipeline import plan as plan_lib
 from barbershop_jax.pipeline.runtime import compile_cache as compile_cache_lib
+from barbershop_jax.pipeline.runtime.settings import RunSettings
 from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline.files import sources as sources_lib
 from barbershop_jax.pipeline.embed import NonFiniteError
 from barbershop_jax.pipeline.store.records import TargetEdit, TransferResult
 from barbershop_jax.pipeline.run import Pipeline
-from barbershop_jax.pipeline.runtime.settings import RunSettings
 from barbershop_jax.pipeline.store.layout import Layout
 from barbershop_jax.stages import target_mask
 
@@ -33,6 +34,7 @@ class HairTransfer:
     """The Python API.
 
         ht = HairTransfer("weights/")           # or HairTransfer() for the embedded tiny models
+        ht = HairTransfer(models)               # or models already loaded: a models.bundle.Models
         result = ht.transfer("face.png", "shape.png", "color.png", sign="fidelity")
         result.image                            # (1024, 1024, 3) uint8
         results = ht.transfer_many([(f, s, c), ...])
@@ -42,42 +44,63 @@ class HairTransfer:
     seed, blend_steps, w_steps, ...), given here as defaults or per call. Outputs go to
     `out_dir` in the official layout (default: a temporary folder that lives as long as this
     object); embeddings and alignments are cached there, so no image is embedded twice.
+
+    models: a models.bundle.Models, or a converted weights directory to load them from (None:
+    the embedded tiny models; from_weights says the same by name).
+    run: how the runs run (RunSettings: batch size, progress bars, devices, checkpoints every
+    so many steps under OUT/.resume/, so that an interrupted run resumes mid-stage); its
+    fields may also be given as keywords, HairTransfer(batch_size=4, progress=False).
+    compile_cache: use XLA's persistent compilation cache (compile_cache.py), on by default.
     fresh: redo the embeddings, alignments and blends that earlier runs left in `out_dir`
     (those this object makes are still reused); `reuse` says, after each transfer, what was
     reused from the folder (store.Reuse: counts by kind, and `note`).
-    compile_cache: use XLA's persistent compilation cache (compile_cache.py), on by default.
-    checkpoint_every: the optimisation loops save their state every so many steps under
-    OUT/.resume/, so an interrupted run resumes mid-stage (resume.py); None turns it off.
     dtype: "bfloat16" runs the generator's and VGG16's convolutions in bfloat16 (faster on
-    GPUs and TPUs; see models.bundle.with_dtype); the default "float32" matches the official code.
+    GPUs and TPUs; see models.bundle.with_dtype); float32, as the official code, by default.
     parser_dtype: "bfloat16" runs the face parser in bfloat16 (the segmentation and alignment
-    losses and the masks read from it); float32 by default.
+    losses and the masks read from it); float32 by default. Both apply to the models loaded
+    here: a Models bundle computes in its own (bundle.with_dtype converts one).
     """
 
-    def __init__(self, weights=None, out_dir=None, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True, devices=None,
-                 compile_cache: bool = True, checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
-                 dtype: str = "float32", parser_dtype: str = "float32", fresh: bool = False, **options):
+    def __init__(self, models: bundle.Models | str | os.PathLike | None = None, out_dir=None, *,
+                 run: RunSettings = RunSettings(), compile_cache: bool = True, fresh: bool = False,
+                 dtype: str | None = None, parser_dtype: str | None = None, **options):
         # The settings are checked before minutes of loading models.
-        check_numbers("HairTransfer", batch_size=batch_size, **({} if checkpoint_every is None else
-                                                                {"checkpoint_every": checkpoint_every}))
+        self.run = _with_run_keywords(run, options)
         embed_overrides, overrides = split_options(options)
         EmbedConfig(**embed_overrides)  # each raises a ValueError naming a bad setting
         TransferConfig(**overrides)
         if compile_cache:
             compile_cache_lib.enable()
-        self.models = bundle.load(weights, dtype, parser_dtype)
+        if isinstance(models, bundle.Models):
+            if dtype is not None or parser_dtype is not None:
+                raise ValueError("HairTransfer: dtype and parser_dtype are for the models it loads; a Models bundle "
+                                 "computes in its own (convert one with models.bundle.with_dtype)")
+            self.models, self.weights = models, None  # weights: the directory loaded, if any (grid sheets' note)
+        else:
+            self.models = bundle.load(models, dtype or "float32", parser_dtype or "float32")
+            self.weights = models
         if out_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="barbershop-jax-")
             out_dir = self._tmp.name
         self.out_dir = Path(out_dir)
-        self.batch_size, self.progress, self.devices = batch_size, progress, devices
-        self.checkpoint_every = checkpoint_every
         self.failures: list = []  # of the last transfer_many: (triple, reason) of those without a result
         self.options = options
-        self.weights, self.dtype = weights, dtype
         self.timings: dict[str, float] = {}
         self.fresh, self._made = fresh, set()  # _made: the keys of the entries this object wrote
         self.reuse = self._new_reuse()  # what the last transfer reused from out_dir and computed
+
+    @classmethod
+    def from_weights(cls, weights=None, out_dir=None, *, dtype: str = "float32", parser_dtype: str = "float32",
+                     **kwargs) -> HairTransfer:
+        """A HairTransfer on the models of a converted weights directory (stylegan2/, bisenet/,
+        vgg16/; None: the embedded tiny models), loaded by models.bundle.load with these compute
+        dtypes. kwargs: the constructor's (out_dir, run, compile_cache, fresh, options)."""
+        return cls(weights, out_dir, dtype=dtype, parser_dtype=parser_dtype, **kwargs)
+
+    @property
+    def dtype(self) -> str:
+        """The generator's compute dtype (the step times and plans are kept apart by it)."""
+        return self.models.generator.config.dtype
 
     def _new_reuse(self) -> store.Reuse:
         return store.Reuse(self.fresh, self._made)
@@ -86,8 +109,7 @@ class HairTransfer:
         embed_overrides, overrides = split_options({**self.options, **options})
         return Pipeline(self.models, self.out_dir,
                         EmbedConfig.for_size(self.models.generator.config.size, **embed_overrides),
-                        TransferConfig(**overrides), RunSettings(self.batch_size, self.progress, self.devices,
-                                                                 self.checkpoint_every), reuse=self._new_reuse())
+                        TransferConfig(**overrides), self.run, reuse=self._new_reuse())
 
     def _pipelines(self, regions, **options) -> dict:
         """One pipeline per region (its settings and file names), each checked before any work."""
@@ -279,6 +301,15 @@ class HairTransfer:
 
 
 ROLES = ("face", "shape", "color", "structure")  # the images of a triple, in order
+
+
+def _with_run_keywords(run: RunSettings, options: dict) -> RunSettings:
+    """`run` with the RunSettings fields given among HairTransfer's keywords (taken out of
+    `options`) put in, so that HairTransfer(batch_size=4) says what run=RunSettings(batch_size=4)
+    does; a bad number is a ValueError naming HairTransfer."""
+    given = {field.name: options.pop(field.name) for field in dataclasses.fields(RunSettings) if field.name in options}
+    check_numbers("HairTransfer", **{k: v for k, v in given.items() if k in LIMITS and v is not None})
+    return dataclasses.replace(run, **given)
 
 
 def checked_triples(triples, what: str = "triples") -> list[tuple]:

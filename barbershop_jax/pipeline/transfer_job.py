@@ -17,6 +17,7 @@ from barbershop_jax.pipeline.faces import crop as face_crop
 from barbershop_jax.pipeline import grid as grid_lib
 from barbershop_jax.pipeline import hair_transfer as ht_lib
 from barbershop_jax.pipeline.files.image_files import ImageError
+from barbershop_jax.pipeline.runtime.settings import RunSettings
 
 log = logging.getLogger("barbershop_jax")
 
@@ -277,9 +278,9 @@ def run(job: TransferJob, on_plan=None) -> JobReport:
         _check_transforms(rows)  # before loading any model
 
     def hair_transfer():  # loads the models
-        return ht_lib.HairTransfer(job.weights, job.out, batch_size=job.batch_size, progress=job.progress,
-                                   checkpoint_every=job.checkpoint_every, dtype=job.dtype,
-                                   parser_dtype=job.parser_dtype, fresh=job.fresh, **job.options)
+        run = RunSettings(batch_size=job.batch_size, progress=job.progress, checkpoint_every=job.checkpoint_every)
+        return ht_lib.HairTransfer(job.weights, job.out, run=run, dtype=job.dtype, parser_dtype=job.parser_dtype,
+                                   fresh=job.fresh, **job.options)
 
     ht = None
     if job.crop:  # the crops are cut at the generator's size: load the models first

@@ -24,6 +24,7 @@ from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline.embed import NonFiniteError
 from barbershop_jax.pipeline.hair_transfer import HairTransfer
 from barbershop_jax.pipeline.store.layout import Layout
+from barbershop_jax.pipeline.runtime.settings import RunSettings
 from barbershop_jax.stages import target_mask
 from barbershop_jax.pipeline.files.sources import content_hash
 
@@ -123,7 +124,7 @@ class Server:
     def __init__(self, weights=None, out_dir=None, *, batch_size: int = DEFAULT_BATCH_SIZE, steps=None,
                  compile_cache: bool = True, limits: Limits | None = None):
         self.limits = limits or Limits()
-        self.transfer = HairTransfer(weights, out_dir, batch_size=batch_size, progress=True,
+        self.transfer = HairTransfer(weights, out_dir, run=RunSettings(batch_size=batch_size, progress=True),
                                      compile_cache=compile_cache)
         self.out_dir = self.transfer.out_dir
         self.embedded = weights is None
