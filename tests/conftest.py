@@ -9,8 +9,11 @@ from pathlib import Path
 
 # Optimisation loops in tests run as rolled scans: on CPU the production default unrolls each
 # chunk (loop.loop_defaults), which multiplies compile time in tests that run a few steps.
-# Set in the environment, so that the subprocesses of CLI tests inherit it.
+# The command line's subprocesses read it from the environment (cli/args.py's loop_options, as
+# their configs' chunk and unroll); this process, and scripts that import this file, from the
+# loops' defaults replaced below (ROLLED_LOOP), so both compile the same programs.
 os.environ["BARBERSHOP_JAX_LOOP"] = "4,rolled"
+ROLLED_LOOP = (4, False)  # (steps per chunk, unrolled?), as "4,rolled"
 # One persistent compilation cache for the whole run, shared by the pytest-xdist workers and the
 # CLI tests' subprocesses, so that a program compiled in one process is read from disk by the
 # next (the cache's bound makes JAX lock the folder around each read and write). A fresh folder
@@ -33,8 +36,11 @@ jax.config.update("jax_enable_x64", False)
 sys.path.insert(0, str(Path(__file__).parent))
 
 from barbershop_jax.pipeline.runtime import compile_cache  # noqa: E402
+from barbershop_jax.stages import loop  # noqa: E402
 
 compile_cache.enable()  # in this process too: the subprocesses then find what the tests compiled
+PRODUCTION_LOOP_DEFAULTS = loop.loop_defaults
+loop.loop_defaults = lambda platform=None: ROLLED_LOOP
 
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # JAX's event name (public API only)
@@ -164,6 +170,7 @@ def _production_loop(request, monkeypatch):
     """Tests marked `production_loop` run the loops with the production defaults."""
     if "production_loop" in request.keywords:
         monkeypatch.delenv("BARBERSHOP_JAX_LOOP")
+        monkeypatch.setattr(loop, "loop_defaults", PRODUCTION_LOOP_DEFAULTS)
 
 
 def pytest_configure(config):

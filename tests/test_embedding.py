@@ -128,6 +128,21 @@ def test_unrolled_chunks_equal_rolled(consts, monkeypatch):
     assert_adam_close(production, rolled)
 
 
+def test_the_loops_chunking_comes_from_the_config():
+    """A config's chunk and unroll choose the loop's program (a static argument of the compiled
+    chunk, which jit's cache keys on); None leaves the backend's default; the step's own
+    compile key (step_config) ignores both."""
+    from barbershop_jax.config import TransferConfig
+    default_length, default_unroll = loop.loop_defaults()
+    assert loop.chunking_of(EmbedConfig(chunk=7, unroll=True)) == loop.Chunking(7, True)
+    assert loop.chunking_of(TransferConfig(unroll=not default_unroll)) == loop.Chunking(default_length,
+                                                                                      not default_unroll)
+    assert loop.chunking_of(EmbedConfig()) == loop.chunking_of(None) == loop.Chunking(default_length, default_unroll)
+    assert EmbedConfig(chunk=7, unroll=True).step_config() == EmbedConfig().step_config()
+    with pytest.raises(ValueError, match="unroll must be True or False"):
+        EmbedConfig(unroll="yes")
+
+
 def test_chunk_lengths():
     assert loop.chunk_lengths(1100, 10) == [10] * 110
     assert loop.chunk_lengths(101, 50) == [50, 50, 1]
@@ -184,10 +199,10 @@ def test_a_stage_has_one_bar_over_its_batches_and_loops(capsys):
         for batch, padded in batching.batches(list(range(5)), 2, "progress_test"):
             stage.next_batch()
             x = jnp.zeros((len(padded),))
-            x, _ = loop.run(_count_step, None, (), x, jnp.ones_like(x), 6, chunk=2, loop=loop.Loop("Align step 1"),
-                            hook=loop_hook.PipelineHook(stage))
+            x, _ = loop.run(_count_step, EmbedConfig(chunk=2), (), x, jnp.ones_like(x), 6,
+                            loop=loop.Loop("Align step 1"), hook=loop_hook.PipelineHook(stage))
             if stage.batch < 3:
-                x, _ = loop.run(_count_step, None, (), x, jnp.ones_like(x), 4, chunk=2,
+                x, _ = loop.run(_count_step, EmbedConfig(chunk=2), (), x, jnp.ones_like(x), 4,
                                 loop=loop.Loop("Align step 2"), hook=loop_hook.PipelineHook(stage))
             else:
                 stage.skip(4)

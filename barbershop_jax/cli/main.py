@@ -60,7 +60,8 @@ def embed(args):
     from barbershop_jax.pipeline.store import cache as store
     _distributed(args)
     models = bundle.load(args.weights, args.dtype, parser=False)
-    overrides = {field: getattr(args, flag) for flag, field in EMBED_FLAGS.items() if getattr(args, flag) is not None}
+    flags = {field: getattr(args, flag) for flag, field in EMBED_FLAGS.items() if getattr(args, flag) is not None}
+    overrides = {**args_lib.loop_options(), **flags}
     cfg = EmbedConfig.for_size(models.generator.config.size, **overrides)
     failures, reuse = [], store.Reuse(fresh=args.fresh)
     done = embed_lib.embed_files(_image_paths(args.images), args.out, models, cfg, batch_size=args.batch_size,
@@ -87,8 +88,9 @@ JOB_FLAGS = ("face", "shape", "color", "structure", "pairs", "part", "target_mas
 def transfer(args):
     from barbershop_jax.pipeline import transfer_job
     # --region: every triple's region (with --pairs: of the rows whose region column is empty).
-    options = {k: getattr(args, k) for k in ("sign", "smooth", "seed", "noise", "region",
-                                             *(n for n, _ in args_lib.TRANSFER_STEPS)) if getattr(args, k) is not None}
+    flags = {k: getattr(args, k) for k in ("sign", "smooth", "seed", "noise", "region",
+                                           *(n for n, _ in args_lib.TRANSFER_STEPS)) if getattr(args, k) is not None}
+    options = {**args_lib.loop_options(), **flags}
     grid = {k: [str(p) for p in _image_paths(getattr(args, k))] if getattr(args, k) else None
             for k in ("faces", "hairstyles", "colors")}  # folders expanded to their images
     job = transfer_job.TransferJob(args.out, progress=not args.quiet, checkpoint_every=args.checkpoint_every or None,
