@@ -316,11 +316,12 @@ def test_cache_skips_done_work_and_recomputes_damage(consts, tmp_path, monkeypat
 
 
 def test_batches_pad_short_ones_to_a_compiled_size():
-    batches = lambda n, b, stage: [(len(r), len(p)) for r, p in batching.batches(list(range(n)), b, stage)]  # noqa: E731
+    def batches(n, b, stage, pad=False):
+        return [(len(r), len(p)) for r, p in batching.batches(list(range(n)), b, stage, pad=pad)]
     assert batches(3, 4, "t1") == [(3, 3)]            # one small run: no padding
     assert batches(5, 2, "t1") == [(2, 2), (2, 2), (1, 2)]  # the short last batch takes the compiled size
-    assert batches(1, 2, "t1") == [(1, 2)]            # size 2 ran before: reuse it
-    assert batches(1, 3, "t1") == [(1, 3)]            # so did size 3 (the first call)
+    assert batches(1, 2, "t1", pad=True) == [(1, 2)]  # a run that pads: size 2, compiled above, reused
+    assert batches(1, 3, "t1", pad=True) == [(1, 3)]  # and size 3
     assert batches(1, 5, "t1") == [(1, 1)]
     [(real, padded)] = batching.batches(["a", "b", "c"], 4, "t2")
     assert real == ["a", "b", "c"] and padded == ["a", "b", "c"]
@@ -328,8 +329,8 @@ def test_batches_pad_short_ones_to_a_compiled_size():
 
 
 def test_a_short_last_batch_compiles_nothing_new(consts, tmp_path, monkeypatch):
-    """Once a batch of 2 has run, 3 images (2 + a short 1) and then 1 more run every loop at
-    batch size 2 and compile nothing. (The settings of the cache test above, so in a full run
+    """Once a batch of 2 has run, 3 images (2 + a short 1) and then 1 more (padded: pad_batches)
+    run every loop at batch size 2 and compile nothing. (The settings of the cache test above, so in a full run
     nothing compiles here at all.)"""
     paths = _write_images(consts, tmp_path / "in", n=6)
     cfg = EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
@@ -340,7 +341,7 @@ def test_a_short_last_batch_compiles_nothing_new(consts, tmp_path, monkeypatch):
     # XLA's compilation events, not jax.jit's own cache: they see every program compiled.
     with count_compilations() as compiled:
         pipeline_embed.embed(paths[2:5], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
-        pipeline_embed.embed(paths[5:], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
+        pipeline_embed.embed(paths[5:], tmp_path / "out", consts, cfg, batch_size=2, progress=False, pad_batches=True)
     assert sizes == [2] * 6  # W+ and FS: 2 batches, then 1
     assert compiled == []
 

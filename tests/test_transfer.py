@@ -85,6 +85,9 @@ def _transfer(models, out, **kw):
     ht.checkpoint_every, ht.failures = kw.pop("checkpoint_every", 2), []
     ht.weights, ht.dtype = None, "float32"
     ht.fresh, ht._made = kw.pop("fresh", False), set()
+    # Every short batch padded to the batch size: the tests' single transfers reuse the batch
+    # run's programs (batching.batches).
+    ht.pad_batches = kw.pop("pad_batches", True)
     ht.options = {**STEPS, "noise": "random", **kw}
     return ht
 

@@ -50,7 +50,7 @@ class Aligning:
         with progress_lib.StageProgress("Alignment", len(todo), self.batch_size,
                                         2 * cfg.inpaint_steps + cfg.align_steps1 + cfg.align_steps2,
                                         enabled=self.progress, unit="pair") as stage:
-            for batch, padded in batches(todo, self.batch_size, "align"):
+            for batch, padded in batches(todo, self.batch_size, "align", pad=self.pad_batches):
                 stage.next_batch()
                 out.update(self._align_batch(padded, sources, embedded, len(batch), stage))
         if self.save_target_masks:

@@ -36,7 +36,7 @@ class Blending:
         self.reuse.making("blend", [key for _, key, _ in todo])
         with progress_lib.StageProgress("Blend", len(todo), self.batch_size, self.cfg.blend_steps,
                                         enabled=self.progress, unit="triple") as stage:
-            for batch, padded in batches(todo, self.batch_size, "blend"):
+            for batch, padded in batches(todo, self.batch_size, "blend", pad=self.pad_batches):
                 stage.next_batch()
                 results.update(self._blend_batch(padded, sources, embedded, aligned, len(batch), stage))
         return [results.get(t) for t in triples]  # None: the triple's blend diverged

@@ -45,7 +45,7 @@ def embed(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig 
           batch_size: int = DEFAULT_BATCH_SIZE, fs: bool = True, progress: bool = True, devices=None,
           import_official=None, checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
           failures: list | None = None, split_processes: bool = True, decoded=None,
-          reuse: cache_lib.Reuse | None = None) -> list[EmbeddedImage]:
+          reuse: cache_lib.Reuse | None = None, pad_batches: bool = False) -> list[EmbeddedImage]:
     """Embed images in W+ (and FS), batch by batch, skipping what `out_dir` already holds.
 
     `paths`: image files, or ImageSource items (`sources.as_source`) for images in memory.
@@ -54,6 +54,7 @@ def embed(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig 
     None for this call's own.
     reuse: which finished entries of out_dir may be used (`fresh` redoes those of earlier
     runs), counting those it used and made (store.Reuse; default: reuse all, counted apart).
+    pad_batches: a short batch runs at batch_size even when it is the only one (batching.batches).
 
     Writes the official layout under out_dir (W+/{name}.npy, FS/{name}.npz, with a PNG of each
     render and a JSON key beside it; see store.py). `import_official`: a folder of official
@@ -96,8 +97,8 @@ def embed(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig 
                 log.info("%s: imported %s from %s", name, ", ".join(imported) or "nothing", import_official)
 
     with image_io.BackgroundWrites() as writes:  # results are written while the next batch runs
-        failed, w_plus, results = _embed_todo(items, store, models, cfg, batch_size, fs, progress, devices,
-                                              out_dir, checkpoint_every, writes, decoded, reuse)
+        failed, w_plus, results = _embed_todo(items, store, models, cfg, (batch_size, pad_batches), fs, progress,
+                                              devices, out_dir, checkpoint_every, writes, decoded, reuse)
     if failed and failures is None:
         raise NonFiniteError(failed[0][1])
     if failures is not None:
@@ -161,10 +162,11 @@ def usable_images(paths, failures: list, progress: bool = True, exif: bool = Tru
     return usable
 
 
-def _embed_todo(items, store, models, cfg, batch_size, fs, progress, devices, out_dir, checkpoint_every, writes,
+def _embed_todo(items, store, models, cfg, batching_args, fs, progress, devices, out_dir, checkpoint_every, writes,
                 decoded, reuse):
     """The batches of `embed` that the cache does not hold (or `reuse` does not allow):
-    (failed, w_plus, FS results)."""
+    (failed, w_plus, FS results). batching_args: (batch_size, pad_batches)."""
+    batch_size, pad = batching_args
     g = models.generator
     n_lat, d = g.config.n_latent, g.config.style_dim
     f_shape = config.f_shape(g.config, cfg.fs_block)
@@ -177,7 +179,7 @@ def _embed_todo(items, store, models, cfg, batch_size, fs, progress, devices, ou
     todo = [it for it in items if w_plus[it.name] is None]
     reuse.making("W+", [store.w_key(it.image_hash, cfg) for it in todo])
     with progress_lib.StageProgress("W+ embedding", len(todo), batch_size, cfg.w_steps, enabled=progress) as stage:
-        for batch, padded in batching.batches(todo, batch_size, "w_plus"):
+        for batch, padded in batching.batches(todo, batch_size, "w_plus", pad=pad):
             stage.next_batch()
             targets = _targets(padded, decoded, cfg)
             ckpt = resume.batch_checkpoint(out_dir, "w_plus", [store.w_key(it.image_hash, cfg) for it in padded],
@@ -208,7 +210,7 @@ def _embed_todo(items, store, models, cfg, batch_size, fs, progress, devices, ou
         reuse.making("FS", [store.fs_key(it.image_hash, cfg) for it in todo])
         with progress_lib.StageProgress("FS embedding", len(todo), batch_size, cfg.fs_steps,
                                         enabled=progress) as stage:
-            for batch, padded in batching.batches(todo, batch_size, "fs"):
+            for batch, padded in batching.batches(todo, batch_size, "fs", pad=pad):
                 stage.next_batch()
                 targets = _targets(padded, decoded, cfg)
                 w = jnp.asarray(np.stack([w_plus[it.name] for it in padded]))

@@ -69,6 +69,9 @@ class HairTransfer:
             out_dir = self._tmp.name
         self.out_dir = Path(out_dir)
         self.batch_size, self.progress, self.devices = batch_size, progress, devices
+        # True: a stage's one short batch runs at batch_size too (batching.batches), so that an
+        # object running many small transfers of different sizes compiles one size per stage.
+        self.pad_batches = False
         self.checkpoint_every = checkpoint_every
         self.failures: list = []  # of the last transfer_many: (triple, reason) of those without a result
         self.options = options
@@ -85,7 +88,8 @@ class HairTransfer:
         return Pipeline(self.models, self.out_dir,
                         EmbedConfig.for_size(self.models.generator.config.size, **embed_overrides),
                         TransferConfig(**overrides), batch_size=self.batch_size, progress=self.progress,
-                        devices=self.devices, checkpoint_every=self.checkpoint_every, reuse=self._new_reuse())
+                        devices=self.devices, checkpoint_every=self.checkpoint_every, reuse=self._new_reuse(),
+                        pad_batches=self.pad_batches)
 
     def _pipelines(self, regions, **options) -> dict:
         """One pipeline per region (its settings and file names), each checked before any work."""

@@ -81,7 +81,8 @@ class Pipeline(Aligning, Blending):
 
     def __init__(self, models: Models, out_dir, embed_cfg: EmbedConfig, cfg: TransferConfig, *,
                  batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True, devices=None,
-                 checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY, reuse: cache_lib.Reuse | None = None):
+                 checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY, reuse: cache_lib.Reuse | None = None,
+                 pad_batches: bool = False):
         check_numbers("Pipeline", batch_size=batch_size)
         if embed_cfg.fs_block != cfg.fs_block:
             raise ValueError(f"the embedding's F is at block {embed_cfg.fs_block}, the transfer's at {cfg.fs_block}: "
@@ -97,6 +98,7 @@ class Pipeline(Aligning, Blending):
         self.region_suffix = "" if self.cfg.region == DEFAULT_REGION else "_" + self.cfg.region.replace(",", "+")
         self.tag = self.cfg.sign + self.region_suffix
         self.batch_size, self.progress, self.devices = batch_size, progress, devices
+        self.pad_batches = pad_batches  # a stage's one short batch padded too (batching.batches)
         self.weights = cache_lib.transfer_weights(models)
         g = models.generator.config
         self.latent_shape = (g.n_latent, g.style_dim)
@@ -184,7 +186,7 @@ class Pipeline(Aligning, Blending):
             done = embed_lib.embed(sources, self.out, self.models, self.embed_cfg, batch_size=self.batch_size,
                                    progress=self.progress, devices=self.devices,
                                    checkpoint_every=self.checkpoint_every, failures=failed, split_processes=False,
-                                   decoded=self.decoded, reuse=self.reuse)
+                                   decoded=self.decoded, reuse=self.reuse, pad_batches=self.pad_batches)
         self.failures += failed
         return {e.name: e for e in done}
 
