@@ -119,18 +119,20 @@ def check_numbers(owner: str, **values):
 
 
 NOISE_MODES = ("random", "const", "none")  # models.stylegan2's, which this module does not import (jax)
+OPTIONAL_FLAGS = ("unroll",)  # flags whose None means the backend's default
 
 
 def check_fields(owner: str, cfg):
     """Every field of a config dataclass checked before any work: numbers by LIMITS (None
-    allowed where the field's default is None: resolved later), flags are bools, the noise
-    mode one of NOISE_MODES."""
+    allowed where the field's default is None: resolved later), flags are bools (those of
+    OPTIONAL_FLAGS may be None), the noise mode one of NOISE_MODES."""
     for field in dataclasses.fields(cfg):
         value = getattr(cfg, field.name)
         if field.name in LIMITS and not (value is None and field.default is None):
             check_numbers(owner, **{field.name: value})
-        elif isinstance(field.default, bool) and not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"{owner}: {field.name} must be True or False, got {shown(value)}")
+        elif isinstance(field.default, bool) or (field.name in OPTIONAL_FLAGS and value is not None):
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{owner}: {field.name} must be True or False, got {shown(value)}")
     if cfg.noise not in NOISE_MODES:
         raise ValueError(f"{owner}: noise must be one of {', '.join(NOISE_MODES)}, got {shown(cfg.noise)}")
 
@@ -163,6 +165,7 @@ class EmbedConfig:
     noise: str = "random"          # "random" (official), "const" or "none"
     seed: int = 0                  # root of the per-image noise keys
     chunk: int | None = None       # steps per compiled scan (None: stages.loop.loop_defaults)
+    unroll: bool | None = None     # unroll each scan's steps (None: stages.loop.loop_defaults)
 
     def __post_init__(self):
         check_fields("EmbedConfig", self)
@@ -185,7 +188,7 @@ class EmbedConfig:
         """The fields the optimisation steps read; the rest blanked (the loop's compile key).
         The learning rate is data (the optimiser's state: stages/optim.py), so a new value
         compiles nothing either."""
-        return dataclasses.replace(self, w_steps=0, fs_steps=0, seed=0, chunk=None, learning_rate=0.01)
+        return dataclasses.replace(self, w_steps=0, fs_steps=0, seed=0, chunk=None, unroll=None, learning_rate=0.01)
 
     def s_index(self, n_latent: int) -> int:
         """First optimised S vector: n_latent - 11 as the official code (7 at 1024 px); the ones
@@ -222,6 +225,7 @@ class TransferConfig:
     fs_block: int = FS_BLOCK        # F's block: the embedding's (EmbedConfig.fs_block), which F mixing uses
     seed: int = 0
     chunk: int | None = None        # steps per compiled scan (None: stages.loop.loop_defaults)
+    unroll: bool | None = None      # unroll each scan's steps (None: stages.loop.loop_defaults)
 
     def __post_init__(self):
         # One spelling per region set ("eyes, brows" -> "brows,eyes"): it is part of cache keys
@@ -262,7 +266,7 @@ class TransferConfig:
         `smooth`, the blend masks' `blend_smooth`)."""
         blank = dict(sign="realistic", region=DEFAULT_REGION, smooth=0, inpaint_steps=0, align_steps1=0,
                      align_steps2=0, blend_steps=0, align_more_region=False, blend_smooth=0, blend_parse_size=None,
-                     seed=0, chunk=None, learning_rate=0.01)  # the learning rate is data (stages/optim.py)
+                     seed=0, chunk=None, unroll=None, learning_rate=0.01)  # the learning rate is data (stages/optim.py)
         for name in keep:
             del blank[name]
         return dataclasses.replace(self, **blank)
@@ -287,7 +291,7 @@ _TRANSFER_FIELDS = {f.name for f in dataclasses.fields(TransferConfig)}
 
 def split_options(options: dict):
     """Keyword options -> (EmbedConfig overrides, TransferConfig overrides). Names both know
-    (learning_rate, noise, seed, chunk, fs_block) go to both, as the official's one set of
+    (learning_rate, noise, seed, chunk, unroll, fs_block) go to both, as the official's one set of
     flags does."""
     unknown = set(options) - _EMBED_FIELDS - _TRANSFER_FIELDS
     if unknown:

@@ -135,7 +135,7 @@ def busy_ns(events) -> float:
 def profile_stage(stage, models, batch, *, chunk, unroll, reps, embed_cfg, cfg, top) -> dict:
     step, step_cfg, consts, state, data = suite.stage_problem(stage, models, batch, embed_cfg, cfg)
     never = jnp.int32(2**31 - 1)
-    kw = dict(step=step, cfg=step_cfg, length=chunk, unroll=chunk if unroll else 1)
+    kw = dict(step=step, cfg=step_cfg, chunking=loop.Chunking(chunk, unroll))
     state = jax.tree.map(jnp.array, state)  # the chunks donate their state
     t = time.perf_counter()
     state, metrics = loop._run_chunk(consts, state, data, jnp.int32(0), never, **kw)

@@ -189,7 +189,7 @@ def time_jax_stage(stage, models, batch, *, chunk, unroll, reps, embed_cfg, cfg,
     step, step_cfg, consts, state, data = stage_problem(stage, models, batch, embed_cfg, cfg)
     flops = _flops_per_step(step, step_cfg, consts, state, data)
     never = jnp.int32(2**31 - 1)  # a step budget never reached: no idle steps
-    kw = dict(step=step, cfg=step_cfg, length=chunk, unroll=chunk if unroll else 1)
+    kw = dict(step=step, cfg=step_cfg, chunking=loop.Chunking(chunk, unroll))
     state = jax.tree.map(jnp.array, state)  # private buffers: the chunks donate theirs
     times = []
     for r in range(reps + 1):  # the first call compiles

@@ -9,8 +9,11 @@ from pathlib import Path
 
 # Optimisation loops in tests run as rolled scans: on CPU the production default unrolls each
 # chunk (loop.loop_defaults), which multiplies compile time in tests that run a few steps.
-# Set in the environment, so that the subprocesses of CLI tests inherit it.
+# The command line's subprocesses read it from the environment (cli/args.py's loop_options, as
+# their configs' chunk and unroll); this process, and scripts that import this file, from the
+# loops' defaults replaced below (ROLLED_LOOP), so both compile the same programs.
 os.environ["BARBERSHOP_JAX_LOOP"] = "4,rolled"
+ROLLED_LOOP = (4, False)  # (steps per chunk, unrolled?), as "4,rolled"
 # One persistent compilation cache for the whole run, shared by the pytest-xdist workers and the
 # CLI tests' subprocesses, so that a program compiled in one process is read from disk by the
 # next (the cache's bound makes JAX lock the folder around each read and write). A fresh folder
@@ -37,8 +40,11 @@ from barbershop_jax.models import bisenet, embedded, vgg16  # noqa: E402
 from barbershop_jax.models import pca as pca_lib  # noqa: E402
 from barbershop_jax.models.bundle import Models  # noqa: E402
 from barbershop_jax.pipeline.runtime import compile_cache  # noqa: E402
+from barbershop_jax.stages import loop  # noqa: E402
 
 compile_cache.enable()  # in this process too: the subprocesses then find what the tests compiled
+PRODUCTION_LOOP_DEFAULTS = loop.loop_defaults
+loop.loop_defaults = lambda platform=None: ROLLED_LOOP
 
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # JAX's event name (public API only)
@@ -223,14 +229,16 @@ def weights_dir(models, tmp_path_factory):
 
 
 def tiny_transfer(models, out, *, batch_size: int = 2, checkpoint_every: int | None = 2, fresh: bool = False,
-                  **options):
+                  pad_batches: bool = True, **options):
     """A HairTransfer on `models` (the fixture's, not loaded), writing to `out`: no progress
     bars, the persistent compilation cache left as this process set it, and STEPS with random
-    noise unless `options` say otherwise."""
+    noise unless `options` say otherwise. pad_batches: as a process that runs many small runs
+    (RunSettings), so that the tests' single transfers reuse the batch run's programs."""
     from barbershop_jax.pipeline.hair_transfer import HairTransfer
     from barbershop_jax.pipeline.runtime.settings import RunSettings
 
-    run = RunSettings(batch_size=batch_size, progress=False, checkpoint_every=checkpoint_every)
+    run = RunSettings(batch_size=batch_size, progress=False, checkpoint_every=checkpoint_every,
+                      pad_batches=pad_batches)
     options = {**STEPS, "noise": "random", **options}
     return HairTransfer(models, out, run=run, compile_cache=False, fresh=fresh, **options)
 
@@ -262,6 +270,7 @@ def _production_loop(request, monkeypatch):
     """Tests marked `production_loop` run the loops with the production defaults."""
     if "production_loop" in request.keywords:
         monkeypatch.delenv("BARBERSHOP_JAX_LOOP")
+        monkeypatch.setattr(loop, "loop_defaults", PRODUCTION_LOOP_DEFAULTS)
 
 
 def pytest_configure(config):

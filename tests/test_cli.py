@@ -17,6 +17,23 @@ def test_demo_samples_writes_a_grid(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["samples.png"]  # no temporary left
 
 
+def test_the_loop_setting_is_read_by_the_command_line(monkeypatch):
+    """BARBERSHOP_JAX_LOOP is read at the edge, as the configs' chunk and unroll options (the
+    library's loops read their configs only)."""
+    import pytest
+    from barbershop_jax.cli import args as cli_args
+    monkeypatch.setenv("BARBERSHOP_JAX_LOOP", "6,unrolled")
+    assert cli_args.loop_options() == {"chunk": 6, "unroll": True}
+    monkeypatch.setenv("BARBERSHOP_JAX_LOOP", "4,rolled")
+    assert cli_args.loop_options() == {"chunk": 4, "unroll": False}
+    monkeypatch.delenv("BARBERSHOP_JAX_LOOP")
+    assert cli_args.loop_options() == {}
+    for bad in ("0,rolled", "4,sideways", "four,rolled", "4"):
+        monkeypatch.setenv("BARBERSHOP_JAX_LOOP", bad)
+        with pytest.raises(ValueError, match="expected CHUNK,rolled or CHUNK,unrolled"):
+            cli_args.loop_options()
+
+
 def test_demo_samples_are_reproducible(tmp_path):
     for name in ("a", "b"):
         assert cli.main(["demo", "--samples", "--out", str(tmp_path / name), "--n", "2", "--seed", "5"]) == 0

@@ -100,6 +100,21 @@ def test_unrolled_chunks_equal_rolled(consts, monkeypatch):
     assert_adam_close(production, rolled)
 
 
+def test_the_loops_chunking_comes_from_the_config():
+    """A config's chunk and unroll choose the loop's program (a static argument of the compiled
+    chunk, which jit's cache keys on); None leaves the backend's default; the step's own
+    compile key (step_config) ignores both."""
+    from barbershop_jax.config import TransferConfig
+    default_length, default_unroll = loop.loop_defaults()
+    assert loop.chunking_of(EmbedConfig(chunk=7, unroll=True)) == loop.Chunking(7, True)
+    assert loop.chunking_of(TransferConfig(unroll=not default_unroll)) == loop.Chunking(default_length,
+                                                                                      not default_unroll)
+    assert loop.chunking_of(EmbedConfig()) == loop.chunking_of(None) == loop.Chunking(default_length, default_unroll)
+    assert EmbedConfig(chunk=7, unroll=True).step_config() == EmbedConfig().step_config()
+    with pytest.raises(ValueError, match="unroll must be True or False"):
+        EmbedConfig(unroll="yes")
+
+
 def test_chunk_lengths():
     assert loop.chunk_lengths(1100, 10) == [10] * 110
     assert loop.chunk_lengths(101, 50) == [50, 50, 1]
@@ -156,10 +171,10 @@ def test_a_stage_has_one_bar_over_its_batches_and_loops(capsys):
         for batch, padded in batching.batches(list(range(5)), 2, "progress_test"):
             stage.next_batch()
             x = jnp.zeros((len(padded),))
-            x, _ = loop.run(_count_step, None, (), x, jnp.ones_like(x), 6, chunk=2, loop=loop.Loop("Align step 1"),
-                            hook=loop_hook.PipelineHook(stage))
+            x, _ = loop.run(_count_step, EmbedConfig(chunk=2), (), x, jnp.ones_like(x), 6,
+                            loop=loop.Loop("Align step 1"), hook=loop_hook.PipelineHook(stage))
             if stage.batch < 3:
-                x, _ = loop.run(_count_step, None, (), x, jnp.ones_like(x), 4, chunk=2,
+                x, _ = loop.run(_count_step, EmbedConfig(chunk=2), (), x, jnp.ones_like(x), 4,
                                 loop=loop.Loop("Align step 2"), hook=loop_hook.PipelineHook(stage))
             else:
                 stage.skip(4)
@@ -273,11 +288,12 @@ def test_cache_skips_done_work_and_recomputes_damage(consts, tmp_path, monkeypat
 
 
 def test_batches_pad_short_ones_to_a_compiled_size():
-    batches = lambda n, b, stage: [(len(r), len(p)) for r, p in batching.batches(list(range(n)), b, stage)]  # noqa: E731
+    def batches(n, b, stage, pad=False):
+        return [(len(r), len(p)) for r, p in batching.batches(list(range(n)), b, stage, pad=pad)]
     assert batches(3, 4, "t1") == [(3, 3)]            # one small run: no padding
     assert batches(5, 2, "t1") == [(2, 2), (2, 2), (1, 2)]  # the short last batch takes the compiled size
-    assert batches(1, 2, "t1") == [(1, 2)]            # size 2 ran before: reuse it
-    assert batches(1, 3, "t1") == [(1, 3)]            # so did size 3 (the first call)
+    assert batches(1, 2, "t1", pad=True) == [(1, 2)]  # a run that pads: size 2, compiled above, reused
+    assert batches(1, 3, "t1", pad=True) == [(1, 3)]  # and size 3
     assert batches(1, 5, "t1") == [(1, 1)]
     [(real, padded)] = batching.batches(["a", "b", "c"], 4, "t2")
     assert real == ["a", "b", "c"] and padded == ["a", "b", "c"]
@@ -285,8 +301,8 @@ def test_batches_pad_short_ones_to_a_compiled_size():
 
 
 def test_a_short_last_batch_compiles_nothing_new(consts, tmp_path, monkeypatch):
-    """Once a batch of 2 has run, 3 images (2 + a short 1) and then 1 more run every loop at
-    batch size 2 and compile nothing. (The settings of the cache test above, so in a full run
+    """Once a batch of 2 has run, 3 images (2 + a short 1) and then 1 more (padded: pad_batches)
+    run every loop at batch size 2 and compile nothing. (The settings of the cache test above, so in a full run
     nothing compiles here at all.)"""
     paths = _write_images(consts, tmp_path / "in", n=6)
     cfg = EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
@@ -297,7 +313,7 @@ def test_a_short_last_batch_compiles_nothing_new(consts, tmp_path, monkeypatch):
     # XLA's compilation events, not jax.jit's own cache: they see every program compiled.
     with count_compilations() as compiled:
         pipeline_embed.embed(paths[2:5], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
-        pipeline_embed.embed(paths[5:], tmp_path / "out", consts, cfg, batch_size=2, progress=False)
+        pipeline_embed.embed(paths[5:], tmp_path / "out", consts, cfg, batch_size=2, progress=False, pad_batches=True)
     assert sizes == [2] * 6  # W+ and FS: 2 batches, then 1
     assert compiled == []
 

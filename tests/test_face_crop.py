@@ -248,6 +248,25 @@ def test_photos_of_every_kind_load_as_upright_8_bit_rgb(tmp_path):
     assert image_io.load_rgb(path, exif=False).shape == (60, 80, 3)  # --no-exif: as the official
 
 
+def test_no_exif_reaches_each_read_of_a_run(tmp_path):
+    """--no-exif is passed to each read explicitly, no process-wide switch: a source read
+    without its orientation is read again the same way, so are a batch's checked inputs, and
+    the transfer command's aligner crops the photo as stored."""
+    from barbershop_jax.pipeline import hair_transfer, transfer_job
+    from barbershop_jax.pipeline.files import sources
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = write(tmp_path / "turned.jpg", Image.fromarray(smooth_photo(60, 80)), exif=exif, quality=95)
+    upright, stored = sources.as_source(path), sources.as_source(path, exif=False)
+    assert upright.shape == upright.load().shape == (80, 60, 3)
+    assert stored.shape == stored.load().shape == (60, 80, 3)
+    [checked], failures = hair_transfer.check_triples([(path, path, path)], exif=False)
+    assert failures == [] and all(s.load().shape == (60, 80, 3) for s in checked)
+    assert transfer_job.TransferJob(out=str(tmp_path), exif=False).aligner(64).exif is False
+    assert transfer_job.TransferJob(out=str(tmp_path)).aligner(64).exif is True
+
+
 def test_bad_photos_are_refused_in_one_line(tmp_path):
     (tmp_path / "junk.jpg").write_bytes(b"not an image")
     buf = io.BytesIO()

@@ -51,7 +51,9 @@ def run_recorded_transfer(out: Path) -> dict:
     for region, triples in runs.items():
         embed_cfg = EmbedConfig.for_size(g.config.size, w_steps=STEPS["w_steps"], fs_steps=STEPS["fs_steps"])
         cfg = TransferConfig(region=region, **{k: v for k, v in STEPS.items() if k not in ("w_steps", "fs_steps")})
-        results = Pipeline(models, out / "out", embed_cfg, cfg, RunSettings(batch_size=2, progress=False)).run(triples)
+        # Padded as when recorded: the lips run's one triple blends in a batch of 2.
+        results = Pipeline(models, out / "out", embed_cfg, cfg,
+                           RunSettings(batch_size=2, progress=False, pad_batches=True)).run(triples)
         for i, r in enumerate(results):
             for field in FIELDS:
                 arrays[f"{region}{i}_{field}"] = np.asarray(getattr(r, field))

@@ -1,5 +1,6 @@
-"""The command line's arguments: argparse types that refuse bad numbers in one line, and the
-parser of every command (each names the function of cli/main.py that runs it)."""
+"""The command line's arguments: argparse types that refuse bad numbers in one line, the
+parser of every command (each names the function of cli/main.py that runs it), and the one
+setting read from the environment (BARBERSHOP_JAX_LOOP: loop_options)."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +33,23 @@ def number(limit: Limit):
         return value
     parse.__name__ = limit.kind.__name__  # argparse names the type in its messages
     return parse
+
+
+LOOP_ENV = "BARBERSHOP_JAX_LOOP"
+
+
+def loop_options() -> dict:
+    """BARBERSHOP_JAX_LOOP="CHUNK,rolled" or "CHUNK,unrolled" as the configs' `chunk` and
+    `unroll` options of `embed` and `transfer` ({} when unset): the loops' chunking for tuning,
+    and for the tests' subprocesses, whose loops compile faster rolled. Read here, at the edge,
+    so that the library's programs depend on their configs alone."""
+    setting = os.environ.get(LOOP_ENV, "").strip()
+    if not setting:
+        return {}
+    chunk, _, mode = setting.partition(",")
+    if not chunk.strip().isdigit() or int(chunk) < 1 or mode.strip() not in ("rolled", "unrolled"):
+        raise ValueError(f"{LOOP_ENV}={setting!r}: expected CHUNK,rolled or CHUNK,unrolled (e.g. 4,rolled)")
+    return {"chunk": int(chunk), "unroll": mode.strip() == "unrolled"}
 
 
 def flag(name: str):

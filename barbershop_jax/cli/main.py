@@ -61,12 +61,14 @@ def embed(args):
     from barbershop_jax.pipeline.store import cache as store
     _distributed(args)
     models = bundle.load(args.weights, args.dtype, parser=False)
-    overrides = {field: getattr(args, flag) for flag, field in EMBED_FLAGS.items() if getattr(args, flag) is not None}
+    flags = {field: getattr(args, flag) for flag, field in EMBED_FLAGS.items() if getattr(args, flag) is not None}
+    overrides = {**args_lib.loop_options(), **flags}
     cfg = EmbedConfig.for_size(models.generator.config.size, **overrides)
     failures, reuse = [], store.Reuse(fresh=args.fresh)
     done = embed_lib.embed_files(_image_paths(args.images), args.out, models, cfg, batch_size=args.batch_size,
                                  fs=not args.no_fs, progress=not args.quiet, import_official=args.import_official,
-                                 checkpoint_every=args.checkpoint_every or None, failures=failures, reuse=reuse)
+                                 checkpoint_every=args.checkpoint_every or None, failures=failures, reuse=reuse,
+                                 exif=not args.no_exif)
     share = f" by process {jax.process_index()} of {jax.process_count()}" if jax.process_count() > 1 else ""
     print(f"{len(done)} image(s) embedded{share} under {args.out} (W+{'' if args.no_fs else ' and FS'})")
     if reuse.note(args.out):
@@ -88,12 +90,13 @@ JOB_FLAGS = ("face", "shape", "color", "structure", "pairs", "part", "target_mas
 def transfer(args):
     from barbershop_jax.pipeline import transfer_job
     # --region: every triple's region (with --pairs: of the rows whose region column is empty).
-    options = {k: getattr(args, k) for k in ("sign", "smooth", "seed", "noise", "region",
-                                             *(n for n, _ in args_lib.TRANSFER_STEPS)) if getattr(args, k) is not None}
+    flags = {k: getattr(args, k) for k in ("sign", "smooth", "seed", "noise", "region",
+                                           *(n for n, _ in args_lib.TRANSFER_STEPS)) if getattr(args, k) is not None}
+    options = {**args_lib.loop_options(), **flags}
     grid = {k: [str(p) for p in _image_paths(getattr(args, k))] if getattr(args, k) else None
             for k in ("faces", "hairstyles", "colors")}  # folders expanded to their images
     job = transfer_job.TransferJob(args.out, progress=not args.quiet, checkpoint_every=args.checkpoint_every or None,
-                                   options=options, crop=args.align, **grid,
+                                   options=options, crop=args.align, exif=not args.no_exif, **grid,
                                    **{k: getattr(args, k) for k in JOB_FLAGS})
     report = transfer_job.run(job, on_plan=lambda plan: print(plan, file=sys.stderr))
     _print_transfer_report(report)
@@ -124,7 +127,7 @@ def crop_faces(args):
     from barbershop_jax.pipeline.store.layout import Layout
     from barbershop_jax.pipeline.faces import crop as face_crop
     cropper = face_crop.FaceCropper.from_options(args.size, args.landmarks, args.dlib_model, args.face_index,
-                                             args.min_face)
+                                                 args.min_face, exif=not args.no_exif)
     photos = _image_paths(args.photos)
     crops, failures = face_crop.crop_photos(cropper, photos, args.out, progress=not args.quiet)
     for _, reason in failures:
@@ -214,9 +217,7 @@ def main(argv=None) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     _log_to_stderr()
-    from barbershop_jax.pipeline.files import image_files
-    with image_files.exif_orientation(not getattr(args, "no_exif", False)):
-        return _run(args)
+    return _run(args)
 
 
 OUT_FOLDER_COMMANDS = ("demo", "transfer", "align-faces", "embed")  # their --out is a folder

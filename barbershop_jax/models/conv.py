@@ -13,12 +13,11 @@ blocks. No XLA flag (XNNPACK, oneDNN) removed the cliff. On other platforms `lax
 keeps the plain convolution (cuDNN has no such cliff), and only the matching branch is lowered.
 The patch path reads the input through `lax.pad` (padding and zero insertion for transposed
 convolutions in one op) and strided slices, so it covers every convolution the models run.
-`BARBERSHOP_JAX_CPU_CONV=plain` turns it off (read when a program is traced).
+The path is chosen from the shapes alone (and the platform, when the program is lowered).
 """
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +26,6 @@ import jax.numpy as jnp
 # at least this many input channels (see the tables above).
 SMALL_OUTPUT_PIXELS = 16 * 16
 MIN_INPUT_CHANNELS = 128
-ENV = "BARBERSHOP_JAX_CPU_CONV"
 _NHWC = jax.lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
 
@@ -67,7 +65,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                               batch_group_count=batch_group_count, precision=precision,
                               preferred_element_type=preferred_element_type)
     lhs_dilation = tuple(lhs_dilation or (1, 1))
-    patchable = (os.environ.get(ENV, "").lower() != "plain" and lhs.ndim == 4 and not isinstance(padding, str)
+    patchable = (lhs.ndim == 4 and not isinstance(padding, str)
                  and feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None
                  and all(d == 1 for d in (rhs_dilation or (1, 1)))
                  and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)

@@ -68,10 +68,10 @@ def label(image, default: str) -> str:
     return Path(path).stem if path is not None else getattr(image, "name", None) or default
 
 
-def _pixels(image) -> np.ndarray | None:
+def _pixels(image, exif: bool = True) -> np.ndarray | None:
     try:
         if isinstance(image, (str, Path)):
-            return image_io.load_rgb(image)
+            return image_io.load_rgb(image, exif=exif)
         if getattr(image, "path", None) is not None or getattr(image, "pixels", None) is not None:
             return image.load()
         return image_io.as_rgb_array(image)
@@ -79,8 +79,8 @@ def _pixels(image) -> np.ndarray | None:
         return None  # shown as a failed panel: the run has said why
 
 
-def _head(image) -> np.ndarray:
-    pixels = _pixels(image)
+def _head(image, exif: bool) -> np.ndarray:
+    pixels = _pixels(image, exif)
     return np.full((64, 64, 3), 128, np.uint8) if pixels is None else pixels
 
 
@@ -108,9 +108,10 @@ def wrote_line(path, grid_title: str) -> str:
     return f"wrote {path}: the contact sheet ({grid_title}: faces as rows, hairstyles as columns)"
 
 
-def sheet(faces, hairstyles, colors, cells: dict, *, notes=(), title=None) -> np.ndarray:
+def sheet(faces, hairstyles, colors, cells: dict, *, notes=(), title=None, exif: bool = True) -> np.ndarray:
     """The contact sheet: cells {(row, column): result image (array or PNG path; a cell_panel
-    draws the same) or None}."""
+    draws the same) or None}. exif: the input files' EXIF orientation honoured, as the run read
+    them (--no-exif: not)."""
     n_rows, n_cols = len(faces), len(hairstyles)
     size = panel_size(n_rows, n_cols)
     colors = column_colours(hairstyles, colors)
@@ -118,8 +119,8 @@ def sheet(faces, hairstyles, colors, cells: dict, *, notes=(), title=None) -> np
     for j, (hair, color) in enumerate(zip(hairstyles, colors)):
         name = label(hair, f"hairstyle {j + 1}")
         colour = label(color, f"colour {j + 1}")
-        col_heads.append((name if colour == name else f"{name} / colour {colour}", _head(hair)))
-    row_heads = [(label(face, f"face {i + 1}"), _head(face)) for i, face in enumerate(faces)]
+        col_heads.append((name if colour == name else f"{name} / colour {colour}", _head(hair, exif)))
+    row_heads = [(label(face, f"face {i + 1}"), _head(face, exif)) for i, face in enumerate(faces)]
     grid_cells = [[None if cells.get((i, j)) is None else _pixels(cells[(i, j)]) for j in range(n_cols)]
                   for i in range(n_rows)]
     return contact_sheet.grid_sheet(grid_cells, row_heads, col_heads, size=size, title=title, notes=notes)

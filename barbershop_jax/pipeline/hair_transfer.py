@@ -371,17 +371,18 @@ def crop_inputs(triples, out_dir, cropper: face_crop.FaceCropper, roles=None):
     return good, failures
 
 
-def check_triples(triples, size: int | None = None, progress: bool = False):
+def check_triples(triples, size: int | None = None, progress: bool = False, exif: bool = True):
     """Split triples into those whose images all read and those that do not (batch mode goes
     on without the latter). Returns (good triples, [(triple, one-line reason)]); in the good
     ones every file is a sources.ImageSource, read and hashed here once, in parallel, its
     pixels kept for the run (sources.read_sources: up to sources.KEPT_PIXELS_BYTES in all, so
     that a manifest of thousands of images keeps memory flat; past it a file is decoded again
-    when its wave runs). `size`: refuse images that are not size x size (otherwise they are
-    resized, with a warning)."""
+    when its wave runs; exif: the files' EXIF orientation honoured, False for --no-exif).
+    `size`: refuse images that are not size x size (otherwise they are resized, with a
+    warning)."""
     good, failures = [], []
     checked = sources_lib.read_sources([x for t in triples for x in t if isinstance(x, (str, Path))], progress,
-                                       keep_pixels=True)
+                                       keep_pixels=True, exif=exif)
     for path, source in checked.items():
         if isinstance(source, image_io.ImageError):
             checked[path] = str(source)

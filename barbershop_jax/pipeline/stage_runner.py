@@ -79,7 +79,7 @@ def compute(ctx: RunContext, stage: Stage, items, bar: progress_lib.StageProgres
     results = {}
     own = progress(ctx, stage.name, stage.unit, len(items), stage.steps) if bar is None else None
     with own or contextlib.nullcontext(bar) as bar:
-        for batch, padded in batches(items, settings.batch_size, stage.checkpoint):
+        for batch, padded in batches(items, settings.batch_size, stage.checkpoint, pad=settings.pad_batches):
             bar.next_batch()
             checkpoint = resume.batch_checkpoint(ctx.layout.root, stage.checkpoint,
                                                  [keys.get(item, str(item)) for item in padded],

@@ -55,9 +55,11 @@ class TransferJob:
     no_resize: bool = False
     save_target_mask: bool = False
     fresh: bool = False                # redo the entries earlier runs left in `out`
+    exif: bool = True                  # input photos turned upright by their EXIF orientation (--no-exif: False)
 
     def cropper(self, size: int) -> face_crop.FaceCropper:
-        return face_crop.FaceCropper.from_options(size, self.landmarks, self.dlib_model, self.face_index, self.min_face)
+        return face_crop.FaceCropper.from_options(size, self.landmarks, self.dlib_model, self.face_index,
+                                                  self.min_face, self.exif)
 
     def rows(self) -> list[batch_files.Row]:
         """The job's transfers, one batch_files.Row each (in grid mode with its cell; from a
@@ -186,7 +188,7 @@ def _read_images(job, rows):
     name another image has, fails alone."""
     live = _live(rows)
     size = generator_size(job.weights) if job.no_resize else None
-    _settle(live, *ht_lib.check_triples([row.images for row in live], size, progress=job.progress))
+    _settle(live, *ht_lib.check_triples([row.images for row in live], size, progress=job.progress, exif=job.exif))
     _refuse_name_clashes(_live(rows))
 
 
@@ -330,7 +332,7 @@ def _transfer(job, ht, rows, layout, report, on_plan):
     if grid:
         notes = () if job.weights else (grid_lib.RANDOM_WEIGHTS_NOTE,)
         _, report.sheet_path = grid_lib.write_sheet(layout.grid_sheet(), *_sheet_inputs(job, good), panels,
-                                                    title=report.sheet_title, notes=notes)
+                                                    title=report.sheet_title, notes=notes, exif=job.exif)
     report.results, report.timings = [r for r in results if r is not None], dict(ht.timings)
     report.summary = batch_files.summary(report.results, ht.timings, listed, ht.reuse)
     report.reuse_note = ht.reuse.note(job.out)

@@ -122,8 +122,7 @@ def fit_segmentation(models: Models, heads, targets: SegmentationTarget, n_steps
     """Run `segmentation_step` on a batch. Returns (heads, labels) of the last forward pass."""
     labels = jnp.zeros_like(targets.target)
     state = ADAM.start(heads, cfg.learning_rate, (heads, labels))
-    state, _ = loop.run(segmentation_step, cfg, models, state, targets, n_steps, chunk=cfg.chunk, loop=which,
-                        hook=hook)
+    state, _ = loop.run(segmentation_step, cfg, models, state, targets, n_steps, loop=which, hook=hook)
     return state.result
 
 
@@ -230,7 +229,7 @@ def align(models: Models, inputs: AlignInputs, cfg: TransferConfig, *, hook=None
     head2 = inputs.w_ref[:, :cfg.align_latents]
     state, _ = loop.run(_step2, cfg, models, ADAM.start(head2, cfg.learning_rate),
                         (inputs.s_ref, inputs.target, ref_small, ref_hair, inputs.key, inputs.region_classes),
-                        cfg.align_steps2, chunk=cfg.chunk, loop=loop.Loop("Align step 2", "step2"), hook=hook)
+                        cfg.align_steps2, loop=loop.Loop("Align step 2", "step2"), hook=hook)
     structure_f, image = _finish(models, a1, state.result, inputs,
                                  cfg=cfg.step_config(keep=("smooth", "align_more_region")))
     return AlignResult(inputs.s_face, structure_f, image)

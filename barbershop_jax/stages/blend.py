@@ -131,6 +131,6 @@ def blend(models: Models, inputs: BlendInputs, cfg: TransferConfig, *, hook=None
     face_mask, hair_mask = blend_masks(models, inputs, cfg=cfg.step_config(keep=("blend_smooth",)))
     state = optimizer().start(jnp.zeros_like(inputs.s_face), cfg.learning_rate)
     state, _ = loop.run(_step, cfg, models, state, (inputs, face_mask, hair_mask), cfg.blend_steps,
-                        chunk=cfg.chunk, loop=loop.Loop("Blend"), hook=hook)
+                        loop=loop.Loop("Blend"), hook=hook)
     latent_in, image = _final_render(models, state.result, inputs, cfg=cfg.step_config())
     return BlendResult(latent_in, inputs.f_final, image, face_mask, hair_mask)

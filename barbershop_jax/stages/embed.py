@@ -81,7 +81,7 @@ def embed_w_plus(models: Models, targets: Targets, cfg: EmbedConfig = EmbedConfi
     w_plus = models.generator.mean_w_plus(n)
     state = ADAM.start(w_plus, cfg.learning_rate)
     data = (targets, target_units(models.vgg, targets.small))
-    state, metrics = loop.run(_w_plus_step, cfg, models, state, data, cfg.w_steps, chunk=cfg.chunk,
+    state, metrics = loop.run(_w_plus_step, cfg, models, state, data, cfg.w_steps,
                               loop=loop.Loop("W+ embedding"), hook=hook)
     return state.result, metrics
 
@@ -142,7 +142,7 @@ def embed_fs(models: Models, targets: Targets, w_plus, cfg: EmbedConfig = EmbedC
     params = FSParams(w_plus[:, s_index:], f_init)
     state = ADAM.start(params, cfg.learning_rate)
     data = (targets, target_units(models.vgg, targets.small), w_plus[:, :s_index], f_init)
-    state, metrics = loop.run(_fs_step, cfg, models, state, data, cfg.fs_steps, chunk=cfg.chunk,
+    state, metrics = loop.run(_fs_step, cfg, models, state, data, cfg.fs_steps,
                               loop=loop.Loop("FS embedding"), hook=hook)
     latent_in = jnp.concatenate([w_plus[:, :s_index], state.result.s_code], axis=1)
     return latent_in, state.result.structure_f, metrics

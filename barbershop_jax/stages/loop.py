@@ -9,10 +9,10 @@ A stage supplies a module-level step function
 for ONE image: `models` are the frozen models (replicated), `state` and `data` hold that
 image's optimisation state and inputs, `i` is the global step number (for noise keys) and `cfg`
 a hashable config. Each image keeps its own optimiser state, so a batch gives the same numbers
-as running each image alone. Compiled once per (step, cfg, shapes, chunk length): later batches
+as running each image alone. Compiled once per (step, cfg, shapes, chunking): later batches
 and later calls reuse it; a config's `step_config()`, where it has one, blanks the fields the
-step never reads (step counts, seed, chunk, the learning rate: data), so that changing those
-does not recompile.
+step never reads (step counts, seed, chunk and unroll, the learning rate: data), so that changing
+those does not recompile the step (the chunking is a static argument of its own).
 
 The loop itself touches no file, clock, signal or progress bar: the pipeline attaches those
 through one `LoopHook` (pipeline/loop_hook.py), which a stage passes down to each of its loops.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import NamedTuple
 
 import jax
@@ -31,7 +30,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 log = logging.getLogger("barbershop_jax")
 BATCH_AXIS = "batch"
-LOOP_ENV = "BARBERSHOP_JAX_LOOP"
 
 
 class Loop(NamedTuple):
@@ -76,10 +74,16 @@ class LoopHook:
 NO_HOOK = LoopHook()
 
 
-@functools.partial(jax.jit, static_argnames=("step", "cfg", "length", "unroll"), donate_argnums=(1,))
-def _run_chunk(models, state, data, start, n_steps, *, step, cfg, length, unroll=1):
-    """Steps start .. start + length - 1; those at or beyond n_steps leave the state as it is
-    (the last chunk of a stage may be partly idle), so one compilation serves any step count."""
+class Chunking(NamedTuple):
+    """How a loop's steps are compiled: `length` steps per `lax.scan`, unrolled or rolled."""
+    length: int
+    unroll: bool
+
+
+@functools.partial(jax.jit, static_argnames=("step", "cfg", "chunking"), donate_argnums=(1,))
+def _run_chunk(models, state, data, start, n_steps, *, step, cfg, chunking: Chunking):
+    """Steps start .. start + chunking.length - 1; those at or beyond n_steps leave the state as
+    it is (the last chunk of a stage may be partly idle), so one compilation serves any step count."""
     vstep = jax.vmap(step, in_axes=(None, 0, 0, None, None))
 
     def body(carry, i):
@@ -87,7 +91,8 @@ def _run_chunk(models, state, data, start, n_steps, *, step, cfg, length, unroll
         live = i < n_steps
         return jax.tree.map(lambda a, b: jnp.where(live, a, b), new, carry), metrics
 
-    state, metrics = jax.lax.scan(body, state, start + jnp.arange(length), unroll=unroll)
+    length = chunking.length
+    state, metrics = jax.lax.scan(body, state, start + jnp.arange(length), unroll=length if chunking.unroll else 1)
     last = jnp.minimum(n_steps - start, length) - 1  # the last live step's metrics
     return state, jax.tree.map(lambda m: m[last], metrics)
 
@@ -102,21 +107,20 @@ def loop_defaults(platform: str | None = None) -> tuple[int, bool]:
     slower than the same step outside one (benchmarks/README.md); a 4-step unrolled chunk costs
     4x the compile time of one step and saves most of that loss.
 
-    BARBERSHOP_JAX_LOOP="CHUNK,rolled" or "CHUNK,unrolled" overrides both (tuning, and tests,
-    which compile many stages and run few steps: rolled chunks compile faster).
+    A config's `chunk` and `unroll` fields override these (`chunking_of`).
     """
-    override = os.environ.get(LOOP_ENV)
-    if override:
-        chunk, _, mode = override.partition(",")
-        try:
-            if int(chunk) < 1 or mode not in ("rolled", "unrolled"):
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"{LOOP_ENV}={override!r}: expected CHUNK,rolled or CHUNK,unrolled "
-                             "(e.g. 4,rolled)") from None
-        return int(chunk), mode == "unrolled"
     platform = platform or jax.default_backend()
     return (4, True) if platform == "cpu" else (10, False)
+
+
+def chunking_of(cfg) -> Chunking:
+    """The chunking of a stage's loops: its config's `chunk` and `unroll` where they are set
+    (not None), the backend's defaults (`loop_defaults`) otherwise. Resolved before the chunk
+    is traced and passed to it as a static argument, so each chunking is its own program."""
+    default_length, default_unroll = loop_defaults()
+    length, unroll = getattr(cfg, "chunk", None), getattr(cfg, "unroll", None)
+    return Chunking(default_length if length is None else int(length),
+                    default_unroll if unroll is None else bool(unroll))
 
 
 def chunk_lengths(n_steps: int, chunk: int) -> list[int]:
@@ -159,15 +163,15 @@ def _pad_batch(tree, multiple):
     return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]), tree), n
 
 
-def run(step, cfg, models, state, data, n_steps: int, *, chunk: int | None = None, loop: Loop = Loop(""),
-        hook: LoopHook | None = None):
+def run(step, cfg, models, state, data, n_steps: int, *, loop: Loop = Loop(""), hook: LoopHook | None = None):
     """Run `n_steps` of `step` on a batch.
 
     Args:
-      step, cfg: the stage's per-image step function and its hashable config.
+      step, cfg: the stage's per-image step function and its hashable config; the config's
+        `chunk` and `unroll` (where it has them) say how the steps are compiled (`chunking_of`).
       models: frozen pytree shared by all images (models, statistics).
       state, data: pytrees with a leading batch axis.
-      n_steps: total steps; chunk: steps per compiled scan (default: `loop_defaults`).
+      n_steps: total steps.
       loop: which loop this is (for the hook: its progress line and checkpoint).
       hook: the pipeline's LoopHook (progress, checkpoints, stop requests, devices), or None.
     Returns:
@@ -178,8 +182,7 @@ def run(step, cfg, models, state, data, n_steps: int, *, chunk: int | None = Non
     mesh = batch_mesh(hook.devices)
     # Settings the step never reads (step counts, seeds, chunking) must not recompile it.
     step_cfg = cfg.step_config() if hasattr(cfg, "step_config") else cfg
-    default_chunk, unroll = loop_defaults()
-    chunk = chunk or default_chunk
+    chunks = chunking_of(cfg)
     metrics = None
     try:  # from begin on: the hook's end always follows its begin
         state, done = hook.begin(loop, state, n_steps)
@@ -196,10 +199,10 @@ def run(step, cfg, models, state, data, n_steps: int, *, chunk: int | None = Non
             models = jax.device_put(models, NamedSharding(mesh, PartitionSpec()))
         unpad = lambda x: x[:n_images]  # noqa: E731
         while done < n_steps:
-            live = min(chunk, n_steps - done)
+            live = min(chunks.length, n_steps - done)
             hook.before_chunk(loop)
             state, metrics = _run_chunk(models, state, data, jnp.int32(done), jnp.int32(n_steps), step=step,
-                                        cfg=step_cfg, length=chunk, unroll=chunk if unroll else 1)
+                                        cfg=step_cfg, chunking=chunks)
             done += live
             hook.after_chunk(loop, lambda: jax.tree.map(unpad, state), done, n_steps, metrics)
     finally:

@@ -318,7 +318,7 @@ class FaceCropper:
     landmarks: object = None
     face_index: int | None = None
     min_face: float = MIN_FACE
-    exif: bool | None = None  # None: image_io.HONOUR_EXIF
+    exif: bool = True
 
     def __post_init__(self):
         check_numbers("FaceCropper", size=self.size, min_face=self.min_face)
@@ -331,11 +331,13 @@ class FaceCropper:
 
     @classmethod
     def from_options(cls, size: int, landmarks=None, dlib_model=None, face_index=None,
-                     min_face: float = MIN_FACE) -> "FaceCropper":
+                     min_face: float = MIN_FACE, exif: bool = True) -> "FaceCropper":
         """The cropper of the command-line options: landmarks from a JSON file (else sidecars,
-        else dlib with `dlib_model`), the face of a photo to take, the smallest face allowed."""
+        else dlib with `dlib_model`), the face of a photo to take, the smallest face allowed,
+        the photo's EXIF orientation honoured or not (--no-exif)."""
         from barbershop_jax.pipeline.faces.landmarks import Landmarks
-        return cls(size=size, landmarks=Landmarks(landmarks, dlib_model), face_index=face_index, min_face=min_face)
+        return cls(size=size, landmarks=Landmarks(landmarks, dlib_model), face_index=face_index, min_face=min_face,
+                   exif=exif)
 
     def _claim(self, name: str, photo_path: Path):
         """Two photos whose crops would have one name (same stem, different folders) would
@@ -375,7 +377,7 @@ class FaceCropper:
             except (ValueError, MemoryError) as e:  # landmarks no check foresaw: this photo fails, not the batch
                 raise FaceCropError(f"{what}: cannot crop the face ({type(e).__name__}: {e})") from None
             t = dataclasses.replace(t, source=str(photo_path.resolve()), source_hash=source_hash, face_index=i,
-                                    exif=image_io.HONOUR_EXIF if self.exif is None else self.exif)
+                                    exif=self.exif)
             crop_path = image_io.save_png(Path(out_dir) / f"{names[i]}.png", crop)
             # The transform is written last: its presence marks a finished crop.
             cache.save_json(transform_path(crop_path), t.to_json())

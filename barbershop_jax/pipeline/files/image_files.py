@@ -1,7 +1,6 @@
 """Image files in and out. Writes are atomic: a temporary file renamed into place."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
@@ -37,29 +36,13 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-# Turn images upright by their EXIF orientation. The official code ignores it (a phone photo
-# taken upright but stored sideways is processed sideways); `--no-exif` restores that.
-HONOUR_EXIF = True  # the process's default (exif_orientation changes it for a block)
-
-
-@contextlib.contextmanager
-def exif_orientation(honour: bool):
-    """Within the block, images are read with (True) or without (False, as the official code)
-    their EXIF orientation, unless a call says otherwise (`load_rgb(exif=...)`)."""
-    global HONOUR_EXIF
-    before, HONOUR_EXIF = HONOUR_EXIF, HONOUR_EXIF and honour
-    try:
-        yield
-    finally:
-        HONOUR_EXIF = before
-
-
-def load_rgb(path, *, exif: bool | None = None) -> np.ndarray:
+def load_rgb(path, *, exif: bool = True) -> np.ndarray:
     """Read an image file as uint8 RGB (H, W, 3), as the official `Image.open(p).convert('RGB')`
     does for 8-bit images (alpha is dropped). 16-bit and float images are scaled to 8 bits
-    rather than clipped. `exif`: turn the image upright by its EXIF orientation (default:
-    HONOUR_EXIF); images without an orientation tag read the same either way."""
-    exif = HONOUR_EXIF if exif is None else exif
+    rather than clipped. `exif`: turn the image upright by its EXIF orientation. The official
+    code ignores it (a phone photo taken upright but stored sideways is processed sideways);
+    `--no-exif` (exif=False) reads as it does. Images without an orientation tag read the
+    same either way."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{shown_path(path)}: no such file")

@@ -29,16 +29,18 @@ def content_hash(pixels: np.ndarray) -> str:
 @dataclasses.dataclass(frozen=True)
 class ImageSource:
     """One distinct input image: a file (read again when needed, so memory stays flat, unless
-    its pixels are kept for the run) or pixels given in memory (Python API)."""
+    its pixels are kept for the run) or pixels given in memory (Python API). A file is read
+    again as it was read first: with its EXIF orientation, or without (`exif`)."""
     name: str
     image_hash: str
     path: Path | None = None
     pixels: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
     shape: tuple = ()  # (H, W, 3) of the decoded image
+    exif: bool = True  # the file is turned upright by its EXIF orientation (image_files.load_rgb)
 
     def load(self) -> np.ndarray:
         """uint8 RGB (H, W, 3)."""
-        return self.pixels if self.pixels is not None else image_io.load_rgb(self.path)
+        return self.pixels if self.pixels is not None else image_io.load_rgb(self.path, exif=self.exif)
 
 
 # An image name is part of every output file name of its image: W+/{name}.npy and its
@@ -62,18 +64,21 @@ def check_name(name: str, path=None) -> str:
     return name
 
 
-def as_source(image, name: str | None = None, keep_pixels: bool = False, *, what: str = "image") -> ImageSource:
+def as_source(image, name: str | None = None, keep_pixels: bool = False, *, what: str = "image",
+              exif: bool = True) -> ImageSource:
     """A path, PIL image, uint8 array (H, W, 3) or ImageSource as an ImageSource. In-memory
     images are named `name`, or after their content hash. keep_pixels: a file's decoded pixels
     stay with it (a run that reads it again), instead of being read again when needed.
-    what: the argument an in-memory image came as, named by its ImageError (as_rgb_array)."""
+    what: the argument an in-memory image came as, named by its ImageError (as_rgb_array).
+    exif: a file is turned upright by its EXIF orientation (False: read as stored, as the
+    official code; `--no-exif`)."""
     if isinstance(image, ImageSource):
         return image
     if isinstance(image, (str, Path)):
         name = check_name(name or Path(image).stem, image)
-        pixels = image_io.load_rgb(image)
+        pixels = image_io.load_rgb(image, exif=exif)
         return ImageSource(name, content_hash(pixels), Path(image), pixels if keep_pixels else None,
-                           pixels.shape)
+                           pixels.shape, exif)
     if name is not None:
         check_name(name)
     pixels = image_io.as_rgb_array(image, what)
@@ -121,14 +126,14 @@ READ_BAR_FROM = 32  # images: fewer are read without a progress bar
 KEPT_PIXELS_BYTES = 2 * 2**30
 
 
-def read_sources(paths, progress: bool = True, keep_pixels: bool = False) -> dict:
+def read_sources(paths, progress: bool = True, keep_pixels: bool = False, exif: bool = True) -> dict:
     """{str(path): ImageSource, or the ImageError that says why it cannot be used} for each
     distinct path, decoded and hashed on READ_THREADS threads, with a bar from READ_BAR_FROM.
     Every run hashes every input before its first step, cached or not, and a 1024 px PNG takes
     about 32 ms of one core: read one by one, a large batch would wait minutes without a word.
     PIL's decoders and hashlib release the GIL, so threads share that work.
     keep_pixels: each source keeps its decoded pixels, up to KEPT_PIXELS_BYTES in all (the
-    first images read first); the rest are read again when needed."""
+    first images read first); the rest are read again when needed. exif: as as_source's."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -138,7 +143,7 @@ def read_sources(paths, progress: bool = True, keep_pixels: bool = False) -> dic
 
     def read(path):
         try:
-            source = as_source(path, keep_pixels=keep_pixels)
+            source = as_source(path, keep_pixels=keep_pixels, exif=exif)
         except image_io.ImageError as e:
             return e
         if source.pixels is not None:
@@ -163,11 +168,12 @@ def read_sources(paths, progress: bool = True, keep_pixels: bool = False) -> dic
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def as_sources(images, progress: bool = False, keep_pixels: bool = False, what: str = "images") -> list[ImageSource]:
-    """as_source of each image, the files read in parallel (read_sources); the first image
-    that cannot be used raises its ImageError (an in-memory one named `what[i]`)."""
+def as_sources(images, progress: bool = False, keep_pixels: bool = False, what: str = "images",
+               exif: bool = True) -> list[ImageSource]:
+    """as_source of each image, the files read in parallel (read_sources; `exif` as there); the
+    first image that cannot be used raises its ImageError (an in-memory one named `what[i]`)."""
     images = list(images)
-    read = read_sources([x for x in images if isinstance(x, (str, Path))], progress, keep_pixels)
+    read = read_sources([x for x in images if isinstance(x, (str, Path))], progress, keep_pixels, exif)
     sources = [read[str(x)] if isinstance(x, (str, Path)) else as_source(x, what=f"{what}[{i}]")
                for i, x in enumerate(images)]
     for source in sources:
@@ -176,12 +182,13 @@ def as_sources(images, progress: bool = False, keep_pixels: bool = False, what: 
     return sources
 
 
-def identify(images, progress: bool = False, keep_pixels: bool = False, what: str = "images") -> list[ImageSource]:
+def identify(images, progress: bool = False, keep_pixels: bool = False, what: str = "images",
+             exif: bool = True) -> list[ImageSource]:
     """The distinct images among `images` (paths or ImageSources), in order (files read in
-    parallel: as_sources; `what`: the argument they came as). Two different images under one
-    name are refused: the cache files are named after the image."""
+    parallel: as_sources; `what`: the argument they came as; `exif` as there). Two different
+    images under one name are refused: the cache files are named after the image."""
     items, seen = [], {}
-    for source in as_sources(images, progress, keep_pixels, what):
+    for source in as_sources(images, progress, keep_pixels, what, exif):
         if source.name in seen:
             if seen[source.name] != source.image_hash:
                 raise image_io.ImageError(f"{image_io.shown_path(source.path or source.name)}: another input is "

@@ -9,24 +9,26 @@ from barbershop_jax.config import check_numbers
 
 log = logging.getLogger("barbershop_jax")
 
-_RAN_BATCH_SIZES: set = set()  # (stage, batch size) run in this process: their programs are compiled
-
-
-def batches(items: list, batch_size: int, stage: str):
-    """The batches of a stage whose programs compile once per batch size. Yields (real,
-    padded): `padded` repeats the last item until the batch has the size that runs. That is
-    batch_size when the items fill more than one batch, or when a batch of that size has run
-    before in this process (a short last batch, or a later single item, then reuses the
-    compiled programs instead of compiling new ones); otherwise the items' own number (a
-    single small run computes no padding). Callers keep the results of `real` only."""
+def batches(items: list, batch_size: int, stage: str, *, pad: bool = False):
+    """The batches of a stage, whose programs compile once per batch size. Yields (real,
+    padded): `padded` repeats the last item until the batch has the size that runs, which
+    this call's arguments alone decide:
+    - items that fill more than one batch run every batch at batch_size (the short last one
+      padded): one size compiled;
+    - items that fit in one batch run as their own number, computing no padding (one
+      transfer at batch size 4 runs as 1);
+    - pad=True pads that one short batch to batch_size too: a process that runs many small
+      runs in turn (a server, a loop over single transfers, the tests) compiles one size per
+      stage, instead of one per item count.
+    Not what ran earlier in the process: a run's numbers follow from its own inputs (XLA's
+    CPU kernels may round one item apart in a batch of 3 and of 4: tests/conftest.py,
+    batch_position_exact). `stage` names the stage in errors. Callers keep the results of
+    `real` only."""
     check_numbers(stage, batch_size=batch_size)
     items = list(items)
+    size = batch_size if pad or len(items) > batch_size else len(items)
     for i in range(0, len(items), batch_size):
         real = items[i:i + batch_size]
-        size = len(real)
-        if size < batch_size and (len(items) > batch_size or (stage, batch_size) in _RAN_BATCH_SIZES):
-            size = batch_size
-        _RAN_BATCH_SIZES.add((stage, size))
         yield real, real + [real[-1]] * (size - len(real))
 
 

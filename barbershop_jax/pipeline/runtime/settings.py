@@ -13,11 +13,13 @@ class RunSettings:
     progress: progress bars on stderr; devices: the devices a batch is sharded over (None: all
     local ones); checkpoint_every: each optimisation loop saves its state every so many steps
     under OUT/.resume/, so that an interrupted run resumes mid-stage (store/resume.py; None:
-    never)."""
+    never); pad_batches: a stage whose items fit in one short batch runs it at batch_size too
+    (batching.batches' `pad`), for a process that runs many small runs in turn."""
     batch_size: int = DEFAULT_BATCH_SIZE
     progress: bool = True
     devices: tuple | None = None
     checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY
+    pad_batches: bool = False
 
     def __post_init__(self):
         check_numbers("the run's settings", batch_size=self.batch_size,
