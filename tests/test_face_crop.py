@@ -163,7 +163,7 @@ def test_paste_back_maps_a_smaller_result_and_refuses_another_photo():
 
 
 # ----------------------------------------------------------------------------- files and backends
-def test_aligner_on_the_bundled_photo_with_its_sidecar_landmarks(tmp_path):
+def test_cropper_on_the_bundled_photo_with_its_sidecar_landmarks(tmp_path):
     photo_path = example_images()["photo"]
     assert landmarks.sidecar_path(photo_path).is_file()
     face = face_crop.FaceCropper(size=128).crop_one(photo_path, tmp_path)
@@ -251,7 +251,7 @@ def test_photos_of_every_kind_load_as_upright_8_bit_rgb(tmp_path):
 def test_no_exif_reaches_each_read_of_a_run(tmp_path):
     """--no-exif is passed to each read explicitly, no process-wide switch: a source read
     without its orientation is read again the same way, so are a batch's checked inputs, and
-    the transfer command's aligner crops the photo as stored."""
+    the transfer command's cropper crops the photo as stored."""
     from barbershop_jax.pipeline import hair_transfer, transfer_job
     from barbershop_jax.pipeline.files import sources
 
@@ -263,8 +263,8 @@ def test_no_exif_reaches_each_read_of_a_run(tmp_path):
     assert stored.shape == stored.load().shape == (60, 80, 3)
     [checked], failures = hair_transfer.check_triples([(path, path, path)], exif=False)
     assert failures == [] and all(s.load().shape == (60, 80, 3) for s in checked)
-    assert transfer_job.TransferJob(out=str(tmp_path), exif=False).aligner(64).exif is False
-    assert transfer_job.TransferJob(out=str(tmp_path)).aligner(64).exif is True
+    assert transfer_job.TransferJob(out=str(tmp_path), exif=False).cropper(64).exif is False
+    assert transfer_job.TransferJob(out=str(tmp_path)).cropper(64).exif is True
 
 
 def test_bad_photos_are_refused_in_one_line(tmp_path):

@@ -120,7 +120,7 @@ def _import_official(ctx, models, cfg, items, folder):
 
 
 def embed_files(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedConfig | None = None, *,
-                wave: int = EMBED_WAVE, progress: bool = True, **kwargs) -> list[str]:
+                wave: int = EMBED_WAVE, progress: bool = True, exif: bool = True, **kwargs) -> list[str]:
     """`embed` for any number of images, as `barbershop-jax embed` runs it: every file is read
     and checked first, then `wave` images at a time are embedded, and only their names are
     kept. A file that cannot be read, or two different images under one name, are refused
@@ -128,15 +128,16 @@ def embed_files(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedC
     (usable_images) and the others embedded (when none is left, the ImageError says why).
     `embed` returns each image's arrays, and at 1024 px its F alone is 2 MB: 10,000 images
     held 20 GB. kwargs: as `embed` (batch_size, failures, reuse: one store.Reuse for all
-    waves, ...). Returns the names embedded, or found in out_dir, by this process."""
+    waves, ...). exif: the files turned upright by their EXIF orientation (False: --no-exif).
+    Returns the names embedded, or found in out_dir, by this process."""
     check_numbers("embed_files", wave=wave)
     if kwargs.get("failures") is not None:  # a bad file is listed there and the others go on
         failed = []
-        paths = usable_images(paths, failed, progress)
+        paths = usable_images(paths, failed, progress, exif)
         if failed and not paths:  # nothing to embed: one error, as for a single bad file
             raise image_io.ImageError("; ".join(reason for _, reason in failed[:3]))
         kwargs["failures"].extend(failed)
-    items = identify(paths, progress, what="paths")
+    items = identify(paths, progress, what="paths", exif=exif)
     models = bundle.load(parser=False) if models is None else models
     names = []
     for start, stop in batching.waves(len(items), wave, "images"):
@@ -144,14 +145,14 @@ def embed_files(paths, out_dir, models: bundle.Models | None = None, cfg: EmbedC
     return names
 
 
-def usable_images(paths, failures: list, progress: bool = True) -> list:
+def usable_images(paths, failures: list, progress: bool = True, exif: bool = True) -> list:
     """The images among `paths` (files or sources.ImageSource) that can be embedded, each file
     read once (sources.read_sources; the pixels are not kept); each one that cannot is added
     to `failures` as (path, reason) instead: a file that cannot be read, or an image whose
     name (its file's stem, which names its output files) an earlier, different image has:
-    the first keeps the name, as one reads a list from the top."""
+    the first keeps the name, as one reads a list from the top. exif: as sources.read_sources'."""
     paths = list(paths)
-    read = sources_lib.read_sources([p for p in paths if isinstance(p, (str, Path))], progress)
+    read = sources_lib.read_sources([p for p in paths if isinstance(p, (str, Path))], progress, exif=exif)
     usable, owners, seen = [], {}, set()
     for p in paths:
         if isinstance(p, (str, Path)):
