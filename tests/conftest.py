@@ -202,16 +202,20 @@ def models():
     return tiny_models()
 
 
-@pytest.fixture(scope="module")
-def images(models, tmp_path_factory):
-    """Four generator images, ann.png, bob.png, cid.png and dan.png."""
+def generator_images(models, names, seed: int, root) -> list:
+    """One generator image per name, {root}/{name}.png, from random latents of PRNGKey(seed)."""
     from barbershop_jax.pipeline.files import image_files
 
     g = models.generator
-    w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(11), (4, g.config.style_dim))))
+    w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(seed), (len(names), g.config.style_dim))))
     pixels = image_files.to_uint8(np.asarray(render(g, w)))
-    root = tmp_path_factory.mktemp("in")
-    return [image_files.save_png(root / f"{name}.png", p) for name, p in zip(("ann", "bob", "cid", "dan"), pixels)]
+    return [image_files.save_png(Path(root) / f"{name}.png", p) for name, p in zip(names, pixels)]
+
+
+@pytest.fixture(scope="module")
+def images(models, tmp_path_factory):
+    """Four generator images, ann.png, bob.png, cid.png and dan.png."""
+    return generator_images(models, ("ann", "bob", "cid", "dan"), 11, tmp_path_factory.mktemp("in"))
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ pair aligned once, the plan told first, the contact sheet written, and every cel
 its triple run alone."""
 import csv
 
-import jax
 import numpy as np
 import pytest
 
@@ -12,19 +11,15 @@ from barbershop_jax.models import bundle
 from barbershop_jax.pipeline import grid as grid_lib
 from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline import plan as plan_lib
-from conftest import STEPS, assert_batch_independent, record_decodes, render, tiny_transfer
+from conftest import STEPS, assert_batch_independent, generator_images, record_decodes, tiny_transfer
 
 FACES, HAIRSTYLES = ("ann", "bob", "cid"), ("dan", "eve", "fay")
 
 
 @pytest.fixture(scope="module")
 def six(models, tmp_path_factory):
-    g = models.generator
-    w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(21), (6, g.config.style_dim))))
-    pixels = image_io.to_uint8(np.asarray(render(g, w)))
-    root = tmp_path_factory.mktemp("grid_in")
-    paths = {name: image_io.save_png(root / f"{name}.png", p) for name, p in zip(FACES + HAIRSTYLES, pixels)}
-    return [paths[n] for n in FACES], [paths[n] for n in HAIRSTYLES]
+    paths = generator_images(models, FACES + HAIRSTYLES, 21, tmp_path_factory.mktemp("grid_in"))
+    return paths[:len(FACES)], paths[len(FACES):]
 
 
 @pytest.fixture(scope="module")
