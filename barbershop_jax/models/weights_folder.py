@@ -1,0 +1,69 @@
+"""Which weights a run uses: the folder given, else the default weights folder where it holds
+converted weights, else the embedded tiny models.
+
+The default folder is `$BARBERSHOP_JAX_WEIGHTS`, else `weights/` in the user's cache folder
+(platformdirs: ~/.cache/barbershop-jax/weights on Linux). `barbershop-jax weights download`
+fills it; every command, the web page and `HairTransfer()` use it when no weights are named.
+`embedded` names the embedded tiny models where a default folder exists.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+ENV = "BARBERSHOP_JAX_WEIGHTS"
+EMBEDDED = "embedded"  # --weights embedded: the tiny models even where converted weights exist
+MODELS = ("stylegan2", "bisenet", "vgg16")  # the folders a converted weights folder holds
+GET_WEIGHTS = "barbershop-jax weights download"  # the command that fills the default folder
+
+
+def default_folder() -> Path:
+    """`$BARBERSHOP_JAX_WEIGHTS`, else the user's cache folder's `weights/` (which may not exist)."""
+    setting = os.environ.get(ENV, "").strip()
+    if setting:
+        return Path(setting).expanduser()
+    import platformdirs
+    return platformdirs.user_cache_path("barbershop-jax", appauthor=False) / "weights"
+
+
+def holds_weights(folder) -> bool:
+    """Whether `folder` holds the three converted models (each with its config.json)."""
+    return all((Path(folder) / model / "config.json").is_file() for model in MODELS)
+
+
+def find() -> Path | None:
+    """The default folder where it holds converted weights, else None (the embedded models)."""
+    folder = default_folder()
+    return folder if holds_weights(folder) else None
+
+
+def resolve(weights) -> Path | None:
+    """The weights folder a run uses (None: the embedded tiny models). `weights` None: the
+    default folder where it holds converted weights; "embedded": the embedded models; anything
+    else: that folder, which the loaders then read strictly (their errors name it)."""
+    if weights is None:
+        return find()
+    if str(weights) == EMBEDDED:
+        return None
+    return Path(weights)
+
+
+def resolution(folder) -> int | None:
+    """The generator's output size recorded in a converted folder's config, or None."""
+    try:
+        meta = json.loads((Path(folder) / "stylegan2" / "config.json").read_text())
+        return int(meta["config"]["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def describe(weights) -> str:
+    """One line saying which weights a run uses (`weights`: what resolve() returned)."""
+    if weights is None:
+        folder = default_folder()
+        return (f"weights: the embedded tiny models (fixed random weights: no real hairstyle); no converted weights "
+                f"in {folder}: get the official ones with `{GET_WEIGHTS}`")
+    size = resolution(weights)
+    where = " (the default folder)" if Path(weights) == default_folder() else ""
+    return f"weights: {weights}{where}" + (f", StyleGAN2 at {size} px" if size else "")
