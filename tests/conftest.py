@@ -27,6 +27,10 @@ if not (os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("BARBERSHOP_JAX
     # The steps the runs measure (pipeline/store/step_times.py) go there too, not to the user's home.
     os.environ["BARBERSHOP_JAX_STEP_TIMES"] = os.path.join(_cache_dir, "step_times.json")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"  # the many small programs too
+# The default weights folder (models/weights_folder.py) is a folder that does not exist, so that
+# weights a user downloaded into their cache folder never reach a test: the commands and
+# HairTransfer() run on the embedded models unless a test names weights.
+os.environ["BARBERSHOP_JAX_WEIGHTS"] = os.path.join(tempfile.gettempdir(), "barbershop-jax-test-no-weights")
 
 import jax  # noqa: E402 (after the environment above, which JAX reads at import)
 import jax.numpy as jnp  # noqa: E402

@@ -147,6 +147,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, one_line(f"{self.prog}: error: {message} (see {self.prog} --help)") + "\n")
 
 
+# Every command that loads models takes --weights; without it, the default weights folder
+# where it holds converted weights (models/weights_folder.py), else the embedded tiny models.
+WEIGHTS_HELP = ("converted weights folder (default: $BARBERSHOP_JAX_WEIGHTS or the user's cache folder where "
+                "`barbershop-jax weights download` put them, else the embedded tiny random-weight models; "
+                "`embedded`: the tiny models)")
+
+
 def build_parser(commands) -> argparse.ArgumentParser:
     """commands: the module whose functions run the commands (cli/main.py)."""
     parser = _Parser(prog="barbershop-jax", description="barbershop-jax: Barbershop hairstyle transfer in JAX")
@@ -166,7 +173,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
                                       "says which; --fresh redoes them). --samples: a grid of generator samples "
                                       "instead.")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    demo.add_argument("--weights", help="a converted weights directory instead of the embedded default")
+    demo.add_argument("--weights", help=WEIGHTS_HELP)
     demo.add_argument("--seed", type=flag("seed"), default=0, help="seed of the generator noise (with --samples: of the "
                                                           "samples) (default 0)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -208,7 +215,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
     tr.add_argument("--part", metavar="K/N", type=_part,
                     help="batch mode on N hosts with no coordinator (a job array): do part K of N of the rows, "
                          "the rows of one face together; failures go to OUT/failures.partKofN.csv")
-    tr.add_argument("--weights", help="converted weights directory (default: the embedded tiny random models)")
+    tr.add_argument("--weights", help=WEIGHTS_HELP)
     tr.add_argument("--out", required=True, help="output folder (official layout; embeddings and alignments "
                                                  "found there are reused)")
     tr.add_argument("--sign", choices=["realistic", "fidelity"], help="target-mask inpainting (default: realistic)")
@@ -271,7 +278,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
                                        "reused (a note says how many; --fresh redoes them).")
     embed.add_argument("images", nargs="+", help="image files or folders of images")
     embed.add_argument("--out", required=True, help="output folder: W+/{name}.npy, FS/{name}.npz (official layout)")
-    embed.add_argument("--weights", help="converted weights directory (default: the embedded tiny models)")
+    embed.add_argument("--weights", help=WEIGHTS_HELP)
     embed.add_argument("--batch-size", type=flag("batch_size"), default=DEFAULT_BATCH_SIZE,
                        help=f"images optimised together (default {DEFAULT_BATCH_SIZE})")
     embed.add_argument("--w-steps", type=flag("w_steps"), help="W+ steps (official: 1100)")
@@ -304,7 +311,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
                                     "report and a Markdown table.")
     ev.add_argument("images", nargs="+", help="the embedded images (files or folders)")
     ev.add_argument("--embeddings", required=True, help="the folder `embed --out` wrote")
-    ev.add_argument("--weights", help="converted weights (for LPIPS; default: the embedded models)")
+    ev.add_argument("--weights", help=WEIGHTS_HELP + " (only its VGG16, for LPIPS)")
     ev.add_argument("--out", help="report path (default: EMBEDDINGS/evaluation.json, plus .md)")
     ev.set_defaults(func=commands.evaluate_embedding)
 
@@ -315,8 +322,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
                                      "reference and region, the official options, progress per stage) and a grid tab "
                                      "(several faces x several hairstyles as a contact sheet). Binds to this machine "
                                      "only unless --host says otherwise. Needs pip install 'barbershop-jax[web]'.")
-    web.add_argument("--weights", help="converted weights directory (default: the embedded tiny random models, with a "
-                                       "banner saying so)")
+    web.add_argument("--weights", help=WEIGHTS_HELP + " (the embedded models with a banner saying so)")
     web.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     web.add_argument("--port", type=PORT, default=7860, help="port (default 7860)")
     web.add_argument("--out", help="the server's folder: uploads, crops, results and the embedding cache, kept "

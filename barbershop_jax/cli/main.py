@@ -221,6 +221,7 @@ def main(argv=None) -> int:
 
 
 OUT_FOLDER_COMMANDS = ("demo", "transfer", "align-faces", "embed")  # their --out is a folder
+WEIGHTS_COMMANDS = ("demo", "transfer", "embed", "evaluate-embedding", "serve")  # they load models
 # Commands that run until stopped: SIGINT stops them at once (a stop request would be left set
 # and refuse every later job of the server).
 SERVER_COMMANDS = ("serve",)
@@ -239,12 +240,22 @@ def _check_out_folder(out):
         raise ValueError(f"{out}: cannot write in {existing} (permission denied)")
 
 
+def _resolve_weights(args):
+    """The weights a command that loads models uses (--weights, else the default folder where
+    it holds converted weights, else the embedded models), said in one line before any work."""
+    from barbershop_jax.models import weights_folder
+    if args.command in WEIGHTS_COMMANDS:
+        args.weights = weights_folder.resolve(weights_folder.FIND if args.weights is None else args.weights)
+        print(f"barbershop-jax: {weights_folder.describe(args.weights)}", file=sys.stderr)
+
+
 def _run(args) -> int:
     from barbershop_jax.pipeline.runtime import compile_cache
     from barbershop_jax.pipeline.store import resume
     try:
         if args.command in OUT_FOLDER_COMMANDS:
             _check_out_folder(args.out)
+        _resolve_weights(args)
         if not args.no_compile_cache:
             compile_cache.enable()
         if args.command in SERVER_COMMANDS:

@@ -1,6 +1,6 @@
 """The embedded default: tiny models with fixed random weights, so that the whole pipeline
 runs on a CPU in minutes with nothing downloaded. Random weights give no real hairstyle: real
-results need the converted official weights (README: "Real weights")."""
+results need the official weights (`barbershop-jax weights download`)."""
 from __future__ import annotations
 
 import jax

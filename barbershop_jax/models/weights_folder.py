@@ -18,6 +18,17 @@ MODELS = ("stylegan2", "bisenet", "vgg16")  # the folders a converted weights fo
 GET_WEIGHTS = "barbershop-jax weights download"  # the command that fills the default folder
 
 
+class _NotNamed:
+    """No weights named (the command line without --weights, `HairTransfer()`): the default
+    folder where it holds converted weights, else the embedded models. Distinct from None,
+    which names the embedded models in the Python API, as it always has."""
+    def __repr__(self):
+        return "weights_folder.FIND"
+
+
+FIND = _NotNamed()
+
+
 def default_folder() -> Path:
     """`$BARBERSHOP_JAX_WEIGHTS`, else the user's cache folder's `weights/` (which may not exist)."""
     setting = os.environ.get(ENV, "").strip()
@@ -39,12 +50,12 @@ def find() -> Path | None:
 
 
 def resolve(weights) -> Path | None:
-    """The weights folder a run uses (None: the embedded tiny models). `weights` None: the
-    default folder where it holds converted weights; "embedded": the embedded models; anything
-    else: that folder, which the loaders then read strictly (their errors name it)."""
-    if weights is None:
+    """The weights folder a run uses (None: the embedded tiny models). `weights` FIND: the
+    default folder where it holds converted weights; None or "embedded": the embedded models;
+    anything else: that folder, which the loaders then read strictly (their errors name it)."""
+    if weights is FIND:
         return find()
-    if str(weights) == EMBEDDED:
+    if weights is None or str(weights) == EMBEDDED:
         return None
     return Path(weights)
 

@@ -1,7 +1,7 @@
 """`barbershop-jax demo`: the whole pipeline on the bundled example images, with the embedded
 tiny models (models/embedded.py: fixed random weights) so that it runs on a CPU in minutes
 with nothing downloaded, or with converted weights. Random weights give no real hairstyle:
-real results need the converted official weights (README: "Real weights")."""
+real results need the official weights (`barbershop-jax weights download`)."""
 from __future__ import annotations
 
 import functools
@@ -12,6 +12,7 @@ import numpy as np
 
 from barbershop_jax.config import DEFAULT_BATCH_SIZE
 from barbershop_jax.models import embedded, stylegan2
+from barbershop_jax.models.weights_folder import GET_WEIGHTS
 from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline.store.layout import Layout
 
@@ -37,11 +38,13 @@ def run(out_dir, n: int = 16, seed: int = 0, weights=None, truncation: float = 1
 
 EXAMPLES = Path(__file__).parent.parent / "data" / "examples"  # barbershop_jax/data/examples
 # Step counts of the demo with the embedded models: about a tenth of the official counts, so
-# that it runs in a few minutes on 2 CPU cores. With --weights the official counts apply.
+# that it runs in a few minutes on 2 CPU cores. With converted weights the official counts apply.
 DEMO_STEPS = {"w_steps": 100, "fs_steps": 25, "inpaint_steps": 8, "align_steps1": 14, "align_steps2": 10,
               "blend_steps": 40}
+# The way to a real transfer: the download (GET_WEIGHTS) fills the default weights folder, which
+# every command then uses without --weights.
 OFFICIAL_COMMAND = ("barbershop-jax transfer --align --paste-back --face PHOTO.jpg --shape SHAPE.jpg "
-                    "--color COLOR.jpg --weights WEIGHTS_DIR --out OUT_DIR")
+                    "--color COLOR.jpg --out OUT_DIR")
 
 
 def example_images() -> dict:
@@ -91,8 +94,7 @@ def run_transfer(out_dir, weights=None, seed: int = 0, progress: bool = True, lo
     log(f"wrote {result.path}, {result.pasted_path} and {grid_path} (photo | face crop | shape | colour | result | "
         "target mask | result pasted into the photo, each titled)")
     if not weights:
-        log("For a real transfer, convert the official weights (README, 'Real weights') and run:\n  "
-            + OFFICIAL_COMMAND)
+        log(f"For a real transfer, get the official weights ({GET_WEIGHTS}) and run:\n  " + OFFICIAL_COMMAND)
     return grid_path
 
 
@@ -114,8 +116,7 @@ def demo_sheet(photo, crop, refs, result, label_map, size: int, weights, steps) 
     else:
         notes = [f"weights: the embedded {size} px models with RANDOM weights and reduced steps "
                  f"({', '.join(f'{k} {v}' for k, v in steps.items())}): they exercise the pipeline; no real hairstyle.",
-                 "For a real transfer: convert the official weights (README, 'Real weights') and run "
-                 + OFFICIAL_COMMAND]
+                 f"For a real transfer: get the official weights ({GET_WEIGHTS}) and run " + OFFICIAL_COMMAND]
     return contact_sheet.titled_row(panels, SHEET_PANEL, title="barbershop-jax demo: the face of the photo with the "
                                     "hair shape of one reference and the hair colour of another", notes=notes,
                                     legend=contact_sheet.legend_entries(result.target_labels, label_map),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from barbershop_jax.config import FEATHER, LIMITS, TRANSFER_WAVE
 from barbershop_jax.config import EmbedConfig, TransferConfig, check_numbers, shown, split_options
-from barbershop_jax.models import bundle
+from barbershop_jax.models import bundle, weights_folder
 from barbershop_jax.pipeline.runtime import batching
 from barbershop_jax.pipeline.faces import crop as face_crop
 from barbershop_jax.pipeline.store import step_times
@@ -33,7 +33,8 @@ logger = logging.getLogger("barbershop_jax")
 class HairTransfer:
     """The Python API.
 
-        ht = HairTransfer("weights/")           # or HairTransfer() for the embedded tiny models
+        ht = HairTransfer()                     # the default weights folder, else the embedded tiny models
+        ht = HairTransfer("weights/")           # a converted weights folder; "embedded": the tiny models
         ht = HairTransfer(models)               # or models already loaded: a models.bundle.Models
         result = ht.transfer("face.png", "shape.png", "color.png", sign="fidelity")
         result.image                            # (1024, 1024, 3) uint8
@@ -45,8 +46,11 @@ class HairTransfer:
     `out_dir` in the official layout (default: a temporary folder that lives as long as this
     object); embeddings and alignments are cached there, so no image is embedded twice.
 
-    models: a models.bundle.Models, or a converted weights directory to load them from (None:
-    the embedded tiny models; from_weights says the same by name).
+    models: a models.bundle.Models, or a converted weights folder to load them from. Not
+    given: the default weights folder where it holds converted weights
+    (models/weights_folder.py: $BARBERSHOP_JAX_WEIGHTS, else the user's cache folder, where
+    `barbershop-jax weights download` puts them), else the embedded tiny models, said in one
+    INFO line; None or "embedded": the embedded tiny models (from_weights(None) too).
     run: how the runs run (RunSettings: batch size, progress bars, devices, checkpoints every
     so many steps under OUT/.resume/, so that an interrupted run resumes mid-stage); its
     fields may also be given as keywords, HairTransfer(batch_size=4, progress=False).
@@ -61,7 +65,7 @@ class HairTransfer:
     here: a Models bundle computes in its own (bundle.with_dtype converts one).
     """
 
-    def __init__(self, models: bundle.Models | str | os.PathLike | None = None, out_dir=None, *,
+    def __init__(self, models: bundle.Models | str | os.PathLike | None = weights_folder.FIND, out_dir=None, *,
                  run: RunSettings = RunSettings(), compile_cache: bool = True, fresh: bool = False,
                  dtype: str | None = None, parser_dtype: str | None = None, **options):
         # The settings are checked before minutes of loading models.
@@ -77,8 +81,10 @@ class HairTransfer:
                                  "computes in its own (convert one with models.bundle.with_dtype)")
             self.models, self.weights = models, None  # weights: the directory loaded, if any (grid sheets' note)
         else:
-            self.models = bundle.load(models, dtype or "float32", parser_dtype or "float32")
-            self.weights = models
+            self.weights = weights_folder.resolve(models)
+            if models is weights_folder.FIND:
+                logger.info(weights_folder.describe(self.weights))
+            self.models = bundle.load(self.weights, dtype or "float32", parser_dtype or "float32")
         if out_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="barbershop-jax-")
             out_dir = self._tmp.name

@@ -25,8 +25,8 @@ SHOWN = 256  # px: images smaller than this are shown enlarged (nearest neighbou
 STEP_LABELS = {"w_steps": "W+ steps", "fs_steps": "FS steps", "inpaint_steps": "inpainting steps (each round)",
                "align_steps1": "alignment steps 1", "align_steps2": "alignment steps 2", "blend_steps": "blend steps"}
 EMBEDDED_BANNER = ("**The embedded tiny models** ({size} px, fixed random weights) run the whole pipeline, with "
-                   "reduced step counts; **random weights give no real hairstyle**. For real transfers convert "
-                   "the official weights (README, \"Real weights\") and start `barbershop-jax serve --weights DIR`.")
+                   "reduced step counts; **random weights give no real hairstyle**. For real transfers get the "
+                   "official weights with `barbershop-jax weights download` and start `barbershop-jax serve` again.")
 log = logging.getLogger("barbershop_jax")
 # Gradio's own clean-up of its temporary files (outputs, and the uploads of a job refused before
 # it ran): every 10 minutes, those older than an hour; all of them when the server stops.
