@@ -48,10 +48,10 @@ def test_a_command_names_its_weights_in_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv(weights_folder.ENV, str(tmp_path / "w"))
     assert cli.main(["--no-compile-cache", "embed", "x.png", "--out", str(tmp_path / "out")]) == 0
     assert used == [tmp_path / "w"]
-    err = capsys.readouterr().err
-    assert f"barbershop-jax: weights: {tmp_path / 'w'} (the default folder), StyleGAN2 at 64 px" in err
+    out = capsys.readouterr().out
+    assert f"barbershop-jax: weights: {tmp_path / 'w'} (the default folder), StyleGAN2 at 64 px" in out
     assert cli.main(["--no-compile-cache", "embed", "x.png", "--weights", "embedded", "--out", str(tmp_path / "o")]) == 0
-    assert used[-1] is None and "embedded tiny models" in capsys.readouterr().err
+    assert used[-1] is None and "embedded tiny models" in capsys.readouterr().out
 
 
 def test_hair_transfer_uses_the_default_folder(monkeypatch, tmp_path):

@@ -246,7 +246,7 @@ def _resolve_weights(args):
     from barbershop_jax.models import weights_folder
     if args.command in WEIGHTS_COMMANDS:
         args.weights = weights_folder.resolve(weights_folder.FIND if args.weights is None else args.weights)
-        print(f"barbershop-jax: {weights_folder.describe(args.weights)}", file=sys.stderr)
+        print(f"barbershop-jax: {weights_folder.describe(args.weights)}")  # stdout: stderr carries the errors
 
 
 def _run(args) -> int:
