@@ -58,19 +58,20 @@ class Plan:
             found = f"{s.total - s.todo} found in the output folder, " if s.total - s.todo else ""
             work = (f"{s.batches} batch{'es' if s.batches != 1 else ''} of up to {s.batch_size} x {s.steps} steps"
                     if s.todo and s.steps else "nothing to run")
-            rate = "" if s.seconds is None or not s.todo else f": about {_duration(s.seconds)}"
+            rate = "" if s.seconds is None or not s.todo else f": about {duration(s.seconds)}"
             lines.append(f"  {s.stage}: {s.total} {s.unit}{'s' if s.total != 1 else ''} ({found}{work}){rate}")
         unmeasured = [s.stage for s in self.stages if s.seconds is None]
         if unmeasured:
             lines.append(f"  predicted time: not known yet ({', '.join(unmeasured)} never measured on this machine "
                          "at this size and batch size; this run measures them)")
         else:
-            lines.append(f"  predicted time: about {_duration(self.seconds)} of optimisation steps, from the steps "
+            lines.append(f"  predicted time: about {duration(self.seconds)} of optimisation steps, from the steps "
                          "measured here before (compilation not counted)")
         return "\n".join(lines)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A predicted time as people say it: "40 s", "12 min", "2.5 h"."""
     if seconds < 60:
         return f"{seconds:.0f} s"
     minutes = seconds / 60
@@ -92,21 +93,44 @@ def plan(pipelines: dict, triples, edits=None, regions=None, *, dtype="float32",
             images.update(pipeline.context.sources)
             _count_transfers(pipeline.context, quads, counts)
     store = cache_lib.EmbeddingCache(ctx.layout.root, cache_lib.embedding_weights(ctx.models))
-    embed_cfg, cfg = ctx.embed_cfg, ctx.cfg
+    embed_cfg = ctx.embed_cfg
 
     def todo(path_of, key_of):  # --fresh: only what this run makes is reused, so every entry is to do
         return sum(not (ctx.reuse.allows(key := key_of(s.image_hash, embed_cfg))
                         and cache_lib.key_matches(path_of(s.name), key)) for s in images.values())
-    steps = {"W+ embedding": embed_cfg.w_steps, "FS embedding": embed_cfg.fs_steps,
-             "Alignment": 2 * cfg.inpaint_steps + cfg.align_steps1 + cfg.align_steps2,  # with the target mask
-             "Blend": cfg.blend_steps}
     counts.update({"W+ embedding": (len(images), todo(ctx.layout.w_plus, store.w_key)),
                    "FS embedding": (len(images), todo(ctx.layout.fs, store.fs_key))})
-    batch_size = ctx.settings.batch_size
-    measured, where = step_times.read(), step_times.context(ctx.size, dtype, batch_size)
-    stages = [StagePlan(name, unit, *counts[name], steps[name], batch_size,
-                        step_times.seconds_per_step(measured, where, name)) for name, unit in STAGES]
-    return Plan(len(triples), stages, title)
+    return predict(counts, stage_steps(embed_cfg, ctx.cfg), ctx.size, dtype, ctx.settings.batch_size,
+                   transfers=len(triples), title=title)
+
+
+def stage_steps(embed_cfg, cfg) -> dict:
+    """The optimisation steps of one batch of each stage (STAGES' names) under these configs
+    (EmbedConfig, TransferConfig)."""
+    return {"W+ embedding": embed_cfg.w_steps, "FS embedding": embed_cfg.fs_steps,
+            "Alignment": 2 * cfg.inpaint_steps + cfg.align_steps1 + cfg.align_steps2,  # with the target mask
+            "Blend": cfg.blend_steps}
+
+
+def predict(counts: dict, steps: dict, size: int, dtype: str, batch_size: int, *, transfers: int,
+            title: str = "") -> Plan:
+    """The plan of work counted beforehand: counts {stage: (total, todo)} of distinct items,
+    steps {stage: steps per batch} (stage_steps), timed from the steps this machine measured
+    before for a `size` px generator computing in `dtype` at `batch_size` (step_times.py)."""
+    measured, where = step_times.read(), step_times.context(size, dtype, batch_size)
+    return Plan(transfers, [StagePlan(name, unit, *counts[name], steps[name], batch_size,
+                                      step_times.seconds_per_step(measured, where, name)) for name, unit in STAGES],
+                title)
+
+
+def distinct_work(triples) -> dict:
+    """{stage: distinct items} of transferring `triples` of image names, (face, shape, color)
+    or with a structure reference (default: the shape), as a run counts them: each image
+    embedded once, each alignment and each triple done once however many triples share it."""
+    quads = [(*t[:3], t[3] if len(t) == 4 and t[3] is not None else t[1]) for t in triples]
+    images = {name for t in quads for name in t}
+    return {"W+ embedding": len(images), "FS embedding": len(images),
+            "Alignment": len({a for t in quads for a in alignments(t)}), "Blend": len(set(quads))}
 
 
 def _count_transfers(ctx, quads, counts):

@@ -40,16 +40,22 @@ def default_dir() -> Path:
     return Path(root) / "barbershop-jax" / "xla"
 
 
-def enable(path=None) -> Path | None:
-    """Turn the cache on (idempotent). Returns its folder, or None when it is off."""
+def cache_dir(path=None) -> Path | None:
+    """The folder enable(path) uses (this creates nothing): JAX's own setting where one was made,
+    else `path` or $BARBERSHOP_JAX_COMPILE_CACHE, else default_dir(); None when that is "off"."""
     setting = str(path) if path is not None else os.environ.get(ENV, "")
     if setting.strip().lower() in _OFF:
         return None
     current = jax.config.jax_compilation_cache_dir
-    if current:
-        return Path(current)
+    return Path(current) if current else Path(setting) if setting else default_dir()
+
+
+def enable(path=None) -> Path | None:
+    """Turn the cache on (idempotent). Returns its folder, or None when it is off."""
+    folder = cache_dir(path)
+    if folder is None or jax.config.jax_compilation_cache_dir:
+        return folder
     max_bytes = max_size_bytes()  # first: a bad setting stops the run before anything changes
-    folder = Path(setting) if setting else default_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
