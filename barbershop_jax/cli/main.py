@@ -184,6 +184,15 @@ def serve(args):
     return 0
 
 
+def doctor(args):
+    import json
+
+    from barbershop_jax.pipeline import doctor as doctor_lib
+    report = doctor_lib.report(args.weights)
+    print(json.dumps(report, indent=1) if args.json else doctor_lib.text(report))
+    return 0
+
+
 def _log_to_stderr():
     """The library's INFO and above (resumed loops, skipped images) as one line each."""
     import logging

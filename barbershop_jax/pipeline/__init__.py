@@ -15,7 +15,7 @@ checkpoints, non-finite guard, background writes), context.py (a run's models, s
 layout, images and keys), loop_hook.py (progress, checkpoints and stop requests inside the
 loops). The entry points: hair_transfer.py (HairTransfer, the Python API), transfer_job.py
 (`barbershop-jax transfer` as one call, returning its report), grid.py, plan.py, demo.py,
-evaluate.py. The infrastructure, one package each:
+evaluate.py, doctor.py (what a run will do on this machine). The infrastructure, one package each:
 
     store/      the output folder: its layout (every file name), cache entries and keys,
                 records, checkpoints (resume), step times, the manifest and results CSVs
