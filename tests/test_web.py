@@ -55,6 +55,7 @@ def served(tmp_path_factory):
                     pca_lib.pca_stats(g, 2000, jax.random.PRNGKey(2)))
     patch = pytest.MonkeyPatch()
     patch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
+    patch.setenv("BARBERSHOP_JAX_WEIGHTS", str(tmp_path_factory.mktemp("weights")))  # the page's report reads it
     port = _free_port()
     server, page = web.serve(None, "127.0.0.1", port, tmp_path_factory.mktemp("served"), block=False,
                              batch_size=2, steps=STEPS)
@@ -83,6 +84,12 @@ def test_serves_on_localhost_with_the_embedded_banner(served):
     config = Client(url, verbose=False).config
     texts = " ".join(str(c.get("props", {}).get("value", "")) for c in config["components"])
     assert "embedded tiny models" in texts and "random weights give no real hairstyle" in texts
+    # "This machine": barbershop-jax doctor's report, made as the page was built.
+    report = next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "machine-report")
+    assert "**backend: cpu**" in report and f"jax {jax.__version__}" in report
+    assert "weights: the embedded tiny models (64 px" in report
+    assert "predicted time (64 px, float32, batch size 2, the page's default step counts):" in report
+    assert any(c["props"].get("label") == "This machine (barbershop-jax doctor)" for c in config["components"])
 
 
 def test_one_transfer_gives_images_and_downloads(client, served):

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from barbershop_jax.config import SIGNS, TransferConfig
-from barbershop_jax.pipeline import demo
+from barbershop_jax.pipeline import demo, doctor
 from barbershop_jax.pipeline import grid as grid_lib
 from barbershop_jax.web import jobs
 
@@ -265,6 +265,8 @@ def build(server: jobs.Server) -> gr.Blocks:
                     "(non-square ones are aligned).")
         if server.embedded:
             gr.Markdown(EMBEDDED_BANNER.format(size=server.size), elem_id="embedded-banner")
+        with gr.Accordion("This machine (barbershop-jax doctor)", open=False):
+            gr.Markdown(doctor.markdown(server.machine_report()), elem_id="machine-report")
         with gr.Tab("Transfer"):
             with gr.Row():
                 face = _upload("Face photo", elem_id="face")
