@@ -55,7 +55,6 @@ def served(tmp_path_factory):
                     pca_lib.pca_stats(g, 2000, jax.random.PRNGKey(2)))
     patch = pytest.MonkeyPatch()
     patch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
-    patch.setenv("BARBERSHOP_JAX_WEIGHTS", str(tmp_path_factory.mktemp("weights")))  # the page's report reads it
     port = _free_port()
     server, page = web.serve(None, "127.0.0.1", port, tmp_path_factory.mktemp("served"), block=False,
                              batch_size=2, steps=STEPS)

@@ -187,8 +187,9 @@ def serve(args):
 def doctor(args):
     import json
 
+    from barbershop_jax.models import weights_folder
     from barbershop_jax.pipeline import doctor as doctor_lib
-    report = doctor_lib.report(args.weights)
+    report = doctor_lib.report(weights_folder.FIND if args.weights is None else args.weights)
     print(json.dumps(report, indent=1) if args.json else doctor_lib.text(report))
     return 0
 

@@ -38,10 +38,11 @@ GRID_COMMAND = "barbershop-jax transfer --faces FACES_DIR --hairstyles HAIRSTYLE
 NOT_RECORDED = "not recorded"
 
 
-def report(weights=None, *, batch_size: int = DEFAULT_BATCH_SIZE, dtype: str = "float32", steps=None,
+def report(weights=weights_folder.FIND, *, batch_size: int = DEFAULT_BATCH_SIZE, dtype: str = "float32", steps=None,
            steps_name: str = "the step counts given") -> dict:
-    """The facts of this machine for a run with `weights` (as --weights takes it: None for the
-    default folder, else the embedded models; "embedded"; or a folder), at `batch_size` and
+    """The facts of this machine for a run with `weights` (as weights_folder.resolve takes it:
+    FIND, the default folder where it holds converted weights, else the embedded models; None
+    or "embedded": the embedded models; else a folder), at `batch_size` and
     computing in `dtype`. steps: the step counts of the predicted runs (EmbedConfig and
     TransferConfig fields; default: the demo's for the embedded models, else the official),
     named `steps_name` in the report.
@@ -127,7 +128,7 @@ def weights_report(weights) -> dict:
     facts = {"folder": None if folder is None else str(folder), "default_folder": str(default),
              "default_holds_weights": weights_folder.holds_weights(default), "warnings": []}
     if folder is None:
-        return {**facts, "embedded": True, "chosen": str(weights) == weights_folder.EMBEDDED,
+        return {**facts, "embedded": True, "chosen": weights is not weights_folder.FIND,
                 "resolution": stylegan2.tiny_config().size, "get": weights_folder.GET_WEIGHTS}
     missing = [m for m in weights_folder.MODELS if not (folder / m / "config.json").is_file()]
     if missing:

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from barbershop_jax.config import DEFAULT_BATCH_SIZE, MAX_SEED, EmbedConfig, TransferConfig, split_options
-from barbershop_jax.models.weights_folder import EMBEDDED
 from barbershop_jax.pipeline import demo
 from barbershop_jax.pipeline import doctor
 from barbershop_jax.pipeline.files import contact_sheet
@@ -144,8 +143,7 @@ class Server:
     def machine_report(self) -> dict:
         """`barbershop-jax doctor`'s facts for this server: its weights, batch size, dtype and
         default step counts (doctor.report; no model runs)."""
-        weights = EMBEDDED if self.embedded else self.transfer.weights
-        return doctor.report(weights, batch_size=self.transfer.run.batch_size, dtype=self.transfer.dtype,
+        return doctor.report(self.transfer.weights, batch_size=self.transfer.run.batch_size, dtype=self.transfer.dtype,
                              steps=self.default_steps, steps_name="the page's default step counts")
 
     # ------------------------------------------------------------------ uploads
