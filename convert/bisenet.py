@@ -15,7 +15,7 @@ import numpy as np
 from barbershop_jax.models import bisenet
 from barbershop_jax.models.bisenet import BiSeNetConfig
 
-from .common import ConversionError, check_keys, check_tensors, to_numpy, torch_load
+from .common import ConversionError, check_keys, check_tensors, file_sha256, to_numpy, torch_load
 
 WHAT = "BiSeNet face parser (ResNet18 context path)"
 HEAD_KEY = "conv_out.conv_out.weight"
@@ -146,7 +146,7 @@ def convert(src):
         if name.endswith("running_var") and float(value.min()) < 0:
             raise ConversionError(f"{src}: {name} has negative variances")
     params = jax.tree.map(np.asarray, params_from_state_dict(sd))
-    return bisenet.FaceParser(params=params, config=config), {"source": str(src)}
+    return bisenet.FaceParser(params=params, config=config), {"source": str(src), "source_sha256": file_sha256(src)}
 
 
 def run(src, dst, overwrite=False, log=print):

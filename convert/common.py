@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -54,6 +55,12 @@ def torch_load(src) -> dict:
     except Exception as e:  # noqa: BLE001 (whatever torch raises on a damaged file, it is one line)
         raise ConversionError(f"{name}: not a readable PyTorch checkpoint, truncated or corrupt "
                               f"({_first_line(e)})") from None
+
+
+def file_sha256(path) -> str:
+    """The file's sha256 (hex): converted models record their checkpoint's in config.json."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _first_line(e: BaseException) -> str:

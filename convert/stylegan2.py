@@ -18,7 +18,7 @@ from barbershop_jax.models import pca as pca_lib
 from barbershop_jax.models import stylegan2, stylegan2_layers
 from barbershop_jax.models.stylegan2 import GeneratorConfig
 
-from .common import ConversionError, check_keys, check_tensors, to_numpy, torch_load
+from .common import ConversionError, check_keys, check_tensors, file_sha256, to_numpy, torch_load
 
 WHAT = "rosinality StyleGAN2 generator"
 
@@ -171,7 +171,7 @@ def convert(src, size=None, channel_multiplier=None, n_mean_latent=4096, seed=0)
     params, noise = params_from_state_dict(sd, config)
     model = stylegan2.StyleGAN2(params=jax.tree.map(np.asarray, params), noise_const=noise,
                                 latent_avg=np.zeros(config.style_dim, np.float32), config=config)
-    info = {"source": str(src)}
+    info = {"source": str(src), "source_sha256": file_sha256(src)}
     if latent_avg is not None:
         latent_avg = to_numpy(latent_avg).reshape(-1)
         if latent_avg.shape != (config.style_dim,):

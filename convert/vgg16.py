@@ -10,7 +10,6 @@ weights-only loader reads too. The OIHW -> HWIO transposes happen here and nowhe
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 from barbershop_jax.models import vgg16
 from barbershop_jax.models.vgg16 import TAPS, TORCH_CONV_INDEX, VGG16Config
 
-from .common import ConversionError, check_keys, check_tensors, to_numpy, torch_load
+from .common import ConversionError, check_keys, check_tensors, file_sha256, to_numpy, torch_load
 
 WHAT = "torchvision VGG16"
 LPIPS_WHAT = "LPIPS VGG linear-layer"
@@ -69,14 +68,6 @@ def lins_from_state_dict(sd) -> dict:
 
 
 # ------------------------------------------------------------------ entry points
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def convert(src, lpips_weights=None):
     """Read and check both files; returns (VGG16, info dict). Writes nothing."""
     config = VGG16Config()
@@ -93,7 +84,8 @@ def convert(src, lpips_weights=None):
     for tap, w in model.lpips_lin.items():
         if not np.all(np.isfinite(w)):
             raise ConversionError(f"{lpips_path}: the {tap} linear weights are not finite")
-    info = {"source": str(src), "lpips_weights": str(lpips_path), "lpips_sha256": _sha256(lpips_path),
+    info = {"source": str(src), "source_sha256": file_sha256(src), "lpips_weights": str(lpips_path),
+            "lpips_sha256": file_sha256(lpips_path),
             "classifier": "skipped" if len(features) < len(sd) else "absent"}
     return model, info
 
