@@ -26,6 +26,8 @@ from .common import ConversionError
 
 # model folder -> the kinds of checkpoint it is converted from (download.KINDS)
 MODEL_FILES = {"stylegan2": ("stylegan2",), "bisenet": ("bisenet",), "vgg16": ("vgg16", "lpips")}
+# the kind of checkpoint -> the key of the converted model's record ("converted" in its config.json) naming it
+SOURCE_KEYS = {"stylegan2": "source", "bisenet": "source", "vgg16": "source", "lpips": "lpips_weights"}
 SOURCES = "sources.json"
 DOWNLOADS = ".downloads"
 LOCK = ".weights-download.lock"
@@ -120,6 +122,7 @@ def _convert(files: dict, models: list, staging: Path, settings: Settings, log):
     for model in models:
         try:
             steps[model]()
+            _name_sources(staging / model, [files[kind] for kind in MODEL_FILES[model]])
         except ConversionError as e:
             bad = [files[kind] for kind in MODEL_FILES[model] if files[kind].downloaded and not files[kind].verified]
             for f in bad:
@@ -127,6 +130,16 @@ def _convert(files: dict, models: list, staging: Path, settings: Settings, log):
             note = f" (the download of {', '.join(f.entry.name for f in bad)} was deleted: the next run fetches " \
                    f"it again)" if bad else ""
             raise ConversionError(f"{e}{note}") from None
+
+
+def _name_sources(model_dir: Path, fetched: list):
+    """The converted record names where each checkpoint came from (its URL, or the user's own
+    file) rather than the downloads folder's copy, which goes once the models are in place."""
+    config = model_dir / "config.json"
+    meta = json.loads(config.read_text())
+    for f in fetched:
+        meta["converted"][SOURCE_KEYS[f.entry.kind]] = f.source if f.downloaded else str(f.path)
+    config.write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def _kept_records(folder: Path, models: list) -> list:

@@ -225,9 +225,10 @@ def test_complete_download_and_conversion(complete, checkpoints):
         "lpips": ("vgg.pth", sha256(checkpoints["lpips"]), True)}
     assert sources["bisenet"]["licence"] == "the bisenet test licence"
     assert sources["bisenet"]["url"].endswith("/seg.pth")
-    for model, kind in (("stylegan2", "stylegan2"), ("bisenet", "bisenet"), ("vgg16", "vgg16")):
-        converted = json.loads((folder / model / "config.json").read_text())["converted"]
-        assert converted["source_sha256"] == sha256(checkpoints[kind])
+    for kind in weights_folder.MODELS:  # each model's record names its checkpoint's URL and sha256
+        converted = json.loads((folder / kind / "config.json").read_text())["converted"]
+        assert (converted["source"], converted["source_sha256"]) == (sources[kind]["url"], sha256(checkpoints[kind]))
+    assert converted["lpips_weights"] == sources["lpips"]["url"]
     assert json.loads((folder / "stylegan2" / "config.json").read_text())["config"]["size"] == 64
     lines = out.splitlines()
     assert f"ffhq.pt: sha256 {sha256(checkpoints['stylegan2'])}: unverified (the manifest gives no sha256)" in lines
@@ -251,17 +252,20 @@ def test_a_transfer_then_uses_the_default_folder(complete, tmp_path):
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     # Coordinated with the lead's wiring of the default folder into the commands: cli/main.py
-    # prints weights_folder.describe()'s line.
-    assert f"barbershop-jax: weights: {folder} (the default folder), StyleGAN2 at 64 px" in done.stderr.splitlines()
+    # prints weights_folder.describe()'s line, on stdout.
+    assert f"barbershop-jax: weights: {folder} (the default folder), StyleGAN2 at 64 px" in done.stdout.splitlines()
     assert list((tmp_path / "out").glob("face_shape_color_*.png"))
 
 
-def test_a_rerun_after_success_has_nothing_to_do(complete, checkpoints, tmp_path, capsys):
+def test_a_rerun_after_success_has_nothing_to_do(complete, checkpoints, tmp_path, monkeypatch, capsys):
     folder, _ = complete
+    monkeypatch.setenv(weights_folder.ENV, str(folder))  # now the default folder
     nowhere = {kind: [closed_port_url(checkpoints[kind].name)] for kind in download.KINDS}  # no network either
     before = snapshot(folder)
     assert weights(folder, write_manifest(tmp_path / "m.json", checkpoints, nowhere)) == 0
-    assert "holds the converted weights already; nothing to do" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines() == [
+        f"{folder}: holds the converted weights already; nothing to do (--overwrite downloads and converts them again)",
+        f"weights: {folder} (the default folder): every command now uses them without --weights"]
     assert snapshot(folder) == before
 
 
@@ -420,6 +424,8 @@ def test_from_a_folder_laid_out_like_the_official_code(checkpoints, state, tmp_p
     assert {k: f["url"] for k, f in sources.items()} == {**{k: f"from {p}" for k, p in places.items()},
                                                          "bisenet": state.url("seg.pth")}
     assert all(place.is_file() for place in places.values())  # read in place, left alone
+    converted = json.loads((folder / "vgg16" / "config.json").read_text())["converted"]
+    assert (converted["source"], converted["lpips_weights"]) == (str(places["vgg16"]), str(places["lpips"]))
     assert visible(folder) == ["bisenet", "sources.json", "stylegan2", "vgg16"]
 
 
