@@ -1,0 +1,170 @@
+"""Where a cold run's time goes: tracing, lowering to StableHLO, XLA compilation (per program),
+optimisation steps, and the rest (image decoding, writes, Python), for a run with an empty
+compile cache into a new folder ("cold") and the same run with the cache it left ("warm").
+
+Each run is a fresh Python process (JAX keeps its compiled programs in memory), timed from its
+start to its exit. JAX reports each program's trace, lowering and compile time through
+jax.monitoring; the steps' time is what the progress bars measured (the step-times file).
+
+    python benchmarks/cold_start.py                       # the demo on the embedded models
+    python benchmarks/cold_start.py --workload transfer256  # one transfer, 256 px full-width generator
+
+Writes benchmarks/results/cold-start_{workload}_{date}_{machine}.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace",
+          "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+          "/jax/core/compile/backend_compile_duration": "compile",
+          "/jax/compilation_cache/cache_retrieval_time_sec": "cache_read"}
+WORKLOADS = ("demo", "transfer256")
+
+
+# ------------------------------------------------------------------ the child: one run, measured
+def _listen(programs: dict):
+    """Sum each program's trace, lowering and compile (or cache read) times; the cache reads
+    are JAX's events without a program name, and fall under "" (inside the compile times)."""
+    import jax
+
+    def on_duration(event, seconds, **kwargs):
+        kind = EVENTS.get(event)
+        if kind is not None:
+            name = kwargs.get("fun_name") or "?"
+            name = name[4:-1] if name.startswith("jit(") else name  # lowering and compiling say jit(f), tracing f
+            entry = programs["" if kind == "cache_read" else name]
+            entry[kind] += seconds
+            entry[kind + "_n"] += 1
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+
+
+def _run_demo(out_dir, loop):
+    from barbershop_jax.pipeline import demo
+    # progress=True: the bars measure the steps (their output goes to the child's log file)
+    demo.run_transfer(out_dir, progress=True, log=lambda *a: None, steps={**demo.DEMO_STEPS, **loop})
+
+
+def _run_transfer256(out_dir, loop):
+    import jax
+    from barbershop_jax.models import bundle, embedded, stylegan2
+    from barbershop_jax.models import pca as pca_lib
+    from barbershop_jax.pipeline import demo
+    from barbershop_jax.pipeline.hair_transfer import HairTransfer
+    from barbershop_jax.pipeline.runtime.settings import RunSettings
+
+    config = stylegan2.StyleGAN2Config(size=256, channel_multiplier=2)
+    g = stylegan2.init(config, jax.random.PRNGKey(0))
+    models = bundle.Models(g, embedded.parser(), embedded.vgg(), pca_lib.pca_stats(g, 20_000, jax.random.PRNGKey(2)))
+    images = demo.example_images()
+    ht = HairTransfer(models, out_dir, run=RunSettings(progress=True), **demo.DEMO_STEPS, **loop)
+    ht.transfer(images["face"], images["shape"], images["color"])
+    ht.save_step_times()
+
+
+def child(workload: str, out_dir: str, report: str, loop: str):
+    started = time.perf_counter()
+    programs = collections.defaultdict(lambda: collections.defaultdict(float))
+    _listen(programs)
+    imported = time.perf_counter()
+    {"demo": _run_demo, "transfer256": _run_transfer256}[workload](out_dir, json.loads(loop))
+    ran = time.perf_counter()
+    Path(report).write_text(json.dumps({"import_s": imported - started, "run_s": ran - imported,
+                                        "programs": {k: dict(v) for k, v in programs.items()}}))
+
+
+# ------------------------------------------------------------------ the parent: cold, then warm
+def _steps_seconds(step_times_file: Path) -> float:
+    if not step_times_file.exists():
+        return 0.0
+    data = json.loads(step_times_file.read_text())
+    return sum(seconds for stages in data.values() for _, seconds in stages.values())
+
+
+def measure(workload: str, phase: str, cache: Path, work: Path, loop: dict) -> dict:
+    """One run in a fresh process: its wall time and where it went."""
+    out_dir, report, step_times = work / f"out-{phase}", work / f"{phase}.json", work / f"steps-{phase}.json"
+    env = {**os.environ, "BARBERSHOP_JAX_COMPILE_CACHE": str(cache), "BARBERSHOP_JAX_STEP_TIMES": str(step_times)}
+    env.pop("BARBERSHOP_JAX_LOOP", None)  # the production loops, as a user runs them (or --loop's)
+    started = time.perf_counter()
+    with open(work / f"{phase}.log", "w") as log:
+        subprocess.run([sys.executable, __file__, "--child", workload, str(out_dir), str(report), json.dumps(loop)],
+                       env=env, check=True, stderr=log)
+    wall = time.perf_counter() - started
+    data = json.loads(report.read_text())
+    totals = {kind: sum(p.get(kind, 0.0) for p in data["programs"].values()) for kind in EVENTS.values()}
+    reads = data["programs"].get("", {}).get("cache_read_n", 0)
+    steps = _steps_seconds(step_times)
+    compile_total = totals["compile"] - totals["cache_read"]  # JAX's compile event spans a cache read too
+    accounted = totals["trace"] + totals["lower"] + totals["compile"] + steps
+    return {"phase": phase, "wall_s": wall, "import_s": data["import_s"], "trace_s": totals["trace"],
+            "lower_s": totals["lower"], "compile_s": compile_total, "cache_read_s": totals["cache_read"],
+            "steps_s": steps, "rest_s": data["run_s"] - accounted,
+            "startup_s": wall - data["run_s"] - data["import_s"],
+            "programs_compiled": sum(int(p.get("compile_n", 0)) for p in data["programs"].values()) - reads,
+            "programs_read": int(reads), "programs": data["programs"]}
+
+
+COLUMNS = ("wall_s", "startup_s", "import_s", "trace_s", "lower_s", "compile_s", "cache_read_s", "steps_s", "rest_s")
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Cold start: {result['workload']}, loops {result['loop']} ({result['machine']}, {result['date']})", "",
+             "| run | " + " | ".join(c.removesuffix("_s") for c in COLUMNS) + " | programs compiled | read from cache |",
+             "|---" * (len(COLUMNS) + 3) + "|"]
+    for run in result["runs"]:
+        lines.append(f"| {run['phase']} | " + " | ".join(f"{run[c]:.1f}" for c in COLUMNS)
+                     + f" | {run['programs_compiled']} | {run['programs_read']} |")
+    cold = result["runs"][0]["programs"]
+    heaviest = sorted(((k, v) for k, v in cold.items() if k), key=lambda kv: -(kv[1].get("compile", 0)
+                                                                             + kv[1].get("lower", 0)
+                                                                             + kv[1].get("trace", 0)))[:12]
+    lines += ["", "Heaviest programs of the cold run (seconds):", "",
+              "| program | trace | lower | compile | compiles |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {p.get('trace', 0):.1f} | {p.get('lower', 0):.1f} | {p.get('compile', 0):.1f} | "
+              f"{int(p.get('compile_n', 0))} |" for name, p in heaviest]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workload", choices=WORKLOADS, default="demo")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--loop", metavar="CHUNK,rolled|unrolled",
+                   help="the loops' chunking (default: the backend's, stages/loop.py loop_defaults)")
+    p.add_argument("--child", nargs=4, metavar=("WORKLOAD", "OUT_DIR", "REPORT", "LOOP"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(*args.child)
+    loop = {}
+    if args.loop:
+        chunk, kind = args.loop.split(",")
+        loop = {"chunk": int(chunk), "unroll": kind == "unrolled"}
+    import result_names
+    with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
+        work = Path(tmp)
+        runs = [measure(args.workload, phase, work / "xla-cache", work, loop) for phase in ("cold", "warm")]
+    stem = result_names.stem("cold-start", args.workload + (f"-loop{args.loop.replace(',', '-')}" if args.loop else ""))
+    result = {"workload": args.workload, "loop": args.loop or "default", "machine": result_names.machine(),
+              "date": stem.split("_")[2], "runs": runs}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(markdown(result))
+    print(markdown(result))
+    print(f"wrote {out / stem}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
