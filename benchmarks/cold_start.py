@@ -54,6 +54,8 @@ def _run_demo(out_dir, loop):
     from barbershop_jax.pipeline import demo
     # progress=True: the bars measure the steps (their output goes to the child's log file)
     demo.run_transfer(out_dir, progress=True, log=lambda *a: None, steps={**demo.DEMO_STEPS, **loop})
+    from barbershop_jax.pipeline.store import step_times
+    step_times.save_measured(64, "float32")  # what the bars measured (the demo keeps no step times)
 
 
 def _run_transfer256(out_dir, loop):
@@ -64,7 +66,7 @@ def _run_transfer256(out_dir, loop):
     from barbershop_jax.pipeline.hair_transfer import HairTransfer
     from barbershop_jax.pipeline.runtime.settings import RunSettings
 
-    config = stylegan2.StyleGAN2Config(size=256, channel_multiplier=2)
+    config = stylegan2.GeneratorConfig(size=256, channel_multiplier=2)
     g = stylegan2.init(config, jax.random.PRNGKey(0))
     models = bundle.Models(g, embedded.parser(), embedded.vgg(), pca_lib.pca_stats(g, 20_000, jax.random.PRNGKey(2)))
     images = demo.example_images()

@@ -103,14 +103,15 @@ def loop_defaults(platform: str | None = None) -> tuple[int, bool]:
     Accelerators: 10 steps in a rolled `lax.scan` (10 divides every official step count:
     1100, 250, 80, 140, 100, 400, so no chunk runs idle steps; at 1024 px a chunk is about
     0.1 s of device time, against well under a millisecond of dispatch between chunks).
-    CPU: 4 steps, unrolled, because XLA:CPU runs convolutions inside a loop body about 2.5x
-    slower than the same step outside one (benchmarks/README.md); a 4-step unrolled chunk costs
-    4x the compile time of one step and saves most of that loss.
+    CPU: 2 steps, unrolled. XLA:CPU runs convolutions inside a rolled loop body much slower than
+    outside one, and a chunk of a single step runs slower still; two unrolled steps run as fast
+    per step as four at 64 and 256 px and compile in less time, which is most of a cold run on
+    a CPU (benchmarks/README.md, "Cold start").
 
     A config's `chunk` and `unroll` fields override these (`chunking_of`).
     """
     platform = platform or jax.default_backend()
-    return (4, True) if platform == "cpu" else (10, False)
+    return (2, True) if platform == "cpu" else (10, False)
 
 
 def chunking_of(cfg) -> Chunking:
