@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from barbershop_jax.models import weights_folder
 from barbershop_jax.models.weights_folder import MODELS
 from barbershop_jax.pipeline.runtime.stopping import shielded
 
@@ -70,7 +71,7 @@ def run(folder, manifest=None, from_folder=None, settings: Settings = Settings()
 
 def _run_locked(folder: Path, entries: dict, from_folder, settings: Settings, log) -> list:
     _recover(folder, log)
-    models = [m for m in MODELS if settings.overwrite or not (folder / m / "config.json").is_file()]
+    models = list(MODELS) if settings.overwrite else weights_folder.missing_models(folder)
     if not models:
         log(f"{folder}: holds the converted weights already; nothing to do (--overwrite downloads and converts "
             "them again)")

@@ -38,9 +38,14 @@ def default_folder() -> Path:
     return platformdirs.user_cache_path("barbershop-jax", appauthor=False) / "weights"
 
 
+def missing_models(folder) -> list[str]:
+    """The models (of MODELS) that `folder` does not hold converted (no config.json of theirs)."""
+    return [model for model in MODELS if not (Path(folder) / model / "config.json").is_file()]
+
+
 def holds_weights(folder) -> bool:
     """Whether `folder` holds the three converted models (each with its config.json)."""
-    return all((Path(folder) / model / "config.json").is_file() for model in MODELS)
+    return not missing_models(folder)
 
 
 def find() -> Path | None:

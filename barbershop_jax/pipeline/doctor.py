@@ -130,7 +130,7 @@ def weights_report(weights) -> dict:
     if folder is None:
         return {**facts, "embedded": True, "chosen": weights is not weights_folder.FIND,
                 "resolution": stylegan2.tiny_config().size, "get": weights_folder.GET_WEIGHTS}
-    missing = [m for m in weights_folder.MODELS if not (folder / m / "config.json").is_file()]
+    missing = weights_folder.missing_models(folder)
     if missing:
         facts["warnings"].append(f"{folder}: no converted {', '.join(missing)} here (expected "
                                  f"{folder / missing[0] / 'config.json'}): a run with these weights fails")
