@@ -31,12 +31,17 @@ EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace",
           "/jax/core/compile/backend_compile_duration": "compile",
           "/jax/compilation_cache/cache_retrieval_time_sec": "cache_read"}
 WORKLOADS = ("demo", "transfer256")
+AHEAD, AHEAD_THREADS = "(ahead)", ("barbershop-jax-compile", "barbershop-jax-rehearsal")
 
 
 # ------------------------------------------------------------------ the child: one run, measured
 def _listen(programs: dict):
     """Sum each program's trace, lowering and compile (or cache read) times; the cache reads
-    are JAX's events without a program name, and fall under "" (inside the compile times)."""
+    are JAX's events without a program name, and fall under "" (inside the compile times).
+    What the rehearsal's threads did (stages/rehearsal.py: compiled ahead, beside the run) is
+    also summed under AHEAD."""
+    import threading
+
     import jax
 
     def on_duration(event, seconds, **kwargs):
@@ -47,6 +52,8 @@ def _listen(programs: dict):
             entry = programs["" if kind == "cache_read" else name]
             entry[kind] += seconds
             entry[kind + "_n"] += 1
+            if threading.current_thread().name.startswith(AHEAD_THREADS):
+                programs[AHEAD][kind] += seconds
     jax.monitoring.register_event_duration_secs_listener(on_duration)
 
 
@@ -94,10 +101,11 @@ def _steps_seconds(step_times_file: Path) -> float:
     return sum(seconds for stages in data.values() for _, seconds in stages.values())
 
 
-def measure(workload: str, phase: str, cache: Path, work: Path, loop: dict) -> dict:
-    """One run in a fresh process: its wall time and where it went."""
+def measure(workload: str, phase: str, cache: Path, work: Path, loop: dict, ahead: bool = True) -> dict:
+    """One run in a fresh process: its wall time and where it went (ahead=False: no rehearsal)."""
     out_dir, report, step_times = work / f"out-{phase}", work / f"{phase}.json", work / f"steps-{phase}.json"
-    env = {**os.environ, "BARBERSHOP_JAX_COMPILE_CACHE": str(cache), "BARBERSHOP_JAX_STEP_TIMES": str(step_times)}
+    env = {**os.environ, "BARBERSHOP_JAX_COMPILE_CACHE": str(cache), "BARBERSHOP_JAX_STEP_TIMES": str(step_times),
+           "BARBERSHOP_JAX_COMPILE_AHEAD": "1" if ahead else "0"}
     env.pop("BARBERSHOP_JAX_LOOP", None)  # the production loops, as a user runs them (or --loop's)
     started = time.perf_counter()
     with open(work / f"{phase}.log", "w") as log:
@@ -105,6 +113,7 @@ def measure(workload: str, phase: str, cache: Path, work: Path, loop: dict) -> d
                        env=env, check=True, stderr=log)
     wall = time.perf_counter() - started
     data = json.loads(report.read_text())
+    ahead_s = data["programs"].pop(AHEAD, {})
     totals = {kind: sum(p.get(kind, 0.0) for p in data["programs"].values()) for kind in EVENTS.values()}
     reads = data["programs"].get("", {}).get("cache_read_n", 0)
     steps = _steps_seconds(step_times)
@@ -113,16 +122,23 @@ def measure(workload: str, phase: str, cache: Path, work: Path, loop: dict) -> d
     return {"phase": phase, "wall_s": wall, "import_s": data["import_s"], "trace_s": totals["trace"],
             "lower_s": totals["lower"], "compile_s": compile_total, "cache_read_s": totals["cache_read"],
             "steps_s": steps, "rest_s": data["run_s"] - accounted,
+            "ahead_s": sum(ahead_s.get(kind, 0.0) for kind in ("trace", "lower", "compile")),
             "startup_s": wall - data["run_s"] - data["import_s"],
             "programs_compiled": sum(int(p.get("compile_n", 0)) for p in data["programs"].values()) - reads,
             "programs_read": int(reads), "programs": data["programs"]}
 
 
-COLUMNS = ("wall_s", "startup_s", "import_s", "trace_s", "lower_s", "compile_s", "cache_read_s", "steps_s", "rest_s")
+COLUMNS = ("wall_s", "startup_s", "import_s", "trace_s", "lower_s", "compile_s", "cache_read_s", "steps_s", "rest_s",
+           "ahead_s")
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# Cold start: {result['workload']}, loops {result['loop']} ({result['machine']}, {result['date']})", "",
+    ahead = "" if result.get("compile_ahead", True) else ", no rehearsal"
+    lines = [f"# Cold start: {result['workload']}, loops {result['loop']}{ahead} ({result['machine']}, "
+             f"{result['date']})", "",
+             "Seconds. trace, lower, compile, cache_read: summed over every thread; ahead: the part of them on "
+             "the rehearsal's threads (stages/rehearsal.py), beside the run; rest: the run's time not in "
+             "those sums nor in the steps (so negative when the threads overlap).", "",
              "| run | " + " | ".join(c.removesuffix("_s") for c in COLUMNS) + " | programs compiled | read from cache |",
              "|---" * (len(COLUMNS) + 3) + "|"]
     for run in result["runs"]:
@@ -145,6 +161,8 @@ def main():
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--loop", metavar="CHUNK,rolled|unrolled",
                    help="the loops' chunking (default: the backend's, stages/loop.py loop_defaults)")
+    p.add_argument("--no-compile-ahead", action="store_true",
+                   help="runs without the rehearsal that compiles the later stages ahead (BARBERSHOP_JAX_COMPILE_AHEAD=0)")
     p.add_argument("--child", nargs=4, metavar=("WORKLOAD", "OUT_DIR", "REPORT", "LOOP"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -156,10 +174,13 @@ def main():
     import result_names
     with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
         work = Path(tmp)
-        runs = [measure(args.workload, phase, work / "xla-cache", work, loop) for phase in ("cold", "warm")]
-    stem = result_names.stem("cold-start", args.workload + (f"-loop{args.loop.replace(',', '-')}" if args.loop else ""))
-    result = {"workload": args.workload, "loop": args.loop or "default", "machine": result_names.machine(),
-              "date": stem.split("_")[2], "runs": runs}
+        runs = [measure(args.workload, phase, work / "xla-cache", work, loop, not args.no_compile_ahead)
+                for phase in ("cold", "warm")]
+    config = (args.workload + (f"-loop{args.loop.replace(',', '-')}" if args.loop else "")
+              + ("-no-ahead" if args.no_compile_ahead else ""))
+    stem = result_names.stem("cold-start", config)
+    result = {"workload": args.workload, "loop": args.loop or "default", "compile_ahead": not args.no_compile_ahead,
+              "machine": result_names.machine(), "date": stem.split("_")[2], "runs": runs}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")

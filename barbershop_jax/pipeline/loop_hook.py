@@ -93,3 +93,10 @@ class PipelineHook(LoopHook):
             raise resume.Interrupted(loop.desc or "a loop", done, n_steps, saved=checkpoint is not None,
                                      signum=resume.stop_signal())
 
+
+
+@dataclasses.dataclass
+class DevicesHook(LoopHook):
+    """The loops of a rehearsal (stages/rehearsal.py): sharded over the run's devices, with no
+    bar, checkpoint or stop request, which belong to the run itself."""
+    devices: object = None

@@ -18,7 +18,15 @@ only.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
+import logging
 import os
+import threading
+
+import jax
+import numpy as np
 
 from barbershop_jax.config import FEATHER, EmbedConfig, TransferConfig
 from barbershop_jax.models.bundle import Models
@@ -31,10 +39,14 @@ from barbershop_jax.pipeline.context import TransferContext
 from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline.files import sources as sources_lib
 from barbershop_jax.pipeline.parse import parse
+from barbershop_jax.pipeline.runtime import compile_ahead
 from barbershop_jax.pipeline.runtime.settings import RunSettings
 from barbershop_jax.pipeline.store import cache
 from barbershop_jax.pipeline.store.layout import Layout
 from barbershop_jax.pipeline.store.records import TransferResult, alignments
+from barbershop_jax.stages import rehearsal
+
+log = logging.getLogger("barbershop_jax")
 
 
 class Pipeline:
@@ -62,26 +74,66 @@ class Pipeline:
         given, quads = self.inputs(triples, edits)
         # Results are written on background threads while the next batch runs; all are on
         # disk when run returns (or raises).
-        with image_io.BackgroundWrites() as ctx.writes:
+        with self._rehearsal(quads), image_io.BackgroundWrites() as ctx.writes:
             try:
-                embedded = self.embed(list(ctx.sources.values()))
-                live = [t for t in quads if all(n in embedded for n in t)]
-                pairs = list(dict.fromkeys(a for t in live for a in alignments(t)))
-                with ctx.timed("parsing"):
-                    parse(ctx, [ctx.sources[n] for n in dict.fromkeys(n for a in pairs for n in a)])
-                aligned, todo = align_stage.found(ctx, pairs)
-                with align_stage.progress(ctx, todo) as bar:  # one bar, "Alignment", over both stages
-                    targets = target_mask_stage.target_masks(ctx, todo, bar)
-                    aligned.update(align_stage.align(ctx, todo, embedded, targets, bar))
-                if self.save_target_masks:
-                    target_mask_stage.save_target_masks(ctx, aligned)
-                live = [t for t in live if all(a in aligned for a in alignments(t))]
-                blended = blend_stage.blend(ctx, live, embedded, aligned)
+                blended = self.run_stages(quads)
             finally:
                 ctx.writes = None
         results = [blended.get(t) for t in quads]
         self.triple_failures = [(t, self._reason(q)) for t, q, r in zip(given, quads, results) if r is None]
         return results
+
+    def run_stages(self, quads) -> dict:
+        """{quadruple: TransferResult} of each one that did not fail: every stage in turn, on
+        quadruples of names whose sources the context holds (`inputs`)."""
+        ctx = self.context
+        embedded = self.embed(list(ctx.sources.values()))
+        live = [t for t in quads if all(n in embedded for n in t)]
+        pairs = list(dict.fromkeys(a for t in live for a in alignments(t)))
+        with ctx.timed("parsing"):
+            parse(ctx, [ctx.sources[n] for n in dict.fromkeys(n for a in pairs for n in a)])
+        aligned, todo = align_stage.found(ctx, pairs)
+        with align_stage.progress(ctx, todo) as bar:  # one bar, "Alignment", over both stages
+            targets = target_mask_stage.target_masks(ctx, todo, bar)
+            aligned.update(align_stage.align(ctx, todo, embedded, targets, bar))
+        if self.save_target_masks:
+            target_mask_stage.save_target_masks(ctx, aligned)
+        live = [t for t in live if all(a in aligned for a in alignments(t))]
+        return blend_stage.blend(ctx, live, embedded, aligned)
+
+    @contextlib.contextmanager
+    def _rehearsal(self, quads):
+        """The run's rehearsal (stages/rehearsal.py) on a thread of its own while the block
+        runs: the same stages on zeros of the same shapes, with this run's output folder read
+        (what the run finds there, the rehearsal skips too) and nothing written. Not under
+        jax.distributed (each process's programs are collective) or with compile_ahead off."""
+        ctx = self.context
+        if not ctx.settings.compile_ahead or jax.process_count() > 1:
+            yield
+            return
+        compiler = compile_ahead.CompilerThreads()
+        zeros = np.zeros((ctx.size, ctx.size, 3), np.uint8)  # one array for every image
+        stand_in = copy.copy(self)
+        stand_in.save_target_masks = False
+        stand_in.context = dataclasses.replace(
+            ctx, settings=dataclasses.replace(ctx.settings, progress=False, checkpoint_every=None),
+            reuse=cache.Reuse(ctx.reuse.fresh, set(ctx.reuse.made)), decoded=None, timings={}, failures=[],
+            writes=None, sources={n: dataclasses.replace(s, pixels=zeros) for n, s in ctx.sources.items()},
+            edits=dict(ctx.edits), parsed={})
+
+        def rehearse():
+            try:
+                with rehearsal.rehearsing(compiler):
+                    stand_in.run_stages(quads)
+            except Exception as e:  # the run meets any real error itself
+                log.debug("the rehearsal stopped: %r", e)
+        # Not a daemon: a thread killed at exit in the middle of an XLA compilation aborts the process.
+        thread = threading.Thread(target=rehearse, name="barbershop-jax-rehearsal")
+        thread.start()
+        try:
+            yield
+        finally:
+            compiler.close()
 
     def embed(self, sources) -> dict:
         """{name: embed.EmbeddedImage} of each source: every image of this process's triples,

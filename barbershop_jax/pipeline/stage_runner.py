@@ -3,7 +3,8 @@ reused, the others computed batch by batch under a progress bar, each batch's op
 loops checkpointed (store/resume.py) so that an interrupted run resumes mid-stage, an item
 whose result holds NaN or infinity failed alone (nothing written for it), and the results
 written on the run's writer threads while the next batch runs; a batch's checkpoint is
-cleared once its results are on disk."""
+cleared once its results are on disk. In a rehearsal (stages/rehearsal.py) a stage runs its
+first batch only, which compiles its programs, and writes nothing."""
 from __future__ import annotations
 
 import contextlib
@@ -18,6 +19,7 @@ from barbershop_jax.pipeline.context import RunContext
 from barbershop_jax.pipeline.runtime import progress as progress_lib
 from barbershop_jax.pipeline.runtime.batching import batches
 from barbershop_jax.pipeline.store import resume
+from barbershop_jax.stages import rehearsal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,13 +80,18 @@ def compute(ctx: RunContext, stage: Stage, items, bar: progress_lib.StageProgres
         ctx.reuse.making(stage.kind, keys.values())
     results = {}
     own = progress(ctx, stage.name, stage.unit, len(items), stage.steps) if bar is None else None
+    rehearsing = rehearsal.active()
     with own or contextlib.nullcontext(bar) as bar:
         for batch, padded in batches(items, settings.batch_size, stage.checkpoint, pad=settings.pad_batches):
+            if rehearsing and results:  # every batch runs at the first one's size: its programs are compiled
+                results.update({item: next(iter(results.values())) for item in batch})
+                continue
             bar.next_batch()
             checkpoint = resume.batch_checkpoint(ctx.layout.root, stage.checkpoint,
                                                  [keys.get(item, str(item)) for item in padded],
                                                  settings.checkpoint_every)
-            hook = loop_hook.PipelineHook(bar, checkpoint, settings.devices)
+            hook = (loop_hook.PipelineHook(bar, checkpoint, settings.devices) if not rehearsing
+                    else loop_hook.DevicesHook(settings.devices))
             with ctx.timed(stage.timing):  # blocked inside: the device's work counts here
                 outputs = jax.tree.map(np.asarray, stage.compute(padded, hook, bar))
             written = []

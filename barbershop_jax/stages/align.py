@@ -27,7 +27,6 @@ As everywhere, the iterate kept is the one of the last forward pass (before the 
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -38,6 +37,7 @@ from barbershop_jax.losses import segmentation
 from barbershop_jax.losses.style import style_loss
 from barbershop_jax.models.bundle import Models
 from barbershop_jax.ops import masks, resample
+from barbershop_jax.stages import rehearsal
 from barbershop_jax.stages import loop
 from barbershop_jax.stages.optim import ADAM, OptState
 
@@ -152,7 +152,7 @@ def _tagged(keys, tag):
     return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, tag)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@rehearsal.program(static_argnames=("cfg",))
 def _between_steps(models: Models, heads1, inputs: AlignInputs, cfg):
     """A1 (F of step 1's last latents) and the fixed side of step 2's style loss: the
     reference's render before step 2 (I_Structure_Style_changed) at loss_size and its region."""
@@ -193,7 +193,7 @@ def mix_structure(a1, a2, f_face, f_ref, region_face, region_ref, region_target,
     return f_ref + low * (mixed - f_ref)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@rehearsal.program(static_argnames=("cfg",))
 def _finish(models: Models, a1, heads2, inputs: AlignInputs, cfg):
     """A2 (F of step 2's last latents), the F mixing, and the render of the result."""
     g = models.generator

@@ -20,7 +20,6 @@ structure reference, when one is given), for the transferred region R (TransferC
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -30,6 +29,7 @@ from barbershop_jax.config import TransferConfig
 from barbershop_jax.losses.lpips import masked_lpips
 from barbershop_jax.models.bundle import Models
 from barbershop_jax.ops import masks, resample
+from barbershop_jax.stages import rehearsal
 from barbershop_jax.stages import loop
 from barbershop_jax.stages.optim import OptState, Optimizer
 
@@ -71,7 +71,7 @@ def _at_loss_size(mask, cfg):
     return resample.nearest_resize(mask[None], cfg.loss_size)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@rehearsal.program(static_argnames=("cfg",))
 def blend_masks(models: Models, inputs: BlendInputs, cfg: TransferConfig):
     """(face region, colour hair HM_3E), each (B, L, L)."""
     g, parser = models.generator, models.parser
@@ -110,7 +110,7 @@ def _step(models: Models, state, data, i, cfg):
     return OptState(u, opt_state, state.params), metrics
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@rehearsal.program(static_argnames=("cfg",))
 def _final_render(models: Models, u, inputs: BlendInputs, cfg):
     g = models.generator
 

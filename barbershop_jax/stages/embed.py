@@ -21,7 +21,6 @@ and an image gets the same noise in any batch. The official declares an `l_F` te
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -32,6 +31,7 @@ from barbershop_jax.losses import lpips as lpips_loss
 from barbershop_jax.losses.p_norm import p_norm_loss
 from barbershop_jax.models.bundle import Models
 from barbershop_jax.ops import resample
+from barbershop_jax.stages import rehearsal
 from barbershop_jax.stages import loop
 from barbershop_jax.stages.optim import ADAM, OptState
 
@@ -43,7 +43,7 @@ class Targets(NamedTuple):
     key: jax.Array     # PRNG key of the image (loop.image_key)
 
 
-@jax.jit
+@rehearsal.program
 def target_units(vgg, small):
     """The targets' LPIPS features, computed once per stage rather than at every step."""
     return lpips_loss.unit_features(vgg, small)  # {tap: (B, h, w, C)}: batched like the targets
@@ -119,7 +119,7 @@ def _fs_step(models, state, data, i, cfg):
     return OptState(params, opt_state, result), metrics
 
 
-@functools.partial(jax.jit, static_argnames="cfg")
+@rehearsal.program(static_argnames="cfg")
 def _f_init(models, w_plus, targets, cfg):
     """F from the W+ result, per image: the official computes it with one more fresh noise draw."""
     def one(w, key):
@@ -158,7 +158,7 @@ def _check(models, targets, cfg):
         raise ValueError(f"LPIPS targets are {targets.small.shape[1:3]}, expected {cfg.lpips_size}")
 
 
-@functools.partial(jax.jit, static_argnames=("noise", "block"))
+@rehearsal.program(static_argnames=("noise", "block"))
 def render_saved(g, latents, structure_f, keys, step, noise, block):
     """Each image rendered with the noise its loop drew at `step` (per image): the official
     saves the render of its last iteration. W+ when structure_f is None, else FS."""

@@ -19,7 +19,6 @@ through one `LoopHook` (pipeline/loop_hook.py), which a stage passes down to eac
 """
 from __future__ import annotations
 
-import functools
 import logging
 from typing import NamedTuple
 
@@ -27,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from barbershop_jax.stages import rehearsal
 
 log = logging.getLogger("barbershop_jax")
 BATCH_AXIS = "batch"
@@ -80,7 +81,7 @@ class Chunking(NamedTuple):
     unroll: bool
 
 
-@functools.partial(jax.jit, static_argnames=("step", "cfg", "chunking"), donate_argnums=(1,))
+@rehearsal.program(static_argnames=("step", "cfg", "chunking"), donate_argnums=(1,))
 def _run_chunk(models, state, data, start, n_steps, *, step, cfg, chunking: Chunking):
     """Steps start .. start + chunking.length - 1; those at or beyond n_steps leave the state as
     it is (the last chunk of a stage may be partly idle), so one compilation serves any step count."""
@@ -204,7 +205,7 @@ def run(step, cfg, models, state, data, n_steps: int, *, loop: Loop = Loop(""), 
             hook.before_chunk(loop)
             state, metrics = _run_chunk(models, state, data, jnp.int32(done), jnp.int32(n_steps), step=step,
                                         cfg=step_cfg, chunking=chunks)
-            done += live
+            done = n_steps if rehearsal.active() else done + live  # rehearsed: one chunk compiles them all
             hook.after_chunk(loop, lambda: jax.tree.map(unpad, state), done, n_steps, metrics)
     finally:
         hook.end(loop)

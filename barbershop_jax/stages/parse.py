@@ -2,13 +2,12 @@
 mask, the alignment's region masks and the blend's."""
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
 
+from barbershop_jax.stages import rehearsal
 
-@functools.partial(jax.jit, static_argnames=("size", "parse_size", "blend_parse_size"))
+
+@rehearsal.program(static_argnames=("size", "parse_size", "blend_parse_size"))
 def parse_images(parser, pixels_uint8, size, parse_size, blend_parse_size):
     """The official parse of real images: ToTensor ([0, 1]), bicubic down, clamp, normalise.
     pixels_uint8: (B, size, size, 3). Returns labels (B, P, P) at parse_size and (B, Q, Q) at

@@ -50,6 +50,7 @@ import numpy as np
 from barbershop_jax.config import DEFAULT_REGION, TransferConfig, check_numbers, shown
 from barbershop_jax.models.bisenet import LabelMap
 from barbershop_jax.models.bundle import Models
+from barbershop_jax.stages import rehearsal
 from barbershop_jax.stages import align as alignment
 from barbershop_jax.stages import loop
 
@@ -171,13 +172,13 @@ def _round(models, target, keep, keys, cfg, which: loop.Loop, hook):
     return labels
 
 
-@jax.jit
+@rehearsal.program
 def _after_round1(inputs: InpaintInputs, generated, bg):
     target = jnp.where(inputs.freed, generated, inputs.target)
     return target, jnp.where(inputs.uncovered, bg, target)
 
 
-@jax.jit
+@rehearsal.program
 def _after_round2(inputs: InpaintInputs, previous, generated, bg):
     return jnp.where(inputs.uncovered & (generated != bg), generated, previous)
 

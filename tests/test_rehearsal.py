@@ -1,0 +1,91 @@
+"""The rehearsal (stages/rehearsal.py): a run's stage programs compiled ahead on other threads,
+the run's results the same bit for bit, nothing written by it."""
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import monitoring
+
+from barbershop_jax.pipeline.runtime import compile_ahead
+from barbershop_jax.stages import rehearsal
+from conftest import BACKEND_COMPILE_EVENT, count_compilations, tiny_transfer
+
+# The programs of a transfer's stages (their jitted functions' names).
+STAGE_PROGRAMS = {"_run_chunk", "target_units", "_f_init", "render_saved", "parse_images", "_after_round1",
+                  "_after_round2", "_between_steps", "_finish", "blend_masks", "_final_render"}
+
+
+@rehearsal.program(static_argnames="n")
+def _power(x, y, n):
+    for _ in range(n):
+        x = x * y
+    return {"x": x, "sum": jnp.sum(x)}
+
+
+@rehearsal.program
+def _outer(x):
+    return _power(x, x, n=2)["sum"]  # a program called inside another is part of it
+
+
+def test_a_program_is_jit_outside_a_rehearsal_and_compiles_ahead_inside_one():
+    x = jnp.arange(6.0).reshape(2, 3)
+    assert float(_power(x, x, n=3)["sum"]) == float(np.sum(np.arange(6.0) ** 4))
+    compiler = compile_ahead.CompilerThreads(workers=1)
+    with rehearsal.rehearsing(compiler):
+        assert rehearsal.active()
+        out = _power(x, 2 * x, n=5)
+        outer = _outer(x)
+    compiler.wait()
+    assert not rehearsal.active()
+    assert isinstance(out["x"], np.ndarray) and out["x"].shape == (2, 3) and not out["x"].any()
+    assert out["sum"].shape == () and outer.shape == ()
+    assert compiler.programs == ["_power", "_outer"]  # _outer's _power was traced into it, not handed over
+    with count_compilations() as compiled:  # compiled ahead: the calls compile nothing
+        assert float(_power(x, 2 * x, n=5)["sum"]) == float(np.sum(np.arange(6.0) * 2 ** 5 * np.arange(6.0) ** 5))
+        _outer(x)
+    assert compiled == []
+    compiler.close()
+    with rehearsal.rehearsing(compiler), pytest.raises(compile_ahead.Stopped):  # closed: it ends at its next program
+        _power(x, x, n=6)
+
+
+def test_other_threads_do_not_rehearse():
+    seen = []
+    with rehearsal.rehearsing(compile_ahead.CompilerThreads(workers=1)):
+        t = threading.Thread(target=lambda: seen.append(rehearsal.active()))
+        t.start()
+        t.join()
+    assert seen == [False]
+
+
+def test_a_transfer_compiles_its_programs_ahead_with_the_same_results(models, images, tmp_path):
+    """Every stage program of the run compiles on the rehearsal's compiler threads, none on the
+    run's thread (JAX's caches cleared first, so nothing was compiled before), and the results
+    are those of a run without a rehearsal, bit for bit; the rehearsal writes no file."""
+    face, shape, color = images[:3]
+    jax.clear_caches()
+    where = []
+
+    def listener(event, duration, **kwargs):
+        if event == BACKEND_COMPILE_EVENT:
+            where.append((threading.current_thread().name, kwargs.get("fun_name", "?")))
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        ahead = tiny_transfer(models, tmp_path / "ahead", batch_size=4).transfer(face, shape, color)
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    stage_programs = [(thread, name) for thread, name in where if name.removeprefix("jit(")[:-1] in STAGE_PROGRAMS]
+    ahead_of_time = [name for thread, name in stage_programs if thread.startswith(compile_ahead.THREAD_PREFIX)]
+    in_the_run = [name for thread, name in stage_programs if not thread.startswith(compile_ahead.THREAD_PREFIX)]
+    assert set(ahead_of_time) >= {"jit(_run_chunk)", "jit(_between_steps)", "jit(blend_masks)", "jit(_final_render)"}
+    # The rehearsal and the run start together: the run may get to its first programs (the W+
+    # targets' and the W+ loop's) before the rehearsal hands them over, and to none after.
+    assert len(ahead_of_time) >= 12 and len(in_the_run) <= 2, (ahead_of_time, in_the_run)
+
+    plain = tiny_transfer(models, tmp_path / "plain", batch_size=4, compile_ahead=False).transfer(face, shape, color)
+    for field in ("image", "latent_in", "structure_f", "target_labels"):
+        assert np.array_equal(getattr(ahead, field), getattr(plain, field)), field
+    files = lambda root: sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())  # noqa: E731
+    assert files(tmp_path / "ahead") == files(tmp_path / "plain")
