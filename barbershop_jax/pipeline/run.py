@@ -104,11 +104,14 @@ class Pipeline:
     @contextlib.contextmanager
     def _rehearsal(self, quads):
         """The run's rehearsal (stages/rehearsal.py) on a thread of its own while the block
-        runs: the same stages on zeros of the same shapes, with this run's output folder read
-        (what the run finds there, the rehearsal skips too) and nothing written. Not under
-        jax.distributed (each process's programs are collective) or with compile_ahead off."""
+        runs: the same stages on zeros of the same shapes, nothing read from the output folder
+        or written to it (stage_runner.py). Not when the folder holds every blend of the run
+        (nothing to compile), under jax.distributed (each process's programs are collective),
+        or with compile_ahead off."""
         ctx = self.context
-        if not ctx.settings.compile_ahead or jax.process_count() > 1:
+        finished = lambda t: ctx.reuse.allows(key := ctx.blend_key(t)) and cache.key_matches(  # noqa: E731
+            ctx.layout.blend(t), key)  # the JSON key alone: a run that finds every blend computes nothing
+        if not ctx.settings.compile_ahead or jax.process_count() > 1 or all(map(finished, quads)):
             yield
             return
         compiler = compile_ahead.CompilerThreads()
@@ -117,7 +120,7 @@ class Pipeline:
         stand_in.save_target_masks = False
         stand_in.context = dataclasses.replace(
             ctx, settings=dataclasses.replace(ctx.settings, progress=False, checkpoint_every=None),
-            reuse=cache.Reuse(ctx.reuse.fresh, set(ctx.reuse.made)), decoded=None, timings={}, failures=[],
+            reuse=cache.Reuse(), decoded=None, timings={}, failures=[],
             writes=None, sources={n: dataclasses.replace(s, pixels=zeros) for n, s in ctx.sources.items()},
             edits=dict(ctx.edits), parsed={})
 

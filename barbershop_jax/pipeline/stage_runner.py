@@ -3,8 +3,9 @@ reused, the others computed batch by batch under a progress bar, each batch's op
 loops checkpointed (store/resume.py) so that an interrupted run resumes mid-stage, an item
 whose result holds NaN or infinity failed alone (nothing written for it), and the results
 written on the run's writer threads while the next batch runs; a batch's checkpoint is
-cleared once its results are on disk. In a rehearsal (stages/rehearsal.py) a stage runs its
-first batch only, which compiles its programs, and writes nothing."""
+cleared once its results are on disk. In a rehearsal (stages/rehearsal.py) a stage reads
+nothing from the folder, runs its first batch only, which compiles its programs, and writes
+nothing."""
 from __future__ import annotations
 
 import contextlib
@@ -45,7 +46,10 @@ class Stage:
 
 def lookup(ctx: RunContext, stage: Stage, items) -> tuple[dict, list]:
     """({item: result} of the entries the output folder holds and `ctx.reuse` allows, the
-    other items): the stage's cache check, counted in ctx.reuse."""
+    other items): the stage's cache check, counted in ctx.reuse. A rehearsal reads nothing
+    (every item is to do): reading an entry has effects (a damaged one loses its key)."""
+    if rehearsal.active():
+        return {}, list(items)
     found, todo = {}, []
     for item in items:
         key = stage.key(item)
