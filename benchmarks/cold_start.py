@@ -8,6 +8,7 @@ jax.monitoring; the steps' time is what the progress bars measured (the step-tim
 
     python benchmarks/cold_start.py                       # the demo on the embedded models
     python benchmarks/cold_start.py --workload transfer256  # one transfer, 256 px full-width generator
+    python benchmarks/cold_start.py --workload transfer --size 1024 --scale 1  # a GPU: the official counts
 
 Writes benchmarks/results/cold-start_{workload}_{date}_{machine}.json and .md.
 """
@@ -30,7 +31,7 @@ EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace",
           "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
           "/jax/core/compile/backend_compile_duration": "compile",
           "/jax/compilation_cache/cache_retrieval_time_sec": "cache_read"}
-WORKLOADS = ("demo", "transfer256")
+WORKLOADS = ("demo", "transfer256", "transfer")
 AHEAD, AHEAD_THREADS = "(ahead)", ("barbershop-jax-compile", "barbershop-jax-rehearsal")
 
 
@@ -57,7 +58,7 @@ def _listen(programs: dict):
     jax.monitoring.register_event_duration_secs_listener(on_duration)
 
 
-def _run_demo(out_dir, loop):
+def _run_demo(out_dir, loop, options):
     from barbershop_jax.pipeline import demo
     # progress=True: the bars measure the steps (their output goes to the child's log file)
     demo.run_transfer(out_dir, progress=True, log=lambda *a: None, steps={**demo.DEMO_STEPS, **loop})
@@ -65,7 +66,16 @@ def _run_demo(out_dir, loop):
     step_times.save_measured(64, "float32")  # what the bars measured (the demo keeps no step times)
 
 
-def _run_transfer256(out_dir, loop):
+def _run_transfer256(out_dir, loop, options):
+    from barbershop_jax.pipeline import demo
+    _run_transfer(out_dir, loop, {"size": 256, "channel_max": 512, "steps": demo.DEMO_STEPS})
+
+
+def _run_transfer(out_dir, loop, options):
+    """One transfer of the bundled images (the face, shape and colour crops), with a random
+    full-width generator of options["size"] px (channels up to options["channel_max"]), the
+    embedded parser and VGG16, at options["steps"] (default: the official counts times
+    options["scale"])."""
     import jax
     from barbershop_jax.models import bundle, embedded, stylegan2
     from barbershop_jax.models import pca as pca_lib
@@ -73,21 +83,32 @@ def _run_transfer256(out_dir, loop):
     from barbershop_jax.pipeline.hair_transfer import HairTransfer
     from barbershop_jax.pipeline.runtime.settings import RunSettings
 
-    config = stylegan2.GeneratorConfig(size=256, channel_multiplier=2)
+    config = stylegan2.GeneratorConfig(size=options["size"], channel_multiplier=2, channel_max=options["channel_max"])
     g = stylegan2.init(config, jax.random.PRNGKey(0))
     models = bundle.Models(g, embedded.parser(), embedded.vgg(), pca_lib.pca_stats(g, 20_000, jax.random.PRNGKey(2)))
+    steps = options.get("steps") or _official_steps(options.get("scale", 1.0))
     images = demo.example_images()
-    ht = HairTransfer(models, out_dir, run=RunSettings(progress=True), **demo.DEMO_STEPS, **loop)
+    ht = HairTransfer(models, out_dir, run=RunSettings(progress=True), **steps, **loop)
     ht.transfer(images["face"], images["shape"], images["color"])
     ht.save_step_times()
 
 
-def child(workload: str, out_dir: str, report: str, loop: str):
+def _official_steps(scale: float) -> dict:
+    from barbershop_jax.config import EmbedConfig, TransferConfig
+    official = {**{k: getattr(EmbedConfig(), k) for k in ("w_steps", "fs_steps")},
+                **{k: getattr(TransferConfig(), k) for k in ("inpaint_steps", "align_steps1", "align_steps2",
+                                                              "blend_steps")}}
+    return {k: max(1, round(v * scale)) for k, v in official.items()}
+
+
+def child(workload: str, out_dir: str, report: str, options: str):
     started = time.perf_counter()
     programs = collections.defaultdict(lambda: collections.defaultdict(float))
     _listen(programs)
     imported = time.perf_counter()
-    {"demo": _run_demo, "transfer256": _run_transfer256}[workload](out_dir, json.loads(loop))
+    options = json.loads(options)
+    {"demo": _run_demo, "transfer256": _run_transfer256, "transfer": _run_transfer}[workload](
+        out_dir, options.pop("loop"), options)
     ran = time.perf_counter()
     Path(report).write_text(json.dumps({"import_s": imported - started, "run_s": ran - imported,
                                         "programs": {k: dict(v) for k, v in programs.items()}}))
@@ -101,15 +122,16 @@ def _steps_seconds(step_times_file: Path) -> float:
     return sum(seconds for stages in data.values() for _, seconds in stages.values())
 
 
-def measure(workload: str, phase: str, cache: Path, work: Path, loop: dict, ahead: bool = True) -> dict:
-    """One run in a fresh process: its wall time and where it went (ahead=False: no rehearsal)."""
+def measure(workload: str, phase: str, cache: Path, work: Path, options: dict, ahead: bool = True) -> dict:
+    """One run in a fresh process: its wall time and where it went. options: the workload's
+    ({"loop": chunking options, ...}); ahead=False: no rehearsal."""
     out_dir, report, step_times = work / f"out-{phase}", work / f"{phase}.json", work / f"steps-{phase}.json"
     env = {**os.environ, "BARBERSHOP_JAX_COMPILE_CACHE": str(cache), "BARBERSHOP_JAX_STEP_TIMES": str(step_times),
            "BARBERSHOP_JAX_COMPILE_AHEAD": "1" if ahead else "0"}
     env.pop("BARBERSHOP_JAX_LOOP", None)  # the production loops, as a user runs them (or --loop's)
     started = time.perf_counter()
     with open(work / f"{phase}.log", "w") as log:
-        subprocess.run([sys.executable, __file__, "--child", workload, str(out_dir), str(report), json.dumps(loop)],
+        subprocess.run([sys.executable, __file__, "--child", workload, str(out_dir), str(report), json.dumps(options)],
                        env=env, check=True, stderr=log)
     wall = time.perf_counter() - started
     data = json.loads(report.read_text())
@@ -163,7 +185,10 @@ def main():
                    help="the loops' chunking (default: the backend's, stages/loop.py loop_defaults)")
     p.add_argument("--no-compile-ahead", action="store_true",
                    help="runs without the rehearsal that compiles the later stages ahead (BARBERSHOP_JAX_COMPILE_AHEAD=0)")
-    p.add_argument("--child", nargs=4, metavar=("WORKLOAD", "OUT_DIR", "REPORT", "LOOP"), help=argparse.SUPPRESS)
+    p.add_argument("--size", type=int, default=1024, help="transfer: the generator's size (default 1024)")
+    p.add_argument("--channel-max", type=int, default=512, help="transfer: its widest layer (official: 512)")
+    p.add_argument("--scale", type=float, default=1.0, help="transfer: the official step counts times this")
+    p.add_argument("--child", nargs=4, metavar=("WORKLOAD", "OUT_DIR", "REPORT", "OPTIONS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(*args.child)
@@ -174,12 +199,14 @@ def main():
     import result_names
     with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
         work = Path(tmp)
-        runs = [measure(args.workload, phase, work / "xla-cache", work, loop, not args.no_compile_ahead)
+        options = {"loop": loop, "size": args.size, "channel_max": args.channel_max, "scale": args.scale}
+        runs = [measure(args.workload, phase, work / "xla-cache", work, options, not args.no_compile_ahead)
                 for phase in ("cold", "warm")]
-    config = (args.workload + (f"-loop{args.loop.replace(',', '-')}" if args.loop else "")
+    workload = args.workload + (f"-{args.size}px-x{args.scale:g}" if args.workload == "transfer" else "")
+    config = (workload + (f"-loop{args.loop.replace(',', '-')}" if args.loop else "")
               + ("-no-ahead" if args.no_compile_ahead else ""))
     stem = result_names.stem("cold-start", config)
-    result = {"workload": args.workload, "loop": args.loop or "default", "compile_ahead": not args.no_compile_ahead,
+    result = {"workload": workload, "loop": args.loop or "default", "compile_ahead": not args.no_compile_ahead,
               "machine": result_names.machine(), "date": stem.split("_")[2], "runs": runs}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

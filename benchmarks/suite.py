@@ -26,7 +26,7 @@ step counts times --transfer-scale. Reported: seconds per triple, measured, and 
 figure predicted from the stage steps' times (the measured run at reduced counts checks the
 prediction, which leaves out the work outside the loops).
 
-Grids (--grid G; --quick: 4): N faces x M hairstyles for N, M in 1..G through the Pipeline,
+Grids (--grid G; --quick: 4; or --grid-shapes 4x4 ...): N faces x M hairstyles for N, M in 1..G through the Pipeline,
 warm, at the transfer's step counts: seconds per triple against N x M (falling: each image is
 embedded once for its whole row or column), beside the figure predicted from the stage steps.
 
@@ -500,6 +500,8 @@ def main(argv=None):
     p.add_argument("--grid", type=int, default=0, metavar="G",
                    help="also time N faces x M hairstyles grids for N, M in 1..G at the first transfer batch "
                         "(--quick: 4)")
+    p.add_argument("--grid-shapes", nargs="+", default=[], metavar="NxM",
+                   help="time these grids only (e.g. 4x4) instead of every N, M in 1..G")
     p.add_argument("--deadline", type=float, default=0, help="seconds: skip what would start after this")
     p.add_argument("--quick", action="store_true",
                    help="a small config on a CPU in minutes: 64 px, generator layers of 128 channels, batches 1 2, "
@@ -606,23 +608,24 @@ def main(argv=None):
         if "error" not in tr:
             result["transfers"].append(tr)
         write(result, out, tag)
-    if args.grid:
+    shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.grid_shapes] or [
+        (n_faces, n_hair) for n_faces in range(1, args.grid + 1) for n_hair in range(1, args.grid + 1)]
+    if shapes:
         batch = (args.transfer_batch or args.batches)[0]
         # Compiled first (a 2 x 2 grid of one chunk per stage), so that the grids time their work.
         _attempt(time_grid, models, 2, 2, batch, chunk / max(OFFICIAL.values()), chunk, seed=99)
         result["grids"] = []
-        for n_faces in range(1, args.grid + 1):
-            for n_hair in range(1, args.grid + 1):
-                if late():
-                    print(f"deadline: skipping the {n_faces} x {n_hair} grid", flush=True)
-                    continue
-                g = _attempt(time_grid, models, n_faces, n_hair, batch, args.transfer_scale, chunk,
-                             seed=100 + 10 * n_faces + n_hair)
-                if "error" not in g:
-                    g["predicted_seconds"] = predict_grid(rows, n_faces, n_hair, batch, args.transfer_scale)
-                    result["grids"].append(g)
-                    print(f"grid {n_faces} x {n_hair}: {g['seconds_per_triple']:.2f} s per triple", flush=True)
-                write(result, out, tag)
+        for n_faces, n_hair in shapes:
+            if late():
+                print(f"deadline: skipping the {n_faces} x {n_hair} grid", flush=True)
+                continue
+            g = _attempt(time_grid, models, n_faces, n_hair, batch, args.transfer_scale, chunk,
+                         seed=100 + 10 * n_faces + n_hair)
+            if "error" not in g:
+                g["predicted_seconds"] = predict_grid(rows, n_faces, n_hair, batch, args.transfer_scale)
+                result["grids"].append(g)
+                print(f"grid {n_faces} x {n_hair}: {g['seconds_per_triple']:.2f} s per triple", flush=True)
+            write(result, out, tag)
     print(markdown(result))
     print(f"wrote {out / tag}.json, .md and .png in {time.perf_counter() - start:.0f} s")
 
