@@ -7,6 +7,13 @@ import os
 
 from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, check_numbers
 
+COMPILE_AHEAD_ENV = "BARBERSHOP_JAX_COMPILE_AHEAD"
+
+
+def compile_ahead_default() -> bool:
+    """RunSettings.compile_ahead unless given: on, unless $BARBERSHOP_JAX_COMPILE_AHEAD says off."""
+    return os.environ.get(COMPILE_AHEAD_ENV, "").strip().lower() not in ("0", "off", "no", "false")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
@@ -24,16 +31,8 @@ class RunSettings:
     devices: tuple | None = None
     checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY
     pad_batches: bool = False
-    compile_ahead: bool = dataclasses.field(default_factory=lambda: compile_ahead_default())
+    compile_ahead: bool = dataclasses.field(default_factory=compile_ahead_default)
 
     def __post_init__(self):
         check_numbers("the run's settings", batch_size=self.batch_size,
                       **({} if self.checkpoint_every is None else {"checkpoint_every": self.checkpoint_every}))
-
-
-COMPILE_AHEAD_ENV = "BARBERSHOP_JAX_COMPILE_AHEAD"
-
-
-def compile_ahead_default() -> bool:
-    """RunSettings.compile_ahead unless given: on, unless $BARBERSHOP_JAX_COMPILE_AHEAD says off."""
-    return os.environ.get(COMPILE_AHEAD_ENV, "").strip().lower() not in ("0", "off", "no", "false")
