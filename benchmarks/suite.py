@@ -26,9 +26,10 @@ step counts times --transfer-scale. Reported: seconds per triple, measured, and 
 figure predicted from the stage steps' times (the measured run at reduced counts checks the
 prediction, which leaves out the work outside the loops).
 
-Grids (--grid G; --quick: 4; or --grid-shapes 4x4 ...): N faces x M hairstyles for N, M in 1..G through the Pipeline,
-warm, at the transfer's step counts: seconds per triple against N x M (falling: each image is
-embedded once for its whole row or column), beside the figure predicted from the stage steps.
+Grids (--grid G; --quick: 4): N faces x M hairstyles for N, M in 1..G through the Pipeline
+(--grid-shapes 4x4 ...: those shapes only), warm, at the transfer's step counts: seconds per
+triple against N x M (falling: each image is embedded once for its whole row or column),
+beside the figure predicted from the stage steps.
 
 Writes suite_{size}px[-variant]_{date}_{machine}.json, .md and .png (image-steps per second
 against batch size, per stage; _grid.png: the grids' seconds per triple against N x M) in --out
