@@ -61,9 +61,10 @@ def test_other_threads_do_not_rehearse():
 
 
 def test_a_transfer_compiles_its_programs_ahead_with_the_same_results(models, images, tmp_path):
-    """Every stage program of the run compiles on the rehearsal's compiler threads, none on the
-    run's thread (JAX's caches cleared first, so nothing was compiled before), and the results
-    are those of a run without a rehearsal, bit for bit; the rehearsal writes no file."""
+    """The stage programs of the run compile on the rehearsal's compiler threads, past the first
+    ones none on the run's thread (JAX's caches cleared first, so nothing was compiled before),
+    and the results are those of a run without a rehearsal, bit for bit; the rehearsal writes
+    no file."""
     face, shape, color = images[:3]
     jax.clear_caches()
     where = []
@@ -73,7 +74,7 @@ def test_a_transfer_compiles_its_programs_ahead_with_the_same_results(models, im
             where.append((threading.current_thread().name, kwargs.get("fun_name", "?")))
     monitoring.register_event_duration_secs_listener(listener)
     try:
-        ahead = tiny_transfer(models, tmp_path / "ahead", batch_size=4).transfer(face, shape, color)
+        ahead = tiny_transfer(models, tmp_path / "ahead", batch_size=4, compile_ahead=True).transfer(face, shape, color)
     finally:
         monitoring.unregister_event_duration_listener(listener)
     stage_programs = [(thread, name) for thread, name in where if name.removeprefix("jit(")[:-1] in STAGE_PROGRAMS]
