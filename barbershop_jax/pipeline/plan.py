@@ -96,8 +96,7 @@ def plan(pipelines: dict, triples, edits=None, regions=None, *, dtype="float32",
     embed_cfg = ctx.embed_cfg
 
     def todo(path_of, key_of):  # --fresh: only what this run makes is reused, so every entry is to do
-        return sum(not (ctx.reuse.allows(key := key_of(s.image_hash, embed_cfg))
-                        and cache_lib.key_matches(path_of(s.name), key)) for s in images.values())
+        return sum(not ctx.reuse.finds(path_of(s.name), key_of(s.image_hash, embed_cfg)) for s in images.values())
     counts.update({"W+ embedding": (len(images), todo(ctx.layout.w_plus, store.w_key)),
                    "FS embedding": (len(images), todo(ctx.layout.fs, store.fs_key))})
     return predict(counts, stage_steps(embed_cfg, ctx.cfg), ctx.size, dtype, ctx.settings.batch_size,
@@ -136,8 +135,7 @@ def distinct_work(triples) -> dict:
 def _count_transfers(ctx, quads, counts):
     """Adds the distinct alignments and triples of a region's run, and those to compute, to
     counts[stage] = [total, todo]."""
-    layout, reuse = ctx.layout, ctx.reuse
-    found = lambda path, key: reuse.allows(key) and cache_lib.key_matches(path, key)  # noqa: E731
+    layout, found = ctx.layout, ctx.reuse.finds
     for a in dict.fromkeys(a for t in quads for a in alignments(t)):
         counts["Alignment"][0] += 1
         counts["Alignment"][1] += not (found(layout.alignment(*a), ctx.align_key(*a))

@@ -106,12 +106,11 @@ class Pipeline:
         """The run's rehearsal (stages/rehearsal.py) on a thread of its own while the block
         runs: the same stages on zeros of the same shapes, nothing read from the output folder
         or written to it (stage_runner.py). Not when the folder holds every blend of the run
-        (nothing to compile), under jax.distributed (each process's programs are collective),
-        or with compile_ahead off."""
+        (their JSON keys read first: nothing to compile), under jax.distributed (each
+        process's programs are collective), or with compile_ahead off."""
         ctx = self.context
-        finished = lambda t: ctx.reuse.allows(key := ctx.blend_key(t)) and cache.key_matches(  # noqa: E731
-            ctx.layout.blend(t), key)  # the JSON key alone: a run that finds every blend computes nothing
-        if not ctx.settings.compile_ahead or jax.process_count() > 1 or all(map(finished, quads)):
+        if (not ctx.settings.compile_ahead or jax.process_count() > 1
+                or all(ctx.reuse.finds(ctx.layout.blend(t), ctx.blend_key(t)) for t in quads)):
             yield
             return
         compiler = compile_ahead.CompilerThreads()

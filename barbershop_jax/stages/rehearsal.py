@@ -29,7 +29,7 @@ _compiler = contextvars.ContextVar("barbershop_jax_rehearsal", default=None)
 
 
 class _Quiet(logging.Filter):
-    """A rehearsal says nothing: its lines (a damaged cache entry it read, a padded batch)
+    """A rehearsal says nothing: its lines (a batch padded over the devices, a stage's notes)
     are the run's to say, once."""
 
     def filter(self, record):

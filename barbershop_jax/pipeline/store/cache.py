@@ -283,6 +283,11 @@ class Reuse:
         """Whether the entry under `key`, if the folder holds it, may be used."""
         return not self.fresh or key in self.made
 
+    def finds(self, path: Path, key: str) -> bool:
+        """Whether the folder holds a finished entry at `path` under `key` that may be used
+        (its JSON key alone is read: the plan's counts, the rehearsal's check)."""
+        return self.allows(key) and key_matches(path, key)
+
     def found(self, kind: str, key: str):
         """An entry was used: counted as reused unless this run made it."""
         if key not in self.made:
