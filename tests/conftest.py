@@ -5,6 +5,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 # Optimisation loops in tests run as rolled scans: on CPU the production default unrolls each
@@ -27,6 +28,11 @@ if not (os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("BARBERSHOP_JAX
     # The steps the runs measure (pipeline/store/step_times.py) go there too, not to the user's home.
     os.environ["BARBERSHOP_JAX_STEP_TIMES"] = os.path.join(_cache_dir, "step_times.json")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"  # the many small programs too
+# Runs compile their stages on their own thread: the rehearsal that compiles them ahead on others
+# (stages/rehearsal.py) traces every stage a second time, about 10% more CPU in each transfer
+# test, and with two workers on two cores there is no idle core for it to use. test_rehearsal
+# asks for it, and the device script's dry run (test_device_run) runs the production setting.
+os.environ["BARBERSHOP_JAX_COMPILE_AHEAD"] = "0"
 # The default weights folder (models/weights_folder.py) is a folder that does not exist, so that
 # weights a user downloaded into their cache folder never reach a test: the commands and
 # HairTransfer() run on the embedded models unless a test names weights.
@@ -251,6 +257,54 @@ def tiny_transfer(models, out, *, batch_size: int = 2, checkpoint_every: int | N
     return HairTransfer(models, out, run=run, compile_cache=False, fresh=fresh, **options)
 
 
+# ----------------------------------------------------------------------------- the transfer's programs, compiled once
+# The test files that run whole transfers of the tiny models at batch size 2 (tiny_transfer's
+# default; the web page's server too): they run the same stage programs, which the persistent
+# cache serves to every process once compiled. But two workers that start two of these files at
+# once each compile every program (about 250 s of CPU apiece), so the controller compiles them
+# first (pytest_sessionstart below).
+TRANSFER_FILES = ("test_transfer.py", "test_web.py", "test_damaged_files.py", "test_grid.py")
+NAMES = ("ann", "bob", "cid", "dan")  # the images fixture's
+# test_transfer's batch run: 4 triples, two with shape == colour, so every stage runs full batches of 2.
+BATCH_TRIPLES = [("ann", "bob", "cid"), ("bob", "cid", "cid"), ("cid", "dan", "ann"), ("dan", "ann", "ann")]
+
+
+def selected_files(config) -> set[str]:
+    """The names of the test files the command line selects (pytest's args: its paths, or
+    testpaths when it names none)."""
+    names = set()
+    for arg in config.args:
+        path = Path(config.invocation_params.dir, str(arg).split("::")[0])
+        names |= {p.name for p in path.glob("test_*.py")} if path.is_dir() else {path.name}
+    return names
+
+
+def compile_transfer_programs():
+    """test_transfer's batch run into a temporary folder, with the rehearsal, which compiles the
+    stages' programs on one thread per core: nothing else runs yet to use the cores."""
+    models = tiny_models()
+    with tempfile.TemporaryDirectory(prefix="barbershop-jax-test-warm-") as tmp:
+        path = dict(zip(NAMES, generator_images(models, NAMES, 11, tmp)))
+        triples = [tuple(path[n] for n in t) for t in BATCH_TRIPLES]
+        tiny_transfer(models, Path(tmp) / "out", compile_ahead=True).transfer_many(triples)
+
+
+def pytest_sessionstart(session):
+    """Before pytest-xdist starts two or more workers (its own hook runs last), when the run
+    selects two or more of TRANSFER_FILES: the transfer's programs compiled into the run's
+    persistent cache, so that no two workers compile them at once."""
+    config = session.config
+    workers = getattr(config.option, "numprocesses", None)
+    if (os.environ.get("PYTEST_XDIST_WORKER") or not isinstance(workers, int) or workers < 2
+            or len(selected_files(config) & set(TRANSFER_FILES)) < 2):
+        return
+    start = time.perf_counter()
+    compile_transfer_programs()
+    seconds = time.perf_counter() - start
+    config.pluginmanager.get_plugin("terminalreporter").write_line(
+        f"conftest: the transfer's programs compiled into the run's persistent cache in {seconds:.0f} s")
+
+
 def known_w_plus(models, n, seed=5):
     """n latents W+ of the generator, from normal draws of `seed`."""
     g = models.generator
@@ -283,6 +337,22 @@ def _production_loop(request, monkeypatch):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "production_loop: run optimisation loops with the production defaults")
+
+
+# The test files that take longest, longest first (seconds on 2 AVX2 cores with 2 workers, the
+# programs of TRANSFER_FILES compiled ahead). Run first, so that no worker starts one while the
+# other is nearly done: scripts/test.sh keeps this order (--no-loadscope-reorder; pytest-xdist
+# would otherwise hand out the files with the most tests first).
+LONGEST_FIRST = ("test_device_run.py", "test_embedding.py", "test_stylegan2.py", "test_transfer.py",
+                 "test_rehearsal.py", "test_web.py", "test_benchmarks.py", "test_grid.py", "test_damaged_files.py",
+                 "test_weights_download.py", "test_bisenet.py", "test_lpips.py", "test_install_lines.py",
+                 "test_cli.py", "test_recorded_results.py", "test_conv.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The files of LONGEST_FIRST first, in its order; the others after them, as collected."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def no_model_planning(monkeypatch):

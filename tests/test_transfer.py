@@ -38,13 +38,13 @@ from barbershop_jax.stages import target_mask as stage_target_mask
 from barbershop_jax.pipeline.files import sources
 from barbershop_jax.pipeline.store import cache
 from barbershop_jax.stages import loop
-from conftest import STEPS, count_compilations, no_model_planning, record_decodes, render, tiny_transfer
+from conftest import BATCH_TRIPLES, STEPS, count_compilations, no_model_planning, record_decodes, render, tiny_transfer
 from barbershop_jax.config import TransferConfig
 from barbershop_jax.models.bundle import Models
 
 # 4 images, 4 triples (two with shape == colour: one alignment each), 6 distinct pairs: at
-# batch size 2 every stage runs full batches, so each compiles once.
-NAMED_TRIPLES = [("ann", "bob", "cid"), ("bob", "cid", "cid"), ("cid", "dan", "ann"), ("dan", "ann", "ann")]
+# batch size 2 every stage runs full batches, so each compiles once (conftest's BATCH_TRIPLES).
+NAMED_TRIPLES = BATCH_TRIPLES
 PAIRS = {("ann", "bob"), ("ann", "cid"), ("bob", "cid"), ("cid", "dan"), ("cid", "ann"), ("dan", "ann")}
 
 
@@ -554,7 +554,8 @@ def _stop_when_marked(cmd, marker: Path, sig, timeout=600):
     signal to the exit); a process still running 60 s after the signal is killed."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + timeout
-    while proc.poll() is None and time.time() < deadline and not marker.exists():
+    # The marker's name written, not only the file made: a signal between the two left it empty.
+    while proc.poll() is None and time.time() < deadline and not (marker.exists() and marker.read_text().strip()):
         time.sleep(0.02)
     sent = time.monotonic()
     proc.send_signal(sig)
