@@ -23,5 +23,7 @@ fi
 .venv/bin/lint-imports --no-cache
 # Two workers, one test file each at a time (module fixtures run once): XLA compiles on one
 # core, so 2 workers on 2 cores took 642 s against 814-918 s for one. TEST_WORKERS=0: serial.
-# --durations: every run names its slowest tests, so that a slower suite shows where.
-exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile --durations=12 "$@"
+# --no-loadscope-reorder: the files in the order tests/conftest.py gives them, the longest first,
+# so that the two workers end together. --durations: every run names its slowest tests, so that
+# a slower suite shows where.
+exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder --durations=12 "$@"
