@@ -185,6 +185,10 @@ def main():
                    help="the loops' chunking (default: the backend's, stages/loop.py loop_defaults)")
     p.add_argument("--no-compile-ahead", action="store_true",
                    help="runs without the rehearsal that compiles the later stages ahead (BARBERSHOP_JAX_COMPILE_AHEAD=0)")
+    p.add_argument("--cache", metavar="DIR",
+                   help="the compile cache folder of both runs, kept for later ones (benchmarks/device_run.sh shares it "
+                        "with its other parts); empty or absent: the cold run starts from nothing (default: a temporary "
+                        "folder)")
     p.add_argument("--size", type=int, default=1024, help="transfer: the generator's size (default 1024)")
     p.add_argument("--channel-max", type=int, default=512, help="transfer: its widest layer (official: 512)")
     p.add_argument("--scale", type=float, default=1.0, help="transfer: the official step counts times this")
@@ -192,6 +196,8 @@ def main():
     args = p.parse_args()
     if args.child:
         return child(*args.child)
+    if args.cache and Path(args.cache).is_dir() and any(Path(args.cache).iterdir()):
+        p.error(f"--cache {args.cache}: the folder is not empty; the cold run needs a compile cache with nothing in it")
     loop = {}
     if args.loop:
         chunk, kind = args.loop.split(",")
@@ -200,7 +206,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
         work = Path(tmp)
         options = {"loop": loop, "size": args.size, "channel_max": args.channel_max, "scale": args.scale}
-        runs = [measure(args.workload, phase, work / "xla-cache", work, options, not args.no_compile_ahead)
+        cache = Path(args.cache) if args.cache else work / "xla-cache"
+        runs = [measure(args.workload, phase, cache, work, options, not args.no_compile_ahead)
                 for phase in ("cold", "warm")]
     workload = args.workload + (f"-{args.size}px-x{args.scale:g}" if args.workload == "transfer" else "")
     config = (workload + (f"-loop{args.loop.replace(',', '-')}" if args.loop else "")

@@ -15,7 +15,8 @@
 # PACK: also pack OUT into one archive after each part (a path outside OUT).
 # The CPU dry run (tests/test_device_run.py runs it in the suite), every part at toy sizes:
 #   OUT=/tmp/dry BUDGET=3000 SCALE=0.003 SIZE=64 BATCH=1 SCALING=2 GRID=1x2 \
-#       EXTRA="--channel-max 16 --reps 1 --stages W+" COLD_EXTRA="--channel-max 16" bash benchmarks/device_run.sh
+#       EXTRA="--channel-max 16 --reps 1 --stages W+ --chunk 1" COLD_EXTRA="--channel-max 16 --loop 1,unrolled" \
+#       bash benchmarks/device_run.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # No preallocation: JAX and PyTorch share the GPU here, and the peak counters mean what they say.
@@ -30,6 +31,11 @@ GRID="${GRID:-4x4}"
 EXTRA="${EXTRA:-}"
 COLD_EXTRA="${COLD_EXTRA:-}"
 mkdir -p "$OUT"
+# One compile cache for every part, new and empty (the cold start's first run needs it so): a
+# program one part compiled, a later part reads (the profile's steps are the suite's, for one).
+XLA_CACHE=$(mktemp -d)
+trap 'rm -rf "$XLA_CACHE"' EXIT
+export BARBERSHOP_JAX_COMPILE_CACHE="$XLA_CACHE"
 start=$(date +%s)
 rm -f "$OUT/failed_parts"
 failed() { echo "$1" >> "$OUT/failed_parts"; }  # a file: the parts run in the pipelines' subshells
@@ -45,7 +51,8 @@ suite() {
 nvidia-smi -L 2>/dev/null || echo "no nvidia-smi: a dry run"
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
 # shellcheck disable=SC2086  # COLD_EXTRA: several words
-python3 benchmarks/cold_start.py --workload transfer --size "$SIZE" --scale "$SCALE" $COLD_EXTRA --out "$OUT" \
+python3 benchmarks/cold_start.py --workload transfer --size "$SIZE" --scale "$SCALE" $COLD_EXTRA --cache "$XLA_CACHE" \
+    --out "$OUT" \
     2>&1 | tee "$OUT/cold_start.log"
 [ "${PIPESTATUS[0]}" = 0 ] || failed "cold_start.py"
 pack
