@@ -339,14 +339,15 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "production_loop: run optimisation loops with the production defaults")
 
 
-# The test files that take longest, longest first (seconds on 2 AVX2 cores with 2 workers, the
-# programs of TRANSFER_FILES compiled ahead). Run first, so that no worker starts one while the
-# other is nearly done: scripts/test.sh keeps this order (--no-loadscope-reorder; pytest-xdist
-# would otherwise hand out the files with the most tests first).
-LONGEST_FIRST = ("test_device_run.py", "test_embedding.py", "test_stylegan2.py", "test_transfer.py",
-                 "test_rehearsal.py", "test_web.py", "test_benchmarks.py", "test_grid.py", "test_damaged_files.py",
-                 "test_weights_download.py", "test_bisenet.py", "test_lpips.py", "test_install_lines.py",
-                 "test_cli.py", "test_recorded_results.py", "test_conv.py")
+# The test files that take longest, longest first (benchmarks/tests_time.py measures them; in
+# one run on 2 AVX2 cores with 2 workers from 562 s to 25 s). Run first, so that no worker starts
+# one while the other is nearly done: scripts/test.sh keeps this order (--no-loadscope-reorder;
+# pytest-xdist would otherwise hand out the files with the most tests first, which left one
+# worker idle for the last 500 s of a run).
+LONGEST_FIRST = ("test_device_run.py", "test_embedding.py", "test_transfer.py", "test_rehearsal.py",
+                 "test_stylegan2.py", "test_benchmarks.py", "test_web.py", "test_grid.py", "test_weights_download.py",
+                 "test_bisenet.py", "test_lpips.py", "test_cli.py", "test_conv.py", "test_install_lines.py",
+                 "test_damaged_files.py")
 
 
 def pytest_collection_modifyitems(config, items):
