@@ -279,27 +279,59 @@ def selected_files(config) -> set[str]:
     return names
 
 
-def compile_transfer_programs():
-    """test_transfer's batch run into a temporary folder, with the rehearsal, which compiles the
-    stages' programs on one thread per core: nothing else runs yet to use the cores."""
+# Where the controller's rehearsed batch run (pytest_sessionstart) leaves its folder, for
+# test_rehearsal: the workers find it through the environment they inherit.
+REHEARSED_RUN_ENV = "BARBERSHOP_JAX_TEST_REHEARSED_RUN"
+
+
+def rehearse_batch_run(folder: Path):
+    """test_transfer's batch run with the rehearsal, which compiles the stages' programs on one
+    thread per core (nothing else runs yet to use the cores): its images in folder/in, its
+    results in folder/out, and in folder/compiled.json the thread each program compiled on
+    (this process has compiled no stage yet, and the run's persistent cache is new)."""
+    import json
+    import threading
+
+    from jax import monitoring
+
     models = tiny_models()
-    with tempfile.TemporaryDirectory(prefix="barbershop-jax-test-warm-") as tmp:
-        path = dict(zip(NAMES, generator_images(models, NAMES, 11, tmp)))
-        triples = [tuple(path[n] for n in t) for t in BATCH_TRIPLES]
-        tiny_transfer(models, Path(tmp) / "out", compile_ahead=True).transfer_many(triples)
+    (folder / "in").mkdir()
+    path = dict(zip(NAMES, generator_images(models, NAMES, 11, folder / "in")))
+    where = []
+
+    def listener(event, duration, **kwargs):
+        if event == BACKEND_COMPILE_EVENT:
+            where.append([threading.current_thread().name, kwargs.get("fun_name", "?")])
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        tiny_transfer(models, folder / "out", compile_ahead=True).transfer_many(
+            [tuple(path[n] for n in t) for t in BATCH_TRIPLES])
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    (folder / "compiled.json").write_text(json.dumps(where))
+
+
+def rehearsed_run() -> Path | None:
+    """The folder of the controller's rehearsed batch run, when this run made one."""
+    folder = os.environ.get(REHEARSED_RUN_ENV)
+    return Path(folder) if folder and (Path(folder) / "compiled.json").is_file() else None
 
 
 def pytest_sessionstart(session):
     """Before pytest-xdist starts two or more workers (its own hook runs last), when the run
     selects two or more of TRANSFER_FILES: the transfer's programs compiled into the run's
-    persistent cache, so that no two workers compile them at once."""
+    persistent cache by a rehearsed batch run, so that no two workers compile them at once
+    (test_rehearsal checks that run)."""
     config = session.config
     workers = getattr(config.option, "numprocesses", None)
     if (os.environ.get("PYTEST_XDIST_WORKER") or not isinstance(workers, int) or workers < 2
             or len(selected_files(config) & set(TRANSFER_FILES)) < 2):
         return
     start = time.perf_counter()
-    compile_transfer_programs()
+    folder = Path(tempfile.mkdtemp(prefix="barbershop-jax-test-rehearsed-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    rehearse_batch_run(folder)
+    os.environ[REHEARSED_RUN_ENV] = str(folder)
     seconds = time.perf_counter() - start
     config.pluginmanager.get_plugin("terminalreporter").write_line(
         f"conftest: the transfer's programs compiled into the run's persistent cache in {seconds:.0f} s")
@@ -344,10 +376,9 @@ def pytest_configure(config):
 # one while the other is nearly done: scripts/test.sh keeps this order (--no-loadscope-reorder;
 # pytest-xdist would otherwise hand out the files with the most tests first, which left one
 # worker idle for the last 500 s of a run).
-LONGEST_FIRST = ("test_device_run.py", "test_embedding.py", "test_transfer.py", "test_rehearsal.py",
-                 "test_stylegan2.py", "test_benchmarks.py", "test_web.py", "test_grid.py", "test_weights_download.py",
-                 "test_bisenet.py", "test_lpips.py", "test_cli.py", "test_conv.py", "test_install_lines.py",
-                 "test_damaged_files.py")
+LONGEST_FIRST = ("test_device_run.py", "test_embedding.py", "test_transfer.py", "test_stylegan2.py",
+                 "test_benchmarks.py", "test_web.py", "test_grid.py", "test_weights_download.py", "test_bisenet.py",
+                 "test_lpips.py", "test_cli.py", "test_conv.py", "test_install_lines.py", "test_damaged_files.py")
 
 
 def pytest_collection_modifyitems(config, items):

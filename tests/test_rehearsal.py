@@ -1,5 +1,6 @@
 """The rehearsal (stages/rehearsal.py): a run's stage programs compiled ahead on other threads,
 the run's results the same bit for bit, nothing written by it."""
+import json
 import threading
 
 import jax
@@ -7,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import monitoring
+from PIL import Image
 
 from barbershop_jax.pipeline.runtime import compile_ahead
 from barbershop_jax.stages import rehearsal
-from conftest import BACKEND_COMPILE_EVENT, count_compilations, tiny_transfer
+from conftest import BACKEND_COMPILE_EVENT, BATCH_TRIPLES, NAMES, count_compilations, rehearsed_run, tiny_transfer
 
 # The programs of a transfer's stages (their jitted functions' names).
 STAGE_PROGRAMS = {"_run_chunk", "target_units", "_f_init", "render_saved", "parse_images", "_after_round1",
@@ -60,27 +62,49 @@ def test_other_threads_do_not_rehearse():
     assert seen == [False]
 
 
-def test_a_transfer_compiles_its_programs_ahead_with_the_same_results(models, images, tmp_path):
-    """The stage programs of the run compile on the rehearsal's compiler threads, past the first
-    ones none on the run's thread (JAX's caches cleared first, so nothing was compiled before),
-    and the results are those of a run without a rehearsal, bit for bit; the rehearsal writes
-    no file."""
-    face, shape, color = images[:3]
-    # Batch 5, which no other test runs: programs another worker put in the suite's persistent
-    # cache would be read at once on the run's thread, which could then outrun the rehearsal.
-    batch = 5
-    jax.clear_caches()
+def _rehearsed_here(models, images, folder):
+    """A triple's transfer with the rehearsal into folder/out, at batch 5, which no other test
+    runs: programs another worker put in the suite's persistent cache would be read at once on
+    the run's thread, which could then outrun the rehearsal. (triples, batch size, [thread,
+    program] of each compile.)"""
+    batch, triples = 5, [tuple(images[:3])]
+    jax.clear_caches()  # nothing compiled before, in this process
     where = []
 
     def listener(event, duration, **kwargs):
         if event == BACKEND_COMPILE_EVENT:
-            where.append((threading.current_thread().name, kwargs.get("fun_name", "?")))
+            where.append([threading.current_thread().name, kwargs.get("fun_name", "?")])
     monitoring.register_event_duration_secs_listener(listener)
     try:
-        ahead = tiny_transfer(models, tmp_path / "ahead", batch_size=batch, compile_ahead=True)
-        ahead = ahead.transfer(face, shape, color)
+        tiny_transfer(models, folder / "out", batch_size=batch, compile_ahead=True).transfer_many(triples)
     finally:
         monitoring.unregister_event_duration_listener(listener)
+    return triples, batch, where
+
+
+def _arrays(path):
+    if path.suffix == ".png":
+        return {"": np.asarray(Image.open(path))}
+    if path.suffix == ".npy":
+        return {"": np.load(path)}
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_a_transfer_compiles_its_programs_ahead_with_the_same_results(models, images, tmp_path):
+    """The stage programs of a rehearsed run compile on the rehearsal's compiler threads, past
+    the first ones none on the run's thread (in a process that had compiled no stage), and its
+    files are those of a run without a rehearsal, bit for bit: the rehearsal writes no file and
+    changes no number. The rehearsed run: the one conftest's pytest_sessionstart made before the
+    workers started (test_transfer's batch run, the suite's persistent cache new), else one here."""
+    rehearsed = rehearsed_run()
+    if rehearsed is not None:
+        where = json.loads((rehearsed / "compiled.json").read_text())
+        path = {n: rehearsed / "in" / f"{n}.png" for n in NAMES}
+        triples, batch = [tuple(path[n] for n in t) for t in BATCH_TRIPLES], 2
+    else:
+        rehearsed = tmp_path / "rehearsed"
+        triples, batch, where = _rehearsed_here(models, images, rehearsed)
     stage_programs = [(thread, name) for thread, name in where if name.removeprefix("jit(")[:-1] in STAGE_PROGRAMS]
     ahead_of_time = [name for thread, name in stage_programs if thread.startswith(compile_ahead.THREAD_PREFIX)]
     in_the_run = [name for thread, name in stage_programs if not thread.startswith(compile_ahead.THREAD_PREFIX)]
@@ -89,9 +113,14 @@ def test_a_transfer_compiles_its_programs_ahead_with_the_same_results(models, im
     # targets' and the W+ loop's) before the rehearsal hands them over, and to none after.
     assert len(ahead_of_time) >= 12 and len(in_the_run) <= 2, (ahead_of_time, in_the_run)
 
-    plain = tiny_transfer(models, tmp_path / "plain", batch_size=batch, compile_ahead=False)
-    plain = plain.transfer(face, shape, color)
-    for field in ("image", "latent_in", "structure_f", "target_labels"):
-        assert np.array_equal(getattr(ahead, field), getattr(plain, field)), field
+    plain = tmp_path / "plain"
+    tiny_transfer(models, plain, batch_size=batch, compile_ahead=False).transfer_many(triples)
     files = lambda root: sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())  # noqa: E731
-    assert files(tmp_path / "ahead") == files(tmp_path / "plain")
+    assert files(rehearsed / "out") == files(plain)
+    compared = [f for f in files(plain) if f.suffix in (".png", ".npy", ".npz")]
+    assert any(f.suffix == ".npz" for f in compared) and any(f.suffix == ".png" for f in compared)
+    for f in compared:
+        ahead, alone = _arrays(rehearsed / "out" / f), _arrays(plain / f)
+        assert ahead.keys() == alone.keys(), f
+        for k in ahead:
+            assert np.array_equal(ahead[k], alone[k]), (f, k)
