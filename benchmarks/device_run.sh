@@ -32,7 +32,7 @@ EXTRA="${EXTRA:-}"
 COLD_EXTRA="${COLD_EXTRA:-}"
 mkdir -p "$OUT"
 # One compile cache for every part, new and empty (the cold start's first run needs it so): a
-# program one part compiled, a later part reads (the profile's steps are the suite's, for one).
+# program one part compiled, a later part with the same shapes and settings reads.
 XLA_CACHE=$(mktemp -d)
 trap 'rm -rf "$XLA_CACHE"' EXIT
 export BARBERSHOP_JAX_COMPILE_CACHE="$XLA_CACHE"
