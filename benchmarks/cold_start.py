@@ -215,12 +215,10 @@ def main():
     stem = result_names.stem("cold-start", config)
     result = {"workload": workload, "loop": args.loop or "default", "compile_ahead": not args.no_compile_ahead,
               "machine": result_names.machine(), "date": stem.split("_")[2], "runs": runs}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(markdown(result))
-    print(markdown(result))
-    print(f"wrote {out / stem}.json and .md")
+    table = markdown(result)
+    written = result_names.write(args.out, stem, result, table)
+    print(table)
+    print(f"wrote {written} and .md")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ its core count (avx2-epyc-2core), since those decide XLA:CPU's speed and bits.
 BENCH_MACHINE=name overrides the machine's name (a machine the rules below name badly)."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -60,3 +61,13 @@ def stem(benchmark: str, config: str, device=None, date: str | None = None) -> s
     """The file name without its extension: {benchmark}_{config}_{date}_{machine}."""
     date = date or datetime.now(timezone.utc).date().isoformat()
     return f"{benchmark}_{config}_{date}_{machine(device)}"
+
+
+def write(out, stem: str, result: dict, table: str) -> Path:
+    """`result` as {out}/{stem}.json and its markdown `table` as {stem}.md, the folder made if
+    missing. The JSON file's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(table)
+    return out / f"{stem}.json"

@@ -156,12 +156,10 @@ def main():
     stem = result_names.stem("tests-time", f"{n}workers")
     result = {"args": pytest_args, "machine": result_names.cpu_name(), "date": stem.split("_")[2], "wall_s": wall,
               "outcome": outcome, "returncode": run.returncode, **summarise(tests, started)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(markdown(result))
-    print(markdown(result))
-    print(f"wrote {out / stem}.json and .md")
+    table = markdown(result)
+    written = result_names.write(args.out, stem, result, table)
+    print(table)
+    print(f"wrote {written} and .md")
     return run.returncode
 
 

@@ -290,13 +290,21 @@ def rehearse_batch_run(folder: Path):
     results in folder/out, and in folder/compiled.json the thread each program compiled on
     (this process has compiled no stage yet, and the run's persistent cache is new)."""
     import json
-    import threading
-
-    from jax import monitoring
 
     models = tiny_models()
     (folder / "in").mkdir()
     path = dict(zip(NAMES, generator_images(models, NAMES, 11, folder / "in")))
+    where = rehearsed_transfer(models, [tuple(path[n] for n in t) for t in BATCH_TRIPLES], folder / "out")
+    (folder / "compiled.json").write_text(json.dumps(where))
+
+
+def rehearsed_transfer(models, triples, out, batch_size: int = 2) -> list:
+    """`triples` transferred into `out` with the rehearsal; [thread name, program name] of each
+    program XLA compiled (or read from the persistent cache) meanwhile, on any thread."""
+    import threading
+
+    from jax import monitoring
+
     where = []
 
     def listener(event, duration, **kwargs):
@@ -304,11 +312,10 @@ def rehearse_batch_run(folder: Path):
             where.append([threading.current_thread().name, kwargs.get("fun_name", "?")])
     monitoring.register_event_duration_secs_listener(listener)
     try:
-        tiny_transfer(models, folder / "out", compile_ahead=True).transfer_many(
-            [tuple(path[n] for n in t) for t in BATCH_TRIPLES])
+        tiny_transfer(models, out, batch_size=batch_size, compile_ahead=True).transfer_many(triples)
     finally:
         monitoring.unregister_event_duration_listener(listener)
-    (folder / "compiled.json").write_text(json.dumps(where))
+    return where
 
 
 def rehearsed_run() -> Path | None:

@@ -7,12 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import monitoring
 from PIL import Image
 
 from barbershop_jax.pipeline.runtime import compile_ahead
 from barbershop_jax.stages import rehearsal
-from conftest import BACKEND_COMPILE_EVENT, BATCH_TRIPLES, NAMES, count_compilations, rehearsed_run, tiny_transfer
+from conftest import BATCH_TRIPLES, NAMES, count_compilations, rehearsed_run, rehearsed_transfer, tiny_transfer
 
 # The programs of a transfer's stages (their jitted functions' names).
 STAGE_PROGRAMS = {"_run_chunk", "target_units", "_f_init", "render_saved", "parse_images", "_after_round1",
@@ -69,17 +68,7 @@ def _rehearsed_here(models, images, folder):
     program] of each compile.)"""
     batch, triples = 5, [tuple(images[:3])]
     jax.clear_caches()  # nothing compiled before, in this process
-    where = []
-
-    def listener(event, duration, **kwargs):
-        if event == BACKEND_COMPILE_EVENT:
-            where.append([threading.current_thread().name, kwargs.get("fun_name", "?")])
-    monitoring.register_event_duration_secs_listener(listener)
-    try:
-        tiny_transfer(models, folder / "out", batch_size=batch, compile_ahead=True).transfer_many(triples)
-    finally:
-        monitoring.unregister_event_duration_listener(listener)
-    return triples, batch, where
+    return triples, batch, rehearsed_transfer(models, triples, folder / "out", batch_size=batch)
 
 
 def _arrays(path):
