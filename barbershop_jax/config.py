@@ -89,6 +89,7 @@ LIMITS = {
     "fs_block": Limit(int, 0, MAX_FS_BLOCK),
     **dict.fromkeys(("size", "lpips_size", "parse_size", "loss_size", "blend_parse_size"), _SIZE),
     "learning_rate": Limit(float, 0.0, FLOAT32_MAX, above=True),
+    "warmup": Limit(float, 0.0, 1.0),  # an optimiser's warmup: a fraction of its stage's steps
     **dict.fromkeys(("l2_lambda", "percept_lambda", "p_norm_lambda", "l_f_lambda", "ce_lambda", "style_lambda",
                      "face_lambda", "hair_lambda"), _LAMBDA),
     # paste-back: the soft edge, a fraction of the side; past half, no pixel is fully pasted
@@ -116,6 +117,104 @@ def check_numbers(owner: str, **values):
         problem = LIMITS[name].problem(value)
         if problem:
             raise ValueError(f"{owner}: {name} {problem}, got {shown(value)}")
+
+
+# ------------------------------------------------------------------ optimisers as data
+# Each optimisation stage's optimiser is a short text, so that it fits a config field, a command
+# line flag, a CSV cell and a cache key: an optax optimiser's name and keyword arguments, as in
+# "adam" (the official, every stage's default), "lion(b1=0.95, learning_rate=0.001)" or
+# "sgd(momentum=0.9, schedule='cosine', warmup=0.05)". Two keywords are ours: `schedule`, the
+# learning rate over the stage's steps ("constant", "cosine" or "linear" decay to 0), and
+# `warmup`, the fraction of the steps over which it first rises linearly; `learning_rate`
+# overrides the stage's (the config's learning_rate). stages/optim.py builds the optax
+# transform; the text is checked here, before any work.
+DEFAULT_OPTIMIZER = "adam"
+SCHEDULES = ("constant", "cosine", "linear")
+OPTIMIZER_FIELDS = ("w_optimizer", "fs_optimizer", "inpaint_optimizer", "align_optimizer", "blend_optimizer")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimiser text, parsed: optax's `name`, its keyword arguments (sorted (name, value)
+    pairs), the learning-rate schedule and warmup fraction, and the learning rate when the
+    text sets one (None: the stage's)."""
+    name: str
+    hyperparams: tuple = ()
+    schedule: str = "constant"
+    warmup: float = 0.0
+    learning_rate: float | None = None
+
+    def text(self) -> str:
+        """The one spelling of this spec (config fields, cache keys and file names use it)."""
+        args = dict(self.hyperparams)
+        if self.learning_rate is not None:
+            args["learning_rate"] = self.learning_rate
+        if self.schedule != "constant":
+            args["schedule"] = self.schedule
+        if self.warmup:
+            args["warmup"] = self.warmup
+        inner = ", ".join(f"{k}={v!r}" for k, v in sorted(args.items()))
+        return f"{self.name}({inner})" if inner else self.name
+
+
+def optimizer_spec(text: str, owner: str = "optimizer") -> OptimizerSpec:
+    """Parse and check an optimiser text (see above): ValueError naming `owner` and what is
+    wrong. Values are Python literals (numbers, True/False/None, quoted strings), read with
+    ast.literal_eval: nothing in the text is ever run."""
+    import ast
+    if not isinstance(text, str):
+        raise ValueError(f"{owner}: must be a text such as 'adam' or 'lion(b1=0.95)', got {shown(text)}")
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        node = None
+    if isinstance(node, ast.Name):
+        node = ast.Call(func=node, args=[], keywords=[])
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args
+            and all(k.arg for k in node.keywords)):
+        raise ValueError(f"{owner}: {shown(text)} is not an optimiser: write NAME or NAME(key=value, ...), "
+                         f"e.g. 'adam' or 'lion(b1=0.95)'")
+    try:
+        args = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+    except ValueError:
+        raise ValueError(f"{owner}: the values in {shown(text)} must be numbers, True, False, None or quoted "
+                         f"text") from None
+    return _checked_spec(owner, node.func.id, args)
+
+
+def _checked_spec(owner: str, name: str, args: dict) -> OptimizerSpec:
+    import inspect
+
+    import optax
+    factory = getattr(optax, name, None)
+    parameters = inspect.signature(factory).parameters if callable(factory) and not name.startswith("_") else {}
+    if list(parameters)[:1] != ["learning_rate"]:
+        raise ValueError(f"{owner}: {name!r} is not an optax optimiser taking a learning rate (e.g. adam, adamw, "
+                         f"lion, sgd, rmsprop, adabelief)")
+    schedule, warmup = args.pop("schedule", "constant"), args.pop("warmup", 0.0)
+    learning_rate = args.pop("learning_rate", None)
+    unknown = sorted(set(args) - set(parameters))
+    if unknown:
+        raise ValueError(f"{owner}: optax.{name} takes no {', '.join(unknown)} (it takes "
+                         f"{', '.join(list(parameters)[1:])}; ours: schedule, warmup)")
+    for key, value in args.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{owner}: {key} must be finite, got {value!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"{owner}: schedule must be one of {', '.join(SCHEDULES)}, got {shown(schedule)}")
+    check_numbers(owner, warmup=warmup)
+    if learning_rate is not None:
+        check_numbers(owner, learning_rate=learning_rate)
+    return OptimizerSpec(name, tuple(sorted(args.items())), schedule, float(warmup),
+                         None if learning_rate is None else float(learning_rate))
+
+
+def _normalise_optimizers(owner: str, cfg):
+    """Each optimiser field of `cfg` checked and rewritten in its one spelling."""
+    for field in OPTIMIZER_FIELDS:
+        if hasattr(cfg, field):
+            spec = optimizer_spec(getattr(cfg, field), f"{owner}: {field}")
+            object.__setattr__(cfg, field, spec.text())
 
 
 NOISE_MODES = ("random", "const", "none")  # models.stylegan2's, which this module does not import (jax)
@@ -166,9 +265,12 @@ class EmbedConfig:
     seed: int = 0                  # root of the per-image noise keys
     chunk: int | None = None       # steps per compiled scan (None: stages.loop.loop_defaults)
     unroll: bool | None = None     # unroll each scan's steps (None: stages.loop.loop_defaults)
+    w_optimizer: str = DEFAULT_OPTIMIZER   # the W+ loop's optimiser (official: Adam; see OptimizerSpec)
+    fs_optimizer: str = DEFAULT_OPTIMIZER  # the FS loop's
 
     def __post_init__(self):
         check_fields("EmbedConfig", self)
+        _normalise_optimizers("EmbedConfig", self)
 
     @classmethod
     def for_size(cls, size: int, **overrides) -> "EmbedConfig":
@@ -226,6 +328,9 @@ class TransferConfig:
     seed: int = 0
     chunk: int | None = None        # steps per compiled scan (None: stages.loop.loop_defaults)
     unroll: bool | None = None      # unroll each scan's steps (None: stages.loop.loop_defaults)
+    inpaint_optimizer: str = DEFAULT_OPTIMIZER  # the target mask's inpainting rounds (official: Adam)
+    align_optimizer: str = DEFAULT_OPTIMIZER    # both alignment steps
+    blend_optimizer: str = DEFAULT_OPTIMIZER    # the blend (its [0, 1] projection follows any update)
 
     def __post_init__(self):
         # One spelling per region set ("eyes, brows" -> "brows,eyes"): it is part of cache keys
@@ -241,6 +346,7 @@ class TransferConfig:
         if self.sign not in SIGNS:
             raise ValueError(f"sign must be one of {SIGNS}, got {self.sign!r}")
         check_fields("TransferConfig", self)
+        _normalise_optimizers("TransferConfig", self)
 
     def resolve(self, size: int) -> "TransferConfig":
         """Fill the sizes for a generator of `size` px: the official values at 1024."""
@@ -270,6 +376,12 @@ class TransferConfig:
         for name in keep:
             del blank[name]
         return dataclasses.replace(self, **blank)
+
+    def for_inpainting(self) -> "TransferConfig":
+        """The config of the target mask's inpainting rounds: they run align step 1's step
+        (stages/align.py segmentation_step, which reads `align_optimizer`) with their own
+        optimiser. With the same optimiser (the default) it is the same program."""
+        return dataclasses.replace(self, align_optimizer=self.inpaint_optimizer)
 
     def region_ids(self, label_map) -> tuple:
         """The class ids of `region` in a parser's label map (a ValueError for unknown names)."""

@@ -9,7 +9,7 @@ import sys
 from importlib import metadata
 
 from barbershop_jax.config import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, FEATHER, FLOAT32_MAX, LIMITS
-from barbershop_jax.config import MAX_BATCH_SIZE, MAX_COUNT, Limit, shown
+from barbershop_jax.config import MAX_BATCH_SIZE, MAX_COUNT, Limit, optimizer_spec, shown
 from barbershop_jax.pipeline.faces.crop import MIN_FACE
 from barbershop_jax.pipeline.files.image_files import one_line, shown_path
 
@@ -56,6 +56,45 @@ def flag(name: str):
     """The argparse type of the setting `name`: its range in config.LIMITS, which the configs
     and the Python API check too."""
     return number(LIMITS[name])
+
+
+def optimizer_text(text):
+    """An argparse type: an optimiser text (config.py, OptimizerSpec), in its one spelling;
+    one clear line when it is not one."""
+    try:
+        return optimizer_spec(text, "optimizer").text()
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+optimizer_text.__name__ = "optimizer"
+# Each loop's optimiser flag: (config field, flag help); --optimizer sets all of a command's.
+OPTIMIZER_FLAGS = (("w_optimizer", "the W+ loop"), ("fs_optimizer", "the FS loop"),
+                   ("inpaint_optimizer", "the target mask's inpainting rounds"),
+                   ("align_optimizer", "both alignment steps"), ("blend_optimizer", "the blend"))
+OPTIMIZER_HELP = ("an optax optimiser and its arguments, e.g. adam (official), 'lion(b1=0.95, learning_rate=0.001)', "
+                  "'sgd(momentum=0.9, schedule=\"cosine\", warmup=0.05)'; results made with another than adam are "
+                  "cached apart")
+
+
+EMBED_OPTIMIZERS = ("w_optimizer", "fs_optimizer")
+TRANSFER_OPTIMIZERS = tuple(field for field, _ in OPTIMIZER_FLAGS)
+
+
+def add_optimizer_flags(p, fields):
+    """--optimizer (every loop of the command) and one flag per loop of `fields`."""
+    p.add_argument("--optimizer", type=optimizer_text, metavar="OPT",
+                   help=f"the optimiser of every loop: {OPTIMIZER_HELP}")
+    for field, loop in OPTIMIZER_FLAGS:
+        if field in fields:
+            p.add_argument("--" + field.replace("_", "-"), type=optimizer_text, metavar="OPT",
+                           help=f"the optimiser of {loop} (default: --optimizer, else adam)")
+
+
+def optimizer_options(args, fields) -> dict:
+    """The config fields of the optimiser flags given: a loop's own flag, else --optimizer."""
+    chosen = {f: getattr(args, f, None) or args.optimizer for f in fields}
+    return {f: text for f, text in chosen.items() if text is not None}
 
 
 COUNT = number(Limit(int, 0, MAX_COUNT))              # other counts and indices
@@ -226,6 +265,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
                     help=f"images, pairs or triples optimised together (default {DEFAULT_BATCH_SIZE})")
     for name, text in TRANSFER_STEPS:
         tr.add_argument("--" + name.replace("_", "-"), type=flag(name), help=text)
+    add_optimizer_flags(tr, TRANSFER_OPTIMIZERS)
     tr.add_argument("--save-target-mask", action="store_true",
                     help="also write each target mask as OUT/target_masks/{face}_{ref}.png (target_masks_{region}/ "
                          "for a region other than hair): an indexed PNG whose values are class ids (legend.json "
@@ -284,6 +324,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
     embed.add_argument("--w-steps", type=flag("w_steps"), help="W+ steps (official: 1100)")
     embed.add_argument("--fs-steps", type=flag("fs_steps"), help="FS steps (official: 250)")
     embed.add_argument("--lr", type=flag("learning_rate"), help="Adam learning rate (official: 0.01)")
+    add_optimizer_flags(embed, EMBED_OPTIMIZERS)
     embed.add_argument("--noise", choices=["random", "const", "none"], help="generator noise (official: random)")
     embed.add_argument("--seed", type=flag("seed"), help="seed of the per-image noise (default 0)")
     embed.add_argument("--l2-lambda", type=flag("l2_lambda"), help="weight of the full-size MSE (official: 1.0)")

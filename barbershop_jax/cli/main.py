@@ -62,7 +62,7 @@ def embed(args):
     _distributed(args)
     models = bundle.load(args.weights, args.dtype, parser=False)
     flags = {field: getattr(args, flag) for flag, field in EMBED_FLAGS.items() if getattr(args, flag) is not None}
-    overrides = {**args_lib.loop_options(), **flags}
+    overrides = {**args_lib.loop_options(), **flags, **args_lib.optimizer_options(args, args_lib.EMBED_OPTIMIZERS)}
     cfg = EmbedConfig.for_size(models.generator.config.size, **overrides)
     failures, reuse = [], store.Reuse(fresh=args.fresh)
     done = embed_lib.embed_files(_image_paths(args.images), args.out, models, cfg, batch_size=args.batch_size,
@@ -92,7 +92,7 @@ def transfer(args):
     # --region: every triple's region (with --pairs: of the rows whose region column is empty).
     flags = {k: getattr(args, k) for k in ("sign", "smooth", "seed", "noise", "region",
                                            *(n for n, _ in args_lib.TRANSFER_STEPS)) if getattr(args, k) is not None}
-    options = {**args_lib.loop_options(), **flags}
+    options = {**args_lib.loop_options(), **flags, **args_lib.optimizer_options(args, args_lib.TRANSFER_OPTIMIZERS)}
     grid = {k: [str(p) for p in _image_paths(getattr(args, k))] if getattr(args, k) else None
             for k in ("faces", "hairstyles", "colors")}  # folders expanded to their images
     job = transfer_job.TransferJob(args.out, progress=not args.quiet, checkpoint_every=args.checkpoint_every or None,

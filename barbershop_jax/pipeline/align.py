@@ -89,7 +89,7 @@ def _write(ctx: TransferContext, a, key, row, latent_in) -> None:
     face, shape, ref = a
     npz, layout = ctx.layout.alignment(*a), ctx.layout
     meta = {"key": key, "face": face, "reference": ref, **({"shape": shape} if shape != ref else {}),
-            "weights": ctx.weights}
+            "weights": ctx.weights, "optimizers": cache.optimizers_of(ctx.embed_cfg, ctx.cfg)}
     npz.with_suffix(".json").unlink(missing_ok=True)
     image_io.save_png(layout.vis_mask(face, shape), inpainting.colourise(row["target"]))
     cache.save_labels(layout.alignment_labels(*a), row["target"])

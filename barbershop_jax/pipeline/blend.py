@@ -83,7 +83,8 @@ def _write(ctx: TransferContext, t, key, row) -> None:
     face, shape, color, structure = t
     npz = ctx.layout.blend(t)
     meta = {"key": key, "face": face, "shape": shape, "color": color,
-            **({"structure": structure} if structure != shape else {}), "weights": ctx.weights}
+            **({"structure": structure} if structure != shape else {}), "weights": ctx.weights,
+            "optimizers": cache.optimizers_of(ctx.embed_cfg, ctx.cfg)}
     npz.with_suffix(".json").unlink(missing_ok=True)
     cache.save_latents_npz(npz, row["latent_in"], row["structure_f"])
     render = image_io.save_png(npz.with_suffix(".png"), image_io.to_uint8(row["image"]))

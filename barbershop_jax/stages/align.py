@@ -39,7 +39,7 @@ from barbershop_jax.models.bundle import Models
 from barbershop_jax.ops import masks, resample
 from barbershop_jax.stages import rehearsal
 from barbershop_jax.stages import loop
-from barbershop_jax.stages.optim import ADAM, OptState
+from barbershop_jax.stages.optim import Optimizer, OptState
 
 # Noise-key tags: each render draws fresh noise (official), from the pair's key and a tag.
 STEP1_TAG, STEP2_TAG, A1_TAG, A2_TAG, REF_TAG, RENDER_TAG = 201, 202, 203, 204, 205, 206
@@ -112,7 +112,7 @@ def segmentation_step(models: Models, state, x: SegmentationTarget, i, cfg):
         return loss, jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     (loss, labels), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    params, opt_state = ADAM.apply(grads, state.opt_state, state.params)
+    params, opt_state = Optimizer(cfg.align_optimizer).apply(grads, state.opt_state, state.params)
     # The result: (params, labels) of the last forward pass.
     return OptState(params, opt_state, (state.params, labels)), {"loss": loss}
 
@@ -121,7 +121,7 @@ def fit_segmentation(models: Models, heads, targets: SegmentationTarget, n_steps
                      hook=None):
     """Run `segmentation_step` on a batch. Returns (heads, labels) of the last forward pass."""
     labels = jnp.zeros_like(targets.target)
-    state = ADAM.start(heads, cfg.learning_rate, (heads, labels))
+    state = Optimizer(cfg.align_optimizer).start(heads, cfg.learning_rate, (heads, labels), n_steps)
     state, _ = loop.run(segmentation_step, cfg, models, state, targets, n_steps, loop=which, hook=hook)
     return state.result
 
@@ -144,7 +144,7 @@ def _step2(models: Models, state, data, i, cfg):
         return ce + style, {"loss": ce + style, "ce": ce, "style": style}
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    params, opt_state = ADAM.apply(grads, state.opt_state, state.params)
+    params, opt_state = Optimizer(cfg.align_optimizer).apply(grads, state.opt_state, state.params)
     return OptState(params, opt_state, state.params), metrics
 
 
@@ -227,7 +227,8 @@ def align(models: Models, inputs: AlignInputs, cfg: TransferConfig, *, hook=None
     # The helpers around the loops are keyed like the steps: on the fields they read.
     a1, ref_small, ref_hair = _between_steps(models, heads1, inputs, cfg=cfg.step_config())
     head2 = inputs.w_ref[:, :cfg.align_latents]
-    state, _ = loop.run(_step2, cfg, models, ADAM.start(head2, cfg.learning_rate),
+    start2 = Optimizer(cfg.align_optimizer).start(head2, cfg.learning_rate, total_steps=cfg.align_steps2)
+    state, _ = loop.run(_step2, cfg, models, start2,
                         (inputs.s_ref, inputs.target, ref_small, ref_hair, inputs.key, inputs.region_classes),
                         cfg.align_steps2, loop=loop.Loop("Align step 2", "step2"), hook=hook)
     structure_f, image = _finish(models, a1, state.result, inputs,

@@ -58,9 +58,10 @@ class BlendResult(NamedTuple):
     hair_mask: jax.Array     # (L, L): the region held to the colour reference (HM_3E: its R, eroded)
 
 
-def optimizer() -> Optimizer:
-    """Adam on u, then u projected onto [0, 1]: the official ClampOptimizer."""
-    return Optimizer(box=(0.0, 1.0))
+def optimizer(text: str = "adam") -> Optimizer:
+    """The optimiser `text` on u (official: Adam), then u projected onto [0, 1]: the official
+    ClampOptimizer."""
+    return Optimizer(text, box=(0.0, 1.0))
 
 
 def _mixed(u, s_face, s_color):
@@ -106,7 +107,7 @@ def _step(models: Models, state, data, i, cfg):
         return loss, {"loss": loss, "face": face, "hair": hair}
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    u, opt_state = optimizer().apply(grads, state.opt_state, state.params)
+    u, opt_state = optimizer(cfg.blend_optimizer).apply(grads, state.opt_state, state.params)
     return OptState(u, opt_state, state.params), metrics
 
 
@@ -129,7 +130,8 @@ def blend(models: Models, inputs: BlendInputs, cfg: TransferConfig, *, hook=None
     cfg.check_resolved()
     # The helpers around the loop are keyed like the step: on the fields they read.
     face_mask, hair_mask = blend_masks(models, inputs, cfg=cfg.step_config(keep=("blend_smooth",)))
-    state = optimizer().start(jnp.zeros_like(inputs.s_face), cfg.learning_rate)
+    state = optimizer(cfg.blend_optimizer).start(jnp.zeros_like(inputs.s_face), cfg.learning_rate,
+                                                total_steps=cfg.blend_steps)
     state, _ = loop.run(_step, cfg, models, state, (inputs, face_mask, hair_mask), cfg.blend_steps,
                         loop=loop.Loop("Blend"), hook=hook)
     latent_in, image = _final_render(models, state.result, inputs, cfg=cfg.step_config())

@@ -33,7 +33,7 @@ from barbershop_jax.models.bundle import Models
 from barbershop_jax.ops import resample
 from barbershop_jax.stages import rehearsal
 from barbershop_jax.stages import loop
-from barbershop_jax.stages.optim import ADAM, OptState
+from barbershop_jax.stages.optim import Optimizer, OptState
 
 
 class Targets(NamedTuple):
@@ -69,7 +69,7 @@ def _w_plus_step(models, state, data, i, cfg):
         return _image_losses(models, image, targets, units, w_plus, cfg)
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    params, opt_state = ADAM.apply(grads, state.opt_state, state.params)
+    params, opt_state = Optimizer(cfg.w_optimizer).apply(grads, state.opt_state, state.params)
     return OptState(params, opt_state, state.params), metrics
 
 
@@ -79,7 +79,7 @@ def embed_w_plus(models: Models, targets: Targets, cfg: EmbedConfig = EmbedConfi
     _check(models, targets, cfg)
     n = targets.full.shape[0]
     w_plus = models.generator.mean_w_plus(n)
-    state = ADAM.start(w_plus, cfg.learning_rate)
+    state = Optimizer(cfg.w_optimizer).start(w_plus, cfg.learning_rate, total_steps=cfg.w_steps)
     data = (targets, target_units(models.vgg, targets.small))
     state, metrics = loop.run(_w_plus_step, cfg, models, state, data, cfg.w_steps,
                               loop=loop.Loop("W+ embedding"), hook=hook)
@@ -113,7 +113,7 @@ def _fs_step(models, state, data, i, cfg):
         return loss, metrics
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    params, opt_state = ADAM.apply(grads, state.opt_state, state.params)
+    params, opt_state = Optimizer(cfg.fs_optimizer).apply(grads, state.opt_state, state.params)
     # Official: S saved from before the last update, F from after it.
     result = FSParams(state.params.s_code, params.structure_f)
     return OptState(params, opt_state, result), metrics
@@ -140,7 +140,7 @@ def embed_fs(models: Models, targets: Targets, w_plus, cfg: EmbedConfig = EmbedC
     s_index = cfg.s_index(g.config.n_latent)
     f_init = _f_init(models, w_plus, targets, cfg=cfg.step_config())  # step counts: no recompile
     params = FSParams(w_plus[:, s_index:], f_init)
-    state = ADAM.start(params, cfg.learning_rate)
+    state = Optimizer(cfg.fs_optimizer).start(params, cfg.learning_rate, total_steps=cfg.fs_steps)
     data = (targets, target_units(models.vgg, targets.small), w_plus[:, :s_index], f_init)
     state, metrics = loop.run(_fs_step, cfg, models, state, data, cfg.fs_steps,
                               loop=loop.Loop("FS embedding"), hook=hook)

@@ -167,8 +167,8 @@ def _round(models, target, keep, keys, cfg, which: loop.Loop, hook):
     g = models.generator
     latent_avg = g.mean_w_plus(target.shape[0])
     x = round_targets(target, keep, latent_avg, keys, cfg.sign, models.parser.labels.id("background"))
-    _, labels = alignment.fit_segmentation(models, latent_avg[:, :cfg.align_latents], x, cfg.inpaint_steps, cfg,
-                                           which, hook=hook)
+    _, labels = alignment.fit_segmentation(models, latent_avg[:, :cfg.align_latents], x, cfg.inpaint_steps,
+                                           cfg.for_inpainting(), which, hook=hook)
     return labels
 
 

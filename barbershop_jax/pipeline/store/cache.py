@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from barbershop_jax.config import DEFAULT_REGION
+from barbershop_jax.config import DEFAULT_OPTIMIZER, DEFAULT_REGION, OPTIMIZER_FIELDS
 from barbershop_jax.models.bisenet import LabelMap
 from barbershop_jax.models.weights import ARRAY_FILE_ERRORS
 from barbershop_jax.pipeline.store.layout import FS_DIR, W_DIR, Layout
@@ -41,8 +41,22 @@ from barbershop_jax.stages.target_mask import check_target, palette
 log = logging.getLogger("barbershop_jax")
 
 W_FIELDS = ("w_steps", "learning_rate", "l2_lambda", "percept_lambda", "p_norm_lambda",
-            "lpips_size", "noise", "seed")
-FS_FIELDS = W_FIELDS + ("fs_steps", "l_f_lambda", "fs_block")
+            "lpips_size", "noise", "seed", "w_optimizer")
+FS_FIELDS = W_FIELDS + ("fs_steps", "l_f_lambda", "fs_block", "fs_optimizer")
+
+
+def settings_of(cfg, fields) -> dict:
+    """The `fields` of a config that a cache key holds. An optimiser field only when it is not
+    the official Adam: a result made with another optimiser never passes for an official one,
+    and the keys of earlier runs stay as they were."""
+    return {f: getattr(cfg, f) for f in fields
+            if not (f.endswith("_optimizer") and getattr(cfg, f) == DEFAULT_OPTIMIZER)}
+
+
+def optimizers_of(*configs) -> dict:
+    """{field: optimiser text} of every optimiser field of `configs`: what an entry's JSON
+    records, so that a result says which optimisers made it."""
+    return {f: getattr(cfg, f) for cfg in configs for f in OPTIMIZER_FIELDS if hasattr(cfg, f)}
 
 
 
@@ -73,7 +87,7 @@ def _numerics(tree) -> list[str]:
 
 
 def _key(kind: str, image_hash: str, weights: str, cfg, fields) -> str:
-    settings = {f: getattr(cfg, f) for f in fields}
+    settings = settings_of(cfg, fields)
     blob = json.dumps({"kind": kind, "image": image_hash, "weights": weights, "settings": settings},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -202,6 +216,7 @@ class EmbeddingCache:
         path = Layout(self.root).w_plus(name)
         self._start(path)
         save_npy(path, np.asarray(w_plus)[None])
+        extra = {"optimizers": {"w_optimizer": cfg.w_optimizer}, **(extra or {})}
         self._finish(path, self.w_key(image_hash, cfg), name, image_hash, image_png, extra)
 
     # --- FS
@@ -215,6 +230,7 @@ class EmbeddingCache:
         path = Layout(self.root).fs(name)
         self._start(path)
         save_latents_npz(path, latent_in, structure_f)
+        extra = {"optimizers": optimizers_of(cfg), **(extra or {})}
         self._finish(path, self.fs_key(image_hash, cfg), name, image_hash, image_png, extra)
 
     # --- import
@@ -346,9 +362,9 @@ def transfer_weights(models) -> str:
 # ----------------------------------------------------------------------------- transfer entries
 ALIGN_FIELDS = ("sign", "smooth", "learning_rate", "ce_lambda", "style_lambda", "inpaint_steps", "align_steps1",
                 "align_steps2", "align_latents", "align_more_region", "parse_size", "loss_size", "guard_empty",
-                "noise", "seed")
+                "noise", "seed", "inpaint_optimizer", "align_optimizer")
 BLEND_FIELDS = ("learning_rate", "face_lambda", "hair_lambda", "blend_steps", "blend_smooth", "blend_parse_size",
-                "parse_size", "loss_size", "guard_empty", "noise", "seed")
+                "parse_size", "loss_size", "guard_empty", "noise", "seed", "blend_optimizer")
 
 
 def digest(*parts: str) -> str:
@@ -358,10 +374,10 @@ def digest(*parts: str) -> str:
 def stage_key(kind, hashes, weights, embed_cfg, cfg, fields, edit: str = "") -> str:
     """The key of an alignment or blend: its images, weights, embedding settings, its own
     settings (`fields` of the TransferConfig) and target-mask edit."""
-    settings = {f: getattr(cfg, f) for f in fields}
+    settings = settings_of(cfg, fields)
     if cfg.region != DEFAULT_REGION:  # only then: the keys of hair transfers stay as they were
         settings["region"] = cfg.region
-    embed_settings = {f: getattr(embed_cfg, f) for f in FS_FIELDS}
+    embed_settings = settings_of(embed_cfg, FS_FIELDS)
     blob = {"kind": kind, "images": list(hashes), "weights": weights, "embedding": embed_settings,
             "settings": settings}
     if edit:  # only when there is one, so that the keys of unedited runs stay as they were

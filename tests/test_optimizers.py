@@ -1,0 +1,131 @@
+"""Each stage's optimiser as data (config.py OptimizerSpec, stages/optim.py): the texts, the
+official Adam kept bit for bit, schedules whose step count is data, the blend's projection
+after any update, and results made with another optimiser cached apart and labelled."""
+import functools
+import hashlib
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+from barbershop_jax import cli
+from barbershop_jax.config import EmbedConfig, TransferConfig, optimizer_spec
+from barbershop_jax.models import bundle
+from barbershop_jax.pipeline.files import image_files
+from barbershop_jax.pipeline.store import cache
+from barbershop_jax.stages.optim import ADAM, Optimizer
+from conftest import count_compilations, known_w_plus
+
+
+def test_optimizer_texts_have_one_spelling():
+    assert optimizer_spec("adam").text() == "adam"
+    assert optimizer_spec(" lion( b1 = 0.95,learning_rate=1e-3 ) ").text() == "lion(b1=0.95, learning_rate=0.001)"
+    spec = optimizer_spec("sgd(momentum=0.9, schedule='cosine', warmup=0.05)")
+    assert (spec.name, spec.hyperparams, spec.schedule, spec.warmup) == ("sgd", (("momentum", 0.9),), "cosine", 0.05)
+    assert EmbedConfig(w_optimizer="sgd( momentum=0.9 )").w_optimizer == "sgd(momentum=0.9)"
+    assert TransferConfig(inpaint_optimizer="lion").for_inpainting().align_optimizer == "lion"
+    assert TransferConfig().for_inpainting() == TransferConfig()  # the same program as align step 1
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("adamm", "not an optax optimiser"), ("lion(b9=1)", "optax.lion takes no b9"),
+    ("__import__('os').system('true')", "is not an optimiser"), ("adam(b1=x)", "must be numbers"),
+    ("adam(b1=1e999)", "must be finite"), ("adam(schedule='steps')", "schedule must be one of"),
+    ("adam(warmup=2)", "warmup must be at least 0"), ("adam(learning_rate=0)", "learning_rate must be above 0"),
+    ("adam(0.1)", "is not an optimiser"), ("scale_by_adam", "not an optax optimiser"), (3, "must be a text"),
+])
+def test_a_bad_optimizer_is_one_line_naming_the_field(text, problem):
+    with pytest.raises(ValueError, match=problem) as e:
+        EmbedConfig(w_optimizer=text)
+    assert str(e.value).startswith("EmbedConfig: w_optimizer: ") and "\n" not in str(e.value)
+
+
+def test_the_default_is_the_official_adam_bit_for_bit():
+    """Adam with only its learning rate injected, as before optimisers were data."""
+    official = optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps", "eps_root"))
+    params = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 7))
+    state_a, state_b = jax.vmap(official(learning_rate=0.01).init)(params), ADAM.init(params, 0.01)
+    a = b = params
+    for i in range(5):
+        updates, state_a = jax.vmap(official(learning_rate=0.0).update)(jnp.sin(a * (i + 1)), state_a, a)
+        a = optax.apply_updates(a, updates)
+        b, state_b = jax.vmap(ADAM.apply)(jnp.sin(b * (i + 1)), state_b, b)
+    np.testing.assert_array_equal(a, b)
+
+
+@functools.partial(jax.jit, static_argnums=0)  # the optimiser: static, as in a stage's step
+def _apply(optimizer, grads, state, x):
+    return jax.vmap(optimizer.apply)(grads, state, x)
+
+
+def _moves(optimizer, total_steps, n_updates, lr=1.0):
+    """The moves of a parameter under a constant gradient of -1."""
+    x = jnp.zeros((1, 1))
+    state, moves = optimizer.init(x, lr, total_steps), []
+    for _ in range(n_updates):
+        new, state = _apply(optimizer, jnp.full((1, 1), -1.0), state, x)
+        moves.append(float((new - x)[0, 0]))
+        x = new
+    return np.array(moves)
+
+
+def test_schedules_decay_over_the_stage_and_its_step_count_is_data():
+    np.testing.assert_allclose(_moves(Optimizer("sgd(schedule='linear')"), 4, 5), [1, 0.75, 0.5, 0.25, 0], atol=1e-6)
+    cosine = _moves(Optimizer("sgd(schedule='cosine', warmup=0.2)"), 10, 10)
+    np.testing.assert_allclose(cosine[:3], [0.5, 1.0, 1.0], atol=1e-6)  # 2 steps of warmup, then the decay
+    np.testing.assert_allclose(cosine[3:], 0.5 * (1 + np.cos(np.pi * np.arange(1, 8) / 8)), atol=1e-6)
+    np.testing.assert_allclose(_moves(Optimizer("sgd"), 3, 4, lr=0.5), 0.5, atol=0)
+    with count_compilations() as compiled:
+        _moves(Optimizer("sgd(schedule='linear')"), 40, 2)  # another step count: the same programs
+    assert not [name for name in compiled if "apply" in name], compiled
+
+
+def test_the_blend_projection_follows_any_update():
+    from barbershop_jax.stages import blend
+    moves = _moves(blend.optimizer("sgd(momentum=0.9)"), 5, 3, lr=10.0)
+    assert moves[0] == 1.0 and moves[1:].tolist() == [0.0, 0.0]  # u stays in [0, 1]
+
+
+def test_another_optimizer_is_cached_apart_and_the_official_keys_stay():
+    store = cache.EmbeddingCache(root="unused", weights="w")
+    official, lion = EmbedConfig(), EmbedConfig(w_optimizer="lion(b1=0.95)")
+    settings = {f: getattr(official, f) for f in ("w_steps", "learning_rate", "l2_lambda", "percept_lambda",
+                                                  "p_norm_lambda", "lpips_size", "noise", "seed")}
+    before = json.dumps({"kind": "W+", "image": "h", "weights": "w", "settings": settings}, sort_keys=True)
+    assert store.w_key("h", official) == hashlib.sha256(before.encode()).hexdigest()  # the key of earlier runs
+    assert store.w_key("h", lion) != store.w_key("h", official)
+    assert store.fs_key("h", lion) != store.fs_key("h", official)
+    assert store.fs_key("h", EmbedConfig(fs_optimizer="sgd")) != store.fs_key("h", official)
+    assert store.w_key("h", EmbedConfig(fs_optimizer="sgd")) == store.w_key("h", official)  # W+ runs no FS
+    key = lambda cfg, fields: cache.stage_key("Blend", ["h"], "w", official, cfg, fields)  # noqa: E731
+    fields = cache.ALIGN_FIELDS + cache.BLEND_FIELDS
+    for field in ("inpaint_optimizer", "align_optimizer", "blend_optimizer"):
+        assert key(TransferConfig(**{field: "lion"}), fields) != key(TransferConfig(), fields), field
+    assert cache.optimizers_of(official, TransferConfig(blend_optimizer="sgd"))["blend_optimizer"] == "sgd"
+
+
+def test_the_embed_command_takes_optimizers_and_keeps_their_results_apart(tmp_path, capsys):
+    models = bundle.load(parser=False)
+    (tmp_path / "in").mkdir()
+    image = image_files.to_uint8(np.asarray(models.generator.render(known_w_plus(models, 1, seed=11), noise="const")))
+    Image.fromarray(image[0]).save(tmp_path / "in" / "face.png")
+    args = ["embed", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--w-steps", "2", "--batch-size", "1",
+            "--no-fs", "--quiet"]
+    meta = lambda: json.loads((tmp_path / "out" / "W+" / "face.json").read_text())  # noqa: E731
+    w_plus = lambda: np.load(tmp_path / "out" / "W+" / "face.npy")  # noqa: E731
+    assert cli.main(args + ["--optimizer", "lion(b1=0.95, learning_rate=0.001)"]) == 0
+    lion, lion_meta = w_plus(), meta()
+    assert lion_meta["optimizers"] == {"w_optimizer": "lion(b1=0.95, learning_rate=0.001)"}
+    capsys.readouterr()
+    assert cli.main(args) == 0  # the official Adam: the Lion result is not reused
+    assert "reused" not in capsys.readouterr().err
+    assert meta()["optimizers"] == {"w_optimizer": "adam"} and meta()["key"] != lion_meta["key"]
+    assert not np.array_equal(w_plus(), lion)
+    with pytest.raises(SystemExit) as e:
+        cli.main(args + ["--w-optimizer", "lion(b9=1)"])
+    assert e.value.code == 2
+    assert "argument --w-optimizer: optimizer: optax.lion takes no b9" in capsys.readouterr().err
