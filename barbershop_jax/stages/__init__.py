@@ -8,5 +8,6 @@ through one stages.loop.LoopHook).
     align.py        the alignment of the face to a reference under that mask, and F mixing
     blend.py        the blend of the face's and the colour reference's appearance
     loop.py         the lax.scan chunk runner every optimisation shares, sharded over devices
-    optim.py        the optimiser (optax Adam, the learning rate as data, the blend's projection)
+    optim.py        the optimisers: an optax optimiser per loop (Adam by default), the learning
+                    rate and its schedule as data, the blend's projection
 """
