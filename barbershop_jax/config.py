@@ -90,6 +90,8 @@ LIMITS = {
     **dict.fromkeys(("size", "lpips_size", "parse_size", "loss_size", "blend_parse_size"), _SIZE),
     "learning_rate": Limit(float, 0.0, FLOAT32_MAX, above=True),
     "warmup": Limit(float, 0.0, 1.0),  # an optimiser's warmup: a fraction of its stage's steps
+    "stop": Limit(float, 0.0, 1.0),    # its stopping rule: the least relative improvement
+    "window": Limit(int, 1, MAX_STEPS),  # ... over this many steps
     **dict.fromkeys(("l2_lambda", "percept_lambda", "p_norm_lambda", "l_f_lambda", "ce_lambda", "style_lambda",
                      "face_lambda", "hair_lambda"), _LAMBDA),
     # paste-back: the soft edge, a fraction of the side; past half, no pixel is fully pasted
@@ -123,13 +125,16 @@ def check_numbers(owner: str, **values):
 # Each optimisation stage's optimiser is a short text, so that it fits a config field, a command
 # line flag, a CSV cell and a cache key: an optax optimiser's name and keyword arguments, as in
 # "adam" (the official, every stage's default), "lion(b1=0.95, learning_rate=0.001)" or
-# "sgd(momentum=0.9, schedule='cosine', warmup=0.05)". Two keywords are ours: `schedule`, the
+# "sgd(momentum=0.9, schedule='cosine', warmup=0.05)". Some keywords are ours: `schedule`, the
 # learning rate over the stage's steps ("constant", "cosine" or "linear" decay to 0), and
 # `warmup`, the fraction of the steps over which it first rises linearly; `learning_rate`
-# overrides the stage's (the config's learning_rate). stages/optim.py builds the optax
-# transform; the text is checked here, before any work.
+# overrides the stage's (the config's learning_rate); `stop` and `window`, a stopping rule: an
+# image stops once its loss has improved by less than the fraction `stop` over its last `window`
+# steps (stages/loop.py, per image inside a batch; off unless `stop` is given).
+# stages/optim.py builds the optax transform; the text is checked here, before any work.
 DEFAULT_OPTIMIZER = "adam"
 SCHEDULES = ("constant", "cosine", "linear")
+DEFAULT_WINDOW = 50  # steps of the stopping rule's window (stop=...): 5% of the official W+ loop
 OPTIMIZER_FIELDS = ("w_optimizer", "fs_optimizer", "inpaint_optimizer", "align_optimizer", "blend_optimizer")
 
 
@@ -143,6 +148,8 @@ class OptimizerSpec:
     schedule: str = "constant"
     warmup: float = 0.0
     learning_rate: float | None = None
+    stop: float | None = None   # the stopping rule's relative tolerance (None: no rule)
+    window: int = DEFAULT_WINDOW  # ... over this many steps
 
     def text(self) -> str:
         """The one spelling of this spec (config fields, cache keys and file names use it)."""
@@ -153,6 +160,8 @@ class OptimizerSpec:
             args["schedule"] = self.schedule
         if self.warmup:
             args["warmup"] = self.warmup
+        if self.stop is not None:
+            args.update(stop=self.stop, window=self.window)
         inner = ", ".join(f"{k}={v!r}" for k, v in sorted(args.items()))
         return f"{self.name}({inner})" if inner else self.name
 
@@ -193,10 +202,11 @@ def _checked_spec(owner: str, name: str, args: dict) -> OptimizerSpec:
                          f"lion, sgd, rmsprop, adabelief)")
     schedule, warmup = args.pop("schedule", "constant"), args.pop("warmup", 0.0)
     learning_rate = args.pop("learning_rate", None)
+    stop, window = args.pop("stop", None), args.pop("window", None)
     unknown = sorted(set(args) - set(parameters))
     if unknown:
         raise ValueError(f"{owner}: optax.{name} takes no {', '.join(unknown)} (it takes "
-                         f"{', '.join(list(parameters)[1:])}; ours: schedule, warmup)")
+                         f"{', '.join(list(parameters)[1:])}; ours: schedule, warmup, stop, window)")
     for key, value in args.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{owner}: {key} must be finite, got {value!r}")
@@ -205,8 +215,13 @@ def _checked_spec(owner: str, name: str, args: dict) -> OptimizerSpec:
     check_numbers(owner, warmup=warmup)
     if learning_rate is not None:
         check_numbers(owner, learning_rate=learning_rate)
+    if window is not None and stop is None:
+        raise ValueError(f"{owner}: window is the stopping rule's: give stop too, e.g. stop=0.001, window={window}")
+    if stop is not None:
+        check_numbers(owner, stop=stop, window=DEFAULT_WINDOW if window is None else window)
     return OptimizerSpec(name, tuple(sorted(args.items())), schedule, float(warmup),
-                         None if learning_rate is None else float(learning_rate))
+                         None if learning_rate is None else float(learning_rate),
+                         None if stop is None else float(stop), DEFAULT_WINDOW if window is None else window)
 
 
 def _normalise_optimizers(owner: str, cfg):

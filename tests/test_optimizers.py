@@ -1,6 +1,7 @@
 """Each stage's optimiser as data (config.py OptimizerSpec, stages/optim.py): the texts, the
 official Adam kept bit for bit, schedules whose step count is data, the blend's projection
-after any update, and results made with another optimiser cached apart and labelled."""
+after any update, results made with another optimiser cached apart and labelled, and the
+stopping rule per image of a batch (stages/loop.py)."""
 import functools
 import hashlib
 import json
@@ -17,8 +18,9 @@ from barbershop_jax.config import EmbedConfig, TransferConfig, optimizer_spec
 from barbershop_jax.models import bundle
 from barbershop_jax.pipeline.files import image_files
 from barbershop_jax.pipeline.store import cache
-from barbershop_jax.stages.optim import ADAM, Optimizer
-from conftest import count_compilations, known_w_plus
+from barbershop_jax.stages import loop
+from barbershop_jax.stages.optim import ADAM, Optimizer, OptState
+from conftest import assert_batch_independent, count_compilations, known_w_plus
 
 
 def test_optimizer_texts_have_one_spelling():
@@ -29,6 +31,9 @@ def test_optimizer_texts_have_one_spelling():
     assert EmbedConfig(w_optimizer="sgd( momentum=0.9 )").w_optimizer == "sgd(momentum=0.9)"
     assert TransferConfig(inpaint_optimizer="lion").for_inpainting().align_optimizer == "lion"
     assert TransferConfig().for_inpainting() == TransferConfig()  # the same program as align step 1
+    rule = optimizer_spec("adam(window=5, stop=1e-3)")
+    assert rule.text() == "adam(stop=0.001, window=5)" and Optimizer(rule.text()).rule == loop.Convergence(1e-3, 5)
+    assert Optimizer("adam(stop=0.01)").rule.window == 50 and Optimizer("adam").rule is None
 
 
 @pytest.mark.parametrize("text, problem", [
@@ -37,6 +42,8 @@ def test_optimizer_texts_have_one_spelling():
     ("adam(b1=1e999)", "must be finite"), ("adam(schedule='steps')", "schedule must be one of"),
     ("adam(warmup=2)", "warmup must be at least 0"), ("adam(learning_rate=0)", "learning_rate must be above 0"),
     ("adam(0.1)", "is not an optimiser"), ("scale_by_adam", "not an optax optimiser"), (3, "must be a text"),
+    ("adam(window=5)", "give stop too"), ("adam(stop=2)", "stop must be at least 0"),
+    ("adam(stop=0.1, window=0)", "window must be a whole number of at least 1"),
 ])
 def test_a_bad_optimizer_is_one_line_naming_the_field(text, problem):
     with pytest.raises(ValueError, match=problem) as e:
@@ -90,6 +97,45 @@ def test_the_blend_projection_follows_any_update():
     assert moves[0] == 1.0 and moves[1:].tolist() == [0.0, 0.0]  # u stays in [0, 1]
 
 
+def _floor_step(models, state, data, i, cfg):
+    """Per image: sgd on a * (x - 1)^2 + 1, whose relative improvement falls as x nears 1, the
+    sooner the larger a is."""
+    loss, grads = jax.value_and_grad(lambda x: jnp.sum(data * (x - 1.0) ** 2) + 1.0)(state.params)
+    params, opt_state = Optimizer(cfg).apply(grads, state.opt_state, state.params)
+    return OptState(params, opt_state, state.params), {"loss": loss}
+
+
+class _Chunks(loop.LoopHook):
+    def __init__(self):
+        self.done = []
+
+    def after_chunk(self, which, state_of, done, n_steps, metrics):
+        self.done.append(done)
+
+
+def _fit(a, text="sgd(stop=0.01, window=5)", n_steps=200):
+    optimizer, hook = Optimizer(text), _Chunks()
+    x = jnp.zeros((len(a), 1))
+    state, metrics = loop.run(_floor_step, text, None, optimizer.start(x, 0.5, total_steps=n_steps),
+                              jnp.asarray(a)[:, None], n_steps, loop=loop.Loop("floor", rule=optimizer.rule), hook=hook)
+    return state, metrics, hook.done
+
+
+def test_the_stopping_rule_stops_each_image_of_a_batch_as_it_stops_alone():
+    a = [0.3, 0.1, 0.03]
+    state, metrics, chunks = _fit(a)
+    steps = np.asarray(metrics["steps"]).tolist()
+    assert len(set(steps)) == 3 and max(steps) < 200, steps  # each its own step, before the count
+    assert chunks[-1] == 200 and len(chunks) == -(-max(steps) // loop.chunking_of(None).length)  # ended early
+    for k in range(3):
+        alone, alone_metrics, _ = _fit(a[k:k + 1])
+        assert np.asarray(alone_metrics["steps"]).tolist() == [steps[k]]
+        for field in ("params", "result"):
+            assert_batch_independent(getattr(state, field)[k], getattr(alone, field)[0], f"image {k} {field}")
+    never, metrics, _ = _fit(a, "sgd", 40)  # no rule: every step, no "steps"
+    assert "steps" not in metrics and float(never.params[2, 0]) > float(state.params[2, 0])
+
+
 def test_another_optimizer_is_cached_apart_and_the_official_keys_stay():
     store = cache.EmbeddingCache(root="unused", weights="w")
     official, lion = EmbedConfig(), EmbedConfig(w_optimizer="lion(b1=0.95)")
@@ -113,17 +159,20 @@ def test_the_embed_command_takes_optimizers_and_keeps_their_results_apart(tmp_pa
     (tmp_path / "in").mkdir()
     image = image_files.to_uint8(np.asarray(models.generator.render(known_w_plus(models, 1, seed=11), noise="const")))
     Image.fromarray(image[0]).save(tmp_path / "in" / "face.png")
-    args = ["embed", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--w-steps", "2", "--batch-size", "1",
+    args = ["embed", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--w-steps", "6", "--batch-size", "1",
             "--no-fs", "--quiet"]
     meta = lambda: json.loads((tmp_path / "out" / "W+" / "face.json").read_text())  # noqa: E731
     w_plus = lambda: np.load(tmp_path / "out" / "W+" / "face.npy")  # noqa: E731
-    assert cli.main(args + ["--optimizer", "lion(b1=0.95, learning_rate=0.001)"]) == 0
+    # Lion, with a stopping rule that any step of it meets: the JSON records the steps it took.
+    lion_text = "lion(b1=0.95, learning_rate=0.001, stop=1.0, window=1)"
+    assert cli.main(args + ["--optimizer", lion_text]) == 0
     lion, lion_meta = w_plus(), meta()
-    assert lion_meta["optimizers"] == {"w_optimizer": "lion(b1=0.95, learning_rate=0.001)"}
+    assert lion_meta["optimizers"] == {"w_optimizer": lion_text} and lion_meta["steps"] == 2
     capsys.readouterr()
     assert cli.main(args) == 0  # the official Adam: the Lion result is not reused
     assert "reused" not in capsys.readouterr().err
     assert meta()["optimizers"] == {"w_optimizer": "adam"} and meta()["key"] != lion_meta["key"]
+    assert "steps" not in meta()  # no rule: every step ran
     assert not np.array_equal(w_plus(), lion)
     with pytest.raises(SystemExit) as e:
         cli.main(args + ["--w-optimizer", "lion(b9=1)"])

@@ -173,17 +173,28 @@ def usable_images(paths, failures: list, progress: bool = True, exif: bool = Tru
     return usable
 
 
+def _steps(metrics) -> dict:
+    """{"steps": the steps each image took} when a stopping rule ran (stages/loop.py), else {}."""
+    return {"steps": metrics["steps"]} if metrics and "steps" in metrics else {}
+
+
+def _steps_taken(row) -> dict:
+    """What an entry's JSON records of its loop's stopping rule: the steps the image took."""
+    return {"steps": int(row["steps"])} if "steps" in row else {}
+
+
 def _w_plus_stage(ctx, store, models, cfg, by_name) -> stage_runner.Stage:
     g = models.generator.config
     shape = (g.n_latent, g.style_dim)
 
     def compute(names, hook, bar):
         targets = _targets([by_name[n] for n in names], ctx.decoded, cfg)
-        w, _ = embedding.embed_w_plus(models, targets, cfg, hook=hook)
-        return {"w_plus": w, "image": embedding.w_plus_render(models, w, targets.key, cfg)}
+        w, metrics = embedding.embed_w_plus(models, targets, cfg, hook=hook)
+        return {"w_plus": w, "image": embedding.w_plus_render(models, w, targets.key, cfg), **_steps(metrics)}
 
     def write(name, key, row):
-        store.put_w_plus(name, by_name[name].image_hash, cfg, row["w_plus"], image_io.to_uint8(row["image"]))
+        store.put_w_plus(name, by_name[name].image_hash, cfg, row["w_plus"], image_io.to_uint8(row["image"]),
+                         extra=_steps_taken(row))
 
     return stage_runner.Stage(
         "W+ embedding", "image", cfg.w_steps, "embedding", "w_plus", compute,
@@ -201,13 +212,13 @@ def _fs_stage(ctx, store, models, cfg, by_name, w_plus) -> stage_runner.Stage:
     def compute(names, hook, bar):
         targets = _targets([by_name[n] for n in names], ctx.decoded, cfg)
         w = jnp.asarray(np.stack([w_plus[n] for n in names]))
-        latent_in, structure_f, _ = embedding.embed_fs(models, targets, w, cfg, hook=hook)
+        latent_in, structure_f, metrics = embedding.embed_fs(models, targets, w, cfg, hook=hook)
         image = embedding.fs_render(models, latent_in, structure_f, targets.key, cfg)
-        return {"latent_in": latent_in, "structure_f": structure_f, "image": image}
+        return {"latent_in": latent_in, "structure_f": structure_f, "image": image, **_steps(metrics)}
 
     def write(name, key, row):
         store.put_fs(name, by_name[name].image_hash, cfg, row["latent_in"], row["structure_f"],
-                     image_io.to_uint8(row["image"]))
+                     image_io.to_uint8(row["image"]), extra=_steps_taken(row))
 
     return stage_runner.Stage(
         "FS embedding", "image", cfg.fs_steps, "embedding", "fs", compute,

@@ -121,7 +121,9 @@ def fit_segmentation(models: Models, heads, targets: SegmentationTarget, n_steps
                      hook=None):
     """Run `segmentation_step` on a batch. Returns (heads, labels) of the last forward pass."""
     labels = jnp.zeros_like(targets.target)
-    state = Optimizer(cfg.align_optimizer).start(heads, cfg.learning_rate, (heads, labels), n_steps)
+    optimizer = Optimizer(cfg.align_optimizer)
+    state = optimizer.start(heads, cfg.learning_rate, (heads, labels), n_steps)
+    which = which._replace(rule=optimizer.rule)
     state, _ = loop.run(segmentation_step, cfg, models, state, targets, n_steps, loop=which, hook=hook)
     return state.result
 
@@ -227,10 +229,11 @@ def align(models: Models, inputs: AlignInputs, cfg: TransferConfig, *, hook=None
     # The helpers around the loops are keyed like the steps: on the fields they read.
     a1, ref_small, ref_hair = _between_steps(models, heads1, inputs, cfg=cfg.step_config())
     head2 = inputs.w_ref[:, :cfg.align_latents]
-    start2 = Optimizer(cfg.align_optimizer).start(head2, cfg.learning_rate, total_steps=cfg.align_steps2)
+    optimizer = Optimizer(cfg.align_optimizer)
+    start2 = optimizer.start(head2, cfg.learning_rate, total_steps=cfg.align_steps2)
     state, _ = loop.run(_step2, cfg, models, start2,
                         (inputs.s_ref, inputs.target, ref_small, ref_hair, inputs.key, inputs.region_classes),
-                        cfg.align_steps2, loop=loop.Loop("Align step 2", "step2"), hook=hook)
+                        cfg.align_steps2, loop=loop.Loop("Align step 2", "step2", optimizer.rule), hook=hook)
     structure_f, image = _finish(models, a1, state.result, inputs,
                                  cfg=cfg.step_config(keep=("smooth", "align_more_region")))
     return AlignResult(inputs.s_face, structure_f, image)

@@ -130,9 +130,9 @@ def blend(models: Models, inputs: BlendInputs, cfg: TransferConfig, *, hook=None
     cfg.check_resolved()
     # The helpers around the loop are keyed like the step: on the fields they read.
     face_mask, hair_mask = blend_masks(models, inputs, cfg=cfg.step_config(keep=("blend_smooth",)))
-    state = optimizer(cfg.blend_optimizer).start(jnp.zeros_like(inputs.s_face), cfg.learning_rate,
-                                                total_steps=cfg.blend_steps)
+    u_optimizer = optimizer(cfg.blend_optimizer)
+    state = u_optimizer.start(jnp.zeros_like(inputs.s_face), cfg.learning_rate, total_steps=cfg.blend_steps)
     state, _ = loop.run(_step, cfg, models, state, (inputs, face_mask, hair_mask), cfg.blend_steps,
-                        loop=loop.Loop("Blend"), hook=hook)
+                        loop=loop.Loop("Blend", rule=u_optimizer.rule), hook=hook)
     latent_in, image = _final_render(models, state.result, inputs, cfg=cfg.step_config())
     return BlendResult(latent_in, inputs.f_final, image, face_mask, hair_mask)

@@ -79,10 +79,11 @@ def embed_w_plus(models: Models, targets: Targets, cfg: EmbedConfig = EmbedConfi
     _check(models, targets, cfg)
     n = targets.full.shape[0]
     w_plus = models.generator.mean_w_plus(n)
-    state = Optimizer(cfg.w_optimizer).start(w_plus, cfg.learning_rate, total_steps=cfg.w_steps)
+    optimizer = Optimizer(cfg.w_optimizer)
+    state = optimizer.start(w_plus, cfg.learning_rate, total_steps=cfg.w_steps)
     data = (targets, target_units(models.vgg, targets.small))
     state, metrics = loop.run(_w_plus_step, cfg, models, state, data, cfg.w_steps,
-                              loop=loop.Loop("W+ embedding"), hook=hook)
+                              loop=loop.Loop("W+ embedding", rule=optimizer.rule), hook=hook)
     return state.result, metrics
 
 
@@ -140,10 +141,11 @@ def embed_fs(models: Models, targets: Targets, w_plus, cfg: EmbedConfig = EmbedC
     s_index = cfg.s_index(g.config.n_latent)
     f_init = _f_init(models, w_plus, targets, cfg=cfg.step_config())  # step counts: no recompile
     params = FSParams(w_plus[:, s_index:], f_init)
-    state = Optimizer(cfg.fs_optimizer).start(params, cfg.learning_rate, total_steps=cfg.fs_steps)
+    optimizer = Optimizer(cfg.fs_optimizer)
+    state = optimizer.start(params, cfg.learning_rate, total_steps=cfg.fs_steps)
     data = (targets, target_units(models.vgg, targets.small), w_plus[:, :s_index], f_init)
     state, metrics = loop.run(_fs_step, cfg, models, state, data, cfg.fs_steps,
-                              loop=loop.Loop("FS embedding"), hook=hook)
+                              loop=loop.Loop("FS embedding", rule=optimizer.rule), hook=hook)
     latent_in = jnp.concatenate([w_plus[:, :s_index], state.result.s_code], axis=1)
     return latent_in, state.result.structure_f, metrics
 

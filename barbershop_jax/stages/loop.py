@@ -14,6 +14,10 @@ and later calls reuse it; a config's `step_config()`, where it has one, blanks t
 step never reads (step counts, seed, chunk and unroll, the learning rate: data), so that changing
 those does not recompile the step (the chunking is a static argument of its own).
 
+A loop may have a stopping rule (`Convergence`, from its optimiser text's `stop` and `window`):
+each image then carries a `Watch` of its last losses beside its state, its updates are masked
+once it has stopped, and the loop ends early when every image has.
+
 The loop itself touches no file, clock, signal or progress bar: the pipeline attaches those
 through one `LoopHook` (pipeline/loop_hook.py), which a stage passes down to each of its loops.
 """
@@ -35,9 +39,11 @@ BATCH_AXIS = "batch"
 
 class Loop(NamedTuple):
     """Which loop of a stage is running: `desc` for people ("Align step 2"), `part` for the
-    loop's place among its stage's loops ("step2"; "" for a stage with one loop)."""
+    loop's place among its stage's loops ("step2"; "" for a stage with one loop), and `rule`,
+    its stopping rule (None: every image runs every step, as the official loops)."""
     desc: str
     part: str = ""
+    rule: Convergence | None = None
 
 
 class LoopHook:
@@ -75,22 +81,70 @@ class LoopHook:
 NO_HOOK = LoopHook()
 
 
+class Convergence(NamedTuple):
+    """A loop's stopping rule: an image stops once its loss has improved by less than the
+    fraction `tolerance` over its last `window` steps (an optimiser text's `stop` and `window`:
+    config.OptimizerSpec). In a batch each image stops on its own: its state is held from then
+    on while the others go on, so that it ends as it ends alone; the loop ends when every image
+    has stopped or the step count is reached."""
+    tolerance: float
+    window: int
+
+
+class Watch(NamedTuple):
+    """One image's stopping rule at work."""
+    losses: jax.Array   # (window,) the loss of each of its last `window` steps, at step % window
+    stopped: jax.Array  # (): bool
+    steps: jax.Array    # (): int32, the steps it took
+
+
+def _watch_start(n_images: int, rule: Convergence) -> Watch:
+    return Watch(jnp.zeros((n_images, rule.window), jnp.float32), jnp.zeros((n_images,), bool),
+                 jnp.zeros((n_images,), jnp.int32))
+
+
+def _watched(watch: Watch, loss, live, rule: Convergence) -> Watch:
+    """One image's watch after a step whose forward pass measured `loss` (live: the step ran)."""
+    slot = watch.steps % rule.window
+    before = watch.losses[slot]  # the loss `window` steps ago
+    converged = (watch.steps >= rule.window) & (before - loss <= rule.tolerance * jnp.abs(before))
+    losses = watch.losses.at[slot].set(loss.astype(jnp.float32))
+    return Watch(jnp.where(live, losses, watch.losses), watch.stopped | (live & converged),
+                 watch.steps + live.astype(jnp.int32))
+
+
+def _per_image(mask, leaf):
+    return mask.reshape(mask.shape + (1,) * (leaf.ndim - mask.ndim))
+
+
 class Chunking(NamedTuple):
-    """How a loop's steps are compiled: `length` steps per `lax.scan`, unrolled or rolled."""
+    """How a loop's steps are compiled: `length` steps per `lax.scan`, unrolled or rolled, and
+    the stopping rule, if any (it is part of the program)."""
     length: int
     unroll: bool
+    rule: Convergence | None = None
 
 
 @rehearsal.program(static_argnames=("step", "cfg", "chunking"), donate_argnums=(1,))
 def _run_chunk(models, state, data, start, n_steps, *, step, cfg, chunking: Chunking):
     """Steps start .. start + chunking.length - 1; those at or beyond n_steps leave the state as
-    it is (the last chunk of a stage may be partly idle), so one compilation serves any step count."""
+    it is (the last chunk of a stage may be partly idle), so one compilation serves any step count.
+    With a stopping rule (chunking.rule), `state` is (the batch's state, its Watch), and an
+    image's steps after it stopped leave its state as it is too."""
     vstep = jax.vmap(step, in_axes=(None, 0, 0, None, None))
+    rule = chunking.rule
 
     def body(carry, i):
-        new, metrics = vstep(models, carry, data, i, cfg)
-        live = i < n_steps
-        return jax.tree.map(lambda a, b: jnp.where(live, a, b), new, carry), metrics
+        if rule is None:  # the program as it was before stopping rules
+            new, metrics = vstep(models, carry, data, i, cfg)
+            live = i < n_steps
+            return jax.tree.map(lambda a, b: jnp.where(live, a, b), new, carry), metrics
+        opt_state, watch = carry
+        new, metrics = vstep(models, opt_state, data, i, cfg)
+        live = (i < n_steps) & ~watch.stopped
+        opt_state = jax.tree.map(lambda a, b: jnp.where(_per_image(live, a), a, b), new, opt_state)
+        watch = jax.vmap(_watched, in_axes=(0, 0, 0, None))(watch, metrics["loss"], live, rule)
+        return (opt_state, watch), metrics
 
     length = chunking.length
     state, metrics = jax.lax.scan(body, state, start + jnp.arange(length), unroll=length if chunking.unroll else 1)
@@ -178,13 +232,15 @@ def run(step, cfg, models, state, data, n_steps: int, *, loop: Loop = Loop(""), 
       hook: the pipeline's LoopHook (progress, checkpoints, stop requests, devices), or None.
     Returns:
       (state, metrics of the last step), both with the batch axis, on the host's default
-      device. Metrics are None when no step ran (a loop restored complete).
+      device. Metrics are None when no step ran (a loop restored complete); with a stopping
+      rule (loop.rule) they hold "steps", the steps each image took (counted from a restored
+      checkpoint, where the rule starts again).
     """
     hook = NO_HOOK if hook is None else hook
     mesh = batch_mesh(hook.devices)
     # Settings the step never reads (step counts, seeds, chunking) must not recompile it.
     step_cfg = cfg.step_config() if hasattr(cfg, "step_config") else cfg
-    chunks = chunking_of(cfg)
+    chunks = chunking_of(cfg)._replace(rule=loop.rule)
     metrics = None
     try:  # from begin on: the hook's end always follows its begin
         state, done = hook.begin(loop, state, n_steps)
@@ -193,6 +249,8 @@ def run(step, cfg, models, state, data, n_steps: int, *, loop: Loop = Loop(""), 
         # caller's arrays survive and leaves that share a buffer are not donated twice.
         state = jax.tree.map(jnp.array, state)
         n_images = jax.tree.leaves(state)[0].shape[0]
+        if loop.rule is not None:  # the chunks carry each image's Watch beside its state
+            state = (state, _watch_start(n_images, loop.rule))
         if mesh is not None:
             (state, data), n_images = _pad_batch((state, data), mesh.size)
             _warn_idle_devices(n_images, mesh.size)
@@ -205,11 +263,24 @@ def run(step, cfg, models, state, data, n_steps: int, *, loop: Loop = Loop(""), 
             hook.before_chunk(loop)
             state, metrics = _run_chunk(models, state, data, jnp.int32(done), jnp.int32(n_steps), step=step,
                                         cfg=step_cfg, chunking=chunks)
-            done = n_steps if rehearsal.active() else done + live  # rehearsed: one chunk compiles them all
-            hook.after_chunk(loop, lambda: jax.tree.map(unpad, state), done, n_steps, metrics)
+            # Rehearsed, one chunk compiles them all; stopped, every image has met its rule.
+            done = n_steps if rehearsal.active() or _all_stopped(state, loop.rule) else done + live
+            hook.after_chunk(loop, lambda: jax.tree.map(unpad, _opt_state(state, loop.rule)), done, n_steps, metrics)
     finally:
         hook.end(loop)
-    return jax.tree.map(unpad, state), (jax.tree.map(unpad, metrics) if metrics is not None else None)
+    if loop.rule is not None and metrics is not None:
+        metrics = {**metrics, "steps": state[1].steps}
+    return (jax.tree.map(unpad, _opt_state(state, loop.rule)),
+            jax.tree.map(unpad, metrics) if metrics is not None else None)
+
+
+def _opt_state(carry, rule):
+    return carry if rule is None else carry[0]
+
+
+def _all_stopped(carry, rule) -> bool:
+    """Whether every image of the batch has stopped under the rule (its padding copies too)."""
+    return rule is not None and bool(jnp.all(carry[1].stopped))
 
 
 def image_key(seed: int, content_hash: str) -> jax.Array:

@@ -26,6 +26,7 @@ import optax
 import optax.projections
 
 from barbershop_jax.config import DEFAULT_OPTIMIZER, OptimizerSpec, optimizer_spec
+from barbershop_jax.stages.loop import Convergence
 
 
 class OptState(NamedTuple):
@@ -96,6 +97,12 @@ class Optimizer:
     @property
     def spec(self) -> OptimizerSpec:
         return _spec(self.text)
+
+    @property
+    def rule(self) -> Convergence | None:
+        """The loop's stopping rule (the text's `stop` and `window`), or None."""
+        spec = self.spec
+        return None if spec.stop is None else Convergence(spec.stop, spec.window)
 
     def init(self, params, learning_rate: float, total_steps: int = 0):
         """The optimiser state of a batch of params (leading axis: one state per image). The
