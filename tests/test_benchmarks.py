@@ -4,6 +4,7 @@ each PyTorch reference step runs. (The suite itself is run by hand: benchmarks/R
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -78,3 +79,24 @@ def test_grid_prediction_counts_each_image_once_and_each_cell_once():
     # 3 faces x 2 hairstyles at batch 2: 5 images in 3 batches, 6 cells in 3 batches.
     assert suite.predict_grid(rows, 3, 2, 2, 0.01) == pytest.approx(3 * per_image + 3 * per_cell)
     assert suite.predict_grid(rows[:-1], 3, 2, 2, 0.01) is None
+
+
+def test_the_convergence_benchmark_reports_each_run_against_the_official(tmp_path):
+    import importlib.util
+    import json
+
+    import convergence
+    convergence.main(["--stages", "W+", "--steps", "W+=8", "--optimizers", "adam", "adam(stop=1.0, window=1)",
+                      "--dtypes", "float32", "--batches", "1", "--images", "2", "--out", str(tmp_path)])
+    [path] = tmp_path.glob("convergence_64px_*.json")
+    official, stopped = json.loads(path.read_text())["stages"]["W+"]
+    assert official["run"] == {"optimizer": "adam", "dtype": "float32", "batch": 1}
+    assert official["steps"][-1] == 8 and official["reached_step"] <= 8 and official["steps_taken"] == [8, 8]
+    assert stopped["steps_taken"] == [2, 2]  # a rule any step meets: each problem stops after its second step
+    assert stopped["seconds"][-1] < official["seconds"][-1]
+    for curve in (official, stopped):
+        assert len(curve["loss"]) == len(curve["steps"]) == len(curve["seconds"])
+        assert all(np.isfinite(list(curve["reconstruction"].values())))
+    table = path.with_suffix(".md").read_text()
+    assert "| W+ | `adam(stop=1.0, window=1)` | float32 | 1 |" in table
+    assert path.with_suffix(".png").is_file() == (importlib.util.find_spec("matplotlib") is not None)
