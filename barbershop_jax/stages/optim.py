@@ -43,7 +43,7 @@ class ScheduleState(NamedTuple):
 def scale_by_stage_schedule(schedule: str, warmup: float, total_steps: int = 0) -> optax.GradientTransformation:
     """Each update times the schedule's factor at its step of a stage of `total_steps` (kept in
     the state): a linear rise over the first `warmup` fraction, then "constant" 1, or a
-    "cosine" or "linear" decay to 0 at the last step. optax's own schedules take the step
+    "cosine" or "linear" decay that reaches 0 one step after the last. optax's own schedules take the step
     count as a Python number, which would make every step count its own program."""
     def init(params):
         del params
@@ -68,7 +68,10 @@ def scale_by_stage_schedule(schedule: str, warmup: float, total_steps: int = 0) 
 
 @functools.lru_cache(maxsize=None)
 def _factory(name: str):
-    """optax.<name> with its learning rate injected as data and every other argument static."""
+    """optax.<name> with its learning rate injected as data and every other argument static:
+    Adam's b1, b2 and eps stay Python constants, as in optax.adam (injected as float32 arrays,
+    they change the bias correction in the last bit, and the official Adam no longer holds bit
+    for bit)."""
     factory = getattr(optax, name)
     static = tuple(p for p in inspect.signature(factory).parameters if p != "learning_rate")
     return optax.inject_hyperparams(factory, static_args=static)
