@@ -207,9 +207,14 @@ def _checked_spec(owner: str, name: str, args: dict) -> OptimizerSpec:
     if unknown:
         raise ValueError(f"{owner}: optax.{name} takes no {', '.join(unknown)} (it takes "
                          f"{', '.join(list(parameters)[1:])}; ours: schedule, warmup, stop, window)")
-    for key, value in args.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{owner}: {key} must be finite, got {value!r}")
+    for key, value in args.items():  # the program takes them as float32 constants
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                finite = math.isfinite(float(value)) and abs(float(value)) <= FLOAT32_MAX
+            except OverflowError:  # an int past float's range
+                finite = False
+            if not finite:
+                raise ValueError(f"{owner}: {key} must be a finite number within float32's range, got {shown(value)}")
     if schedule not in SCHEDULES:
         raise ValueError(f"{owner}: schedule must be one of {', '.join(SCHEDULES)}, got {shown(schedule)}")
     check_numbers(owner, warmup=warmup)
