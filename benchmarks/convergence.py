@@ -72,9 +72,10 @@ class Run:
 
 
 def runs_of(optimizers, dtypes, batches) -> list[Run]:
-    """Every optimiser in float32 at the first batch size, then the official optimiser in each
-    other dtype and at each other batch size: the first run is the official configuration."""
-    runs = [Run(o, dtypes[0], batches[0]) for o in optimizers]
+    """The official configuration (adam, the first dtype and batch size), every other optimiser
+    in the first dtype at the first batch size, then the official optimiser in each other dtype
+    and at each other batch size."""
+    runs = [Run(o, dtypes[0], batches[0]) for o in [OFFICIAL, *optimizers]]
     runs += [Run(OFFICIAL, d, batches[0]) for d in dtypes[1:]]
     runs += [Run(OFFICIAL, dtypes[0], b) for b in batches[1:]]
     return list(dict.fromkeys(runs))
@@ -307,8 +308,8 @@ def parse_args(argv=None):
     p.add_argument("--stages", nargs="+", choices=list(STAGES), help="default: W+ FS")
     p.add_argument("--steps", nargs="+", metavar="STAGE=N", default=[],
                    help="steps of a stage (default: the official counts; --quick: W+=120 FS=40)")
-    p.add_argument("--optimizers", nargs="+", metavar="OPT", help="optimiser texts; the first should be adam "
-                                                                 "(default: --quick's)")
+    p.add_argument("--optimizers", nargs="+", metavar="OPT", help="optimiser texts to compare with the official "
+                                                                 "adam, which always runs first (default: --quick's)")
     p.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"], help="default: float32 bfloat16")
     p.add_argument("--batches", nargs="+", type=int, help="batch sizes; the first is the official run's")
     p.add_argument("--images", type=int, help="problems per stage (default: the largest batch)")
