@@ -171,9 +171,10 @@ def configs_of(stage, run: Run, embed_cfg, cfg, n_steps):
     return embed_cfg, cfg, cfg
 
 
-def run_stage(stage, run: Run, models, n, n_steps, embed_cfg, cfg, w_start=None) -> dict:
-    """`run` on n problems of `stage`, in batches of run.batch one after another: the mean
-    loss and the summed seconds at each recorded step, the final results and their targets."""
+def run_stage(stage, run: Run, models, n, n_steps, embed_cfg, cfg, w_start=None):
+    """`run` on n problems of `stage`, in batches of run.batch one after another: (its curve:
+    the mean loss and the summed seconds at each recorded step, the steps each problem took
+    and, for W+ and FS, the reconstruction; the final results, batch axis first)."""
     models = with_dtype(models, run.dtype)
     embed_cfg, cfg, loop_cfg = configs_of(stage, run, embed_cfg, cfg, n_steps)
     step, state, data, images = problems(stage, models, n, embed_cfg, cfg, w_start)
@@ -192,21 +193,22 @@ def run_stage(stage, run: Run, models, n, n_steps, embed_cfg, cfg, w_start=None)
     loss = np.concatenate([_held(r.steps, r.losses, grid) for r in records], axis=1).mean(axis=1)
     seconds = np.sum([_held(r.steps, r.seconds, grid) for r in records], axis=0)
     result = jax.tree.map(lambda *xs: jnp.concatenate(xs), *results)
-    return {"run": dataclasses.asdict(run), "steps": grid.tolist(), "loss": loss.tolist(),
-            "seconds": seconds.tolist(), "steps_taken": taken, "_result": result, "_images": images,
-            "_models": models, "_embed_cfg": embed_cfg, "_keys": data[0].key if images is not None else None}
+    curve = {"run": dataclasses.asdict(run), "steps": grid.tolist(), "loss": loss.tolist(),
+             "seconds": seconds.tolist(), "steps_taken": taken}
+    if images is not None:  # W+ and FS: data[0] holds the targets
+        curve["reconstruction"] = reconstruction(stage, models, embed_cfg, result, data[0].key, images, w_start)
+    return curve, result
 
 
-def reconstruction(stage, curve, w_start) -> dict:
-    """PSNR, SSIM and LPIPS of the final renders against the targets (W+ and FS)."""
-    models, cfg, result, keys = curve["_models"], curve["_embed_cfg"], curve["_result"], curve["_keys"]
+def reconstruction(stage, models, cfg, result, keys, targets, w_start) -> dict:
+    """PSNR, SSIM and LPIPS of the final renders against the targets' uint8 images (W+ and FS)."""
     if stage == "W+":
         render = embedding.w_plus_render(models, result, keys, cfg)
     else:
         s_index = cfg.s_index(models.generator.config.n_latent)
         latent_in = jnp.concatenate([w_start[:, :s_index], result.s_code], axis=1)
         render = embedding.fs_render(models, latent_in, result.structure_f, keys, cfg)
-    renders, targets = image_files.to_uint8(np.asarray(render)), curve["_images"]
+    renders = image_files.to_uint8(np.asarray(render))
     size = min(256, targets.shape[1])
     return {"psnr": float(np.mean([evaluate.psnr(a, b) for a, b in zip(renders, targets)])),
             "ssim": float(np.mean([evaluate.ssim(a, b) for a, b in zip(renders, targets)])),
@@ -283,20 +285,17 @@ def measure(models, stages, steps, runs, n, embed_cfg, cfg, log=print) -> dict:
     average latent where W+ is not measured)."""
     out, w_start = {}, models.generator.mean_w_plus(n)
     for stage in stages:
-        curves = []
+        curves, results = [], []
         for run in runs:
             log(f"{stage}: {run.name()}, {steps[stage]} steps")
-            curve = run_stage(stage, run, models, n, steps[stage], embed_cfg, cfg, w_start)
-            if stage in ("W+", "FS"):
-                curve["reconstruction"] = reconstruction(stage, curve, w_start)
+            curve, result = run_stage(stage, run, models, n, steps[stage], embed_cfg, cfg, w_start)
             curves.append(curve)
+            results.append(result)
         if stage == "W+":
-            w_start = curves[0]["_result"]
+            w_start = results[0]  # the official run's W+
         target = curves[0]["loss"][-1]
         for curve in curves:
             curve["reached_step"], curve["reached_s"] = reached(curve, target)
-            for key in [k for k in curve if k.startswith("_")]:
-                del curve[key]
         out[stage] = curves
     return out
 

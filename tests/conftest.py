@@ -385,7 +385,8 @@ def pytest_configure(config):
 # worker idle for the last 500 s of a run).
 LONGEST_FIRST = ("test_device_run.py", "test_embedding.py", "test_transfer.py", "test_stylegan2.py",
                  "test_benchmarks.py", "test_web.py", "test_grid.py", "test_weights_download.py", "test_bisenet.py",
-                 "test_lpips.py", "test_optimizers.py", "test_cli.py", "test_conv.py", "test_install_lines.py", "test_damaged_files.py")
+                 "test_lpips.py", "test_optimizers.py", "test_cli.py", "test_conv.py", "test_install_lines.py",
+                 "test_damaged_files.py")
 
 
 def pytest_collection_modifyitems(config, items):
