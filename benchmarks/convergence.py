@@ -51,7 +51,7 @@ import result_names  # noqa: E402
 
 OFFICIAL = "adam"
 # "Reached the official final loss": within this fraction of it. The same run in another batch
-# differs in the last bits of its loss (README, "Python API"), and exactly equal would miss it.
+# differs in the last bits of its loss (docs/api.md, "Hairstyle transfer"), and exactly equal would miss it.
 REACH = 1e-3
 # The loop each stage runs, the config field of its optimiser, and its official step count.
 STAGES = {"W+": ("w_optimizer", 1100), "FS": ("fs_optimizer", 250), "segmentation": ("align_optimizer", 140),

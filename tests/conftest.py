@@ -131,7 +131,7 @@ def assert_adam_close(a, b, lr=0.01, steps=4):
 
 
 def assert_batch_independent(batched, alone, what: str, steps: int = 0):
-    """The README's claim that a triple gives the same result alone or in any batch, as this
+    """The claim (docs/api.md) that a triple gives the same result alone or in any batch, as this
     machine makes it (batch_position_exact): bit for bit; or else a latent within
     assert_adam_close of its alone run after `steps` Adam steps of lr 0.01 (on an AVX2 EPYC, 5
     of F's 65,536 elements moved by up to 1.6e-3, the rest by under 2e-6), and a uint8 image

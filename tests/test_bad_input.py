@@ -1,7 +1,7 @@
 """Bad input to the transfer command: one clear line naming the input and the problem, a row in
 failures.csv in batch mode while the rest goes on, nothing written for what was refused. No
-optimisation runs here (the models and the transfer are stubbed); the README's fault table
-lists these cases."""
+optimisation runs here (the models and the transfer are stubbed); the fault table
+(docs/faults.md) lists these cases."""
 import csv
 
 import numpy as np

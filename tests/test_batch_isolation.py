@@ -2,7 +2,7 @@
 name, a photo whose landmarks put its crop outside it, a bad image in a grid or in `embed`.
 Each is named in one line (its manifest row, its file) and in failures.csv, the other items
 go on, and the exit status is 1 at the end. No optimisation runs here (the transfer and the
-embedding are stubbed); the README's fault table lists these cases."""
+embedding are stubbed); the fault table (docs/faults.md) lists these cases."""
 import csv
 import json
 import types

@@ -77,7 +77,7 @@ def test_no_call_into_another_modules_private_names():
     assert not found, "\n".join(found)
 
 
-@pytest.mark.parametrize("where", ["README.md", "benchmarks", "barbershop_jax", "tests"])
+@pytest.mark.parametrize("where", ["README.md", "docs", "benchmarks", "barbershop_jax", "tests"])
 def test_no_session_numbers(where):
     pattern = re.compile(r"session ?[0-9]|sessions [0-9]", re.IGNORECASE)
     root = ROOT / where

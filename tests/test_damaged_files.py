@@ -2,8 +2,8 @@
 alignment, a blend: truncated, a key or value gone, another shape or dtype, NaN) is
 recomputed, with one warning naming the file, and the run's results are those of a clean
 run; a damaged official file given to --import-official is named and its image embedded; a
-damaged weights folder is one line naming the file, no traceback. The README's fault table
-lists these cases."""
+damaged weights folder is one line naming the file, no traceback. The fault table
+(docs/faults.md) lists these cases."""
 import contextlib
 import json
 import logging

@@ -1,8 +1,8 @@
 """Hostile input, refused before any work in one line that names it: numbers out of range or
 not finite (command line: exit 2 naming the flag; Python API: ValueError naming the argument),
 degenerate arrays given to the API, files given to `convert` that are no checkpoint, and odd
-file names. No optimisation runs here (models are stubbed or not loaded at all); the README's
-fault table lists these cases."""
+file names. No optimisation runs here (models are stubbed or not loaded at all); the fault
+table (docs/faults.md) lists these cases."""
 import math
 import os
 

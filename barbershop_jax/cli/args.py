@@ -132,7 +132,7 @@ def _add_checkpoint_flag(p):
 def _add_dtype_flag(p):
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="compute dtype of the generator's and VGG16's convolutions: bfloat16 is faster on GPUs and "
-                        "TPUs, with a small measured loss of quality (README); results are cached apart "
+                        "TPUs, with a small measured loss of quality (docs/speed.md); results are cached apart "
                         "(default float32, as the official code)")
 
 

@@ -156,8 +156,8 @@ class HairTransfer:
         return step_times.save_measured(self.models.generator.config.size, self.dtype)
 
     def grid(self, faces, hairstyles, colors=None, *, log=None, **kwargs) -> grid_lib.GridResult:
-        """Every face with every hairstyle: results[i][j] is faces[i] with the hair (shape and
-        structure) of hairstyles[j] in the colour of colors[j] (default: the hairstyle's own;
+        """Every face with every hairstyle: `results[i][j]` is `faces[i]` with the hair (shape and
+        structure) of `hairstyles[j]` in the colour of `colors[j]` (default: the hairstyle's own;
         one colour image serves every column). Each image is embedded once and each pair
         aligned once; the plan is told first (`log`, default the "barbershop_jax" logger at
         INFO; also GridResult.plan), and the contact sheet written to OUT/grid.png (faces as

@@ -15,7 +15,7 @@
   which ships dlib's shape_predictor_68_face_landmarks.dat). The model is the one given by
   argument, else by the environment variable BARBERSHOP_DLIB_MODEL, else the packaged one.
   Nothing is ever downloaded. The packaged model is trained on iBUG 300-W, whose licence
-  excludes commercial use (README, "Face alignment").
+  excludes commercial use (docs/faces.md).
 
 A backend is a callable (photo uint8 (H, W, 3), path) -> list of (N, 2) float arrays, one
 per face, in the backend's order (dlib: detector order, as the official align_face.py).
