@@ -60,6 +60,16 @@ loop.loop_defaults = lambda platform=None: ROLLED_LOOP
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # JAX's event name (public API only)
 
 
+# The programs of a transfer's stages (their jitted functions' names).
+STAGE_PROGRAMS = {"_run_chunk", "target_units", "_f_init", "render_saved", "parse_images", "_after_round1",
+                  "_after_round2", "_between_steps", "_finish", "blend_masks", "_final_render"}
+
+
+def stage_programs(names) -> list[str]:
+    """Those of `names` (as count_compilations gives them, "jit(name)") that are stage programs."""
+    return [n for n in names if n.removeprefix("jit(")[:-1] in STAGE_PROGRAMS]
+
+
 @contextlib.contextmanager
 def count_compilations():
     """Yields a list that collects the name of every program XLA compiles (or reads from the

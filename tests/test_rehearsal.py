@@ -11,11 +11,9 @@ from PIL import Image
 
 from barbershop_jax.pipeline.runtime import compile_ahead
 from barbershop_jax.stages import rehearsal
-from conftest import BATCH_TRIPLES, NAMES, count_compilations, rehearsed_run, rehearsed_transfer, tiny_transfer
+from conftest import BATCH_TRIPLES, NAMES, STAGE_PROGRAMS, count_compilations, rehearsed_run, rehearsed_transfer
+from conftest import tiny_transfer
 
-# The programs of a transfer's stages (their jitted functions' names).
-STAGE_PROGRAMS = {"_run_chunk", "target_units", "_f_init", "render_saved", "parse_images", "_after_round1",
-                  "_after_round2", "_between_steps", "_finish", "blend_masks", "_final_render"}
 
 
 @rehearsal.program(static_argnames="n")

@@ -34,7 +34,7 @@ from barbershop_jax.pipeline.runtime import progress  # noqa: E402
 from barbershop_jax.pipeline.files import image_files as image_io  # noqa: E402
 from barbershop_jax.web import app as web_app  # noqa: E402
 from barbershop_jax.web import jobs  # noqa: E402
-from conftest import SMALL_VGG  # noqa: E402
+from conftest import SMALL_VGG, STAGE_PROGRAMS, count_compilations, stage_programs  # noqa: E402
 
 STEPS = dict(w_steps=2, fs_steps=2, inpaint_steps=2, align_steps1=2, align_steps2=2, blend_steps=2)
 EXAMPLES = demo.example_images()
@@ -56,8 +56,9 @@ def served(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setattr(bundle, "load", lambda weights=None, dtype="float32", parser_dtype="float32": models)
     port = _free_port()
+    jax.clear_caches()  # what earlier test files compiled in this process: the server compiles its own ahead
     server, page = web.serve(None, "127.0.0.1", port, tmp_path_factory.mktemp("served"), block=False,
-                             batch_size=2, steps=STEPS)
+                             batch_size=2, steps=STEPS, compile_ahead=True)
     patch.undo()
     yield server, f"http://127.0.0.1:{port}/"
     page.close()
@@ -93,9 +94,16 @@ def test_serves_on_localhost_with_the_embedded_banner(served):
 
 def test_one_transfer_gives_images_and_downloads(client, served):
     """The bundled photo (aligned by its landmarks, found through its content) with the two
-    references (square, used as they are): result, inputs, mask, legend, pasted photo, files."""
-    result, inputs, mask, legend, pasted, files, notes = client.predict(
-        *_args(EXAMPLES["photo"], EXAMPLES["shape"], EXAMPLES["color"]), api_name="/transfer")
+    references (square, used as they are): result, inputs, mask, legend, pasted photo, files.
+    The first request: the server compiled every stage program at start-up (compile_ahead), so
+    the job compiles none of them."""
+    server = served[0]
+    assert set(stage_programs(f"jit({n})" for n in server.compiled.result(timeout=900))) >= {
+        f"jit({n})" for n in STAGE_PROGRAMS}
+    with count_compilations() as compiled:
+        result, inputs, mask, legend, pasted, files, notes = client.predict(
+            *_args(EXAMPLES["photo"], EXAMPLES["shape"], EXAMPLES["color"]), api_name="/transfer")
+    assert stage_programs(compiled) == [], compiled
     image = np.asarray(Image.open(result))
     assert image.shape == (256, 256, 3) and image.std() > 1  # 64 px enlarged 4x for the page
     assert [i["caption"] for i in inputs] == ["face", "shape", "colour"]
@@ -113,7 +121,6 @@ def test_one_transfer_gives_images_and_downloads(client, served):
     assert np.asarray(Image.open(files[0])).shape == (64, 64, 3)  # the download keeps the generator's size
     assert "photo.jpg aligned" in notes and "shape.png used as it is" in notes
     # The uploads are kept by content in the server's folder: sent again, nothing is embedded again.
-    server = served[0]
     before = {p: p.stat().st_mtime_ns for p in (server.out_dir / "W+").glob("*.npy")}
     client.predict(*_args(EXAMPLES["photo"], EXAMPLES["shape"], EXAMPLES["color"]), api_name="/transfer")
     assert {p: p.stat().st_mtime_ns for p in (server.out_dir / "W+").glob("*.npy")} == before
@@ -398,6 +405,8 @@ def test_serve_passes_its_limits_to_the_server(monkeypatch, capsys):
     monkeypatch.setattr(web, "serve", lambda *args, **kwargs: given.update(kwargs))
     assert cli.main(["serve", "--no-compile-cache"]) == 0
     assert given["limits"] == jobs.Limits(max_steps=2000, max_batch=16, max_upload_mb=25)
+    assert given["compile_ahead"] is None  # on, unless $BARBERSHOP_JAX_COMPILE_AHEAD says off
+    assert cli.main(["serve", "--no-compile-ahead"]) == 0 and given["compile_ahead"] is False
     assert cli.main(["serve", "--max-steps", "500", "--max-batch", "4", "--max-upload-mb", "2.5",
                      "--no-compile-cache"]) == 0
     assert given["limits"] == jobs.Limits(max_steps=500, max_batch=4, max_upload_mb=2.5)

@@ -370,6 +370,10 @@ def build_parser(commands) -> argparse.ArgumentParser:
                                    "(default: a temporary folder removed when the server stops)")
     web.add_argument("--batch-size", type=flag("batch_size"), default=DEFAULT_BATCH_SIZE,
                      help=f"images, pairs or triples optimised together (default {DEFAULT_BATCH_SIZE})")
+    web.add_argument("--no-compile-ahead", action="store_true",
+                     help="do not compile the stages' programs at start-up (default: compile those of a transfer "
+                          "with the page's default settings before the first request, with a progress bar; "
+                          "requests queue behind it and then compile nothing)")
     _add_limit_flags(web)
     web.set_defaults(func=commands.serve)
 

@@ -180,7 +180,8 @@ def serve(args):
         _check_out_folder(args.out)
     limits = jobs.Limits(max_steps=args.max_steps, max_batch=args.max_batch, max_upload_mb=args.max_upload_mb)
     web.serve(args.weights, args.host, args.port, args.out, batch_size=args.batch_size,
-              compile_cache=not args.no_compile_cache, limits=limits)
+              compile_cache=not args.no_compile_cache, limits=limits,
+              compile_ahead=False if args.no_compile_ahead else None)
     return 0
 
 

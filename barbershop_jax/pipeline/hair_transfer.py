@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from barbershop_jax.config import FEATHER, LIMITS, TRANSFER_WAVE
 from barbershop_jax.config import EmbedConfig, TransferConfig, check_numbers, shown, split_options
 from barbershop_jax.models import bundle, weights_folder
@@ -133,6 +135,17 @@ class HairTransfer:
         pipelines = self._pipelines(regions, **options)
         return plan_lib.plan(pipelines, triples, self._read_edits(edits, pipelines), regions, dtype=self.dtype,
                              title=title)
+
+    def compile_ahead(self, triples=None, **options):
+        """Compile, on other threads, the programs that transfer_many(triples, **options) will
+        run, without running any (Pipeline.compile_ahead: a rehearsal, seconds on this thread).
+        triples: default one triple of three different images at the generator's size, as a
+        single transfer (the web page's first request) has. Returns the compiler
+        (runtime/compile_ahead.py): its `programs`, and `futures` that end as they compile."""
+        if triples is None:
+            size = self.models.generator.config.size
+            triples = [tuple(np.full((size, size, 3), i, np.uint8) for i in range(3))]
+        return self.pipeline(**options).compile_ahead(checked_triples(triples))
 
     def _read_edits(self, edits, pipelines) -> list:
         """The edits with their target masks read (an indexed PNG path) and checked."""

@@ -114,14 +114,7 @@ class Pipeline:
             yield
             return
         compiler = compile_ahead.CompilerThreads()
-        zeros = np.zeros((ctx.size, ctx.size, 3), np.uint8)  # one array for every image
-        stand_in = copy.copy(self)
-        stand_in.save_target_masks = False
-        stand_in.context = dataclasses.replace(
-            ctx, settings=dataclasses.replace(ctx.settings, progress=False, checkpoint_every=None),
-            reuse=cache.Reuse(), decoded=None, timings={}, failures=[],
-            writes=None, sources={n: dataclasses.replace(s, pixels=zeros) for n, s in ctx.sources.items()},
-            edits=dict(ctx.edits), parsed={})
+        stand_in = self._stand_in()
 
         def rehearse():
             try:
@@ -136,6 +129,33 @@ class Pipeline:
             yield
         finally:
             compiler.close()
+
+    def _stand_in(self) -> Pipeline:
+        """This pipeline as a rehearsal runs it: its sources' pixels zeros, no progress bars,
+        checkpoints or writes, nothing reused from the output folder, a context of its own."""
+        ctx = self.context
+        zeros = np.zeros((ctx.size, ctx.size, 3), np.uint8)  # one array for every image
+        stand_in = copy.copy(self)
+        stand_in.save_target_masks = False
+        stand_in.context = dataclasses.replace(
+            ctx, settings=dataclasses.replace(ctx.settings, progress=False, checkpoint_every=None),
+            reuse=cache.Reuse(), decoded=None, timings={}, failures=[],
+            writes=None, sources={n: dataclasses.replace(s, pixels=zeros) for n, s in ctx.sources.items()},
+            edits=dict(ctx.edits), parsed={})
+        return stand_in
+
+    def compile_ahead(self, triples, compiler: compile_ahead.CompilerThreads | None = None
+                      ) -> compile_ahead.CompilerThreads:
+        """The programs a run of `triples` would compile, handed to compiler threads by a
+        rehearsal on this thread (seconds: nothing is computed, read or written); returns the
+        compiler, whose `futures` end as the compilations do. A later run of triples of the
+        same shapes and settings, in this process, then compiles nothing (a web server does
+        this at start-up, so that its first request does not wait for XLA)."""
+        compiler = compiler or compile_ahead.CompilerThreads()
+        _, quads = self.inputs(triples)
+        with rehearsal.rehearsing(compiler):
+            self._stand_in().run_stages(quads)
+        return compiler
 
     def embed(self, sources) -> dict:
         """{name: embed.EmbeddedImage} of each source: every image of this process's triples,

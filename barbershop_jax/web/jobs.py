@@ -7,8 +7,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import logging
 import math
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +27,12 @@ from barbershop_jax.pipeline.files import image_files as image_io
 from barbershop_jax.pipeline.embed import NonFiniteError
 from barbershop_jax.pipeline.hair_transfer import HairTransfer
 from barbershop_jax.pipeline.store.layout import Layout
-from barbershop_jax.pipeline.runtime.settings import RunSettings
+from barbershop_jax.pipeline.runtime.settings import RunSettings, compile_ahead_default
 from barbershop_jax.stages import target_mask
 from barbershop_jax.pipeline.files.sources import content_hash
 
+log = logging.getLogger("barbershop_jax")
+COMPILING = "compiling the page's programs ahead"
 MIN_SIDE = 32  # px: a smaller upload is refused (resized to the generator it would be a blur)
 STEP_FIELDS = ("w_steps", "fs_steps", "inpaint_steps", "align_steps1", "align_steps2", "blend_steps")
 POLL_SECONDS = 0.5  # how often a waiting job reports its stage's progress
@@ -120,10 +124,13 @@ class Server:
     the embedding cache); None: a temporary folder that lives as long as the server.
     steps: the page's default step counts, replacing those above (a dict of STEP_FIELDS), each
     at most limits.max_steps.
-    limits: what one request may ask (Limits; its defaults when None)."""
+    limits: what one request may ask (Limits; its defaults when None).
+    compile_ahead: first, on the worker, compile the programs of a transfer with the page's
+    default settings (compile_programs), so that the first request does not wait for XLA; None:
+    on unless $BARBERSHOP_JAX_COMPILE_AHEAD is off. `compiled` is that work's future."""
 
     def __init__(self, weights=None, out_dir=None, *, batch_size: int = DEFAULT_BATCH_SIZE, steps=None,
-                 compile_cache: bool = True, limits: Limits | None = None):
+                 compile_cache: bool = True, limits: Limits | None = None, compile_ahead: bool | None = None):
         self.limits = limits or Limits()
         self.transfer = HairTransfer(weights, out_dir, run=RunSettings(batch_size=batch_size, progress=True),
                                      compile_cache=compile_cache)
@@ -135,10 +142,44 @@ class Server:
         self.label_map = self.transfer.models.parser.labels
         # One job at a time on the models: the page's queue holds the others (app.py).
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="barbershop-jax-job")
+        ahead = compile_ahead_default() if compile_ahead is None else compile_ahead
+        self._ahead: progress.BarState | None = None  # where compile_programs stands, while it runs
+        self.compiled = self._worker.submit(self.compile_programs) if ahead else None
         self._examples = None
         # {an upload's path as given: the server's copy}, so that a temporary upload removed when
         # its job ended (app.py) can be used again, as the page sends the same path for a rerun.
         self._kept = collections.OrderedDict()
+
+    def compile_programs(self) -> list[str]:
+        """The stage programs of one transfer with the page's default settings (three images:
+        face, shape and colour) compiled, side by side on compiler threads, with a progress bar
+        on stderr; a job waits in the queue meanwhile. A request that keeps the defaults then
+        compiles no stage program; other settings (sign, smooth, region) compile their own.
+        Returns the programs' names; a failure is one warning line (each request then compiles
+        what it needs, and meets any real error itself)."""
+        from tqdm.auto import tqdm
+
+        start = time.perf_counter()
+        log.info("compiling the page's programs ahead: a request made meanwhile waits for them "
+                 "(serve --no-compile-ahead: not at start-up)")
+        try:
+            compiler = self.transfer.compile_ahead()
+            with tqdm(total=len(compiler.futures), desc=COMPILING, unit="program") as bar:
+                self._ahead = progress.BarState(COMPILING, 0, bar.total, None)
+                for _ in concurrent.futures.as_completed(compiler.futures):
+                    bar.update()
+                    rate = bar.format_dict.get("rate")
+                    self._ahead = progress.BarState(COMPILING, bar.n, bar.total,
+                                                    (bar.total - bar.n) / rate if rate else None)
+        except Exception as e:  # noqa: BLE001 (the page serves on: a request compiles what it needs)
+            log.warning("compiling the page's programs ahead failed (a request compiles what it needs): %s",
+                        image_io.one_line(str(e)))
+            return []
+        finally:
+            self._ahead = None
+        log.info("the page's %d programs compiled in %.0f s: a transfer with its default settings compiles "
+                 "nothing more", len(compiler.programs), time.perf_counter() - start)
+        return compiler.programs
 
     def machine_report(self) -> dict:
         """`barbershop-jax doctor`'s facts for this server: its weights, batch size, dtype and
@@ -252,15 +293,17 @@ class Server:
 
     def run(self, fn, on_progress=None):
         """fn() on the worker thread; meanwhile on_progress(BarState) every POLL_SECONDS with
-        the newest open stage bar (the pipeline's own ETA, compilation left out)."""
+        the newest open stage bar (the pipeline's own ETA, compilation left out), or, while the
+        job waits behind compile_programs, the programs compiled so far."""
         future = self._worker.submit(fn)
         while True:
             try:
                 return future.result(timeout=POLL_SECONDS)
             except concurrent.futures.TimeoutError:
                 bars = progress.open_bars()
-                if on_progress is not None and bars:
-                    on_progress(bars[-1])
+                state = bars[-1] if bars else self._ahead  # a job queued behind compile_programs sees it
+                if on_progress is not None and state is not None:
+                    on_progress(state)
 
     def transfer_one(self, face, shape, color, structure=None, *, crop_references=False, on_progress=None,
                      **options) -> WebResult:

@@ -25,12 +25,13 @@ class CompilerThreads:
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=THREAD_PREFIX)
         self.closed = False
         self.programs: list[str] = []  # the names of the programs handed over, in order
+        self.futures: list[concurrent.futures.Future] = []  # their compilations, in the same order
 
     def __call__(self, name: str, lowered) -> None:
         if self.closed:
             raise Stopped
         self.programs.append(name)
-        self._pool.submit(_compile, name, lowered)
+        self.futures.append(self._pool.submit(_compile, name, lowered))
 
     def close(self):
         """Stop: the rehearsal ends at its next program; compilations not started are dropped
