@@ -88,7 +88,8 @@ def _run_transfer(out_dir, loop, options):
     models = bundle.Models(g, embedded.parser(), embedded.vgg(), pca_lib.pca_stats(g, 20_000, jax.random.PRNGKey(2)))
     steps = options.get("steps") or _official_steps(options.get("scale", 1.0))
     images = demo.example_images()
-    ht = HairTransfer(models, out_dir, run=RunSettings(progress=True), **steps, **loop)
+    run = RunSettings(progress=True, **({"batch_size": options["batch_size"]} if options.get("batch_size") else {}))
+    ht = HairTransfer(models, out_dir, run=run, **steps, **loop)
     ht.transfer(images["face"], images["shape"], images["color"])
     ht.save_step_times()
 
@@ -192,6 +193,11 @@ def main():
     p.add_argument("--size", type=int, default=1024, help="transfer: the generator's size (default 1024)")
     p.add_argument("--channel-max", type=int, default=512, help="transfer: its widest layer (official: 512)")
     p.add_argument("--scale", type=float, default=1.0, help="transfer: the official step counts times this")
+    p.add_argument("--batch-size", type=int,
+                   help="transfer: the run's batch size (default the pipeline's). A single transfer's stages fit "
+                        "in one batch at 3 or more and run at their own sizes (3 images, 2 pairs, 1 triple), so "
+                        "this matters below 3: device_run.sh's dry run gives 1, its BATCH, so that its other parts "
+                        "find these programs compiled")
     p.add_argument("--child", nargs=4, metavar=("WORKLOAD", "OUT_DIR", "REPORT", "OPTIONS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -205,7 +211,8 @@ def main():
     import result_names
     with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
         work = Path(tmp)
-        options = {"loop": loop, "size": args.size, "channel_max": args.channel_max, "scale": args.scale}
+        options = {"loop": loop, "size": args.size, "channel_max": args.channel_max, "scale": args.scale,
+                   "batch_size": args.batch_size}
         cache = Path(args.cache) if args.cache else work / "xla-cache"
         runs = [measure(args.workload, phase, cache, work, options, not args.no_compile_ahead)
                 for phase in ("cold", "warm")]

@@ -3,7 +3,9 @@
 # only while time is left (BUDGET seconds):
 #   1. time to the first result: one transfer at SCALE x the official step counts in a fresh
 #      process with an empty compile cache, then again with the cache it left, and what compiled
-#      and for how long (benchmarks/cold_start.py --workload transfer)
+#      and for how long (benchmarks/cold_start.py --workload transfer, at batch size BATCH: from 3
+#      on its stages fit one batch each and run at their own sizes; the dry run's BATCH=1 makes
+#      them the programs part 2 runs, which it then reads from the cache instead of compiling)
 #   2. every stage's step at batch BATCH, PyTorch at batch 1 and BATCH beside it; a whole
 #      transfer of BATCH triples and a GRID grid (default 4x4) at SCALE x the official counts
 #   3. batch scaling: every stage's step at the batches of SCALING (default 16 32)
@@ -52,7 +54,7 @@ nvidia-smi -L 2>/dev/null || echo "no nvidia-smi: a dry run"
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
 # shellcheck disable=SC2086  # COLD_EXTRA: several words
 python3 benchmarks/cold_start.py --workload transfer --size "$SIZE" --scale "$SCALE" $COLD_EXTRA --cache "$XLA_CACHE" \
-    --out "$OUT" \
+    --batch-size "$BATCH" --out "$OUT" \
     2>&1 | tee "$OUT/cold_start.log"
 [ "${PIPESTATUS[0]}" = 0 ] || failed "cold_start.py"
 pack

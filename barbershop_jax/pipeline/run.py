@@ -144,14 +144,13 @@ class Pipeline:
             edits=dict(ctx.edits), parsed={})
         return stand_in
 
-    def compile_ahead(self, triples, compiler: compile_ahead.CompilerThreads | None = None
-                      ) -> compile_ahead.CompilerThreads:
+    def compile_ahead(self, triples) -> compile_ahead.CompilerThreads:
         """The programs a run of `triples` would compile, handed to compiler threads by a
         rehearsal on this thread (seconds: nothing is computed, read or written); returns the
         compiler, whose `futures` end as the compilations do. A later run of triples of the
         same shapes and settings, in this process, then compiles nothing (a web server does
         this at start-up, so that its first request does not wait for XLA)."""
-        compiler = compiler or compile_ahead.CompilerThreads()
+        compiler = compile_ahead.CompilerThreads()
         _, quads = self.inputs(triples)
         with rehearsal.rehearsing(compiler):
             self._stand_in().run_stages(quads)

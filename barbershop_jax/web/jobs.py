@@ -154,7 +154,7 @@ class Server:
         """The stage programs of one transfer with the page's default settings (three images:
         face, shape and colour) compiled, side by side on compiler threads, with a progress bar
         on stderr; a job waits in the queue meanwhile. A request that keeps the defaults then
-        compiles no stage program; other settings (sign, smooth, region) compile their own.
+        compiles no stage program; other settings (a sign or smooth of its own) compile theirs.
         Returns the programs' names; a failure is one warning line (each request then compiles
         what it needs, and meets any real error itself)."""
         from tqdm.auto import tqdm
