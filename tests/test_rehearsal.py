@@ -15,7 +15,6 @@ from conftest import BATCH_TRIPLES, NAMES, STAGE_PROGRAMS, count_compilations, r
 from conftest import tiny_transfer
 
 
-
 @rehearsal.program(static_argnames="n")
 def _power(x, y, n):
     for _ in range(n):

@@ -49,7 +49,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(server, url): the page on a free localhost port with the embedded generator (no
-    --weights) and a few steps per stage as its defaults."""
+    --weights) and a few steps per stage as its defaults, compiling its programs ahead as
+    `serve` does (the tests' environment turns that off elsewhere)."""
     g = embedded.generator()
     models = Models(g, embedded.parser(), vgg16.init(SMALL_VGG, jax.random.PRNGKey(1)),
                     pca_lib.pca_stats(g, 2000, jax.random.PRNGKey(2)))
