@@ -230,9 +230,9 @@ class HairTransfer:
         (an array, or an indexed PNG path) or its shape reference's region moved and scaled.
         regions: one region (or None: the `region` option, hair by default) per triple, e.g.
         "lips" or "brows,eyes"; the triples of each region run as one batch run.
-        save_target_masks: also write OUT/target_masks/{face}_{ref}.png (indexed: values are
+        save_target_masks: also write `OUT/target_masks/{face}_{ref}.png` (indexed: values are
         class ids, in the label colours) and legend.json, to edit and give back (the folder
-        is target_masks_{region} for a region other than hair)."""
+        is `target_masks_{region}` for a region other than hair)."""
         check_numbers("transfer_many", feather=feather)
         triples = checked_triples(triples)
         crop = options.pop("align", None) if crop is None else crop  # its former name

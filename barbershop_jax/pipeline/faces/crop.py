@@ -308,8 +308,8 @@ class CroppedFace:
 
 @dataclasses.dataclass
 class FaceCropper:
-    """Photo -> FFHQ crop(s), written as {stem}.png (or {stem}_{i}.png when the photo has
-    several faces, as the official) with the transform in {stem}.crop.json beside it.
+    """Photo -> FFHQ crop(s), written as `{stem}.png` (or `{stem}_{i}.png` when the photo has
+    several faces, as the official) with the transform in `{stem}.crop.json` beside it.
 
     landmarks: a backend (landmarks.Landmarks(); default: sidecar JSON, else dlib);
     face_index: which face of a photo with several (None: all of them for `crop`, and an
