@@ -77,6 +77,7 @@ def _run_transfer(out_dir, loop, options):
     embedded parser and VGG16, at options["steps"] (default: the official counts times
     options["scale"])."""
     import jax
+    from barbershop_jax.config import DEFAULT_BATCH_SIZE
     from barbershop_jax.models import bundle, embedded, stylegan2
     from barbershop_jax.models import pca as pca_lib
     from barbershop_jax.pipeline import demo
@@ -88,7 +89,7 @@ def _run_transfer(out_dir, loop, options):
     models = bundle.Models(g, embedded.parser(), embedded.vgg(), pca_lib.pca_stats(g, 20_000, jax.random.PRNGKey(2)))
     steps = options.get("steps") or _official_steps(options.get("scale", 1.0))
     images = demo.example_images()
-    run = RunSettings(progress=True, **({"batch_size": options["batch_size"]} if options.get("batch_size") else {}))
+    run = RunSettings(progress=True, batch_size=options.get("batch_size") or DEFAULT_BATCH_SIZE)
     ht = HairTransfer(models, out_dir, run=run, **steps, **loop)
     ht.transfer(images["face"], images["shape"], images["color"])
     ht.save_step_times()

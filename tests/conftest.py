@@ -65,9 +65,14 @@ STAGE_PROGRAMS = {"_run_chunk", "target_units", "_f_init", "render_saved", "pars
                   "_after_round2", "_between_steps", "_finish", "blend_masks", "_final_render"}
 
 
+def is_stage_program(compiled: str) -> bool:
+    """Whether a program's name as count_compilations gives it ("jit(name)") is a stage program's."""
+    return compiled.removeprefix("jit(")[:-1] in STAGE_PROGRAMS
+
+
 def stage_programs(names) -> list[str]:
-    """Those of `names` (as count_compilations gives them, "jit(name)") that are stage programs."""
-    return [n for n in names if n.removeprefix("jit(")[:-1] in STAGE_PROGRAMS]
+    """Those of `names` (as count_compilations gives them) that are stage programs."""
+    return [n for n in names if is_stage_program(n)]
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from PIL import Image
 
 from barbershop_jax.pipeline.runtime import compile_ahead
 from barbershop_jax.stages import rehearsal
-from conftest import BATCH_TRIPLES, NAMES, STAGE_PROGRAMS, count_compilations, rehearsed_run, rehearsed_transfer
+from conftest import BATCH_TRIPLES, NAMES, count_compilations, is_stage_program, rehearsed_run, rehearsed_transfer
 from conftest import tiny_transfer
 
 
@@ -91,7 +91,7 @@ def test_a_transfer_compiles_its_programs_ahead_with_the_same_results(models, im
     else:
         rehearsed = tmp_path / "rehearsed"
         triples, batch, where = _rehearsed_here(models, images, rehearsed)
-    stage_programs = [(thread, name) for thread, name in where if name.removeprefix("jit(")[:-1] in STAGE_PROGRAMS]
+    stage_programs = [(thread, name) for thread, name in where if is_stage_program(name)]
     ahead_of_time = [name for thread, name in stage_programs if thread.startswith(compile_ahead.THREAD_PREFIX)]
     in_the_run = [name for thread, name in stage_programs if not thread.startswith(compile_ahead.THREAD_PREFIX)]
     assert set(ahead_of_time) >= {"jit(_run_chunk)", "jit(_between_steps)", "jit(blend_masks)", "jit(_final_render)"}

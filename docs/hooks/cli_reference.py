@@ -29,16 +29,9 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 def reference(parser: argparse.ArgumentParser) -> str:
     """Markdown for `parser` and every command under it, nested ones included, in the
     parser's own order: a heading, the description, the usage and a table of options each."""
-    return "\n".join(_command(p) for p in _commands(parser))
+    from barbershop_jax.cli.args import subcommands
 
-
-def _commands(parser):
-    found = [parser]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for command in dict.fromkeys(action.choices.values()):  # an alias names one parser twice
-                found += _commands(command)
-    return found
+    return "\n".join(_command(p) for p in [parser, *subcommands(parser)])
 
 
 def _command(parser) -> str:
