@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import struct, traverse_util
 
 
+from barbershop_jax.models import INIT_COMPILER_OPTIONS
 from barbershop_jax.models.stylegan2_layers import EqualDense, PixelNorm, StyledConv, ToRGB
 
 NOISE_MODES = ("random", "const", "none")
@@ -289,7 +290,7 @@ def init(config: GeneratorConfig, key) -> StyleGAN2:
     return model.replace(latent_avg=jnp.mean(jax.jit(StyleGAN2.map)(model, z), axis=0))
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0, compiler_options=INIT_COMPILER_OPTIONS)
 def _init(config: GeneratorConfig, k_params, k_noise, k_extra) -> StyleGAN2:
     # One compiled program, which the persistent compilation cache keeps for the next process.
     # Drawn op by op, every noise and bias shape compiled a small program of its own in every

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from barbershop_jax.models import INIT_COMPILER_OPTIONS
 from barbershop_jax.models.conv import conv_general_dilated
 
 # (block, convolutions in the block); every block ends in a 2x2 max pool in torchvision.
@@ -130,7 +131,7 @@ def _draw(sample, *args, **kwargs):
     return jax.lax.optimization_barrier(sample(*args, **kwargs))
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0, compiler_options=INIT_COMPILER_OPTIONS)
 def _init(config: VGG16Config, key) -> VGG16:
     k_params, k_bias, k_lin = jax.random.split(key, 3)
     shapes = abstract_params(config)
