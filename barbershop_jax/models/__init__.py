@@ -3,6 +3,8 @@
 # How XLA compiles the random initialisations (stylegan2.init, vgg16.init; the face parser's
 # draws are numpy's): a process runs each once, so they compile at XLA's optimisation level 1
 # instead of the default 2: the embedded generator's and VGG16's together about 3 s sooner on 2
-# CPU cores, the same weights bit for bit (checked on an AVX2 and an AVX-512 EPYC;
-# benchmarks/README.md, "The demo and the test suite, avx512-epyc-2core").
+# CPU cores, the same weights bit for bit (the embedded models' compared array by array on an
+# AVX2 and an AVX-512 EPYC; tests/test_recorded_results.py covers the tests' tiny models on
+# each kind of CPU it has a recording for; benchmarks/README.md, "The demo and the test suite,
+# avx512-epyc-2core").
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
