@@ -237,6 +237,19 @@ def generator_images(models, names, seed: int, root) -> list:
     return [image_files.save_png(Path(root) / f"{name}.png", p) for name, p in zip(names, pixels)]
 
 
+def write_images(models, folder, names, seed: int) -> list:
+    """One generator image per name, {folder}/{name}.png, of known_w_plus(models, len(names),
+    seed), rendered one at a time by the jitted render: one program for any count. (Rendered
+    eagerly, a batch compiled some 200 small programs, 6 to 8 s, again for each count.)"""
+    from barbershop_jax.pipeline.files import image_files
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    w_plus = known_w_plus(models, len(names), seed)
+    return [image_files.save_png(Path(folder) / f"{name}.png",
+                                 image_files.to_uint8(np.asarray(render(models.generator, w_plus[i:i + 1])))[0])
+            for i, name in enumerate(names)]
+
+
 @pytest.fixture(scope="module")
 def images(models, tmp_path_factory):
     """Four generator images, ann.png, bob.png, cid.png and dan.png."""

@@ -27,7 +27,7 @@ from barbershop_jax.pipeline.runtime import progress
 from barbershop_jax.stages import loop
 from barbershop_jax.pipeline.files.sources import content_hash
 from conftest import (assert_adam_close, count_compilations, known_w_plus, render, render_from_features,
-                      render_targets, tiny_models)
+                      render_targets, tiny_models, write_images)
 
 @pytest.fixture(scope="module")
 def consts():
@@ -239,13 +239,7 @@ def test_sharded_over_four_cpu_devices_equals_unsharded(consts, tmp_path):
 
 # ------------------------------------------------------------------ files and cache
 def _write_images(consts, folder, n=2):
-    folder.mkdir(parents=True, exist_ok=True)
-    images = image_io.to_uint8(np.asarray(consts.generator.render(known_w_plus(consts, n, seed=11), noise="const")))
-    paths = []
-    for i, im in enumerate(images):
-        paths.append(folder / f"face{i}.png")
-        Image.fromarray(im).save(paths[-1])
-    return paths
+    return write_images(consts, folder, [f"face{i}" for i in range(n)], seed=11)
 
 
 class _Counter:
@@ -463,11 +457,12 @@ def test_bfloat16_compute_is_an_option_cached_apart(consts):
     assert cache.tree_fingerprint(half) != cache.tree_fingerprint(consts)
     assert cache.tree_fingerprint(consts) == cache.tree_fingerprint(tiny_models(parser=False))
     w = consts.generator.mean_w_plus(1)
-    full, low = consts.generator.render(w, noise="const"), g16.render(w, noise="const")
+    full, low = render(consts.generator, w), render(g16, w)
     err = float(jnp.abs(full - low).max() / jnp.abs(full).max())
     assert 0 < err < 0.05, err
     x = full[:, ::2, ::2]
-    taps, taps16 = consts.vgg.features(x), vgg16_.features(x)
+    features = jax.jit(lambda vgg, x: vgg.features(x))  # one program each, not one per operation
+    taps, taps16 = features(consts.vgg, x), features(vgg16_, x)
     assert all(taps16[t].dtype == jnp.float32 for t in taps16)
     assert 0 < float(jnp.abs(taps["relu3_3"] - taps16["relu3_3"]).max()) < 0.05 * float(jnp.abs(taps["relu3_3"]).max())
     with pytest.raises(ValueError, match="dtype"):

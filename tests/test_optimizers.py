@@ -11,16 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from PIL import Image
 
 from barbershop_jax import cli
 from barbershop_jax.config import EmbedConfig, TransferConfig, optimizer_spec
 from barbershop_jax.models import bundle
-from barbershop_jax.pipeline.files import image_files
 from barbershop_jax.pipeline.store import cache
 from barbershop_jax.stages import loop
 from barbershop_jax.stages.optim import ADAM, Optimizer, OptState
-from conftest import assert_batch_independent, count_compilations, known_w_plus
+from conftest import assert_batch_independent, count_compilations, write_images
 
 
 def test_optimizer_texts_have_one_spelling():
@@ -157,9 +155,7 @@ def test_another_optimizer_is_cached_apart_and_the_official_keys_stay():
 
 def test_the_embed_command_takes_optimizers_and_keeps_their_results_apart(tmp_path, capsys):
     models = bundle.load(parser=False)
-    (tmp_path / "in").mkdir()
-    image = image_files.to_uint8(np.asarray(models.generator.render(known_w_plus(models, 1, seed=11), noise="const")))
-    Image.fromarray(image[0]).save(tmp_path / "in" / "face.png")
+    write_images(models, tmp_path / "in", ["face"], seed=11)
     args = ["embed", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--w-steps", "6", "--batch-size", "1",
             "--no-fs", "--quiet"]
     meta = lambda: json.loads((tmp_path / "out" / "W+" / "face.json").read_text())  # noqa: E731

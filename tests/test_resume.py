@@ -16,7 +16,7 @@ from barbershop_jax.pipeline import loop_hook
 from barbershop_jax.pipeline.store import resume
 from barbershop_jax.config import EmbedConfig
 from barbershop_jax.pipeline import embed as pipeline_embed
-from conftest import known_w_plus, render_targets, tiny_models
+from conftest import known_w_plus, render_targets, tiny_models, write_images
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +75,7 @@ def test_checkpoints_that_do_not_fit_are_ignored(consts, tmp_path):
 def test_a_diverging_image_fails_alone(consts, tmp_path, monkeypatch):
     """NaN in one image's target: that image is reported and nothing is written for it; the
     other image of its batch gets exactly what a clean run gives it."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    pixels = image_io.to_uint8(np.asarray(consts.generator.render(known_w_plus(consts, 2, seed=23), noise="const")))
-    paths = [image_io.save_png(folder / f"im{i}.png", p) for i, p in enumerate(pixels)]
+    paths = write_images(consts, tmp_path / "in", ["im0", "im1"], seed=23)
     cfg = EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
     clean = pipeline_embed.embed(paths, tmp_path / "clean", consts, cfg, batch_size=2, progress=False)
 
