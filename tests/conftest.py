@@ -204,7 +204,9 @@ def parser_with_hair(generator):
     on generator images is called hair: the hair paths of every stage then have pixels."""
     parser = bisenet.init(bisenet.BiSeNetConfig(), jax.random.PRNGKey(3))
     images = render(generator, generator.mean_w_plus(1))
-    counts = np.bincount(np.asarray(parser.labels_of((images + 1) / 2, parse_size=64)).ravel(), minlength=16)
+    # One program: run eagerly, the parser compiled some 100 small ones (5 s) in each process.
+    labels = jax.jit(lambda parser, x: parser.labels_of(x, parse_size=64))(parser, (images + 1) / 2)
+    counts = np.bincount(np.asarray(labels).ravel(), minlength=16)
     top, hair = int(np.argmax(counts)), parser.labels.id("hair")
     order = np.arange(16)
     order[[top, hair]] = order[[hair, top]]

@@ -121,7 +121,7 @@ def test_blend_clamp_keeps_u_in_the_unit_interval(models):
     g = m.generator
     cfg = TransferConfig(noise="random").resolve(64)
     w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(5), (2, g.config.style_dim))))
-    f, _ = g.features(w, block=3, noise="const")
+    f, _ = jax.jit(lambda g, w: g.features(w, block=3, noise="const"))(g, w)  # one program, not one per operation
     small = jax.image.resize(render(g, w), (2, 32, 32, 3), "linear")
     hair = jnp.zeros((2, 64, 64)).at[:, 8:40, 12:52].set(1.0)
     inputs = blending.BlendInputs(w, w[::-1], f, f, small, small[::-1], hair[:, ::2, ::2], hair[::-1, ::2, ::2],
