@@ -229,27 +229,19 @@ def models():
     return tiny_models()
 
 
-def generator_images(models, names, seed: int, root) -> list:
-    """One generator image per name, {root}/{name}.png, from random latents of PRNGKey(seed)."""
+def generator_images(models, names, seed: int, root, one_at_a_time: bool = False) -> list:
+    """One generator image per name, {root}/{name}.png, from random latents of PRNGKey(seed)
+    (known_w_plus), rendered by the jitted render: all names in one batch (the images fixture
+    and the controller's rehearsed run, whose results the tests compare), or one_at_a_time, one
+    program for any count of names (rendered eagerly instead, each new count compiled some 200
+    small programs, 6 to 8 s)."""
     from barbershop_jax.pipeline.files import image_files
 
-    g = models.generator
-    w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(seed), (len(names), g.config.style_dim))))
-    pixels = image_files.to_uint8(np.asarray(render(g, w)))
+    Path(root).mkdir(parents=True, exist_ok=True)
+    w = known_w_plus(models, len(names), seed)
+    batches = [w[i:i + 1] for i in range(len(names))] if one_at_a_time else [w]
+    pixels = np.concatenate([image_files.to_uint8(np.asarray(render(models.generator, b))) for b in batches])
     return [image_files.save_png(Path(root) / f"{name}.png", p) for name, p in zip(names, pixels)]
-
-
-def write_images(models, folder, names, seed: int) -> list:
-    """One generator image per name, {folder}/{name}.png, of known_w_plus(models, len(names),
-    seed), rendered one at a time by the jitted render: one program for any count. (Rendered
-    eagerly, a batch compiled some 200 small programs, 6 to 8 s, again for each count.)"""
-    from barbershop_jax.pipeline.files import image_files
-
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    w_plus = known_w_plus(models, len(names), seed)
-    return [image_files.save_png(Path(folder) / f"{name}.png",
-                                 image_files.to_uint8(np.asarray(render(models.generator, w_plus[i:i + 1])))[0])
-            for i, name in enumerate(names)]
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ from barbershop_jax.pipeline import embed as pipeline_embed
 from barbershop_jax.pipeline.runtime import progress
 from barbershop_jax.stages import loop
 from barbershop_jax.pipeline.files.sources import content_hash
-from conftest import (assert_adam_close, count_compilations, known_w_plus, render, render_from_features,
-                      render_targets, tiny_models, write_images)
+from conftest import (assert_adam_close, count_compilations, generator_images, known_w_plus, render,
+                      render_from_features, render_targets, tiny_models)
 
 @pytest.fixture(scope="module")
 def consts():
@@ -239,7 +239,7 @@ def test_sharded_over_four_cpu_devices_equals_unsharded(consts, tmp_path):
 
 # ------------------------------------------------------------------ files and cache
 def _write_images(consts, folder, n=2):
-    return write_images(consts, folder, [f"face{i}" for i in range(n)], seed=11)
+    return generator_images(consts, [f"face{i}" for i in range(n)], 11, folder, one_at_a_time=True)
 
 
 class _Counter:

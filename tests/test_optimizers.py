@@ -18,7 +18,7 @@ from barbershop_jax.models import bundle
 from barbershop_jax.pipeline.store import cache
 from barbershop_jax.stages import loop
 from barbershop_jax.stages.optim import ADAM, Optimizer, OptState
-from conftest import assert_batch_independent, count_compilations, write_images
+from conftest import assert_batch_independent, count_compilations, generator_images
 
 
 def test_optimizer_texts_have_one_spelling():
@@ -155,7 +155,7 @@ def test_another_optimizer_is_cached_apart_and_the_official_keys_stay():
 
 def test_the_embed_command_takes_optimizers_and_keeps_their_results_apart(tmp_path, capsys):
     models = bundle.load(parser=False)
-    write_images(models, tmp_path / "in", ["face"], seed=11)
+    generator_images(models, ["face"], 11, tmp_path / "in", one_at_a_time=True)
     args = ["embed", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--w-steps", "6", "--batch-size", "1",
             "--no-fs", "--quiet"]
     meta = lambda: json.loads((tmp_path / "out" / "W+" / "face.json").read_text())  # noqa: E731

@@ -16,7 +16,7 @@ from barbershop_jax.pipeline import loop_hook
 from barbershop_jax.pipeline.store import resume
 from barbershop_jax.config import EmbedConfig
 from barbershop_jax.pipeline import embed as pipeline_embed
-from conftest import known_w_plus, render_targets, tiny_models, write_images
+from conftest import generator_images, known_w_plus, render_targets, tiny_models
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_checkpoints_that_do_not_fit_are_ignored(consts, tmp_path):
 def test_a_diverging_image_fails_alone(consts, tmp_path, monkeypatch):
     """NaN in one image's target: that image is reported and nothing is written for it; the
     other image of its batch gets exactly what a clean run gives it."""
-    paths = write_images(consts, tmp_path / "in", ["im0", "im1"], seed=23)
+    paths = generator_images(consts, ["im0", "im1"], 23, tmp_path / "in", one_at_a_time=True)
     cfg = EmbedConfig(w_steps=3, fs_steps=2, lpips_size=32)
     clean = pipeline_embed.embed(paths, tmp_path / "clean", consts, cfg, batch_size=2, progress=False)
 
