@@ -147,7 +147,7 @@ def test_lpips_gradient_matches_torch_autograd(lpips_ref, converted):
     x0, x1 = _images(seed=4)
     x0_t = x0.clone().requires_grad_(True)
     lpips_ref(x0_t, x1).sum().backward()
-    grad = jax.jit(jax.grad(lambda a, b: jnp.sum(lpips_fn(model, a, b))))(_j(x0), _j(x1))
+    grad = jax.jit(jax.grad(lambda m, a, b: jnp.sum(lpips_fn(m, a, b)), argnums=1))(model, _j(x0), _j(x1))
     assert np.all(np.isfinite(np.asarray(grad)))
     assert rel_err(grad, nhwc(x0_t.grad)) <= 1e-4
 
@@ -190,7 +190,7 @@ def test_masked_lpips_gradient_matches_torch_autograd(lpips_ref, converted):
     mask = _blob_mask(1, SIZE, seed=11)
     x0_t = x0.clone().requires_grad_(True)
     torch_masked_lpips(lpips_ref, x0_t, x1, mask).sum().backward()
-    grad = jax.jit(jax.grad(lambda a: jnp.sum(masked_fn(model, a, _j(x1), _j(mask)))))(_j(x0))
+    grad = jax.jit(jax.grad(lambda m, a: jnp.sum(masked_fn(m, a, _j(x1), _j(mask))), argnums=1))(model, _j(x0))
     assert np.all(np.isfinite(np.asarray(grad)))
     assert rel_err(grad, nhwc(x0_t.grad)) <= 1e-4
 
@@ -202,7 +202,7 @@ def test_empty_mask_guard(converted):
     empty = jnp.zeros((1, SIZE, SIZE))
     assert np.isnan(float(masked_fn(model, _j(x0), _j(x1), empty, guard_empty=False)[0]))
     assert float(masked_fn(model, _j(x0), _j(x1), empty)[0]) == 0.0
-    grad = jax.jit(jax.grad(lambda a: jnp.sum(L.masked_lpips(model, a, _j(x1), empty))))(_j(x0))
+    grad = jax.jit(jax.grad(lambda m, a: jnp.sum(L.masked_lpips(m, a, _j(x1), empty)), argnums=1))(model, _j(x0))
     assert np.all(np.asarray(grad) == 0.0)
 
 

@@ -114,10 +114,10 @@ def test_gradient_matches_torch_autograd(torch_features, converted):
     img_t = img.clone().requires_grad_(True)
     torch_style_loss(torch_features, ref_img, img_t, ref_mask, mask, size=64).backward()
 
-    def loss(reference, image):
-        return jnp.sum(style.style_loss(converted, reference, image, _j(ref_mask), _j(mask), size=64))
+    def loss(vgg, reference, image):  # the VGG an argument: as a closure its weights are constants to compile
+        return jnp.sum(style.style_loss(vgg, reference, image, _j(ref_mask), _j(mask), size=64))
 
-    grad_ref, grad = jax.jit(jax.grad(loss, argnums=(0, 1)))(_j(ref_img), _j(img))
+    grad_ref, grad = jax.jit(jax.grad(loss, argnums=(1, 2)))(converted, _j(ref_img), _j(img))
     assert np.all(np.isfinite(np.asarray(grad)))
     assert rel_err(grad, nhwc(img_t.grad)) <= 1e-4
     assert float(jnp.abs(grad_ref).max()) == 0.0  # the reference side is computed under no_grad
