@@ -18,6 +18,12 @@ CASES = [
 ]
 
 
+def _normal(seed, shape):
+    """Random inputs from numpy: each new shape drawn by jax.random compiled a threefry program
+    (about 1 s on 2 CPU cores; 11 s of this file's time)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
 def _lax(x, k, strides, padding, dilation):
     return jax.lax.conv_general_dilated(x, k, strides, padding, lhs_dilation=dilation, dimension_numbers=NHWC,
                                         precision="highest")
@@ -32,13 +38,15 @@ def _ours(x, k, strides, padding, dilation):
 def test_patch_path_matches_xla_convolution(case, monkeypatch):
     monkeypatch.setattr(conv, "MIN_INPUT_CHANNELS", 1)  # small arrays, the patch path all the same
     x_shape, k_shape, *args = case
-    x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
-    k = jax.random.normal(jax.random.PRNGKey(1), k_shape)
-    assert "convolution" not in jax.jit(_ours, static_argnums=(2, 3, 4)).lower(x, k, *args).as_text()
-    np.testing.assert_allclose(_ours(x, k, *args), _lax(x, k, *args), rtol=1e-5, atol=1e-5)
+    x = _normal(0, x_shape)
+    k = _normal(1, k_shape)
+    # Jitted, as the models run it (and one program each: eagerly, some 100 small ones per case).
+    ours = jax.jit(_ours, static_argnums=(2, 3, 4))
+    assert "convolution" not in ours.lower(x, k, *args).as_text()
+    np.testing.assert_allclose(ours(x, k, *args), _lax(x, k, *args), rtol=1e-5, atol=1e-5)
     # Gradients to both operands (the latents' gradient flows through the input).
-    loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k, *args)))  # noqa: E731
-    for ours, ref in zip(jax.grad(loss(_ours), (0, 1))(x, k), jax.grad(loss(_lax), (0, 1))(x, k)):
+    grad = lambda f: jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k, *args))), (0, 1)))  # noqa: E731
+    for ours, ref in zip(grad(_ours)(x, k), grad(_lax)(x, k)):
         np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -58,6 +66,6 @@ def test_plain_convolution_where_the_patch_path_does_not_pay():
     gpu = ours.trace(*small, *args).lower(lowering_platforms=("cuda",)).as_text()
     assert "convolution" in gpu and "dot_general" not in gpu
     # vmapped, as the stages run it.
-    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 4, c))
+    x = _normal(0, (3, 4, 4, c))
     batched = jax.vmap(lambda x: _ours(x[None], small[1], *args)[0])
     np.testing.assert_allclose(batched(x), _lax(x, small[1], *args), rtol=1e-5, atol=1e-4)
