@@ -335,11 +335,23 @@ def test_files_are_in_the_official_format(consts, tmp_path):
     assert meta["image_sha256"] == content_hash(np.asarray(Image.open(paths[0]).convert("RGB")))
 
 
-def test_embed_command(tmp_path, capsys):
-    consts = bundle.load(parser=False)
+@pytest.fixture(scope="module")
+def consts_weights(consts, tmp_path_factory):
+    """consts saved as a weights folder (no parser: the embedding needs none)."""
+    from barbershop_jax.models import stylegan2, vgg16
+    root = tmp_path_factory.mktemp("weights")
+    stylegan2.save(consts.generator, root, pca=consts.pca)
+    vgg16.save(consts.vgg, root)
+    return root
+
+
+def test_embed_command(consts, consts_weights, tmp_path, capsys):
+    """The command on this file's models (--weights), at batch 1: the programs of
+    test_batch_equals_single_runs' single runs, read from memory rather than compiled (on the
+    embedded models they were new ones, some 25 s)."""
     _write_images(consts, tmp_path / "in", n=2)
     args = ["embed", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--w-steps", "2",
-            "--fs-steps", "2", "--batch-size", "1", "--quiet"]
+            "--fs-steps", "2", "--batch-size", "1", "--weights", str(consts_weights), "--quiet"]
     assert cli.main(args) == 0
     assert "2 image(s) embedded" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out" / "FS").glob("*.npz")) == ["face0.npz", "face1.npz"]
@@ -428,17 +440,19 @@ def test_official_outputs_are_imported(consts, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "out" / "FS" / "face0.json").read_text())["imported_from"] == str(official)
 
 
-def test_two_processes_share_the_images(consts, tmp_path):
+def test_two_processes_share_the_images(consts, consts_weights, tmp_path):
     """`embed --distributed`: two jax.distributed processes on this machine split the images
-    and write into one output folder."""
+    and write into one output folder. (On this file's models at batch 1, as test_embed_command:
+    the programs are in the persistent cache, and the processes read them, 22 s against 34 s
+    compiling their own on the embedded models.)"""
     import socket
     _write_images(consts, tmp_path / "in", n=2)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "barbershop_jax.cli", "embed", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-           "--w-steps", "2", "--fs-steps", "2", "--quiet", "--distributed", "--coordinator", f"127.0.0.1:{port}",
-           "--num-processes", "2", "--process-id"]
+           "--w-steps", "2", "--fs-steps", "2", "--batch-size", "1", "--weights", str(consts_weights), "--quiet",
+           "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id"]
     procs = [subprocess.Popen(cmd + [str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
