@@ -347,8 +347,8 @@ def consts_weights(consts, tmp_path_factory):
 
 def test_embed_command(consts, consts_weights, tmp_path, capsys):
     """The command on this file's models (--weights), at batch 1: the programs of
-    test_batch_equals_single_runs' single runs, read from memory rather than compiled (on the
-    embedded models they were new ones, some 25 s)."""
+    test_batch_equals_single_runs' single runs, compiled already (on the embedded models they
+    were programs of their own, some 25 s to compile)."""
     _write_images(consts, tmp_path / "in", n=2)
     args = ["embed", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--w-steps", "2",
             "--fs-steps", "2", "--batch-size", "1", "--weights", str(consts_weights), "--quiet"]
@@ -443,8 +443,8 @@ def test_official_outputs_are_imported(consts, tmp_path, monkeypatch):
 def test_two_processes_share_the_images(consts, consts_weights, tmp_path):
     """`embed --distributed`: two jax.distributed processes on this machine split the images
     and write into one output folder. (On this file's models at batch 1, as test_embed_command:
-    the programs are in the persistent cache, and the processes read them, 22 s against 34 s
-    compiling their own on the embedded models.)"""
+    the processes read those programs from the persistent cache, 22 s against 34 s when they
+    compiled their own.)"""
     import socket
     _write_images(consts, tmp_path / "in", n=2)
     with socket.socket() as s:
