@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from barbershop_jax.models import conv
+from conftest import normal
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # (input, kernel, strides, padding, lhs_dilation): every form the models run, and a few more.
@@ -16,12 +17,6 @@ CASES = [
     ((1, 7, 6, 2), (7, 7, 2, 3), (2, 2), ((3, 3), (3, 3)), (1, 1)),      # ResNet stem, odd sizes
     ((1, 6, 6, 2), (3, 3, 2, 3), (1, 1), ((-1, 0), (0, 1)), (1, 1)),     # negative, uneven padding
 ]
-
-
-def _normal(seed, shape):
-    """Random inputs from numpy: each new shape drawn by jax.random compiled a threefry program
-    (about 1 s on 2 CPU cores; 11 s of this file's time)."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
 def _lax(x, k, strides, padding, dilation):
@@ -38,8 +33,8 @@ def _ours(x, k, strides, padding, dilation):
 def test_patch_path_matches_xla_convolution(case, monkeypatch):
     monkeypatch.setattr(conv, "MIN_INPUT_CHANNELS", 1)  # small arrays, the patch path all the same
     x_shape, k_shape, *args = case
-    x = _normal(0, x_shape)
-    k = _normal(1, k_shape)
+    x = normal(0, x_shape)
+    k = normal(1, k_shape)
     # Jitted, as the models run it (and one program each: eagerly, some 100 small ones per case).
     ours = jax.jit(_ours, static_argnums=(2, 3, 4))
     assert "convolution" not in ours.lower(x, k, *args).as_text()
@@ -66,6 +61,6 @@ def test_plain_convolution_where_the_patch_path_does_not_pay():
     gpu = ours.trace(*small, *args).lower(lowering_platforms=("cuda",)).as_text()
     assert "convolution" in gpu and "dot_general" not in gpu
     # vmapped, as the stages run it.
-    x = _normal(0, (3, 4, 4, c))
+    x = normal(0, (3, 4, 4, c))
     batched = jax.vmap(lambda x: _ours(x[None], small[1], *args)[0])
     np.testing.assert_allclose(batched(x), _lax(x, small[1], *args), rtol=1e-5, atol=1e-4)

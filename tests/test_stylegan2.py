@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import torch_stylegan2 as T
-from conftest import nhwc, rel_err
+from conftest import nhwc, normal, rel_err
 from barbershop_jax.models import stylegan2, stylegan2_layers
 
 TOL = 1e-4
@@ -77,15 +77,9 @@ def test_features_and_fs_resume_match_official(torch_generator_64, converted_64)
     np.testing.assert_array_equal(np.asarray(fs_s), np.asarray(fs))
 
 
-def _normal(seed, shape):
-    """Random latents from numpy: each new shape drawn by jax.random compiled a threefry
-    program (about 1 s on 2 CPU cores)."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
-
-
 def test_resume_with_skip_carried_equals_render(converted_64):
     model, _ = converted_64
-    w = model.mean_w_plus(2) + 0.3 * _normal(0, (2, 10, 512))
+    w = model.mean_w_plus(2) + 0.3 * normal(0, (2, 10, 512))
     key = jax.random.PRNGKey(1)
     full = model.render(w, key=key)
     for block in (1, 2, 3):
@@ -135,7 +129,7 @@ def test_gradients_match_torch_autograd(tmp_path):
 
 def test_jit_vmap_and_loop_agree(converted_64):
     model, _ = converted_64
-    w = model.mean_w_plus(3) + 0.3 * _normal(2, (3, 10, 512))
+    w = model.mean_w_plus(3) + 0.3 * normal(2, (3, 10, 512))
     batched = jax.jit(lambda m, w: m.render(w, noise="const"))(model, w)
     vmapped = jax.jit(jax.vmap(lambda m, w: m.render(w[None], noise="const")[0], in_axes=(None, 0)))(model, w)
     looped = np.stack([np.asarray(model.render(w[i:i + 1], noise="const")[0]) for i in range(3)])
@@ -194,7 +188,7 @@ def test_channel_table_matches_rosinality():
 
 def test_bfloat16_compute_is_close(converted_64):
     model, _ = converted_64
-    w = model.mean_w_plus(1) + 0.3 * _normal(3, (1, 10, 512))
+    w = model.mean_w_plus(1) + 0.3 * normal(3, (1, 10, 512))
     bf16 = model.replace(config=model.config.replace(dtype="bfloat16"))
     full, half = model.render(w, noise="const"), bf16.render(w, noise="const")
     assert half.dtype == jnp.float32

@@ -38,7 +38,8 @@ from barbershop_jax.stages import target_mask as stage_target_mask
 from barbershop_jax.pipeline.files import sources
 from barbershop_jax.pipeline.store import cache
 from barbershop_jax.stages import loop
-from conftest import BATCH_TRIPLES, STEPS, count_compilations, no_model_planning, record_decodes, render, tiny_transfer
+from conftest import (BATCH_TRIPLES, STEPS, count_compilations, known_w_plus, no_model_planning, record_decodes,
+                      render, tiny_transfer)
 from barbershop_jax.config import TransferConfig
 from barbershop_jax.models.bundle import Models
 
@@ -120,7 +121,7 @@ def test_blend_clamp_keeps_u_in_the_unit_interval(models):
     m = models
     g = m.generator
     cfg = TransferConfig(noise="random").resolve(64)
-    w = g.w_plus_from_w(g.map(jax.random.normal(jax.random.PRNGKey(5), (2, g.config.style_dim))))
+    w = known_w_plus(m, 2, seed=5)
     f, _ = jax.jit(lambda g, w: g.features(w, block=3, noise="const"))(g, w)  # one program, not one per operation
     small = jax.image.resize(render(g, w), (2, 32, 32, 3), "linear")
     hair = jnp.zeros((2, 64, 64)).at[:, 8:40, 12:52].set(1.0)
