@@ -140,7 +140,9 @@ def main():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import result_names
     with tempfile.TemporaryDirectory(prefix="tests-time-") as tmp:
-        env = {**os.environ, DIR_ENV: tmp,
+        # A compile cache new for this run, unless the environment names one (tests/conftest.py
+        # keeps one between runs otherwise): the figures of a first run, comparable between runs.
+        env = {"BARBERSHOP_JAX_TEST_CACHE": "fresh", **os.environ, DIR_ENV: tmp,
                "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
         started = time.time()
         run = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "tests_time", *pytest_args], cwd=ROOT, env=env,

@@ -15,18 +15,31 @@ from pathlib import Path
 # loops' defaults replaced below (ROLLED_LOOP), so both compile the same programs.
 os.environ["BARBERSHOP_JAX_LOOP"] = "4,rolled"
 ROLLED_LOOP = (4, False)  # (steps per chunk, unrolled?), as "4,rolled"
-# One persistent compilation cache for the whole run, shared by the pytest-xdist workers and the
-# CLI tests' subprocesses, so that a program compiled in one process is read from disk by the
-# next (the cache's bound makes JAX lock the folder around each read and write). A fresh folder
-# per run, so that the suite's time does not depend on what an earlier run left behind, and
-# removed when the process that made it exits.
+# One persistent compilation cache, shared by the pytest-xdist workers and the CLI tests'
+# subprocesses, so that a program compiled in one process is read from disk by the next (the
+# cache's bound makes JAX lock the folder around each read and write). It is kept from one run
+# to the next: a run after a change compiles only the programs the change altered (JAX's cache
+# key is the program, the compile options and the jaxlib version, so a stale program is never
+# read), in a folder of its own, apart from the user's ($XDG_CACHE_HOME or
+# ~/.cache/barbershop-jax/tests-xla, at most 2 GiB: the least recently used programs go first).
+# TEST_CACHE_ENV names another folder, or "fresh": a new folder for this run alone, removed at
+# its end, as on a new machine (benchmarks/tests_time.py times the suite so).
+TEST_CACHE_ENV = "BARBERSHOP_JAX_TEST_CACHE"
 if not (os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("BARBERSHOP_JAX_TEST_CACHE_MADE")):
-    _cache_dir = tempfile.mkdtemp(prefix="barbershop-jax-test-xla-")
+    _run_dir = tempfile.mkdtemp(prefix="barbershop-jax-test-run-")
+    atexit.register(shutil.rmtree, _run_dir, ignore_errors=True)
+    _setting = os.environ.get(TEST_CACHE_ENV, "").strip()
+    if _setting == "fresh":
+        _cache_dir = os.path.join(_run_dir, "xla")
+    else:
+        _cache_dir = _setting or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                                              "barbershop-jax", "tests-xla")
+        os.environ.setdefault("BARBERSHOP_JAX_COMPILE_CACHE_MAX_GB", "2")
     os.environ["BARBERSHOP_JAX_COMPILE_CACHE"] = _cache_dir
     os.environ["BARBERSHOP_JAX_TEST_CACHE_MADE"] = "1"  # the workers, started after this, reuse it
-    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
-    # The steps the runs measure (pipeline/store/step_times.py) go there too, not to the user's home.
-    os.environ["BARBERSHOP_JAX_STEP_TIMES"] = os.path.join(_cache_dir, "step_times.json")
+    # The steps the runs measure (pipeline/store/step_times.py) go to the run's folder, not to the
+    # user's home nor to the kept cache.
+    os.environ["BARBERSHOP_JAX_STEP_TIMES"] = os.path.join(_run_dir, "step_times.json")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"  # the many small programs too
 # Runs compile their stages on their own thread: the rehearsal that compiles them ahead on others
 # (stages/rehearsal.py) traces every stage a second time, about 10% more CPU in each transfer
