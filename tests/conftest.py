@@ -1,7 +1,9 @@
 import atexit
 import contextlib
 import functools
+import hashlib
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -15,13 +17,30 @@ from pathlib import Path
 # loops' defaults replaced below (ROLLED_LOOP), so both compile the same programs.
 os.environ["BARBERSHOP_JAX_LOOP"] = "4,rolled"
 ROLLED_LOOP = (4, False)  # (steps per chunk, unrolled?), as "4,rolled"
+# The CPU flags that change what XLA:CPU compiles (vector width, FMA, bf16 and int8 units).
+ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_bf16",
+             "avx512_vnni", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16")
+
+
+def cpu_isa() -> list[str]:
+    """The instruction sets of this CPU that XLA:CPU compiles for (/proc/cpuinfo's flags)."""
+    try:
+        flags = next(line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = []
+    return [f for f in ISA_FLAGS if f in flags]
+
+
 # One persistent compilation cache, shared by the pytest-xdist workers and the CLI tests'
 # subprocesses, so that a program compiled in one process is read from disk by the next (the
 # cache's bound makes JAX lock the folder around each read and write). It is kept from one run
 # to the next: a run after a change compiles only the programs the change altered (JAX's cache
 # key is the program, the compile options and the jaxlib version, so a stale program is never
 # read), in a folder of its own, apart from the user's ($XDG_CACHE_HOME or
-# ~/.cache/barbershop-jax/tests-xla, at most 2 GiB: the least recently used programs go first).
+# ~/.cache/barbershop-jax/tests-xla/, at most 2 GiB: the least recently used programs go first).
+# On a CPU that key does not name the processor's instruction sets, so the folder does (a hash
+# of cpu_isa()): a home shared between machines never hands one a program compiled for another.
 # TEST_CACHE_ENV names another folder, or "fresh": a new folder for this run alone, removed at
 # its end, as on a new machine (benchmarks/tests_time.py times the suite so).
 TEST_CACHE_ENV = "BARBERSHOP_JAX_TEST_CACHE"
@@ -32,8 +51,10 @@ if not (os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("BARBERSHOP_JAX
     if _setting == "fresh":
         _cache_dir = os.path.join(_run_dir, "xla")
     else:
+        _isa = "+".join(cpu_isa()) or platform.machine()
         _cache_dir = _setting or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-                                              "barbershop-jax", "tests-xla")
+                                              "barbershop-jax", "tests-xla",
+                                              hashlib.sha256(_isa.encode()).hexdigest()[:12])
         os.environ.setdefault("BARBERSHOP_JAX_COMPILE_CACHE_MAX_GB", "2")
     os.environ["BARBERSHOP_JAX_COMPILE_CACHE"] = _cache_dir
     os.environ["BARBERSHOP_JAX_TEST_CACHE_MADE"] = "1"  # the workers, started after this, reuse it
@@ -122,21 +143,6 @@ def render_from_features(g, structure_f, latents, noise="const"):
 def nhwc(t):
     """A torch NCHW tensor -> numpy NHWC."""
     return t.detach().numpy().transpose(0, 2, 3, 1)
-
-
-# The CPU flags that change what XLA:CPU compiles (vector width, FMA, bf16 and int8 units).
-ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_bf16",
-             "avx512_vnni", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16")
-
-
-def cpu_isa() -> list[str]:
-    """The instruction sets of this CPU that XLA:CPU compiles for (/proc/cpuinfo's flags)."""
-    try:
-        flags = next(line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("flags"))
-    except (OSError, StopIteration):
-        flags = []
-    return [f for f in ISA_FLAGS if f in flags]
 
 
 def batch_position_exact() -> bool:
