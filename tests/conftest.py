@@ -34,15 +34,15 @@ def cpu_isa() -> list[str]:
 
 # One persistent compilation cache, shared by the pytest-xdist workers and the CLI tests'
 # subprocesses, so that a program compiled in one process is read from disk by the next (the
-# cache's bound makes JAX lock the folder around each read and write). It is kept from one run
-# to the next: a run after a change compiles only the programs the change altered (JAX's cache
-# key is the program, the compile options, which name the folder itself, and the jaxlib version,
-# so a stale program is never read), in a folder of its own, apart from the user's ($XDG_CACHE_HOME or
+# cache's bound makes JAX lock the folder around each read and write). It is kept from one run to
+# the next: a run after a change compiles only the programs the change altered (JAX's cache key is
+# the program, the compile options, which name the folder itself, and the jaxlib version, so a
+# stale program is never read), in a folder of its own, apart from the user's ($XDG_CACHE_HOME or
 # ~/.cache/barbershop-jax/tests-xla/, at most 2 GiB: the least recently used programs go first).
-# On a CPU that key does not name the processor's instruction sets, so the folder does (a hash
-# of cpu_isa()): a home shared between machines never hands one a program compiled for another.
-# TEST_CACHE_ENV names another folder, or "fresh": a new folder for this run alone, removed at
-# its end, as on a new machine (benchmarks/tests_time.py times the suite so).
+# On a CPU that key does not name the processor's instruction sets, so the folder does (a hash of
+# cpu_isa()): a home shared between machines never hands one a program compiled for another.
+# TEST_CACHE_ENV names another folder, or "fresh": a new folder for this run alone, removed at its
+# end, as on a new machine (benchmarks/tests_time.py times the suite so).
 TEST_CACHE_ENV = "BARBERSHOP_JAX_TEST_CACHE"
 if not (os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("BARBERSHOP_JAX_TEST_CACHE_MADE")):
     _run_dir = tempfile.mkdtemp(prefix="barbershop-jax-test-run-")
