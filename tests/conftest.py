@@ -32,6 +32,15 @@ def cpu_isa() -> list[str]:
     return [f for f in ISA_FLAGS if f in flags]
 
 
+def cpu_kind() -> str:
+    """This CPU as XLA:CPU compiles for it: its instruction sets (cpu_isa), or where it has none
+    of them its architecture's name."""
+    return "+".join(cpu_isa()) or platform.machine()
+
+
+# Cache the many small programs too. Set before the cache folder below, whose import of
+# barbershop_jax imports JAX, which reads its environment then.
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"  # the many small programs too
 # One persistent compilation cache, shared by the pytest-xdist workers and the CLI tests'
 # subprocesses, so that a program compiled in one process is read from disk by the next (the
 # cache's bound makes JAX lock the folder around each read and write). It is kept from one run to
@@ -40,7 +49,7 @@ def cpu_isa() -> list[str]:
 # stale program is never read), in a folder of its own, apart from the user's ($XDG_CACHE_HOME or
 # ~/.cache/barbershop-jax/tests-xla/, at most 2 GiB: the least recently used programs go first).
 # On a CPU that key does not name the processor's instruction sets, so the folder does (a hash of
-# cpu_isa()): a home shared between machines never hands one a program compiled for another.
+# cpu_kind()): a home shared between machines never hands one a program compiled for another.
 # TEST_CACHE_ENV names another folder, or "fresh": a new folder for this run alone, removed at its
 # end, as on a new machine (benchmarks/tests_time.py times the suite so).
 TEST_CACHE_ENV = "BARBERSHOP_JAX_TEST_CACHE"
@@ -51,17 +60,15 @@ if not (os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("BARBERSHOP_JAX
     if _setting == "fresh":
         _cache_dir = os.path.join(_run_dir, "xla")
     else:
-        _isa = "+".join(cpu_isa()) or platform.machine()
-        _cache_dir = _setting or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-                                              "barbershop-jax", "tests-xla",
-                                              hashlib.sha256(_isa.encode()).hexdigest()[:12])
+        from barbershop_jax.pipeline.runtime.compile_cache import default_dir  # the user's cache: beside it
+        _cache_dir = _setting or str(default_dir().parent / "tests-xla" /
+                                     hashlib.sha256(cpu_kind().encode()).hexdigest()[:12])
         os.environ.setdefault("BARBERSHOP_JAX_COMPILE_CACHE_MAX_GB", "2")
     os.environ["BARBERSHOP_JAX_COMPILE_CACHE"] = _cache_dir
     os.environ["BARBERSHOP_JAX_TEST_CACHE_MADE"] = "1"  # the workers, started after this, reuse it
     # The steps the runs measure (pipeline/store/step_times.py) go to the run's folder, not to the
     # user's home nor to the kept cache.
     os.environ["BARBERSHOP_JAX_STEP_TIMES"] = os.path.join(_run_dir, "step_times.json")
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"  # the many small programs too
 # Runs compile their stages on their own thread: the rehearsal that compiles them ahead on others
 # (stages/rehearsal.py) traces every stage a second time, about 10% more CPU in each transfer
 # test, and with two workers on two cores there is no idle core for it to use. test_rehearsal

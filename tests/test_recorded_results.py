@@ -22,18 +22,16 @@ from barbershop_jax.config import EmbedConfig, TransferConfig
 from barbershop_jax.pipeline.files import image_files
 from barbershop_jax.pipeline.run import Pipeline
 from barbershop_jax.pipeline.runtime.settings import RunSettings
-from conftest import STEPS, cpu_isa, render, tiny_models
+from conftest import STEPS, cpu_kind, render, tiny_models
 
 DATA = Path(__file__).parent / "data"
 
 
 def machine() -> str:
     import os
-    import platform
 
     import jaxlib
-    isa = "+".join(cpu_isa()) or platform.machine()
-    return f"{isa}|{os.cpu_count()} cores|jaxlib {jaxlib.__version__}"
+    return f"{cpu_kind()}|{os.cpu_count()} cores|jaxlib {jaxlib.__version__}"
 
 
 def recording(name=None) -> Path:
