@@ -82,8 +82,13 @@ def _run_transfer(out_dir, loop, options):
     from barbershop_jax.models import pca as pca_lib
     from barbershop_jax.pipeline import demo
     from barbershop_jax.pipeline.hair_transfer import HairTransfer
+    from barbershop_jax.pipeline.runtime import compile_cache
     from barbershop_jax.pipeline.runtime.settings import RunSettings
 
+    # Before the random models, which stand in for loaded weights: their draws' programs are then
+    # read from the cache in the warm run (HairTransfer turns the cache on only after them, and
+    # the warm run compiled them anew: 6 s of 29 in the device script's dry run).
+    compile_cache.enable()
     config = stylegan2.GeneratorConfig(size=options["size"], channel_multiplier=2, channel_max=options["channel_max"])
     g = stylegan2.init(config, jax.random.PRNGKey(0))
     models = bundle.Models(g, embedded.parser(), embedded.vgg(), pca_lib.pca_stats(g, 20_000, jax.random.PRNGKey(2)))

@@ -5,7 +5,8 @@
 #      process with an empty compile cache, then again with the cache it left, and what compiled
 #      and for how long (benchmarks/cold_start.py --workload transfer, at batch size BATCH: from 3
 #      on its stages fit one batch each and run at their own sizes; the dry run's BATCH=1 makes
-#      them the programs part 2 runs, which it then reads from the cache instead of compiling)
+#      them the programs part 2 runs, which it then reads from the cache instead of compiling,
+#      unless CACHE names another folder for it)
 #   2. every stage's step at batch BATCH, PyTorch at batch 1 and BATCH beside it; a whole
 #      transfer of BATCH triples and a GRID grid (default 4x4) at SCALE x the official counts
 #   3. batch scaling: every stage's step at the batches of SCALING (default 16 32)
@@ -15,7 +16,11 @@
 # Usage on a GPU machine, from the repository root:
 #   OUT=dir BUDGET=seconds [SCALE=1] [PACK=file.tgz] bash benchmarks/device_run.sh
 # PACK: also pack OUT into one archive after each part (a path outside OUT).
-# The CPU dry run (tests/test_device_run.py runs it in the suite), every part at toy sizes:
+# CACHE: the compile cache of parts 2-5 (default: the cold start's, new and empty); the cold
+# start always gets a new, empty one of its own.
+# The CPU dry run (tests/test_device_run.py runs it in the suite, with the suite's kept compile
+# cache as CACHE, so that parts 2-5 compile only what changed since the last run), every part
+# at toy sizes:
 #   OUT=/tmp/dry BUDGET=3000 SCALE=0.003 SIZE=64 BATCH=1 SCALING=2 GRID=1x2 \
 #       EXTRA="--channel-max 16 --reps 1 --stages W+ --chunk 1" COLD_EXTRA="--channel-max 16 --loop 1,unrolled" \
 #       bash benchmarks/device_run.sh
@@ -34,10 +39,12 @@ EXTRA="${EXTRA:-}"
 COLD_EXTRA="${COLD_EXTRA:-}"
 mkdir -p "$OUT"
 # One compile cache for every part, new and empty (the cold start's first run needs it so): a
-# program one part compiled, a later part with the same shapes and settings reads.
+# program one part compiled, a later part with the same shapes and settings reads. CACHE gives
+# parts 2-5 another (JAX's cache key names the folder, so they then find none of the cold
+# start's programs, only those the folder already holds).
 XLA_CACHE=$(mktemp -d)
 trap 'rm -rf "$XLA_CACHE"' EXIT
-export BARBERSHOP_JAX_COMPILE_CACHE="$XLA_CACHE"
+export BARBERSHOP_JAX_COMPILE_CACHE="${CACHE:-$XLA_CACHE}"
 start=$(date +%s)
 rm -f "$OUT/failed_parts"
 failed() { echo "$1" >> "$OUT/failed_parts"; }  # a file: the parts run in the pipelines' subshells
@@ -58,6 +65,15 @@ python3 benchmarks/cold_start.py --workload transfer --size "$SIZE" --scale "$SC
     2>&1 | tee "$OUT/cold_start.log"
 [ "${PIPESTATUS[0]}" = 0 ] || failed "cold_start.py"
 pack
+# With CACHE: what the cold start compiled, copied into it (each file whole before it appears),
+# for parts 2-5 to read as from one shared cache. Found there only where the cache key does not
+# name the folder (tests/conftest.py sets JAX so); elsewhere the copies go unread.
+if [ -n "${CACHE:-}" ]; then
+    for program in "$XLA_CACHE"/*-cache; do
+        name=$(basename "$program")
+        [ -e "$CACHE/$name" ] || { cp "$program" "$CACHE/.$name.tmp" && mv "$CACHE/.$name.tmp" "$CACHE/$name"; }
+    done
+fi
 [ "$(left)" -gt 200 ] && suite --batches "$BATCH" --torch-batched --transfer-batch "$BATCH" --transfer-scale "$SCALE" \
     --grid-shapes "$GRID" --deadline $(( $(left) - 150 )) | tee "$OUT/suite_b$BATCH.log"
 # shellcheck disable=SC2086  # SCALING: several batch sizes

@@ -41,11 +41,16 @@ def cpu_kind() -> str:
 # Cache the many small programs too. Set before the cache folder below, whose import of
 # barbershop_jax imports JAX, which reads its environment then.
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"  # the many small programs too
+# Cache keys that do not name the cache folder. By default JAX puts its GPU autotuning folder,
+# inside the cache folder, into the compile options, which are part of the key: on a CPU that
+# setting does nothing but make a program copied into another folder a miss (the device
+# script's dry run copies its cold start's programs into this cache: test_device_run).
+os.environ["JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES"] = "none"
 # One persistent compilation cache, shared by the pytest-xdist workers and the CLI tests'
 # subprocesses, so that a program compiled in one process is read from disk by the next (the
 # cache's bound makes JAX lock the folder around each read and write). It is kept from one run to
 # the next: a run after a change compiles only the programs the change altered (JAX's cache key is
-# the program, the compile options, which name the folder itself, and the jaxlib version, so a
+# the program, the compile options (not the folder, as set above) and the jaxlib version, so a
 # stale program is never read), in a folder of its own, apart from the user's ($XDG_CACHE_HOME or
 # ~/.cache/barbershop-jax/tests-xla/, at most 2 GiB: the least recently used programs go first).
 # On a CPU that key does not name the processor's instruction sets, so the folder does (a hash of
