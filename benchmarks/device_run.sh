@@ -40,8 +40,7 @@ COLD_EXTRA="${COLD_EXTRA:-}"
 mkdir -p "$OUT"
 # One compile cache for every part, new and empty (the cold start's first run needs it so): a
 # program one part compiled, a later part with the same shapes and settings reads. CACHE gives
-# parts 2-5 another (JAX's cache key names the folder, so they then find none of the cold
-# start's programs, only those the folder already holds).
+# parts 2-5 another, into which the cold start's programs are copied (below).
 XLA_CACHE=$(mktemp -d)
 trap 'rm -rf "$XLA_CACHE"' EXIT
 export BARBERSHOP_JAX_COMPILE_CACHE="${CACHE:-$XLA_CACHE}"
@@ -69,7 +68,9 @@ pack
 # for parts 2-5 to read as from one shared cache. Found there only where the cache key does not
 # name the folder (tests/conftest.py sets JAX so); elsewhere the copies go unread.
 if [ -n "${CACHE:-}" ]; then
+    mkdir -p "$CACHE"
     for program in "$XLA_CACHE"/*-cache; do
+        [ -e "$program" ] || continue  # nothing compiled: the pattern itself
         name=$(basename "$program")
         [ -e "$CACHE/$name" ] || { cp "$program" "$CACHE/.$name.tmp" && mv "$CACHE/.$name.tmp" "$CACHE/$name"; }
     done
