@@ -64,15 +64,18 @@ python3 benchmarks/cold_start.py --workload transfer --size "$SIZE" --scale "$SC
     2>&1 | tee "$OUT/cold_start.log"
 [ "${PIPESTATUS[0]}" = 0 ] || failed "cold_start.py"
 pack
-# With CACHE: what the cold start compiled, copied into it (each file whole before it appears),
-# for parts 2-5 to read as from one shared cache. Found there only where the cache key does not
-# name the folder (tests/conftest.py sets JAX so); elsewhere the copies go unread.
+# With CACHE: what the cold start compiled, copied into it, for parts 2-5 to read as from one
+# shared cache. Found there only where the cache key does not name the folder (tests/conftest.py
+# sets JAX so); elsewhere the copies go unread. Each file appears whole (copied, then renamed),
+# the program's last-use time (JAX's "-atime" file, which its bounded cache needs) before it.
+copy_whole() { cp "$1" "$2/.${1##*/}.tmp" && mv "$2/.${1##*/}.tmp" "$2/${1##*/}"; }
 if [ -n "${CACHE:-}" ]; then
     mkdir -p "$CACHE"
     for program in "$XLA_CACHE"/*-cache; do
         [ -e "$program" ] || continue  # nothing compiled: the pattern itself
-        name=$(basename "$program")
-        [ -e "$CACHE/$name" ] || { cp "$program" "$CACHE/.$name.tmp" && mv "$CACHE/.$name.tmp" "$CACHE/$name"; }
+        [ -e "$CACHE/${program##*/}" ] && continue
+        [ -e "${program%-cache}-atime" ] && copy_whole "${program%-cache}-atime" "$CACHE"
+        copy_whole "$program" "$CACHE"
     done
 fi
 [ "$(left)" -gt 200 ] && suite --batches "$BATCH" --torch-batched --transfer-batch "$BATCH" --transfer-scale "$SCALE" \

@@ -104,6 +104,9 @@ loop.loop_defaults = lambda platform=None: ROLLED_LOOP
 
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # JAX's event name (public API only)
+# JAX's event for a program read from the persistent cache: inside the compile event above, on its
+# thread, before it (jax/_src/compiler.py, compile_or_get_cached).
+CACHE_READ_EVENT = "/jax/compilation_cache/cache_retrieval_time_sec"
 
 
 # The programs of a transfer's stages (their jitted functions' names).
@@ -346,8 +349,9 @@ REHEARSED_RUN_ENV = "BARBERSHOP_JAX_TEST_REHEARSED_RUN"
 def rehearse_batch_run(folder: Path):
     """test_transfer's batch run with the rehearsal, which compiles the stages' programs on one
     thread per core (nothing else runs yet to use the cores): its images in folder/in, its
-    results in folder/out, and in folder/compiled.json the thread each program compiled on
-    (this process has compiled no stage yet, and the run's persistent cache is new)."""
+    results in folder/out, and in folder/compiled.json the thread each program compiled on, or
+    was read on from the persistent cache (this process has compiled no stage yet; the cache is
+    new, or holds the programs of an earlier run: conftest's kept cache)."""
     import json
 
     models = tiny_models()
@@ -358,17 +362,22 @@ def rehearse_batch_run(folder: Path):
 
 
 def rehearsed_transfer(models, triples, out, batch_size: int = 2) -> list:
-    """`triples` transferred into `out` with the rehearsal; [thread name, program name] of each
-    program XLA compiled (or read from the persistent cache) meanwhile, on any thread."""
+    """`triples` transferred into `out` with the rehearsal; [thread name, program name, read]
+    of each program XLA compiled meanwhile, on any thread (read: taken from the persistent cache
+    instead, as the suite's kept cache gives the programs of an earlier run)."""
     import threading
 
     from jax import monitoring
 
-    where = []
+    where, reading = [], set()  # reading: the threads inside a compile event that read the cache
 
     def listener(event, duration, **kwargs):
-        if event == BACKEND_COMPILE_EVENT:
-            where.append([threading.current_thread().name, kwargs.get("fun_name", "?")])
+        thread = threading.current_thread().name
+        if event == CACHE_READ_EVENT:
+            reading.add(thread)
+        elif event == BACKEND_COMPILE_EVENT:
+            where.append([thread, kwargs.get("fun_name", "?"), thread in reading])
+            reading.discard(thread)
     monitoring.register_event_duration_secs_listener(listener)
     try:
         tiny_transfer(models, out, batch_size=batch_size, compile_ahead=True).transfer_many(triples)

@@ -82,7 +82,8 @@ def test_a_transfer_compiles_its_programs_ahead_with_the_same_results(models, im
     the first ones none on the run's thread (in a process that had compiled no stage), and its
     files are those of a run without a rehearsal, bit for bit: the rehearsal writes no file and
     changes no number. The rehearsed run: the one conftest's pytest_sessionstart made before the
-    workers started (test_transfer's batch run, the suite's persistent cache new), else one here."""
+    workers started (test_transfer's batch run, on the suite's persistent cache, new or kept
+    from an earlier run), else one here."""
     rehearsed = rehearsed_run()
     if rehearsed is not None:
         where = json.loads((rehearsed / "compiled.json").read_text())
@@ -91,13 +92,19 @@ def test_a_transfer_compiles_its_programs_ahead_with_the_same_results(models, im
     else:
         rehearsed = tmp_path / "rehearsed"
         triples, batch, where = _rehearsed_here(models, images, rehearsed)
-    stage_programs = [(thread, name) for thread, name in where if is_stage_program(name)]
-    ahead_of_time = [name for thread, name in stage_programs if thread.startswith(compile_ahead.THREAD_PREFIX)]
-    in_the_run = [name for thread, name in stage_programs if not thread.startswith(compile_ahead.THREAD_PREFIX)]
+    stage_programs = [(thread, name, read) for thread, name, read in where if is_stage_program(name)]
+    ahead_of_time = [name for thread, name, _ in stage_programs if thread.startswith(compile_ahead.THREAD_PREFIX)]
+    in_the_run = [(name, read) for thread, name, read in stage_programs
+                  if not thread.startswith(compile_ahead.THREAD_PREFIX)]
     assert set(ahead_of_time) >= {"jit(_run_chunk)", "jit(_between_steps)", "jit(blend_masks)", "jit(_final_render)"}
     # The rehearsal and the run start together: the run may get to its first programs (the W+
-    # targets' and the W+ loop's) before the rehearsal hands them over, and to none after.
-    assert len(ahead_of_time) >= 12 and len(in_the_run) <= 2, (ahead_of_time, in_the_run)
+    # targets' and the W+ loop's) before the rehearsal hands them over, and compiles none after.
+    # Programs the suite's kept cache holds from an earlier run take the run's thread a fraction
+    # of a second to read instead, so there it may read a few more before the rehearsal, which
+    # traces every stage, gets ahead (seen: the FS loop's, a third).
+    compiled_in_the_run = [name for name, read in in_the_run if not read]
+    assert len(ahead_of_time) >= 12 and len(compiled_in_the_run) <= 2, (ahead_of_time, in_the_run)
+    assert len(in_the_run) <= 4, (ahead_of_time, in_the_run)
 
     plain = tmp_path / "plain"
     tiny_transfer(models, plain, batch_size=batch, compile_ahead=False).transfer_many(triples)
