@@ -101,7 +101,7 @@ def test_a_transfer_compiles_its_programs_ahead_with_the_same_results(models, im
     # targets' and the W+ loop's) before the rehearsal hands them over, and compiles none after.
     # Programs the suite's kept cache holds from an earlier run take the run's thread a fraction
     # of a second to read instead, so there it may read a few more before the rehearsal, which
-    # traces every stage, gets ahead (seen: the FS loop's, a third).
+    # traces every stage, gets ahead (seen: a third, a second loop's chunk).
     compiled_in_the_run = [name for name, read in in_the_run if not read]
     assert len(ahead_of_time) >= 12 and len(compiled_in_the_run) <= 2, (ahead_of_time, in_the_run)
     assert len(in_the_run) <= 4, (ahead_of_time, in_the_run)
