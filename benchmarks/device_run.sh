@@ -5,8 +5,7 @@
 #      process with an empty compile cache, then again with the cache it left, and what compiled
 #      and for how long (benchmarks/cold_start.py --workload transfer, at batch size BATCH: from 3
 #      on its stages fit one batch each and run at their own sizes; the dry run's BATCH=1 makes
-#      them the programs part 2 runs, which it then reads from the cache instead of compiling,
-#      unless CACHE names another folder for it)
+#      them the programs part 2 runs, which it then reads from the cache instead of compiling)
 #   2. every stage's step at batch BATCH, PyTorch at batch 1 and BATCH beside it; a whole
 #      transfer of BATCH triples and a GRID grid (default 4x4) at SCALE x the official counts
 #   3. batch scaling: every stage's step at the batches of SCALING (default 16 32)

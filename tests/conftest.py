@@ -40,7 +40,7 @@ def cpu_kind() -> str:
 
 # Cache the many small programs too. Set before the cache folder below, whose import of
 # barbershop_jax imports JAX, which reads its environment then.
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"  # the many small programs too
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
 # Cache keys that do not name the cache folder. By default JAX puts its GPU autotuning folder,
 # inside the cache folder, into the compile options, which are part of the key: on a CPU that
 # setting does nothing but make a program copied into another folder a miss (the device
