@@ -26,6 +26,15 @@ import numpy as np
 log = logging.getLogger("barbershop_jax")
 # compile(program name, jax.stages.Lowered): who compiles this thread's programs, or None.
 _compiler = contextvars.ContextVar("barbershop_jax_rehearsal", default=None)
+# Where the programs' traces are kept across processes (pipeline/runtime/trace_cache.py's
+# Store, set by keep_traces), or None: each process traces its programs.
+_traces = None
+
+
+def keep_traces(store) -> None:
+    """Call the stage programs through `store` (None: trace them as jax.jit does)."""
+    global _traces
+    _traces = store
 
 
 class _Quiet(logging.Filter):
@@ -70,7 +79,17 @@ def program(fun=None, **jit_options):
     @functools.wraps(fun)
     def call(*args, **kwargs):
         compile = _compiler.get()
-        if compile is None or _traced((args, kwargs)):  # called inside another program: part of it
+        if _traced((args, kwargs)):  # called inside another program: part of it
+            return jitted(*args, **kwargs)
+        found = None if _traces is None else _traces.find(fun, jit_options, args, kwargs)
+        if found is not None:
+            kept, leaves = found
+            if compile is None:
+                return kept(leaves)
+            lowered = kept.lower(leaves)
+            compile(fun.__name__, lowered)
+            return jax.tree.unflatten(kept.out_tree, [np.zeros(s.shape, s.dtype) for s in lowered.out_info])
+        if compile is None:
             return jitted(*args, **kwargs)
         lowered = jitted.lower(*args, **kwargs)
         compile(fun.__name__, lowered)

@@ -12,11 +12,9 @@ for no bound) the least recently used programs are deleted. A bound also makes J
 lock around each read and write, so that processes sharing the folder (parallel runs, test
 workers) never read a program another one is still writing; without one JAX writes in place.
 
-The traced programs themselves are not kept: exporting them (`jax.export`) would spare a new
-process its tracing and lowering, but their cache keys would need JAX's private trace-context
-and tracer APIs, which break on a JAX upgrade and have no public equivalent. A new process
-therefore traces every stage once; XLA's cache still serves the compiled programs (what that
-costs: benchmarks/README.md).
+The stage programs' traces are kept beside the programs, in its folder's traces/
+(trace_cache.py): a new process reads them rather than tracing and lowering the stages again.
+BARBERSHOP_JAX_TRACE_CACHE=off keeps the compiled programs only.
 """
 from __future__ import annotations
 
@@ -27,9 +25,13 @@ from pathlib import Path
 
 import jax
 
+from barbershop_jax.pipeline.runtime import trace_cache
+from barbershop_jax.stages import rehearsal
+
 ENV = "BARBERSHOP_JAX_COMPILE_CACHE"
 MAX_GB_ENV = "BARBERSHOP_JAX_COMPILE_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 4.0  # a 1024 px stage program on a GPU is tens of MB; the tests' whole run, 0.5 GB
+TRACES = "traces"  # the folder of the stage programs' traces (trace_cache.py), inside the cache's
 _OFF = {"off", "0", "false", "no", "none"}
 _UNLIMITED = {"unlimited", "-1"}
 log = logging.getLogger("barbershop_jax")
@@ -61,6 +63,8 @@ def enable(path=None) -> Path | None:
     except OSError:
         return None  # a read-only home: run without the cache rather than fail
     jax.config.update("jax_compilation_cache_dir", str(folder))
+    if os.environ.get(trace_cache.ENV, "").strip().lower() not in _OFF:
+        rehearsal.keep_traces(trace_cache.Store(folder / TRACES))
     if jax.config.jax_compilation_cache_max_size == -1:  # JAX's default: not chosen by the user
         jax.config.update("jax_compilation_cache_max_size", max_bytes)
     if jax.config.jax_compilation_cache_max_size > 0:

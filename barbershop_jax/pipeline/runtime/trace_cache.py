@@ -1,0 +1,269 @@
+"""The stage programs' traces kept on disk (`jax.export`), beside XLA's compilation cache: a
+new process reads each stage program's StableHLO instead of tracing and lowering its Python
+again (at 64 px about 5 s of a run's CPU; the compiled programs come from compile_cache.py).
+
+A trace is found by a key made here, from public values only: the program's module and name,
+its static arguments, its other arguments' tree (which names the models' configs) and shapes,
+the source of this package, the versions of JAX, Flax, optax and NumPy, the JAX settings that
+shape a trace, and the devices. Any change to the code makes every key new (the old traces
+age out, below); a static argument without a stable text (a closure, an object printed with
+its address) is not kept, and its program is traced as before. Runs over several devices are
+not kept either (their programs are sharded): they trace as before.
+
+Every run calls a stage program through its export, also the run that made it, so a run reads
+the same program whether or not it traced it: the results are the same bits either way (the
+programs of a traced call and an exported one are compiled apart, each once).
+
+The folder is `traces/` inside the compilation cache's folder, on and off with it; it holds
+at most MAX_FILES traces, the least recently used deleted first.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import inspect
+import json
+import logging
+import os
+import tempfile
+import threading
+from importlib import metadata
+from pathlib import Path
+
+import jax
+import numpy as np
+
+log = logging.getLogger("barbershop_jax")
+ENV = "BARBERSHOP_JAX_TRACE_CACHE"  # "off": trace every program in every process, as jax.jit does
+FORMAT = 1          # of the files here: a header line of JSON, then jax.export's bytes
+MAX_FILES = 2000    # a whole transfer's programs are about 12; the tests' runs, a few hundred
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
+# JAX settings that do not change a trace: where caches and logs go, and how errors print.
+_UNRELATED = ("cache", "log", "dump", "traceback", "pgle", "explain", "transfer_guard", "pprint", "timeout",
+              "source_url", "hlo_source_file", "captured_constants", "debug_leaked", "check_proxy", "visible_devices")
+
+
+class Unkept(Exception):
+    """This call's program cannot be kept (its reason): it is traced as jax.jit does."""
+
+
+@functools.cache
+def _environment() -> str:
+    """What every key shares: this package's source, the libraries' versions, the settings."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parents[2]
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for name in _PACKAGES:
+        digest.update(f"{name}={metadata.version(name)}\0".encode())
+    return digest.hexdigest()
+
+
+def _settings() -> str:
+    values = jax.config.values
+    return repr(sorted((k, repr(v)) for k, v in values.items() if not any(word in k for word in _UNRELATED)))
+
+
+def _stable(value) -> str:
+    """A text of a static argument that is the same in every process, or Unkept."""
+    if isinstance(value, functools.partial):
+        return f"partial({_stable(value.func)}, {_stable(value.args)}, {_stable(value.keywords)})"
+    if inspect.isfunction(value) or inspect.isclass(value):
+        if "<" in value.__qualname__:  # a lambda or a closure: its text does not say what it holds
+            raise Unkept(f"static argument {value.__qualname__}")
+        return f"{value.__module__}:{value.__qualname__}"
+    text = repr(value)
+    if " at 0x" in text or "object at" in text:
+        raise Unkept(f"static argument {text[:80]}")
+    return text
+
+
+def _aval(x) -> tuple:
+    if isinstance(x, jax.Array):
+        return x.shape, x.dtype.name, x.weak_type
+    if isinstance(x, (np.ndarray, np.generic)):
+        return x.shape, x.dtype.name, False
+    return (), type(x).__name__, True  # a Python number: weakly typed
+
+
+def _tree_spec(tree) -> object:
+    """A JSON text of a pytree's structure (outputs: None, tuples, lists, dicts with string keys,
+    named tuples), or Unkept."""
+    leaf = jax.tree.structure(0)
+    if tree == leaf:
+        return "*"
+    node_type, data = tree.node_data()
+    children = [_tree_spec(child) for child in tree.children()]
+    if node_type is type(None):
+        return None
+    if node_type in (tuple, list):
+        return {"kind": node_type.__name__, "children": children}
+    if node_type is dict and all(isinstance(k, str) for k in data):
+        return {"kind": "dict", "keys": list(data), "children": children}
+    if issubclass(node_type, tuple) and hasattr(node_type, "_fields") and "<" not in node_type.__qualname__:
+        return {"kind": "namedtuple", "type": f"{node_type.__module__}:{node_type.__qualname__}", "children": children}
+    raise Unkept(f"output node {node_type.__qualname__}")
+
+
+def _example(spec):
+    """An object with the structure _tree_spec wrote (its leaves are zeros)."""
+    if spec == "*":
+        return 0
+    if spec is None:
+        return None
+    children = [_example(child) for child in spec["children"]]
+    kind = spec["kind"]
+    if kind == "tuple":
+        return tuple(children)
+    if kind == "list":
+        return children
+    if kind == "dict":
+        return dict(zip(spec["keys"], children))
+    module, name = spec["type"].split(":")
+    node_type = functools.reduce(getattr, name.split("."), importlib.import_module(module))
+    return node_type(*children)
+
+
+class Kept:
+    """A stage program read from, or just written to, the folder: called with its arguments'
+    leaves (static arguments are part of it), returning its outputs' leaves."""
+
+    def __init__(self, name: str, exported, out_tree, donate: tuple[int, ...]):
+        def run(*leaves):
+            return exported.call(*leaves)
+
+        run.__name__ = run.__qualname__ = name  # the compiled program's name, as jax.jit(fun) gives it
+        # On the one device, said: otherwise an output of another program (on it, committed)
+        # as an input makes jax.jit lower and compile the export a second time.
+        self.jitted = jax.jit(run, donate_argnums=donate, in_shardings=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+        self.out_tree = out_tree
+
+    def __call__(self, leaves):
+        return jax.tree.unflatten(self.out_tree, self.jitted(*leaves))
+
+    def lower(self, leaves):
+        return self.jitted.lower(*leaves)
+
+
+class Store:
+    """The traces in `folder`: find(...) gives a call's Kept program, made on the first call."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._kept: dict = {}
+        # One Kept per program, also for a rehearsal's thread (stages/rehearsal.py): the run
+        # then calls the very jitted function whose compilation the rehearsal started.
+        self._lock = threading.Lock()
+
+    def find(self, fun, jit_options: dict, args, kwargs):
+        """(Kept, the leaves to call it with) for fun(*args, **kwargs) as jax.jit(fun,
+        **jit_options) would run it; None where it cannot be kept (it then runs as before)."""
+        if jax.device_count() > 1 or jax.config.jax_disable_jit:
+            return None
+        try:
+            static, dynamic, donated = _split(fun, jit_options, args, kwargs)
+            leaves, in_tree = jax.tree.flatten(dynamic)
+            settings = _settings()  # in the key in memory too: a setting changed within a process
+            memo = (fun, tuple(static.items()), in_tree, tuple(map(_aval, leaves)), settings)
+            kept = self._kept.get(memo)
+            if kept is None:
+                with self._lock:
+                    kept = self._kept.get(memo)
+                    if kept is None:
+                        kept = self._kept[memo] = self._load_or_export(fun, static, donated, in_tree, leaves, settings)
+        except (Unkept, TypeError) as e:  # TypeError: an unhashable static argument (jax.jit says which)
+            log.debug("not keeping the trace of %s: %s", fun.__name__, e)
+            return None
+        return kept, leaves
+
+    def _load_or_export(self, fun, static, donated, in_tree, leaves, settings: str) -> Kept:
+        name = fun.__name__
+        devices = [(str(d), d.device_kind) for d in jax.devices()]
+        key = hashlib.sha256(repr((FORMAT, _environment(), settings, devices, fun.__module__,
+                                   fun.__qualname__, {k: _stable(v) for k, v in static.items()}, str(in_tree),
+                                   tuple(map(_aval, leaves)), donated)).encode()).hexdigest()
+        if " at 0x" in str(in_tree):
+            raise Unkept("an argument's tree prints an address")
+        path = self.folder / f"{name}-{key[:40]}.trace"
+        found = _read(path)
+        if found is not None:
+            header, exported = found
+            return Kept(name, exported, jax.tree.structure(_example(header["out_tree"])), donated)
+        out_trees = []
+
+        def flat(*flat_leaves):
+            out = fun(**jax.tree.unflatten(in_tree, flat_leaves), **static)
+            out_leaves, out_tree = jax.tree.flatten(out)
+            out_trees.append(out_tree)
+            return out_leaves
+
+        flat.__name__ = flat.__qualname__ = name
+        exported = jax.export.export(jax.jit(flat))(*leaves)
+        header = {"format": FORMAT, "program": f"{fun.__module__}:{fun.__qualname__}",
+                  "out_tree": _tree_spec(out_trees[-1])}
+        self._write(path, header, exported.serialize())
+        return Kept(name, exported, out_trees[-1], donated)
+
+    def _write(self, path: Path, header: dict, payload: bytes) -> None:
+        """Atomically (a temporary file renamed), then the least recently used traces past
+        MAX_FILES deleted; a folder that cannot be written is left as it is."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(dir=self.folder, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps(header).encode() + b"\n" + bytes(payload))
+            os.replace(temporary, path)
+            traces = list(self.folder.glob("*.trace"))
+            if len(traces) > MAX_FILES:
+                for old in sorted(traces, key=_mtime)[:len(traces) - MAX_FILES]:
+                    old.unlink(missing_ok=True)
+        except OSError as e:
+            log.debug("could not keep the trace %s: %s", path.name, e)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _read(path: Path):
+    """(header, jax.export.Exported) from a trace file, its use time renewed; None where it is
+    missing or cannot be read (an unreadable one is traced again, and rewritten)."""
+    try:
+        data = path.read_bytes()
+        line, payload = data.split(b"\n", 1)
+        header = json.loads(line)
+        if header.get("format") != FORMAT:
+            return None
+        exported = jax.export.deserialize(bytearray(payload))
+        os.utime(path)
+    except Exception as e:  # noqa: BLE001 (a damaged file raises whatever its parser meets)
+        if path.exists():
+            log.debug("could not read the trace %s: %s", path.name, e)
+        return None
+    return header, exported
+
+
+@functools.cache
+def _signature(fun) -> inspect.Signature:
+    return inspect.signature(fun)
+
+
+def _split(fun, jit_options: dict, args, kwargs):
+    """(static arguments by name, the others by name, the leaves to donate) of one call."""
+    if set(jit_options) - {"static_argnames", "donate_argnums"}:
+        raise Unkept(f"jit options {sorted(jit_options)}")
+    static_names = jit_options.get("static_argnames") or ()
+    static_names = (static_names,) if isinstance(static_names, str) else tuple(static_names)
+    donate = jit_options.get("donate_argnums") or ()
+    donate = (donate,) if isinstance(donate, int) else tuple(donate)
+    signature = _signature(fun)
+    donated_names = {list(signature.parameters)[i] for i in donate}
+    bound = signature.bind(*args, **kwargs).arguments
+    static = {k: v for k, v in bound.items() if k in static_names}
+    dynamic = {k: v for k, v in bound.items() if k not in static_names}
+    mask = jax.tree.leaves({k: jax.tree.map(lambda _, d=k in donated_names: d, v) for k, v in dynamic.items()})
+    return static, dynamic, tuple(i for i, d in enumerate(mask) if d)
