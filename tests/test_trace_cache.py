@@ -134,6 +134,10 @@ def test_a_rehearsal_compiles_the_kept_program_the_run_then_calls(tmp_path):
         TRACED.clear()
         _assert_same(_program(x, cfg=3.0), _program.jitted(x, cfg=3.0))
         assert TRACED == [3.0]  # jax.jit's own trace only: the run's call found the kept program
+        TRACED.clear()
+        _program.lower(x, cfg=4.0).compile()  # what a benchmark compiles: the program a call runs
+        _program(x, cfg=4.0)
+        assert TRACED == [4.0]
     finally:
         rehearsal.keep_traces(before)
 

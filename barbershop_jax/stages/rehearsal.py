@@ -70,30 +70,33 @@ def _traced(tree) -> bool:
 
 def program(fun=None, **jit_options):
     """jax.jit(fun, **jit_options), which a rehearsal compiles instead of running (as a
-    decorator: @program or @program(static_argnames=...)). `.lower` and `.trace` are the
-    jitted function's."""
+    decorator: @program or @program(static_argnames=...)). With traces kept (keep_traces), a
+    call runs the kept program instead, and `.lower` lowers it; `.trace` and `.jitted` are
+    the jitted function's."""
     if fun is None:
         return functools.partial(program, **jit_options)
     jitted = jax.jit(fun, **jit_options)
 
+    def find(args, kwargs):  # (its kept trace, the leaves to call it with), or None
+        return None if _traces is None else _traces.find(fun, jit_options, args, kwargs)
+
     @functools.wraps(fun)
     def call(*args, **kwargs):
-        compile = _compiler.get()
         if _traced((args, kwargs)):  # called inside another program: part of it
             return jitted(*args, **kwargs)
-        found = None if _traces is None else _traces.find(fun, jit_options, args, kwargs)
-        if found is not None:
-            kept, leaves = found
-            if compile is None:
-                return kept(leaves)
-            lowered = kept.lower(leaves)
-            compile(fun.__name__, lowered)
-            return jax.tree.unflatten(kept.out_tree, [np.zeros(s.shape, s.dtype) for s in lowered.out_info])
+        found = find(args, kwargs)
+        compile = _compiler.get()
         if compile is None:
-            return jitted(*args, **kwargs)
-        lowered = jitted.lower(*args, **kwargs)
+            return jitted(*args, **kwargs) if found is None else found[0](found[1])
+        lowered = jitted.lower(*args, **kwargs) if found is None else found[0].lower(found[1])
         compile(fun.__name__, lowered)
-        return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), lowered.out_info)
+        zeros = [np.zeros(s.shape, s.dtype) for s in jax.tree.leaves(lowered.out_info)]
+        return jax.tree.unflatten(jax.tree.structure(lowered.out_info) if found is None else found[0].out_tree, zeros)
 
-    call.lower, call.trace, call.jitted = jitted.lower, jitted.trace, jitted
+    def lower(*args, **kwargs):
+        """The program a call with these arguments runs, lowered."""
+        found = find(args, kwargs)
+        return jitted.lower(*args, **kwargs) if found is None else found[0].lower(found[1])
+
+    call.lower, call.trace, call.jitted = lower, jitted.trace, jitted
     return call
