@@ -54,7 +54,7 @@ class Unkept(Exception):
 
 @functools.cache
 def _environment() -> str:
-    """What every key shares: this package's source, the libraries' versions, the settings."""
+    """What every key shares: this package's source and the libraries' versions."""
     digest = hashlib.sha256()
     package = Path(__file__).resolve().parents[2]
     for path in sorted(package.rglob("*.py")):
