@@ -2,6 +2,7 @@
 process (here a new Store, whose memory is empty) reads a program's trace instead of tracing
 its Python, and gets the same bits as jax.jit."""
 import os
+import re
 import subprocess
 import sys
 from typing import NamedTuple
@@ -158,3 +159,26 @@ def test_the_setting_turns_traces_off_and_the_cache_turns_them_on(tmp_path):
 def test_output_trees_round_trip(tree):
     structure = jax.tree.structure(tree)
     assert jax.tree.structure(trace_cache._example(trace_cache._tree_spec(structure))) == structure
+
+
+def test_a_trace_naming_anything_but_a_named_tuple_is_traced_again(tmp_path):
+    _call(trace_cache.Store(tmp_path))
+    [path] = tmp_path.glob("*.trace")
+    header, payload = path.read_bytes().split(b"\n", 1)
+    header, n = re.subn(rb'"type": "[^"]*:State"', b'"type": "os:getcwd"', header)
+    assert n == 1
+    path.write_bytes(header + b"\n" + payload)
+    TRACED.clear()
+    _assert_same(_call(trace_cache.Store(tmp_path)), _plain())
+    assert TRACED[0] == 0.5
+
+
+def _with_callback(x, *, cfg):
+    jax.debug.callback(lambda v: None, x)
+    return x * cfg
+
+
+def test_a_program_export_cannot_write_runs_as_jit(tmp_path):
+    store = trace_cache.Store(tmp_path)
+    assert store.find(_with_callback, {"static_argnames": ("cfg",)}, (jnp.ones(3),), {"cfg": 2.0}) is None
+    assert not list(tmp_path.glob("*.trace"))

@@ -126,6 +126,8 @@ def _example(spec):
         return dict(zip(spec["keys"], children))
     module, name = spec["type"].split(":")
     node_type = functools.reduce(getattr, name.split("."), importlib.import_module(module))
+    if not (isinstance(node_type, type) and issubclass(node_type, tuple) and hasattr(node_type, "_fields")):
+        raise ValueError(f"{spec['type']} is not a named tuple")  # a damaged file: traced again
     return node_type(*children)
 
 
@@ -140,7 +142,8 @@ class Kept:
         run.__name__ = run.__qualname__ = name  # the compiled program's name, as jax.jit(fun) gives it
         # On the one device, said: otherwise an output of another program (on it, committed)
         # as an input makes jax.jit lower and compile the export a second time.
-        self.jitted = jax.jit(run, donate_argnums=donate, in_shardings=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        self.jitted = jax.jit(run, donate_argnums=donate, in_shardings=device)
         self.out_tree = out_tree
 
     def __call__(self, leaves):
@@ -192,8 +195,8 @@ class Store:
         path = self.folder / f"{name}-{key[:40]}.trace"
         found = _read(path)
         if found is not None:
-            header, exported = found
-            return Kept(name, exported, jax.tree.structure(_example(header["out_tree"])), donated)
+            exported, out_tree = found
+            return Kept(name, exported, out_tree, donated)
         out_trees = []
 
         def flat(*flat_leaves):
@@ -203,10 +206,14 @@ class Store:
             return out_leaves
 
         flat.__name__ = flat.__qualname__ = name
-        exported = jax.export.export(jax.jit(flat))(*leaves)
+        try:
+            exported = jax.export.export(jax.jit(flat))(*leaves)
+            payload = exported.serialize()
+        except Exception as e:  # noqa: BLE001 (what export cannot write, jax.jit runs; its own errors, it raises)
+            raise Unkept(f"jax.export: {type(e).__name__}: {e}") from e
         header = {"format": FORMAT, "program": f"{fun.__module__}:{fun.__qualname__}",
                   "out_tree": _tree_spec(out_trees[-1])}
-        self._write(path, header, exported.serialize())
+        self._write(path, header, payload)
         return Kept(name, exported, out_trees[-1], donated)
 
     def _write(self, path: Path, header: dict, payload: bytes) -> None:
@@ -234,21 +241,22 @@ def _mtime(path: Path) -> float:
 
 
 def _read(path: Path):
-    """(header, jax.export.Exported) from a trace file, its use time renewed; None where it is
-    missing or cannot be read (an unreadable one is traced again, and rewritten)."""
+    """(jax.export.Exported, its outputs' tree) from a trace file, its use time renewed; None
+    where it is missing or cannot be read (an unreadable one is traced again, and rewritten)."""
     try:
         data = path.read_bytes()
         line, payload = data.split(b"\n", 1)
         header = json.loads(line)
         if header.get("format") != FORMAT:
             return None
+        out_tree = jax.tree.structure(_example(header["out_tree"]))
         exported = jax.export.deserialize(bytearray(payload))
         os.utime(path)
     except Exception as e:  # noqa: BLE001 (a damaged file raises whatever its parser meets)
         if path.exists():
             log.debug("could not read the trace %s: %s", path.name, e)
         return None
-    return header, exported
+    return exported, out_tree
 
 
 @functools.cache
