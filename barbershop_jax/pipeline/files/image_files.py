@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from barbershop_jax.pipeline.runtime import stopping
+from barbershop_jax.pipeline.runtime.stopping import atomic_write  # noqa: F401 (its callers' name for it)
 
 
 class ImageError(ValueError):
@@ -116,26 +116,6 @@ def to_uint8(image) -> np.ndarray:
     return (x * 255.0).astype(np.uint8)
 
 
-def atomic_write(path, write) -> Path:
-    """Create `path` whole or not at all: `write(file)` fills a temporary file beside it
-    (opened for binary writing), which is then renamed into place."""
-    path = Path(path)
-    # Shielded: a SIGINT/SIGTERM stop waits for the rename (or the clean-up), so that no
-    # temporary file stays behind, also when it comes between mkstemp and the `try`.
-    with stopping.shielded():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-            os.replace(tmp, path)
-        except BaseException:  # a second SIGINT too
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    return path
-
-
 class BackgroundWrites:
     """File writes run on a few threads while the caller goes on with the next batch.
 
@@ -215,12 +195,6 @@ class BackgroundWrites:
 def save_png(path, image_uint8) -> Path:
     """Write a uint8 (H, W, 3) array as PNG atomically."""
     return atomic_write(path, lambda f: Image.fromarray(np.asarray(image_uint8)).save(f, format="PNG"))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def grid(images, cols: int) -> np.ndarray:

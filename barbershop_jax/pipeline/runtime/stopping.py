@@ -6,8 +6,8 @@ half-written.
   resume.Interrupted, so that the same command resumes from that step.
 - Anywhere else (reading and hashing inputs, target-mask morphology, face cropping, writing
   results, contact sheets, compiling) the handler raises `Stopped` at once.
-- Atomic writes run `shielded`: a stop that comes during one is raised when it ends, so the
-  file is whole or absent and no temporary file stays behind.
+- Atomic writes (`atomic_write`) run `shielded`: a stop that comes during one is raised when
+  it ends, so the file is whole or absent and no temporary file stays behind.
 - Thread pools (reading inputs, background writes) drop their queued work when a stop comes and
   wait only for the items already running: a thread cannot be interrupted, and each item is
   one image or one file (a fraction of a second to seconds).
@@ -24,8 +24,11 @@ writes in other threads, e.g. the web server's jobs, are never interrupted by a 
 """
 from __future__ import annotations
 
+import os
 import signal
+import tempfile
 import threading
+from pathlib import Path
 
 _stop = threading.Event()
 _stop_signal: list = []
@@ -144,3 +147,29 @@ class handle_signals:
             signal.signal(sig, old)
         clear_stop()
         return False
+
+
+def atomic_write(path, write) -> Path:
+    """Create `path` whole or not at all: `write(file)` fills a temporary file beside it
+    (opened for binary writing), which is then renamed into place."""
+    path = Path(path)
+    # Shielded: a SIGINT/SIGTERM stop waits for the rename (or the clean-up), so that no
+    # temporary file stays behind, also when it comes between mkstemp and the `try`.
+    with shielded():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+            os.replace(tmp, path)
+        except BaseException:  # a second SIGINT too
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -30,13 +30,14 @@ import inspect
 import json
 import logging
 import os
-import tempfile
 import threading
 from importlib import metadata
 from pathlib import Path
 
 import jax
 import numpy as np
+
+from barbershop_jax.pipeline.runtime import stopping
 
 log = logging.getLogger("barbershop_jax")
 ENV = "BARBERSHOP_JAX_TRACE_CACHE"  # "off": trace every program in every process, as jax.jit does
@@ -217,14 +218,10 @@ class Store:
         return Kept(name, exported, out_trees[-1], donated)
 
     def _write(self, path: Path, header: dict, payload: bytes) -> None:
-        """Atomically (a temporary file renamed), then the least recently used traces past
+        """Atomically (stopping.atomic_write), then the least recently used traces past
         MAX_FILES deleted; a folder that cannot be written is left as it is."""
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(dir=self.folder, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps(header).encode() + b"\n" + bytes(payload))
-            os.replace(temporary, path)
+            stopping.atomic_write(path, lambda f: f.write(json.dumps(header).encode() + b"\n" + bytes(payload)))
             traces = list(self.folder.glob("*.trace"))
             if len(traces) > MAX_FILES:
                 for old in sorted(traces, key=_mtime)[:len(traces) - MAX_FILES]:
