@@ -172,27 +172,31 @@ class Store:
         try:
             static, dynamic, donated = _split(fun, jit_options, args, kwargs)
             leaves, in_tree = jax.tree.flatten(dynamic)
+            avals = tuple(map(_aval, leaves))
             settings = _settings()  # in the key in memory too: a setting changed within a process
-            memo = (fun, tuple(static.items()), in_tree, tuple(map(_aval, leaves)), settings)
+            memo = (fun, tuple(static.items()), in_tree, avals, settings)
             kept = self._kept.get(memo)
             if kept is None:
                 with self._lock:
                     kept = self._kept.get(memo)
                     if kept is None:
-                        kept = self._kept[memo] = self._load_or_export(fun, static, donated, in_tree, leaves, settings)
+                        kept = self._kept[memo] = self._load_or_export(fun, static, donated, in_tree, leaves,
+                                                                       (avals, settings))
         except (Unkept, TypeError) as e:  # TypeError: an unhashable static argument (jax.jit says which)
             log.debug("not keeping the trace of %s: %s", fun.__name__, e)
             return None
         return kept, leaves
 
-    def _load_or_export(self, fun, static, donated, in_tree, leaves, settings: str) -> Kept:
+    def _load_or_export(self, fun, static, donated, in_tree, leaves, described: tuple) -> Kept:
+        """described: (the leaves' avals, the JAX settings), as find's memory has them."""
         name = fun.__name__
-        devices = [(str(d), d.device_kind) for d in jax.devices()]
-        key = hashlib.sha256(repr((FORMAT, _environment(), settings, devices, fun.__module__,
-                                   fun.__qualname__, {k: _stable(v) for k, v in static.items()}, str(in_tree),
-                                   tuple(map(_aval, leaves)), donated)).encode()).hexdigest()
-        if " at 0x" in str(in_tree):
+        tree_text = str(in_tree)
+        if " at 0x" in tree_text:
             raise Unkept("an argument's tree prints an address")
+        devices = [(str(d), d.device_kind) for d in jax.devices()]
+        key = hashlib.sha256(repr((FORMAT, _environment(), devices, fun.__module__, fun.__qualname__,
+                                   {k: _stable(v) for k, v in static.items()}, tree_text, described,
+                                   donated)).encode()).hexdigest()
         path = self.folder / f"{name}-{key[:40]}.trace"
         found = _read(path)
         if found is not None:
