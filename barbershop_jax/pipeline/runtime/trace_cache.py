@@ -161,8 +161,10 @@ class Store:
         self.folder = Path(folder)
         self._kept: dict = {}
         # One Kept per program, also for a rehearsal's thread (stages/rehearsal.py): the run
-        # then calls the very jitted function whose compilation the rehearsal started.
-        self._lock = threading.Lock()
+        # then calls the very jitted function whose compilation the rehearsal started. A lock
+        # per program, so that one thread's export never holds up another's of another program.
+        self._locks: dict = {}
+        self._locks_lock = threading.Lock()
 
     def find(self, fun, jit_options: dict, args, kwargs):
         """(Kept, the leaves to call it with) for fun(*args, **kwargs) as jax.jit(fun,
@@ -177,7 +179,9 @@ class Store:
             memo = (fun, tuple(static.items()), in_tree, avals, settings)
             kept = self._kept.get(memo)
             if kept is None:
-                with self._lock:
+                with self._locks_lock:
+                    lock = self._locks.setdefault(memo, threading.Lock())
+                with lock:
                     kept = self._kept.get(memo)
                     if kept is None:
                         kept = self._kept[memo] = self._load_or_export(fun, static, donated, in_tree, leaves,
