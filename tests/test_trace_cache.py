@@ -144,11 +144,14 @@ def test_a_rehearsal_compiles_the_kept_program_the_run_then_calls(tmp_path):
 
 
 def test_the_setting_turns_traces_off_and_the_cache_turns_them_on(tmp_path):
+    """The traces and the models' initialisations (init_cache.py) alike."""
     script = ("import sys; from barbershop_jax.pipeline.runtime import compile_cache; "
-              "from barbershop_jax.stages import rehearsal; compile_cache.enable(sys.argv[1]); "
-              "print(type(rehearsal._traces).__name__, getattr(rehearsal._traces, 'folder', ''))")
+              "from barbershop_jax import models; from barbershop_jax.stages import rehearsal; "
+              "compile_cache.enable(sys.argv[1]); "
+              "print(*[f'{type(s).__name__} {getattr(s, \"folder\", \"\")}' for s in (rehearsal._traces, models._kept)])")
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    for setting, expected in (("", f"Store {tmp_path / 'xla' / 'traces'}"), ("off", "NoneType")):
+    on = f"Store {tmp_path / 'xla' / 'traces'} Store {tmp_path / 'xla' / 'initialisations'}"
+    for setting, expected in (("", on), ("off", "NoneType  NoneType")):
         done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "xla")], capture_output=True, text=True,
                               env={**env, trace_cache.ENV: setting})
         assert done.returncode == 0, done.stderr[-2000:]

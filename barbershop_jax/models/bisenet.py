@@ -28,6 +28,7 @@ import numpy as np
 from flax import struct
 
 from barbershop_jax.ops import resample
+from barbershop_jax.models import initialised
 from barbershop_jax.models.conv import conv_general_dilated
 
 # ----------------------------------------------------------------------------- labels
@@ -305,10 +306,18 @@ class FaceParser:
 
 def init(config: BiSeNetConfig, key) -> FaceParser:
     """Random weights (normal, variance 1 / fan-in) and identity batch-norm statistics, for
-    tests, benchmarks and the embedded default. Drawn with numpy from `key`: no compilation."""
+    tests, benchmarks and the embedded default. Drawn with numpy from `key`: no compilation.
+    Kept across processes where the runtime keeps them (models.initialised)."""
+    return initialised(_drawn, config, key)
+
+
+def _drawn(config: BiSeNetConfig, key) -> FaceParser:
     shapes = jax.eval_shape(lambda: BiSeNetNet(config.n_classes).init(jax.random.PRNGKey(0),
                                                                        jnp.zeros((1, 64, 64, 3))))["params"]
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
+    # A raw key's bits as they are (not through key_data: runtime/init_cache.py traces this
+    # drawing with the key as a constant, which numpy can read only untraced).
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key) if typed else key))
 
     def draw(path, leaf):
         name = path[-1].key

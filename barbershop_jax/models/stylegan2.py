@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import struct, traverse_util
 
 
-from barbershop_jax.models import INIT_COMPILER_OPTIONS
+from barbershop_jax.models import INIT_COMPILER_OPTIONS, initialised
 from barbershop_jax.models.stylegan2_layers import EqualDense, PixelNorm, StyledConv, ToRGB
 
 NOISE_MODES = ("random", "const", "none")
@@ -282,7 +282,12 @@ class StyleGAN2:
 
 def init(config: GeneratorConfig, key) -> StyleGAN2:
     """Random weights at the official initial scale, plus small non-zero noise strengths and
-    biases (zero at the official init) so that every path of the network is exercised."""
+    biases (zero at the official init) so that every path of the network is exercised. Kept
+    across processes where the runtime keeps them (models.initialised)."""
+    return initialised(_drawn, config, key)
+
+
+def _drawn(config: GeneratorConfig, key) -> StyleGAN2:
     k_params, k_noise, k_extra, k_avg = jax.random.split(key, 4)
     model = _init(config, k_params, k_noise, k_extra)
     # latent_avg as the official code's mean_latent: the mean of 4096 mapped samples.

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from barbershop_jax.models import INIT_COMPILER_OPTIONS
+from barbershop_jax.models import INIT_COMPILER_OPTIONS, initialised
 from barbershop_jax.models.conv import conv_general_dilated
 
 # (block, convolutions in the block); every block ends in a 2x2 max pool in torchvision.
@@ -121,8 +121,13 @@ def init(config: VGG16Config, key) -> VGG16:
     for tests and benchmarks. One compiled program, which the persistent compilation cache
     keeps: drawn op by op, every layer's shapes compiled small programs of their own in every
     process (the embedded default: 12 s on 2 CPU cores, against 5 s compiled once and 0.8 s
-    with the cache warm)."""
-    return _init(config, key)
+    with the cache warm). Kept across processes where the runtime keeps them
+    (models.initialised)."""
+    return initialised(_drawn, config, key)
+
+
+def _drawn(config: VGG16Config, key) -> VGG16:
+    return _init(config, key)  # (a function, not the jitted one: its name is its key's)
 
 
 def _draw(sample, *args, **kwargs):

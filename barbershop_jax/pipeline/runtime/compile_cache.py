@@ -14,7 +14,9 @@ workers) never read a program another one is still writing; without one JAX writ
 
 The stage programs' traces are kept beside the programs, in its folder's traces/
 (trace_cache.py): a new process reads them rather than tracing and lowering the stages again.
-BARBERSHOP_JAX_TRACE_CACHE=off keeps the compiled programs only.
+So are the models' random initialisations, in initialisations/ (init_cache.py): the embedded
+models' weights are read rather than drawn again. BARBERSHOP_JAX_TRACE_CACHE=off keeps the
+compiled programs only.
 """
 from __future__ import annotations
 
@@ -25,13 +27,15 @@ from pathlib import Path
 
 import jax
 
-from barbershop_jax.pipeline.runtime import trace_cache
+from barbershop_jax import models
+from barbershop_jax.pipeline.runtime import init_cache, trace_cache
 from barbershop_jax.stages import rehearsal
 
 ENV = "BARBERSHOP_JAX_COMPILE_CACHE"
 MAX_GB_ENV = "BARBERSHOP_JAX_COMPILE_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 4.0  # a 1024 px stage program on a GPU is tens of MB; the tests' whole run, 0.5 GB
 TRACES = "traces"  # the folder of the stage programs' traces (trace_cache.py), inside the cache's
+INITIALISATIONS = "initialisations"  # the models' random weights (init_cache.py), inside it too
 _OFF = {"off", "0", "false", "no", "none"}
 _UNLIMITED = {"unlimited", "-1"}
 log = logging.getLogger("barbershop_jax")
@@ -65,6 +69,7 @@ def enable(path=None) -> Path | None:
     jax.config.update("jax_compilation_cache_dir", str(folder))
     if os.environ.get(trace_cache.ENV, "").strip().lower() not in _OFF:
         rehearsal.keep_traces(trace_cache.Store(folder / TRACES))
+        models.keep_initialisations(init_cache.Store(folder / INITIALISATIONS))
     if jax.config.jax_compilation_cache_max_size == -1:  # JAX's default: not chosen by the user
         jax.config.update("jax_compilation_cache_max_size", max_bytes)
     if jax.config.jax_compilation_cache_max_size > 0:

@@ -54,7 +54,7 @@ class Unkept(Exception):
 
 
 @functools.cache
-def _environment() -> str:
+def environment() -> str:
     """What every key shares: this package's source and the libraries' versions."""
     digest = hashlib.sha256()
     package = Path(__file__).resolve().parents[2]
@@ -65,15 +65,15 @@ def _environment() -> str:
     return digest.hexdigest()
 
 
-def _settings() -> str:
+def jax_settings() -> str:
     values = jax.config.values
     return repr(sorted((k, repr(v)) for k, v in values.items() if not any(word in k for word in _UNRELATED)))
 
 
-def _stable(value) -> str:
+def stable_text(value) -> str:
     """A text of a static argument that is the same in every process, or Unkept."""
     if isinstance(value, functools.partial):
-        return f"partial({_stable(value.func)}, {_stable(value.args)}, {_stable(value.keywords)})"
+        return f"partial({stable_text(value.func)}, {stable_text(value.args)}, {stable_text(value.keywords)})"
     if inspect.isfunction(value) or inspect.isclass(value):
         if "<" in value.__qualname__:  # a lambda or a closure: its text does not say what it holds
             raise Unkept(f"static argument {value.__qualname__}")
@@ -175,7 +175,7 @@ class Store:
             static, dynamic, donated = _split(fun, jit_options, args, kwargs)
             leaves, in_tree = jax.tree.flatten(dynamic)
             avals = tuple(map(_aval, leaves))
-            settings = _settings()  # in the key in memory too: a setting changed within a process
+            settings = jax_settings()  # in the key in memory too: a setting changed within a process
             memo = (fun, tuple(static.items()), in_tree, avals, settings)
             kept = self._kept.get(memo)
             if kept is None:
@@ -198,8 +198,8 @@ class Store:
         if " at 0x" in tree_text:
             raise Unkept("an argument's tree prints an address")
         devices = [(str(d), d.device_kind) for d in jax.devices()]
-        key = hashlib.sha256(repr((FORMAT, _environment(), devices, fun.__module__, fun.__qualname__,
-                                   {k: _stable(v) for k, v in static.items()}, tree_text, described,
+        key = hashlib.sha256(repr((FORMAT, environment(), devices, fun.__module__, fun.__qualname__,
+                                   {k: stable_text(v) for k, v in static.items()}, tree_text, described,
                                    donated)).encode()).hexdigest()
         path = self.folder / f"{name}-{key[:40]}.trace"
         found = _read(path)
