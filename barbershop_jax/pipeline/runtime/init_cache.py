@@ -72,10 +72,11 @@ class Store:
             return draw(config, key)
         digest = hashlib.sha256(text.encode()).hexdigest()[:40]
         path = self.folder / f"{draw.__module__.rsplit('.', 1)[-1]}-{digest}.npz"
-        shapes, tree = _structure(draw, config, key)
-        leaves = _read(path, shapes)
-        if leaves is not None:
-            return jax.tree.unflatten(tree, [jax.device_put(leaf) for leaf in leaves])
+        if path.exists():  # (a first drawing does without the structure)
+            shapes, tree = _structure(draw, config, key)
+            leaves = _read(path, shapes)
+            if leaves is not None:
+                return jax.tree.unflatten(tree, [jax.device_put(leaf) for leaf in leaves])
         model = draw(config, key)
         self._write(path, jax.tree.leaves(model))
         return model
@@ -84,8 +85,8 @@ class Store:
         """Atomically (stopping.atomic_write), then the least recently used files past
         MAX_BYTES deleted; a folder that cannot be written is left as it is."""
         arrays = [np.asarray(leaf) for leaf in leaves]
-        if any(a.dtype.kind not in "biuf" or a.dtype.itemsize > 8 or a.dtype.name == "bfloat16" for a in arrays):
-            return  # numpy's files hold numpy's own dtypes only
+        if any(a.dtype.kind not in "biuf" for a in arrays):
+            return  # numpy's files hold numpy's own dtypes only (not bfloat16, whose kind is "V")
         try:
             stopping.atomic_write(path, lambda f: np.savez(f, *arrays))
             files = sorted(self.folder.glob("*.npz"), key=_mtime, reverse=True)
@@ -128,8 +129,7 @@ def _read(path: Path, shapes) -> list | None:
             leaves = [z[f"arr_{i}"] for i in range(len(z.files))]
         os.utime(path)
     except Exception as e:  # noqa: BLE001 (a damaged file raises whatever numpy's reader meets)
-        if path.exists():
-            log.debug("could not read the initialisation %s: %s", path.name, e)
+        log.debug("could not read the initialisation %s: %s", path.name, e)
         return None
     if [(a.shape, a.dtype) for a in leaves] != [(s.shape, s.dtype) for s in shapes]:
         log.debug("the initialisation %s does not fit its model: drawn again", path.name)
