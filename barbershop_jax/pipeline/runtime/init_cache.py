@@ -89,28 +89,9 @@ class Store:
             return  # numpy's files hold numpy's own dtypes only (not bfloat16, whose kind is "V")
         try:
             stopping.atomic_write(path, lambda f: np.savez(f, *arrays))
-            files = sorted(self.folder.glob("*.npz"), key=_mtime, reverse=True)
-            total = 0
-            for file in files:
-                total += _size(file)
-                if total > MAX_BYTES and file != path:
-                    file.unlink(missing_ok=True)
+            trace_cache.trim(self.folder, "*.npz", max_bytes=MAX_BYTES, keep=path)
         except OSError as e:
             log.debug("could not keep the initialisation %s: %s", path.name, e)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _structure(draw, config, key):

@@ -230,19 +230,28 @@ class Store:
         MAX_FILES deleted; a folder that cannot be written is left as it is."""
         try:
             stopping.atomic_write(path, lambda f: f.write(json.dumps(header).encode() + b"\n" + bytes(payload)))
-            traces = list(self.folder.glob("*.trace"))
-            if len(traces) > MAX_FILES:
-                for old in sorted(traces, key=_mtime)[:len(traces) - MAX_FILES]:
-                    old.unlink(missing_ok=True)
+            trim(self.folder, "*.trace", max_files=MAX_FILES, keep=path)
         except OSError as e:
             log.debug("could not keep the trace %s: %s", path.name, e)
 
 
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
+def trim(folder: Path, pattern: str, *, max_files: int | None = None, max_bytes: int | None = None,
+         keep: Path | None = None) -> None:
+    """Delete the least recently used files of `folder` matching `pattern` (by modification
+    time, which a read renews) past `max_files` files or `max_bytes` bytes; never `keep`, the
+    file just written. The traces here and the initialisations (init_cache.py) share it."""
+    found = []
+    for file in folder.glob(pattern):
+        try:
+            found.append((file.stat(), file))
+        except OSError:
+            pass  # gone meanwhile: another process trimmed it
+    total = 0
+    for n, (stat, file) in enumerate(sorted(found, key=lambda f: f[0].st_mtime, reverse=True)):
+        total += stat.st_size
+        over = (max_files is not None and n >= max_files) or (max_bytes is not None and total > max_bytes)
+        if over and file != keep:
+            file.unlink(missing_ok=True)
 
 
 def _read(path: Path):
