@@ -4,8 +4,10 @@
     suite_64px_2026-12-03_avx512-epyc-2core.json, suite_1024px-b1_2026-11-27_h100.json
 
 config: the size and any variant, joined by '-'; date: the day of the run (UTC); machine: an
-accelerator's model (h100), or a CPU's widest vector extension that XLA uses, its family and
-its core count (avx2-epyc-2core), since those decide XLA:CPU's speed and bits.
+accelerator's model (h100), or a CPU's widest vector extension that XLA uses (with "-vnni" where
+it has AVX-VNNI as well), its family and its core count (avx2-epyc-2core,
+avx512-vnni-epyc-2core), since those decide XLA:CPU's speed and bits: two AVX-512 EPYCs, one
+with AVX-VNNI, gave different bits for the tests' recorded transfer (2026-12-08).
 BENCH_MACHINE=name overrides the machine's name (a machine the rules below name badly)."""
 from __future__ import annotations
 
@@ -35,7 +37,10 @@ def cpu_name() -> str:
     """avx512-epyc-2core: vector extension, family, cores (each part only where known)."""
     model, flags = _cpuinfo()
     isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else platform.machine().lower()
-    family = next((f for f in CPU_FAMILIES if f in model.lower().split()), "")
+    if "avx_vnni" in flags:
+        isa += "-vnni"
+    words = re.findall(r"[a-z]+", model.lower())  # "Intel(R) Xeon(R) ..." -> intel, r, xeon, r, ...
+    family = next((f for f in CPU_FAMILIES if f in words), "")
     return "-".join(p for p in (isa, family, f"{os.cpu_count()}core") if p)
 
 

@@ -71,6 +71,21 @@ def test_busy_time_counts_overlaps_once():
     assert profile_step.busy_ns(events) == 14.0
 
 
+@pytest.mark.parametrize("model, flags, name", [
+    ("AMD EPYC 7B13", {"avx", "avx2", "fma"}, "avx2-epyc-2core"),
+    ("AMD EPYC", {"avx2", "avx512f", "avx512_vnni"}, "avx512-epyc-2core"),
+    ("AMD EPYC", {"avx2", "avx512f", "avx512_vnni", "avx_vnni"}, "avx512-vnni-epyc-2core"),
+    ("Intel(R) Xeon(R) Platinum 8481C", {"avx2", "avx512f", "avx_vnni"}, "avx512-vnni-xeon-2core"),
+])
+def test_result_files_name_the_kind_of_cpu(monkeypatch, model, flags, name):
+    """Machines whose XLA:CPU bits differ get different names: AVX2, AVX-512, and AVX-512 with
+    AVX-VNNI (6 of the recorded transfer's 37 arrays differed between the last two)."""
+    import result_names
+    monkeypatch.setattr(result_names, "_cpuinfo", lambda: (model, flags))
+    monkeypatch.setattr(result_names.os, "cpu_count", lambda: 2)
+    assert result_names.cpu_name() == name
+
+
 def test_grid_prediction_counts_each_image_once_and_each_cell_once():
     rows = [{"stage": s, "batch": 2, "jax": {"ms_per_step": 10.0}} for s in suite.STAGES]
     steps = suite._grid_steps(0.01)
