@@ -98,6 +98,18 @@ def test_a_tiny_transfer_gives_the_recorded_arrays_bit_for_bit(tmp_path):
     assert differ == [], f"not bit-identical to the recorded run: {differ}"
 
 
+def test_each_kind_of_machine_finds_its_own_recording(monkeypatch):
+    """recording(): the file whose machine is this one's; for a machine with none, a new name
+    that leaves the other kinds' recordings as they are."""
+    import test_recorded_results as this
+    for path in sorted(DATA.glob("recorded_*.npz")):
+        monkeypatch.setattr(this, "machine", lambda made=made_on(path): made)
+        assert recording() == path
+    monkeypatch.setattr(this, "machine", lambda: "avx+avx2+avx512f+avx512_fp16|64 cores|jaxlib 0.0")
+    new = recording()
+    assert not new.exists() and new.parent == DATA and new.name.startswith("recorded_avx512_")
+
+
 if __name__ == "__main__":  # record anew: python tests/test_recorded_results.py OUT_DIR
     out = Path(sys.argv[1])
     path = recording()
