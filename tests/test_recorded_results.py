@@ -53,6 +53,8 @@ def recording() -> Path:
     if path.is_file():
         path = path.with_stem(f"{path.stem}_{hashlib.sha256(machine().encode()).hexdigest()[:8]}")
     return path
+
+
 NAMES = ("ann", "bob", "cid", "dan")
 FIELDS = ("image", "target_labels", "latent_in", "structure_f", "face_mask", "hair_mask")
 
