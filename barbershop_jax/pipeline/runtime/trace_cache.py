@@ -11,8 +11,8 @@ settings, and the kind of this process's device. Any change to the code makes ev
 process (a closure, an object printed with its address) is not kept: its program is traced as
 jax.jit does. Nor are runs over several local devices (their programs are sharded); the
 processes of a `--distributed` run, each with one device of its own, keep theirs (their
-programs run on that device alone: stages/loop.py's batch_mesh spans the local devices). Code patched at run time, not in
-its files, is not seen: BARBERSHOP_JAX_TRACE_CACHE=off then.
+programs run on that device alone: stages/loop.py's batch_mesh spans the local devices).
+Code patched at run time, not in its files, is not seen: BARBERSHOP_JAX_TRACE_CACHE=off then.
 
 A run calls a kept stage program through its export, whether it read the trace or made it, so
 a first run and a later one compile and run the same program. That program is not jax.jit's
