@@ -6,13 +6,11 @@ from compile_cache.py).
 A trace is found by a key made here from public values only: the program's module and name,
 its static arguments, its other arguments' tree (which names the models' configs), shapes and
 dtypes, the source of this package, the versions of JAX, Flax, optax and NumPy, the JAX
-settings, and the kind of this process's device. Any change to the code makes every key new
-(the old traces age out, below). A static argument without a text that is the same in every
-process (a closure, an object printed with its address) is not kept: its program is traced as
-jax.jit does. Nor are runs over several local devices (their programs are sharded); the
-processes of a `--distributed` run, each with one device of its own, keep theirs (their
-programs run on that device alone: stages/loop.py's batch_mesh spans the local devices).
-Code patched at run time, not in its files, is not seen: BARBERSHOP_JAX_TRACE_CACHE=off then.
+settings, and the devices. Any change to the code makes every key new (the old traces age
+out, below). A static argument without a text that is the same in every process (a closure,
+an object printed with its address) is not kept: its program is traced as jax.jit does. Nor
+are runs over several devices (their programs are sharded). Code patched at run time, not in
+its files, is not seen: BARBERSHOP_JAX_TRACE_CACHE=off then.
 
 A run calls a kept stage program through its export, whether it read the trace or made it, so
 a first run and a later one compile and run the same program. That program is not jax.jit's
@@ -143,9 +141,9 @@ class Kept:
             return exported.call(*leaves)
 
         run.__name__ = run.__qualname__ = name  # the compiled program's name, as jax.jit(fun) gives it
-        # On this process's one device, said: otherwise an output of another program (on it,
-        # committed) as an input makes jax.jit lower and compile the export a second time.
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        # On the one device, said: otherwise an output of another program (on it, committed)
+        # as an input makes jax.jit lower and compile the export a second time.
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         self.jitted = jax.jit(run, donate_argnums=donate, in_shardings=device)
         self.out_tree = out_tree
 
@@ -171,7 +169,7 @@ class Store:
     def find(self, fun, jit_options: dict, args, kwargs):
         """(Kept, the leaves to call it with) for fun(*args, **kwargs) as jax.jit(fun,
         **jit_options) would run it; None where it cannot be kept (it then runs as before)."""
-        if jax.local_device_count() > 1 or jax.config.jax_disable_jit:
+        if jax.device_count() > 1 or jax.config.jax_disable_jit:
             return None
         try:
             static, dynamic, donated = _split(fun, jit_options, args, kwargs)
@@ -199,7 +197,7 @@ class Store:
         tree_text = str(in_tree)
         if " at 0x" in tree_text:
             raise Unkept("an argument's tree prints an address")
-        devices = [(d.platform, d.device_kind) for d in jax.local_devices()]  # one: any process's
+        devices = [(str(d), d.device_kind) for d in jax.devices()]
         key = hashlib.sha256(repr((FORMAT, environment(), devices, fun.__module__, fun.__qualname__,
                                    {k: stable_text(v) for k, v in static.items()}, tree_text, described,
                                    donated)).encode()).hexdigest()
